@@ -1,0 +1,80 @@
+"""The one configuration object, read from environment variables with sane defaults.
+
+Every role (library, worker, web, the `make run` launcher, Docker) reads its settings here, so a
+value has one name and one default. Paths are resolved against the repository root.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def _path(name: str, default: Path) -> Path:
+    return Path(_env(name, str(default))).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings. Build with `Settings.from_env()`; tests pass overrides explicitly."""
+
+    var_dir: Path = REPO_ROOT / "var"
+    # Versioned model artifacts live in models_dir/<version>/; models_dir/CURRENT names the live one.
+    models_dir: Path = REPO_ROOT / "var" / "models"
+    # Embedding cache, converted weights, downloaded images.
+    cache_dir: Path = REPO_ROOT / "var" / "cache"
+    # The demo "fashion world" (synthetic) built by `make run` when no data is given.
+    demo_data_dir: Path = REPO_ROOT / "var" / "demo-world"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    result_expires_s: int = 3600
+    job_registry_ttl_s: int = 24 * 3600
+    task_soft_time_limit_s: int = 60
+    task_time_limit_s: int = 90
+    train_soft_time_limit_s: int = 3600
+    train_time_limit_s: int = 3900
+    # How long GET /recommendation waits for its job before answering 202.
+    sync_wait_s: float = 5.0
+    web_host: str = "127.0.0.1"
+    web_port: int = 5000
+    flower_port: int = 5555
+    flower_user: str = ""
+    flower_password: str = ""
+    worker_concurrency: int = 1
+    max_top: int = 100
+    max_batch: int = 1000
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        var_dir = _path("RECSYS_VAR_DIR", REPO_ROOT / "var")
+        return cls(
+            var_dir=var_dir,
+            models_dir=_path("RECSYS_MODELS_DIR", var_dir / "models"),
+            cache_dir=_path("RECSYS_CACHE_DIR", var_dir / "cache"),
+            demo_data_dir=_path("RECSYS_DEMO_DATA_DIR", var_dir / "demo-world"),
+            redis_url=_env("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            result_expires_s=int(_env("RECSYS_RESULT_EXPIRES_S", "3600")),
+            job_registry_ttl_s=int(_env("RECSYS_JOB_TTL_S", str(24 * 3600))),
+            task_soft_time_limit_s=int(_env("RECSYS_TASK_SOFT_LIMIT_S", "60")),
+            task_time_limit_s=int(_env("RECSYS_TASK_HARD_LIMIT_S", "90")),
+            train_soft_time_limit_s=int(_env("RECSYS_TRAIN_SOFT_LIMIT_S", "3600")),
+            train_time_limit_s=int(_env("RECSYS_TRAIN_HARD_LIMIT_S", "3900")),
+            sync_wait_s=float(_env("RECSYS_SYNC_WAIT_S", "5")),
+            web_host=_env("RECSYS_WEB_HOST", "127.0.0.1"),
+            web_port=int(_env("RECSYS_WEB_PORT", "5000")),
+            flower_port=int(_env("RECSYS_FLOWER_PORT", "5555")),
+            flower_user=_env("FLOWER_USER", ""),
+            flower_password=_env("FLOWER_PASSWORD", ""),
+            worker_concurrency=int(_env("RECSYS_WORKER_CONCURRENCY", "1")),
+        )
+
+
+def get_settings() -> Settings:
+    """Settings from the current environment (read each call, so tests can change env)."""
+    return Settings.from_env()
