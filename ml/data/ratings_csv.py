@@ -1,0 +1,75 @@
+"""Ratings CSV: header with user_id, item_id, rating[, timestamp]; other columns are ignored.
+
+A folder of such CSVs is concatenated in file-name order. Timestamps may be unix seconds,
+milliseconds (values >= 1e11) or date strings. No product metadata.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterable
+
+from .detect import CSV_REQUIRED
+from .schema import (
+    Dataset,
+    DataFormatError,
+    LoadReport,
+    ReviewRows,
+    build_products,
+    build_reviews,
+    clean_id,
+    open_text,
+    parse_rating,
+    parse_timestamp,
+    products_from_reviews,
+)
+
+SOURCE = "ratings_csv"
+
+
+def load(path: Path, files: Iterable[tuple[Path, str]]) -> Dataset:
+    report = LoadReport()
+    rows = ReviewRows()
+    for f, _kind in files:
+        read_ratings(f, rows, report)
+    reviews = build_reviews(rows, report)
+    products = build_products(products_from_reviews(reviews))
+    report.warn_malformed()
+    return Dataset(reviews=reviews, products=products, source=SOURCE, path=str(Path(path).resolve()), report=report)
+
+
+def read_ratings(path: Path, rows: ReviewRows, report: LoadReport) -> None:
+    name = path.name
+    report.add_file(name)
+    with open_text(path) as fh:
+        reader = csv.reader(fh)
+        header: list[str] | None = None
+        for raw in reader:
+            if not raw or all(not c.strip() for c in raw):
+                continue
+            if header is None:
+                header = [c.strip().lower().lstrip("\ufeff") for c in raw]
+                missing = [c for c in CSV_REQUIRED if c not in header]
+                if missing:
+                    raise DataFormatError(f"{path}: ratings CSV lacks column(s) {', '.join(missing)}; header is {raw}")
+                iu, ii, ir = (header.index(c) for c in CSV_REQUIRED)
+                it = header.index("timestamp") if "timestamp" in header else -1
+                need = max(iu, ii, ir, it) + 1
+                continue
+            report.lines[name] += 1
+            line_no = reader.line_num
+            if len(raw) < need:
+                report.bad(name, line_no, f"{len(raw)} field(s), expected at least {need}")
+                continue
+            customer, product = clean_id(raw[iu]), clean_id(raw[ii])
+            if not customer or not product:
+                report.bad(name, line_no, "missing user_id" if not customer else "missing item_id")
+                continue
+            rating = parse_rating(raw[ir])
+            if rating is None:
+                report.bad(name, line_no, f"rating not a number in 1..5: {raw[ir]!r}")
+                continue
+            ts = parse_timestamp(raw[it], milliseconds=None) if it >= 0 else float("nan")
+            rows.add(customer, product, rating, "", "", ts)
+    if header is None:
+        raise DataFormatError(f"{path}: empty ratings CSV (no header)")
