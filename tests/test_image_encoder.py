@@ -1,0 +1,233 @@
+"""ImageEncoder: EfficientNet-Lite0 in Keras 3 with ImageNet weights read from a legacy torch pickle.
+
+The slow tests use real product photos (Kaggle "Fashion Product Images" subset under
+shared/data/); the photos and every embedding are computed once per module.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml.config import REPO_ROOT
+
+PHOTOS = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small-subset"
+RANDOM_SEEDS = (0, 1, 2)
+
+
+# --- the pickle reader and the weight mapping (no network run) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def state_dict():
+    from ml.encoders.image import source_checkpoint_path
+    from ml.encoders.torch_pickle import load_state_dict
+
+    return load_state_dict(source_checkpoint_path())
+
+
+def test_pickle_reader_known_tensors(state_dict):
+    sd = state_dict
+    assert len(sd) == 296
+    expected = {
+        "_conv_stem.weight": (32, 3, 3, 3),
+        "_bn0.running_var": (32,),
+        "_blocks.0._depthwise_conv.weight": (32, 1, 3, 3),
+        "_blocks.0._project_conv.weight": (16, 32, 1, 1),
+        "_blocks.1._expand_conv.weight": (96, 16, 1, 1),
+        "_blocks.15._project_conv.weight": (320, 1152, 1, 1),
+        "_conv_head.weight": (1280, 320, 1, 1),
+        "_bn1.bias": (1280,),
+        "_fc.weight": (1000, 1280),
+        "_fc.bias": (1000,),
+    }
+    for key, shape in expected.items():
+        assert sd[key].shape == shape, key
+        assert sd[key].dtype == np.float32, key
+    assert sd["_bn0.num_batches_tracked"].dtype == np.int64
+    assert sd["_bn0.num_batches_tracked"].shape == ()
+    # values cross-checked once against torch.load (these bytes sit at different file offsets)
+    np.testing.assert_allclose(sd["_conv_stem.weight"].reshape(-1)[:2], [-1.1103361, -1.3087704], rtol=1e-6)
+    np.testing.assert_allclose(sd["_fc.bias"][:3], [0.03205391, -0.01598576, 0.00529074], rtol=1e-6)
+    np.testing.assert_allclose(sd["_blocks.15._project_conv.weight"][0, :2, 0, 0], [0.0373827, 0.02934293], rtol=1e-6)
+    assert all(np.isfinite(v).all() for v in sd.values())
+    assert all(v.flags.c_contiguous for v in sd.values())
+    # EfficientNet-Lite0 has 4,652,008 trainable parameters (no squeeze-excite)
+    trainable = sum(v.size for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert trainable == 4_652_008
+    assert not any("_se_" in k for k in sd)
+
+
+def test_mapping_uses_every_checkpoint_tensor(state_dict):
+    from ml.encoders import efficientnet_lite as effnet
+
+    unused, missing = effnet.unmapped_keys(state_dict)
+    assert unused == [] and missing == []
+    used = [key for _, entries in effnet.weight_plan() for key, _ in entries]
+    assert len(used) == len(set(used))  # each tensor goes to exactly one place
+    ignored = [k for k in state_dict if k not in set(used)]
+    assert ignored and all(k.endswith("num_batches_tracked") for k in ignored)
+    assert len(used) + len(ignored) == len(state_dict)
+
+    model = effnet.build_efficientnet_lite0()
+    weights = effnet.torch_to_keras_weights(state_dict)
+    weighted = {layer.name: layer for layer in model.layers if layer.weights}
+    assert set(weights) == set(weighted)
+    for name, values in weights.items():
+        assert [v.shape for v in values] == [tuple(w.shape) for w in weighted[name].weights], name
+    assert sum(v.size for vs in weights.values() for v in vs) == sum(
+        int(np.prod(w.shape)) for layer in weighted.values() for w in layer.weights
+    )
+    broken = dict(state_dict)
+    broken["_extra.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="unused"):
+        effnet.torch_to_keras_weights(broken)
+
+
+def test_tf_same_padding():
+    from ml.encoders.efficientnet_lite import same_padding
+
+    assert same_padding(224, 3, 2) == (0, 1)  # extra row/column at the bottom/right, like TF
+    assert same_padding(56, 5, 2) == (1, 2)
+    assert same_padding(14, 5, 1) == (2, 2)
+    assert same_padding(7, 1, 1) == (0, 0)
+
+
+def _legacy_header() -> bytes:
+    from ml.encoders.torch_pickle import MAGIC_NUMBER, PROTOCOL_VERSION
+
+    sys_info = {"protocol_version": PROTOCOL_VERSION, "little_endian": True, "type_sizes": {"int": 4}}
+    return b"".join(pickle.dumps(x, protocol=2) for x in (MAGIC_NUMBER, PROTOCOL_VERSION, sys_info))
+
+
+def test_pickle_reader_refuses_foreign_globals_and_formats(tmp_path):
+    from ml.encoders.torch_pickle import TorchPickleError, load_legacy
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(_legacy_header() + pickle.dumps(os.system, protocol=2))
+    with pytest.raises(TorchPickleError, match="refusing"):
+        load_legacy(evil)
+
+    zipped = tmp_path / "new_format.pth"
+    zipped.write_bytes(b"PK\x03\x04" + b"\0" * 64)
+    with pytest.raises(TorchPickleError, match="zip"):
+        load_legacy(zipped)
+
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(pickle.dumps(12345, protocol=2))
+    with pytest.raises(TorchPickleError, match="magic"):
+        load_legacy(junk)
+
+    plain = tmp_path / "plain.pth"  # a legacy file holding no tensors at all
+    plain.write_bytes(_legacy_header() + pickle.dumps({"a": [1, 2]}, protocol=2) + pickle.dumps([], protocol=2))
+    assert load_legacy(plain) == {"a": [1, 2]}
+
+
+# --- the network on real photos -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photos():
+    csv_path, images = PHOTOS / "styles_subset.csv", PHOTOS / "images"
+    if not csv_path.is_file() or not images.is_dir():
+        pytest.skip(f"real product photos not found at {PHOTOS} (shared/data next to the repository)")
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if (images / f"{r['id']}.jpg").is_file()]
+    if len(rows) < 50:
+        pytest.skip(f"only {len(rows)} photos with metadata under {PHOTOS}")
+    paths = [images / f"{r['id']}.jpg" for r in rows]
+    return paths, np.array([r["masterCategory"] for r in rows])
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("weights")
+
+
+@pytest.fixture(scope="module")
+def encoder(weights_dir):
+    from ml.encoders.image import ImageEncoder
+
+    return ImageEncoder(weights_path=weights_dir / "lite0.weights.h5", batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def outputs(encoder, photos):
+    paths, _ = photos
+    return encoder.features_and_logits(paths)
+
+
+@pytest.fixture(scope="module")
+def random_features(photos):
+    from ml.encoders.image import ImageEncoder
+
+    paths, _ = photos
+    return {seed: ImageEncoder(random_init=True, seed=seed).encode(paths) for seed in RANDOM_SEEDS}
+
+
+def _loo_1nn_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
+    f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    sim = f @ f.T
+    np.fill_diagonal(sim, -np.inf)
+    return float((labels[sim.argmax(axis=1)] == labels).mean())
+
+
+@pytest.mark.slow
+def test_encode_contract(encoder, photos, outputs, weights_dir):
+    from PIL import Image
+
+    from ml.encoders.image import ImageEncoder
+
+    paths, _ = photos
+    feats, logits = outputs
+    n = len(paths)
+    assert encoder.name == "efficientnet-lite0-imagenet" and isinstance(encoder.version, str)
+    assert encoder.dim == 1280
+    assert feats.shape == (n, 1280) and feats.dtype == np.float32
+    assert logits.shape == (n, 1000)
+    assert np.isfinite(feats).all() and (feats >= 0).all() and (feats <= 6).all()  # pooled ReLU6
+
+    # PIL images, str paths and a different batch size give the same vectors as Path inputs
+    few = paths[:3]
+    mixed = [Image.open(few[0]), str(few[1]), few[2]]
+    small_batches = ImageEncoder(weights_path=encoder.weights_path, batch_size=2)
+    np.testing.assert_allclose(small_batches.encode(mixed), feats[:3], rtol=1e-4, atol=1e-4)
+    assert encoder.encode([]).shape == (0, 1280)
+
+    top5 = encoder.imagenet_top5(few)
+    assert top5.shape == (3, 5) and np.issubdtype(top5.dtype, np.integer)
+    np.testing.assert_array_equal(top5[:, 0], logits[:3].argmax(axis=1))
+
+    # converted once, atomically: only the final file is left; a second encoder reads it back
+    assert sorted(p.name for p in weights_dir.iterdir()) == ["lite0.weights.h5"]
+
+
+@pytest.mark.slow
+def test_footwear_in_imagenet_top5(outputs, photos):
+    from ml.encoders.image import FOOTWEAR_CLASSES, top5
+
+    _, labels = photos
+    shoes = labels == "Footwear"
+    assert shoes.sum() >= 20
+    hits = np.isin(top5(outputs[1][shoes]), FOOTWEAR_CLASSES).any(axis=1)
+    rate = float(hits.mean())
+    print(f"footwear with a footwear class in the ImageNet top-5: {rate:.1%} of {shoes.sum()}")
+    assert rate >= 0.70
+
+
+@pytest.mark.slow
+def test_nearest_neighbour_master_category(outputs, random_features, photos):
+    _, labels = photos
+    pretrained = _loo_1nn_accuracy(outputs[0], labels)
+    random = {seed: _loo_1nn_accuracy(f, labels) for seed, f in random_features.items()}
+    random_mean = float(np.mean(list(random.values())))
+    majority = max(float((labels == c).mean()) for c in set(labels))
+    print(f"1-NN masterCategory: pretrained {pretrained:.3f}, random init {random} (mean {random_mean:.3f}), "
+          f"majority class {majority:.3f}")
+    assert pretrained >= 0.90
+    assert pretrained > max(random.values())
+    assert pretrained - random_mean >= 0.10
