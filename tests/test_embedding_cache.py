@@ -1,0 +1,187 @@
+"""EmbeddingCache: computes only missing keys, keeps the order of the keys, persists atomically."""
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import numpy as np
+import pytest
+
+from ml.encoders.cache import EmbeddingCache
+
+
+class FakeEncoder:
+    """Deterministic tiny encoder that records every call."""
+
+    def __init__(self, name: str = "fake", version: str = "1", dim: int = 8, fail_on_call: int | None = None):
+        self.name = name
+        self.version = version
+        self.dim = dim
+        self.calls: list[list] = []
+        self.fail_on_call = fail_on_call
+
+    @property
+    def n_encoded(self) -> int:
+        return sum(len(c) for c in self.calls)
+
+    def vector(self, item) -> np.ndarray:
+        seed = int.from_bytes(hashlib.sha256(f"{self.version}:{item}".encode()).digest()[:8], "little")
+        return np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+
+    def encode(self, items: list) -> np.ndarray:
+        items = list(items)
+        if self.fail_on_call is not None and len(self.calls) + 1 == self.fail_on_call:
+            self.calls.append(items)
+            raise RuntimeError("boom")
+        self.calls.append(items)
+        if not items:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self.vector(i) for i in items])
+
+
+def expected(enc: FakeEncoder, items) -> np.ndarray:
+    return np.stack([enc.vector(i) for i in items])
+
+
+def test_computes_once_and_persists(tmp_path):
+    enc = FakeEncoder()
+    cache = EmbeddingCache(tmp_path)
+    keys = ["p1", "p2", "p3"]
+    items = ["red dress", "blue jeans", "hat"]
+    first = cache.embed(enc, keys, items, progress=False)
+    assert first.shape == (3, 8) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, expected(enc, items))
+    assert enc.n_encoded == 3
+
+    again = cache.embed(enc, keys, items, progress=False)
+    np.testing.assert_array_equal(again, first)
+    assert enc.n_encoded == 3, "cached keys must not be recomputed"
+
+    # A brand-new instance (another process, a restart) reads the stored rows.
+    fresh_enc = FakeEncoder()
+    reread = EmbeddingCache(tmp_path).embed(fresh_enc, keys, items, progress=False)
+    np.testing.assert_array_equal(reread, first)
+    assert fresh_enc.n_encoded == 0
+
+    folder = tmp_path / "embeddings" / "fake-1"
+    assert folder.is_dir() and list(folder.glob("part-*.npz"))
+    assert not list(folder.glob(".tmp-*")), "no temporary files left behind"
+
+
+def test_only_new_keys_are_computed_and_order_is_kept(tmp_path):
+    enc = FakeEncoder()
+    cache = EmbeddingCache(tmp_path)
+    cache.embed(enc, ["a", "b"], ["item a", "item b"], progress=False)
+    enc.calls.clear()
+
+    keys = ["c", "b", "d", "a"]
+    items = ["item c", "item b", "item d", "item a"]
+    out = cache.embed(enc, keys, items, progress=False)
+    assert enc.calls == [["item c", "item d"]]
+    np.testing.assert_array_equal(out, expected(enc, items))
+
+    # Same again through a new instance, in yet another order.
+    enc2 = FakeEncoder()
+    keys2 = ["d", "a", "c", "b"]
+    out2 = EmbeddingCache(tmp_path).embed(enc2, keys2, ["item d", "item a", "item c", "item b"], progress=False)
+    assert enc2.n_encoded == 0
+    np.testing.assert_array_equal(out2, out[[2, 3, 0, 1]])
+
+
+def test_duplicate_keys_in_one_call(tmp_path):
+    enc = FakeEncoder()
+    out = EmbeddingCache(tmp_path).embed(enc, ["x", "y", "x", "x"], ["X", "Y", "X", "X"], progress=False)
+    assert enc.calls == [["X", "Y"]]
+    np.testing.assert_array_equal(out[0], out[2])
+    np.testing.assert_array_equal(out[0], out[3])
+    np.testing.assert_array_equal(out, expected(enc, ["X", "Y", "X", "X"]))
+
+
+def test_empty_and_mismatched_input(tmp_path):
+    enc = FakeEncoder()
+    cache = EmbeddingCache(tmp_path)
+    out = cache.embed(enc, [], [], progress=False)
+    assert out.shape == (0, 8) and out.dtype == np.float32
+    assert enc.calls == []
+    with pytest.raises(ValueError):
+        cache.embed(enc, ["a", "b"], ["only one"], progress=False)
+
+
+def test_encoder_name_and_version_are_separate_caches(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    v1 = FakeEncoder(version="1")
+    v2 = FakeEncoder(version="2")
+    other = FakeEncoder(name="other/model", version="1", dim=4)
+    a = cache.embed(v1, ["k"], ["text"], progress=False)
+    b = cache.embed(v2, ["k"], ["text"], progress=False)
+    c = cache.embed(other, ["k"], ["text"], progress=False)
+    assert v1.n_encoded == v2.n_encoded == other.n_encoded == 1
+    assert not np.array_equal(a, b)
+    assert c.shape == (1, 4)
+    names = sorted(p.name for p in (tmp_path / "embeddings").iterdir())
+    assert names == ["fake-1", "fake-2", "other_model-1"]
+
+
+def test_batches_progress_and_flush(tmp_path, capsys):
+    enc = FakeEncoder()
+    cache = EmbeddingCache(tmp_path, chunk_size=2, flush_rows=2)
+    keys = [f"k{i}" for i in range(5)]
+    out = cache.embed(enc, keys, keys, progress=True, desc="fake items")
+    assert [len(c) for c in enc.calls] == [2, 2, 1]
+    np.testing.assert_array_equal(out, expected(enc, keys))
+    assert "fake items" in capsys.readouterr().err
+    assert len(list((tmp_path / "embeddings" / "fake-1").glob("part-*.npz"))) == 3
+
+
+def test_interrupted_run_keeps_finished_chunks(tmp_path):
+    keys = [f"k{i}" for i in range(6)]
+    failing = FakeEncoder(fail_on_call=2)
+    with pytest.raises(RuntimeError):
+        EmbeddingCache(tmp_path, chunk_size=2).embed(failing, keys, keys, progress=False)
+    enc = FakeEncoder()
+    out = EmbeddingCache(tmp_path, chunk_size=2).embed(enc, keys, keys, progress=False)
+    assert enc.calls == [["k2", "k3"], ["k4", "k5"]], "the first chunk was saved before the failure"
+    np.testing.assert_array_equal(out, expected(enc, keys))
+
+
+def test_parts_are_compacted(tmp_path):
+    enc = FakeEncoder()
+    cache = EmbeddingCache(tmp_path, max_parts=3)
+    for i in range(10):
+        cache.embed(enc, [f"k{i}"], [f"item {i}"], progress=False)
+    folder = tmp_path / "embeddings" / "fake-1"
+    assert len(list(folder.glob("part-*.npz"))) <= 3
+    keys = [f"k{i}" for i in range(10)]
+    items = [f"item {i}" for i in range(10)]
+    fresh = FakeEncoder()
+    out = EmbeddingCache(tmp_path).embed(fresh, keys, items, progress=False)
+    assert fresh.n_encoded == 0
+    np.testing.assert_array_equal(out, expected(enc, items))
+
+
+def test_writers_in_parallel_share_results(tmp_path):
+    """Several instances (standing in for processes) write at once; nothing is lost or torn."""
+    errors: list[BaseException] = []
+
+    def worker(w: int) -> None:
+        try:
+            enc = FakeEncoder()
+            cache = EmbeddingCache(tmp_path, chunk_size=3, flush_rows=3, max_parts=4)
+            keys = [f"w{w}-{i}" for i in range(12)] + [f"shared-{i}" for i in range(6)]
+            out = cache.embed(enc, keys, keys, progress=False)
+            np.testing.assert_array_equal(out, expected(enc, keys))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+    enc = FakeEncoder()
+    keys = [f"w{w}-{i}" for w in range(4) for i in range(12)] + [f"shared-{i}" for i in range(6)]
+    out = EmbeddingCache(tmp_path).embed(enc, keys, keys, progress=False)
+    assert enc.n_encoded == 0
+    np.testing.assert_array_equal(out, expected(enc, keys))
