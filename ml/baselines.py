@@ -1,0 +1,247 @@
+"""Non-neural recommender baselines (numpy only, vectorised).
+
+Every model implements :class:`Scorer`: ``fit`` on a ratings frame with integer ``u``/``i`` and
+float ``rating`` columns, ``predict`` ratings for (u, i) pairs, ``score`` all items for customers.
+
+- :class:`GlobalMean` — the mean training rating.
+- :class:`BiasBaseline` — mu + b_u + b_i, ridge-regularised, fitted by alternating least squares.
+- :class:`MatrixFactorization` — *biased* matrix factorisation mu + b_u + b_i + p_u·q_i on explicit
+  ratings, fitted by alternating least squares (each step is an exact ridge solve for all users,
+  then all items, done as batched ``np.linalg.solve``), initialised from the bias baseline.
+- :class:`Popularity` — number of training ratings per item; ranks only, predicts no ratings.
+
+Predictions are clipped to [1, 5]. Unknown customers/items (index outside the fitted range, or no
+training ratings) fall back to mu plus whichever bias is known. ``score`` returns the *unclipped*
+predicted rating, so the order matches the predictions without artificial ties at 5.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Scorer", "GlobalMean", "BiasBaseline", "MatrixFactorization", "Popularity", "RATING_MIN", "RATING_MAX"]
+
+RATING_MIN, RATING_MAX = 1.0, 5.0
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Common protocol of all baselines (and of anything evaluated next to them)."""
+
+    name: str
+
+    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> "Scorer": ...
+
+    def predict(self, u: np.ndarray, i: np.ndarray) -> np.ndarray | None: ...
+
+    def score(self, u: np.ndarray) -> np.ndarray: ...
+
+
+def _train_arrays(train: pd.DataFrame, n_customers: int, n_items: int):
+    missing = {"u", "i", "rating"} - set(train.columns)
+    if missing:
+        raise ValueError(f"train is missing columns {sorted(missing)}")
+    u = train["u"].to_numpy(dtype=np.int64)
+    i = train["i"].to_numpy(dtype=np.int64)
+    r = train["rating"].to_numpy(dtype=np.float64)
+    if len(u) == 0:
+        raise ValueError("train is empty")
+    if u.min() < 0 or u.max() >= n_customers:
+        raise ValueError("train.u out of range [0, n_customers)")
+    if i.min() < 0 or i.max() >= n_items:
+        raise ValueError("train.i out of range [0, n_items)")
+    if not np.isfinite(r).all():
+        raise ValueError("train.rating has non-finite values")
+    return u, i, r
+
+
+def _take(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``values[idx]`` along axis 0, with zeros for indices outside ``[0, len(values))``."""
+    idx = np.asarray(idx, dtype=np.int64)
+    ok = (idx >= 0) & (idx < len(values))
+    out = values[np.where(ok, idx, 0)]
+    if out.ndim == 1:
+        return np.where(ok, out, 0.0)
+    return np.where(ok[:, None], out, 0.0)
+
+
+def _clip(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, RATING_MIN, RATING_MAX)
+
+
+def _fit_biases(u, i, r, mu, n_customers, n_items, reg_u, reg_i, iters):
+    """Ridge fit of r - mu ≈ b_u + b_i by alternating exact (closed-form) updates."""
+    n_u = np.bincount(u, minlength=n_customers).astype(np.float64)
+    n_i = np.bincount(i, minlength=n_items).astype(np.float64)
+    b_u = np.zeros(n_customers)
+    b_i = np.zeros(n_items)
+    for _ in range(max(1, iters)):
+        b_i = np.bincount(i, weights=r - mu - b_u[u], minlength=n_items) / (reg_i + n_i)
+        b_u = np.bincount(u, weights=r - mu - b_i[i], minlength=n_customers) / (reg_u + n_u)
+    return b_u, b_i
+
+
+class GlobalMean:
+    """Predicts the mean training rating for everything (the floor any model must beat)."""
+
+    name = "global_mean"
+
+    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> "GlobalMean":
+        _, _, r = _train_arrays(train, n_customers, n_items)
+        self.mu_ = float(r.mean())
+        self.n_items_ = int(n_items)
+        return self
+
+    def predict(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        return _clip(np.full(np.shape(u), self.mu_, dtype=np.float64))
+
+    def score(self, u: np.ndarray) -> np.ndarray:
+        return np.full((len(u), self.n_items_), self.mu_, dtype=np.float64)
+
+
+class BiasBaseline:
+    """mu + b_u + b_i with ridge penalties, by alternating least squares.
+
+    Regularised by default because most customers have only a few ratings: a bias is shrunk
+    towards 0 by about ``n / (n + reg)``. Defaults (3, 6) were chosen on a leave-last-out validation
+    split of Amazon Fashion 2023 (~4 ratings per customer). Ranking by predicted rating amounts to
+    ranking by b_i.
+    """
+
+    name = "bias"
+
+    def __init__(self, reg_u: float = 3.0, reg_i: float = 6.0, iters: int = 15):
+        self.reg_u = float(reg_u)
+        self.reg_i = float(reg_i)
+        self.iters = int(iters)
+
+    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> "BiasBaseline":
+        u, i, r = _train_arrays(train, n_customers, n_items)
+        self.mu_ = float(r.mean())
+        self.b_u_, self.b_i_ = _fit_biases(u, i, r, self.mu_, n_customers, n_items, self.reg_u, self.reg_i, self.iters)
+        return self
+
+    def _raw(self, u, i):
+        return self.mu_ + _take(self.b_u_, u) + _take(self.b_i_, i)
+
+    def predict(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        return _clip(self._raw(u, i))
+
+    def score(self, u: np.ndarray) -> np.ndarray:
+        return self.mu_ + _take(self.b_u_, u)[:, None] + self.b_i_[None, :]
+
+
+def _ridge_by_group(g, n_groups, X, y, lam, budget=16384):
+    """Solve min_w ||X_g w - y_g||² + Σ lam·w² independently for every group g (batched).
+
+    Groups are bucketed by their number of rows c, so each bucket is one dense (G, c, d) tensor:
+    normal equations by batched matmul, then one batched ``np.linalg.solve``. Buckets are cut into
+    pieces of about ``budget`` rows to bound memory. Groups with no rows get w = 0.
+    """
+    d = X.shape[1]
+    W = np.zeros((n_groups, d))
+    order = np.argsort(g, kind="stable")
+    X, y = X[order], y[order]
+    counts = np.bincount(g, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    Lam = np.diag(lam)
+    for c in np.unique(counts[counts > 0]):
+        groups = np.nonzero(counts == c)[0]
+        step = max(1, budget // int(c))
+        for lo in range(0, len(groups), step):
+            sel = groups[lo : lo + step]
+            rows = starts[sel][:, None] + np.arange(c)  # (G, c)
+            Xg = X[rows]  # (G, c, d)
+            Xt = Xg.transpose(0, 2, 1)
+            A = Xt @ Xg + Lam
+            rhs = Xt @ y[rows][:, :, None]
+            W[sel] = np.linalg.solve(A, rhs)[:, :, 0]
+    return W
+
+
+class MatrixFactorization:
+    """Biased MF (mu + b_u + b_i + p_u·q_i) on explicit ratings, by alternating least squares.
+
+    Each half-step solves, for every customer (then every item) at once, the ridge problem for
+    its factor vector and bias jointly, given the other side: penalty ``reg`` on factors and
+    ``reg_bias_u`` / ``reg_bias_i`` on the biases. Item biases start from the bias baseline, item
+    factors from N(0, init_std²); a very large ``reg`` reduces the model to :class:`BiasBaseline`.
+    Default ``reg`` was tuned on Amazon Fashion 2023 (~4 ratings per customer): lower values
+    overfit there, so on such sparse data the factors stay near zero and MF ≈ the bias baseline,
+    while with denser data (tens of ratings per customer) they still learn.
+    """
+
+    name = "mf"
+
+    def __init__(
+        self,
+        factors: int = 32,
+        reg: float = 10.0,
+        reg_bias_u: float = 3.0,
+        reg_bias_i: float = 6.0,
+        iters: int = 15,
+        seed: int = 0,
+        init_std: float = 0.1,
+    ):
+        self.factors = int(factors)
+        self.reg = float(reg)
+        self.reg_bias_u = float(reg_bias_u)
+        self.reg_bias_i = float(reg_bias_i)
+        self.iters = int(iters)
+        self.seed = seed
+        self.init_std = float(init_std)
+
+    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> "MatrixFactorization":
+        u, i, r = _train_arrays(train, n_customers, n_items)
+        f = self.factors
+        self.mu_ = mu = float(r.mean())
+        b_u, b_i = _fit_biases(u, i, r, mu, n_customers, n_items, self.reg_bias_u, self.reg_bias_i, 15)
+        rng = np.random.default_rng(self.seed)
+        P = np.zeros((n_customers, f))
+        Q = rng.normal(0.0, self.init_std, size=(n_items, f))
+        lam_u = np.concatenate([np.full(f, self.reg), [self.reg_bias_u]])
+        lam_i = np.concatenate([np.full(f, self.reg), [self.reg_bias_i]])
+        ones = np.ones((len(r), 1))
+        for _ in range(max(1, self.iters)):
+            W = _ridge_by_group(u, n_customers, np.hstack([Q[i], ones]), r - mu - b_i[i], lam_u)
+            P, b_u = W[:, :f], W[:, f].copy()
+            W = _ridge_by_group(i, n_items, np.hstack([P[u], ones]), r - mu - b_u[u], lam_i)
+            Q, b_i = W[:, :f], W[:, f].copy()
+        self.P_, self.Q_, self.b_u_, self.b_i_ = P, Q, b_u, b_i
+        return self
+
+    def _raw(self, u, i):
+        u = np.asarray(u, dtype=np.int64)
+        i = np.asarray(i, dtype=np.int64)
+        dot = np.einsum("nf,nf->n", _take(self.P_, u.ravel()), _take(self.Q_, i.ravel())).reshape(u.shape)
+        return self.mu_ + _take(self.b_u_, u) + _take(self.b_i_, i) + dot
+
+    def predict(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        return _clip(self._raw(u, i))
+
+    def score(self, u: np.ndarray) -> np.ndarray:
+        u = np.asarray(u, dtype=np.int64)
+        return self.mu_ + _take(self.b_u_, u)[:, None] + self.b_i_[None, :] + _take(self.P_, u) @ self.Q_.T
+
+
+class Popularity:
+    """Ranks items by their number of training ratings (ties: lower item index, via the metric).
+
+    A ranking-only baseline: ``predict`` returns None.
+    """
+
+    name = "popularity"
+
+    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> "Popularity":
+        _, i, _ = _train_arrays(train, n_customers, n_items)
+        self.counts_ = np.bincount(i, minlength=n_items).astype(np.float64)
+        return self
+
+    def predict(self, u: np.ndarray, i: np.ndarray) -> None:
+        return None
+
+    def score(self, u: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.counts_, (len(u), len(self.counts_))).copy()

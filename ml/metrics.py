@@ -1,0 +1,191 @@
+"""Rating and top-k ranking metrics (numpy only, vectorised).
+
+Rating metrics: RMSE and MAE. Ranking metrics: Recall@k and NDCG@k with binary relevance, computed
+over *all* items for each customer, with the customer's training items excluded. Scores are
+evaluated in chunks of customers so the dense (chunk, n_items) score matrix stays small.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+
+__all__ = ["rmse", "mae", "Csr", "csr_from_pairs", "top_k", "ranking_metrics"]
+
+
+def rmse(y_true, y_pred) -> float:
+    """Root mean squared error."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"shape mismatch: {y_true.shape} vs {y_pred.shape}")
+    if y_true.size == 0:
+        return float("nan")
+    return float(np.sqrt(np.mean((y_true - y_pred) ** 2)))
+
+
+def mae(y_true, y_pred) -> float:
+    """Mean absolute error."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"shape mismatch: {y_true.shape} vs {y_pred.shape}")
+    if y_true.size == 0:
+        return float("nan")
+    return float(np.mean(np.abs(y_true - y_pred)))
+
+
+class Csr(NamedTuple):
+    """Minimal CSR row index (no scipy): row r holds ``indices[indptr[r]:indptr[r + 1]]``."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    def row(self, r: int) -> np.ndarray:
+        return self.indices[self.indptr[r] : self.indptr[r + 1]]
+
+
+def csr_from_pairs(rows, cols, n_rows: int) -> Csr:
+    """Group ``cols`` by ``rows`` (e.g. customer -> rated items) into a :class:`Csr`."""
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    order = np.lexsort((cols, rows))
+    counts = np.bincount(rows, minlength=n_rows)[:n_rows]
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return Csr(indptr, cols[order])
+
+
+def _chunk_pairs(sets, positions: np.ndarray, customers: np.ndarray):
+    """(row-in-chunk, item) pairs for one chunk.
+
+    ``sets`` is either CSR-like (``indptr``/``indices``; rows are *customer indices*) or a
+    sequence of int arrays aligned with the evaluated customers (looked up by *position*).
+    """
+    if sets is None:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    if hasattr(sets, "indptr") and hasattr(sets, "indices"):
+        indptr = np.asarray(sets.indptr)
+        indices = np.asarray(sets.indices)
+        n_rows = len(indptr) - 1
+        ok = (customers >= 0) & (customers < n_rows)
+        c = np.where(ok, customers, 0)
+        starts = np.where(ok, indptr[c], 0)
+        lens = np.where(ok, indptr[c + 1] - indptr[c], 0)
+        rows = np.repeat(np.arange(len(customers)), lens)
+        offs = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        return rows, indices[np.repeat(starts, lens) + offs].astype(np.int64)
+    arrays = [np.asarray(sets[p], dtype=np.int64).ravel() for p in positions]
+    lens = np.array([a.size for a in arrays], dtype=np.int64)
+    rows = np.repeat(np.arange(len(arrays)), lens)
+    cols = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
+    return rows, cols
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores per row, best first.
+
+    Ties are broken deterministically by the lower item index (the result does not depend on
+    argpartition's internal order). NaN counts as -inf.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    n_rows, n_items = scores.shape
+    k = min(int(k), n_items)
+    if k <= 0 or n_rows == 0:
+        return np.empty((n_rows, 0), dtype=np.int64)
+    s = np.where(np.isnan(scores), -np.inf, scores)
+    # k-th best value per row (argpartition), then take everything strictly better plus the
+    # lowest-index items equal to it until k are chosen.
+    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    thresh = np.take_along_axis(s, part, axis=1).min(axis=1)[:, None]
+    gt = s > thresh
+    eq = s == thresh
+    need = k - gt.sum(axis=1, keepdims=True)
+    chosen = gt | (eq & (np.cumsum(eq, axis=1) <= need))
+    idx = np.nonzero(chosen)[1].reshape(n_rows, k)  # ascending item index within each row
+    vals = np.take_along_axis(s, idx, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")  # stable: equal scores keep index order
+    return np.take_along_axis(idx, order, axis=1)
+
+
+def ranking_metrics(
+    score_fn: Callable[[np.ndarray], np.ndarray],
+    customer_idx: np.ndarray,
+    exclude,
+    relevant: Sequence[np.ndarray] | Csr,
+    n_items: int,
+    k: int = 10,
+    chunk: int = 512,
+) -> dict:
+    """Mean Recall@k and NDCG@k over customers, ranking all items except excluded ones.
+
+    - ``score_fn(customers) -> (len(customers), n_items)`` scores, higher is better.
+    - ``exclude`` / ``relevant``: per-customer item indices, either a list aligned with
+      ``customer_idx`` (entry j belongs to ``customer_idx[j]``) or a CSR-like object with
+      ``indptr``/``indices`` whose rows are customer indices (see :func:`csr_from_pairs`).
+      ``exclude`` may be None. Excluded items get score -inf and never count as hits.
+    - Recall@k = |top-k ∩ relevant| / |relevant| (standard definition, not capped at k).
+    - NDCG@k: binary gains, DCG = sum over hits of 1/log2(rank+1) (rank from 1); ideal DCG uses
+      min(k, |relevant|) hits.
+    - Ties in scores are broken by lower item index (deterministic); customers with no relevant
+      items are skipped (NaN results if none is left). Keys are ``f"recall@{k}"``, ``f"ndcg@{k}"``.
+    """
+    customer_idx = np.asarray(customer_idx, dtype=np.int64).ravel()
+    n_items = int(n_items)
+    k = int(k)
+    if k <= 0:
+        raise ValueError("k must be positive")
+    chunk = max(1, int(chunk))
+    if not (hasattr(relevant, "indptr") and hasattr(relevant, "indices")) and len(relevant) != len(customer_idx):
+        raise ValueError("relevant must be aligned with customer_idx")
+    if (
+        exclude is not None
+        and not (hasattr(exclude, "indptr") and hasattr(exclude, "indices"))
+        and len(exclude) != len(customer_idx)
+    ):
+        raise ValueError("exclude must be aligned with customer_idx (or be CSR-like by customer index)")
+
+    kk = min(k, n_items)
+    discounts = 1.0 / np.log2(np.arange(2, kk + 2, dtype=np.float64))
+    ideal_cum = np.concatenate([[0.0], np.cumsum(discounts)])
+    recall_sum = 0.0
+    ndcg_sum = 0.0
+    n_eval = 0
+
+    for start in range(0, len(customer_idx), chunk):
+        pos = np.arange(start, min(start + chunk, len(customer_idx)))
+        cust = customer_idx[pos]
+        rel = np.zeros((len(pos), n_items), dtype=bool)
+        r_rows, r_cols = _chunk_pairs(relevant, pos, cust)
+        ok = (r_cols >= 0) & (r_cols < n_items)
+        rel[r_rows[ok], r_cols[ok]] = True
+        n_rel = rel.sum(axis=1)
+        keep = n_rel > 0
+        if not keep.any():
+            continue
+        scores = np.array(score_fn(cust), dtype=np.float64, copy=True)
+        if scores.shape != (len(pos), n_items):
+            raise ValueError(f"score_fn returned shape {scores.shape}, expected {(len(pos), n_items)}")
+        e_rows, e_cols = _chunk_pairs(exclude, pos, cust)
+        ok = (e_cols >= 0) & (e_cols < n_items)
+        scores[e_rows[ok], e_cols[ok]] = -np.inf
+        excluded = np.zeros_like(rel)
+        excluded[e_rows[ok], e_cols[ok]] = True
+
+        scores, rel, excluded, n_rel = scores[keep], rel[keep], excluded[keep], n_rel[keep]
+        top = top_k(scores, kk)
+        hits = np.take_along_axis(rel, top, axis=1) & ~np.take_along_axis(excluded, top, axis=1)
+        recall_sum += float((hits.sum(axis=1) / n_rel).sum())
+        dcg = hits @ discounts
+        idcg = ideal_cum[np.minimum(n_rel, kk)]
+        ndcg_sum += float((dcg / idcg).sum())
+        n_eval += int(keep.sum())
+
+    if n_eval == 0:
+        return {f"recall@{k}": float("nan"), f"ndcg@{k}": float("nan")}
+    return {f"recall@{k}": recall_sum / n_eval, f"ndcg@{k}": ndcg_sum / n_eval}

@@ -1,0 +1,115 @@
+import math
+
+import numpy as np
+import pytest
+
+from ml.metrics import csr_from_pairs, mae, ranking_metrics, rmse, top_k
+
+LOG3 = math.log2(3)
+
+
+def scorer(matrix):
+    matrix = np.asarray(matrix, dtype=float)
+    return lambda c: matrix[np.asarray(c)]
+
+
+def test_rmse_mae():
+    assert rmse([1, 2, 3], [1, 2, 3]) == 0.0
+    assert rmse([1, 3], [2, 5]) == pytest.approx(math.sqrt((1 + 4) / 2))
+    assert mae([1, 3], [2, 5]) == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        rmse([1, 2], [1])
+
+
+def test_hand_computed_recall_ndcg():
+    s = scorer([[0.9, 0.8, 0.7, 0.6, 0.5]])
+    # top-2 = items 0, 1; relevant {1, 4}: one hit at rank 2.
+    m = ranking_metrics(s, np.array([0]), None, [np.array([1, 4])], n_items=5, k=2)
+    assert set(m) == {"recall@2", "ndcg@2"}
+    assert m["recall@2"] == pytest.approx(0.5)
+    assert m["ndcg@2"] == pytest.approx((1 / LOG3) / (1 + 1 / LOG3))
+    # k=3 with 2 relevant: still one hit; ideal DCG over min(3, 2) = 2 positions.
+    m = ranking_metrics(s, np.array([0]), None, [np.array([1, 4])], n_items=5, k=3)
+    assert m["recall@3"] == pytest.approx(0.5)
+    assert m["ndcg@3"] == pytest.approx((1 / LOG3) / (1 + 1 / LOG3))
+    # Recall is |hits| / |relevant| (not capped at k): 3 relevant, k=1, one hit -> 1/3.
+    m = ranking_metrics(s, np.array([0]), None, [np.array([0, 1, 2])], n_items=5, k=1)
+    assert m["recall@1"] == pytest.approx(1 / 3)
+    assert m["ndcg@1"] == pytest.approx(1.0)
+
+
+def test_exclusion_removes_items_from_ranking():
+    s = scorer([[0.9, 0.8, 0.7, 0.6, 0.5]])
+    # Excluding item 0 moves item 1 to rank 1.
+    m = ranking_metrics(s, np.array([0]), [np.array([0])], [np.array([1, 4])], n_items=5, k=2)
+    assert m["recall@2"] == pytest.approx(0.5)
+    assert m["ndcg@2"] == pytest.approx(1 / (1 + 1 / LOG3))
+    # An excluded item never counts as a hit, even when it is relevant.
+    m = ranking_metrics(s, np.array([0]), [np.array([0, 1, 2, 3])], [np.array([0])], n_items=5, k=2)
+    assert m["recall@2"] == 0.0
+
+
+def test_average_over_customers_and_skip_empty():
+    s = scorer([[3, 2, 1], [1, 2, 3], [5, 5, 5]])
+    rel = [np.array([0]), np.array([0]), np.array([], dtype=int)]
+    m = ranking_metrics(s, np.array([0, 1, 2]), None, rel, n_items=3, k=1)
+    # Customer 0 hits at rank 1, customer 1 misses, customer 2 is skipped.
+    assert m["recall@1"] == pytest.approx(0.5)
+    assert m["ndcg@1"] == pytest.approx(0.5)
+    empty = ranking_metrics(s, np.array([2]), None, [np.array([], dtype=int)], n_items=3, k=1)
+    assert math.isnan(empty["recall@1"])
+
+
+def test_ties_broken_by_item_index():
+    flat = np.zeros((3, 1000))
+    assert top_k(flat, 10).tolist() == [list(range(10))] * 3
+    s = np.array([[1.0, 2.0, 2.0, 0.0, 2.0, 2.0]])
+    assert top_k(s, 3).tolist() == [[1, 2, 4]]
+    assert top_k(s, 6).tolist() == [[1, 2, 4, 5, 0, 3]]
+    m = ranking_metrics(scorer(s), np.array([0]), None, [np.array([5])], n_items=6, k=3)
+    assert m["recall@3"] == 0.0
+    m = ranking_metrics(scorer(s), np.array([0]), None, [np.array([4])], n_items=6, k=3)
+    assert m["ndcg@3"] == pytest.approx(0.5)  # rank 3 -> 1/log2(4)
+
+
+def test_top_k_matches_full_stable_sort():
+    rng = np.random.default_rng(1)
+    s = rng.integers(0, 5, size=(40, 60)).astype(float)
+    s[s == 0] = -np.inf
+    expected = np.argsort(-s, axis=1, kind="stable")[:, :7]
+    assert np.array_equal(top_k(s, 7), expected)
+    assert top_k(s, 100).shape == (40, 60)
+
+
+def test_chunking_and_csr_give_same_result():
+    rng = np.random.default_rng(0)
+    n_c, n_i = 37, 50
+    S = np.round(rng.normal(size=(n_c, n_i)), 1)  # rounding creates ties
+    customers = rng.permutation(n_c)[:30]
+    tu = rng.integers(0, n_c, 300)
+    ti = rng.integers(0, n_i, 300)
+    excl_csr = csr_from_pairs(tu, ti, n_c)
+    excl_list = [np.unique(ti[tu == c]) for c in customers]
+    rel = [rng.choice(n_i, size=rng.integers(0, 4), replace=False) for _ in customers]
+    calls = []
+
+    def fn(c):
+        calls.append(len(c))
+        return S[c]
+
+    ref = ranking_metrics(fn, customers, excl_list, rel, n_items=n_i, k=5, chunk=10_000)
+    for chunk in (1, 4, 7):
+        calls.clear()
+        got = ranking_metrics(fn, customers, excl_list, rel, n_items=n_i, k=5, chunk=chunk)
+        assert got == pytest.approx(ref, abs=1e-12)
+        assert max(calls) <= chunk
+    assert ranking_metrics(fn, customers, excl_csr, rel, n_items=n_i, k=5, chunk=4) == pytest.approx(ref, abs=1e-12)
+    rel_csr = csr_from_pairs(np.repeat(customers, [len(r) for r in rel]), np.concatenate(rel), n_c)
+    assert ranking_metrics(fn, customers, excl_csr, rel_csr, n_items=n_i, k=5) == pytest.approx(ref, abs=1e-12)
+
+
+def test_misaligned_lists_rejected():
+    with pytest.raises(ValueError):
+        ranking_metrics(scorer([[1, 2]]), np.array([0]), None, [], n_items=2)
+    with pytest.raises(ValueError):
+        ranking_metrics(scorer([[1, 2]]), np.array([0]), None, [np.array([0])], n_items=3)  # wrong score shape
