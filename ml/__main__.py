@@ -1,0 +1,130 @@
+"""Command line: `python -m ml {train,evaluate,demo-data,describe} ...`.
+
+Bad input (missing path, unknown format, bad option) prints one clear line and exits non-zero;
+it never prints a stack trace.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ml.config import Settings
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
+    return n
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ml", description="Hybrid fashion recommender: data, training, evaluation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model version")
+    t.add_argument("--data", required=True, help="a 2023-format folder, a 2018 JSON-lines file, or a ratings CSV (or folder of CSVs)")
+    t.add_argument("--out", help="artifact directory; default: a new version in the model registry, published as CURRENT")
+    t.add_argument("--split", default="none", choices=("none", "last", "time"),
+                   help="hold out test ratings before training (for `evaluate`); default none")
+    t.add_argument("--epochs", type=_positive)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-images", action="store_true", help="ignore product images")
+    t.add_argument("--no-text", action="store_true", help="ignore review and product text")
+
+    e = sub.add_parser("evaluate", help="evaluate against baselines; writes metrics.json and plots")
+    e.add_argument("--data", required=True)
+    e.add_argument("--model", help="a model directory (its config is reused; retrained on the split if it saw test data)")
+    e.add_argument("--report", required=True, help="report folder")
+    e.add_argument("--split", choices=("last", "time"), action="append", help="default: last, plus time when timestamps exist")
+    e.add_argument("--epochs", type=_positive)
+
+    d = sub.add_parser("demo-data", help="generate the SYNTHETIC fashion world (2023 format)")
+    d.add_argument("--out", required=True)
+    d.add_argument("--customers", type=_positive, default=400)
+    d.add_argument("--products", type=_positive, default=240)
+    d.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("describe", help="load a data set and print its counts")
+    s.add_argument("--data", required=True)
+    return p
+
+
+def _config(args):
+    from ml.train import TrainConfig
+
+    cfg = TrainConfig(seed=getattr(args, "seed", 0) or 0)
+    if getattr(args, "epochs", None):
+        cfg.epochs = args.epochs
+    if getattr(args, "no_images", False):
+        cfg.use_images = False
+    if getattr(args, "no_text", False):
+        cfg.use_text = False
+    return cfg
+
+
+def _run(args) -> int:
+    settings = Settings.from_env()
+    if args.command == "demo-data":
+        from ml.synthetic import generate_world
+
+        summary = generate_world(args.out, n_customers=args.customers, n_products=args.products, seed=args.seed)
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    if args.command == "describe":
+        from ml.data import describe, load_dataset
+
+        print(json.dumps(describe(load_dataset(args.data)), indent=2, default=str))
+        return 0
+    if args.command == "train":
+        from ml.registry import ModelRegistry
+        from ml.train import train_model
+
+        registry = ModelRegistry(settings.models_dir)
+        out = Path(args.out) if args.out else registry.path_for(registry.new_version())
+        manifest = train_model(args.data, out, _config(args), split=args.split, settings=settings)
+        if not args.out:
+            registry.publish(out.name)
+            print(f"published model version {out.name} in {settings.models_dir}")
+        print(json.dumps({k: manifest[k] for k in ("version", "split", "metrics", "training_seconds")}, indent=2))
+        return 0
+    if args.command == "evaluate":
+        from ml.evaluate import evaluate
+
+        config = _config(args) if args.epochs else None
+        if config is not None and args.model:
+            from ml.train import TrainConfig
+
+            manifest = json.loads((Path(args.model) / "manifest.json").read_text())
+            config = TrainConfig.from_dict({**manifest["config"], "epochs": args.epochs})
+        metrics = evaluate(args.data, args.report, args.model, config=config,
+                           splits=tuple(args.split) if args.split else None, settings=settings)
+        print(json.dumps(metrics, indent=2))
+        print(f"report written to {args.report}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    from ml.data import DataFormatError
+
+    try:
+        return _run(args)
+    except (DataFormatError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

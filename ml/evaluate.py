@@ -1,0 +1,210 @@
+"""Offline evaluation of the hybrid model against baselines, on the same split in the same run.
+
+Splits: leave-last-out per customer (`metrics.json`) and, when the data has timestamps, a global
+time split (`metrics_time.json`). Rating metrics (RMSE, MAE) over every test rating; ranking metrics
+(Recall@10, NDCG@10) over all products the customer did not rate in train. Synthetic worlds that ship
+`truth/cold_ratings.jsonl` also get a cold-start check: ranking never-rated products by content.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ml import baselines
+from ml.config import Settings
+from ml.metrics import csr_from_pairs, mae, ranking_metrics, rmse
+from ml.recommender import Recommender
+from ml.split import has_timestamps, split_reviews
+from ml.train import TrainConfig, fit_artifact, is_synthetic
+
+log = logging.getLogger(__name__)
+MODEL_NAMES = ("hybrid", "global_mean", "bias", "mf", "popularity")
+
+
+def _baseline_models() -> dict:
+    return {
+        "global_mean": baselines.GlobalMean(),
+        "bias": baselines.BiasBaseline(),
+        "mf": baselines.MatrixFactorization(),
+        "popularity": baselines.Popularity(),
+    }
+
+
+def _clean(x):
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def _ndcg_graded(scores: np.ndarray, gains: np.ndarray, k: int, rng: np.random.Generator | None = None) -> float:
+    """Mean NDCG@k with graded gains, one row per customer; ties broken at random when rng is given."""
+    n, m = scores.shape
+    kk = min(k, m)
+    disc = 1.0 / np.log2(np.arange(2, kk + 2))
+    if rng is not None:
+        scores = scores + rng.random(scores.shape) * 1e-9
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
+    dcg = (np.take_along_axis(gains, top, axis=1) * disc).sum(1)
+    idcg = (-np.sort(-gains, axis=1)[:, :kk] * disc).sum(1)
+    ok = idcg > 0
+    return float(np.mean(dcg[ok] / idcg[ok])) if ok.any() else float("nan")
+
+
+def cold_start_report(data_dir: Path, rec: Recommender, k: int = 10, seed: int = 0) -> dict | None:
+    """Rank the never-rated products for each customer; graded relevance = true expected rating - 1."""
+    truth_file = Path(data_dir) / "truth" / "cold_ratings.jsonl"
+    if not truth_file.is_file():
+        return None
+    truth = pd.read_json(truth_file, lines=True, dtype={"user_id": str, "parent_asin": str})
+    cust_index = pd.Index(rec.tables.customer_ids)
+    prod_index = pd.Index(rec.tables.product_ids)
+    truth = truth.assign(u=cust_index.get_indexer(truth["user_id"]), i=prod_index.get_indexer(truth["parent_asin"]))
+    truth = truth[(truth.u >= 0) & (truth.i >= 0)]
+    if truth.empty:
+        return None
+    users = np.sort(truth.u.unique())
+    items = np.sort(truth.i.unique())
+    gains = np.zeros((len(users), len(items)))
+    gains[np.searchsorted(users, truth.u), np.searchsorted(items, truth.i)] = truth.rating.to_numpy() - 1.0
+    hybrid = rec.score_customers(users)[:, items]
+    popularity = np.broadcast_to(rec.tables.prod_count[items], hybrid.shape).astype(float)
+    rng = np.random.default_rng(seed)
+    return {
+        "n_customers": int(len(users)),
+        "n_products": int(len(items)),
+        "relevance": "true expected rating - 1 (graded), ranking among never-rated products only",
+        f"ndcg@{k}": {
+            "hybrid": _ndcg_graded(hybrid, gains, k),
+            "popularity": _ndcg_graded(popularity, gains, k, rng),
+            "random": float(np.mean([_ndcg_graded(np.zeros_like(gains), gains, k, rng) for _ in range(10)])),
+        },
+    }
+
+
+def evaluate_split(dataset, split: str, artifact: Path | None, config: TrainConfig, work_dir: Path,
+                   settings: Settings, k: int = 10) -> tuple[dict, dict, Recommender]:
+    """Metrics of the hybrid and the baselines on one split; returns (metrics, history, recommender)."""
+    train, test = split_reviews(dataset.reviews, split)
+    if test.empty:
+        raise ValueError(f"the {split!r} split leaves no test ratings")
+    if artifact is None:
+        artifact = work_dir / f"hybrid-{split}"
+        log.info("training the hybrid on the %r split", split)
+        fit_artifact(dataset, train, artifact, config, split, settings)
+    rec = Recommender.load(artifact)
+    cust_index = pd.Index(rec.tables.customer_ids)
+    prod_index = pd.Index(rec.tables.product_ids)
+    tu = cust_index.get_indexer(train["customer_id"].astype(str))
+    ti = prod_index.get_indexer(train["product_id"].astype(str))
+    su = cust_index.get_indexer(test["customer_id"].astype(str))
+    si = prod_index.get_indexer(test["product_id"].astype(str))
+    y = test["rating"].to_numpy(np.float64)
+    n_c, n_p = rec.tables.n_customers, rec.tables.n_products
+
+    frame = pd.DataFrame({"u": tu, "i": ti, "rating": train["rating"].to_numpy(np.float64)})
+    models = {name: m.fit(frame, n_c, n_p) for name, m in _baseline_models().items()}
+    known = su >= 0
+    eval_users = np.unique(su[known])
+    exclude = csr_from_pairs(tu, ti, n_c)
+    relevant = csr_from_pairs(su[known], si[known], n_c)
+
+    def row(predict, score_fn) -> dict:
+        out: dict = {"rmse": None, "mae": None}
+        if predict is not None:
+            pred = np.asarray(predict, dtype=np.float64)
+            out.update(rmse=rmse(y, pred), mae=mae(y, pred))
+        ranks = ranking_metrics(score_fn, eval_users, exclude, relevant, n_p, k=k)
+        out[f"recall@{k}"] = _clean(ranks[f"recall@{k}"])
+        out[f"ndcg@{k}"] = _clean(ranks[f"ndcg@{k}"])
+        return out
+
+    results = {"hybrid": row(rec.predict(su, si), rec.score_customers)}
+    for name, m in models.items():
+        # baselines know no unknown ids: give them the first index and let them fall back where they can
+        results[name] = row(m.predict(np.where(su >= 0, su, n_c), np.where(si >= 0, si, n_p)), m.score)
+    metrics = {
+        "data": f"{dataset.source}:{dataset.path}" + (" (SYNTHETIC)" if is_synthetic(dataset) else ""),
+        "split": {"last": "leave-last-out per customer", "time": "global time split (last 20% of time)"}[split],
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+        "n_ranked_customers": int(len(eval_users)),
+        "models": results,
+        "model_version": rec.version,
+    }
+    history = json.loads((Path(artifact) / "history.json").read_text())
+    return metrics, history, rec
+
+
+def _plots(report_dir: Path, name: str, metrics: dict, history: dict, k: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for key in ("loss", "val_loss"):
+        if key in history:
+            axes[0].plot(history[key], label=key)
+    axes[0].set_title("hybrid training loss")
+    axes[0].set_xlabel("epoch")
+    axes[0].legend()
+    names = list(metrics["models"])
+    for ax, metric_keys, title in ((axes[1], ("rmse", "mae"), "rating error (lower is better)"),
+                                   (axes[2], (f"recall@{k}", f"ndcg@{k}"), "ranking (higher is better)")):
+        width = 0.38
+        for j, mk in enumerate(metric_keys):
+            vals = [metrics["models"][n].get(mk) for n in names]
+            ax.bar(np.arange(len(names)) + j * width, [v if v is not None else 0 for v in vals], width, label=mk)
+        ax.set_xticks(np.arange(len(names)) + width / 2, names, rotation=20)
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle(metrics["data"] + " — " + metrics["split"], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(report_dir / f"{name}.png", dpi=110)
+    plt.close(fig)
+
+
+def evaluate(data, report_dir: str | Path, model_dir: str | Path | None = None, config: TrainConfig | None = None,
+             splits: tuple[str, ...] | None = None, settings: Settings | None = None, k: int = 10) -> dict:
+    """Evaluate and write `metrics.json` (+ `metrics_time.json`) and PNG plots to `report_dir`.
+
+    A model directory trained on the same data and split is evaluated as it is; otherwise (e.g. a
+    serving model trained on all data) a hybrid with the same configuration is retrained on the
+    split's training part, so no test rating is ever seen in training."""
+    from ml.data import load_dataset
+
+    settings = settings or Settings.from_env()
+    dataset = load_dataset(data) if isinstance(data, (str, Path)) else data
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    manifest = None
+    if model_dir is not None:
+        mf = Path(model_dir) / "manifest.json"
+        if not mf.is_file():
+            raise FileNotFoundError(f"{model_dir} is not a model artifact (no manifest.json)")
+        manifest = json.loads(mf.read_text())
+        config = config or TrainConfig.from_dict(manifest["config"])
+    config = config or TrainConfig()
+    if splits is None:
+        splits = ("last", "time") if has_timestamps(dataset.reviews) else ("last",)
+    primary = None
+    with tempfile.TemporaryDirectory(prefix="eval-", dir=settings.var_dir if settings.var_dir.exists() else None) as work:
+        for split in splits:
+            artifact = None
+            if manifest and manifest.get("split") == split and manifest["data"]["fingerprint"] == dataset.fingerprint():
+                artifact = Path(model_dir)
+            metrics, history, rec = evaluate_split(dataset, split, artifact, config, Path(work), settings, k)
+            if split == splits[0] and is_synthetic(dataset):
+                cold = cold_start_report(Path(dataset.path), rec, k)
+                if cold:
+                    metrics["cold_start"] = cold
+            name = "metrics" if split == splits[0] else f"metrics_{split}"
+            (report_dir / f"{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            _plots(report_dir, name, metrics, history, k)
+            primary = primary or metrics
+    return primary

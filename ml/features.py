@@ -1,0 +1,357 @@
+"""Customer and product representations built from training data only.
+
+Product  = content (image embedding, text embedding of title/features/description; PCA-reduced)
+           + mean of its training reviews' text embeddings + rating statistics.
+Customer = mean of their training reviews' text embeddings + mean and rating-weighted mean of the
+           content of the products they rated + rating statistics.
+
+Everything is stored as *sums and counts* (`FeatureTables`), so that a training row can subtract its
+own review ("leave-one-out"): the text and rating of the review whose rating is predicted is never an
+input, in training as at test time. A missing modality is a zero block plus a 0/1 mask, never an error.
+
+Mean ratings are deliberately *not* features: a leave-one-out mean next to a learned per-customer
+bias (which knows the full sum) gives the held-out rating away, r = S - (n-1)·mean_loo. The learned
+biases carry that information instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+
+
+@dataclass
+class FeatureTables:
+    """Sums and counts from the training ratings, indexed by customer and product position."""
+
+    customer_ids: np.ndarray  # (C,) str
+    product_ids: np.ndarray  # (P,) str
+    mu: float  # global mean training rating
+    prod_content: np.ndarray  # (P, Dc) float32: image + product-text PCA blocks and their masks
+    prod_review_sum: np.ndarray  # (P, Dt) sum of training review-text vectors
+    prod_text_count: np.ndarray  # (P,) reviews with text
+    prod_count: np.ndarray  # (P,) training ratings
+    prod_rating_sum: np.ndarray  # (P,)
+    cust_review_sum: np.ndarray  # (C, Dt)
+    cust_text_count: np.ndarray  # (C,)
+    cust_count: np.ndarray  # (C,)
+    cust_rating_sum: np.ndarray  # (C,)
+    cust_content_sum: np.ndarray  # (C, Dc) sum of content of rated products
+    cust_content_wsum: np.ndarray  # (C, Dc) sum of (rating - mu) * content
+    cust_history: np.ndarray  # (C, H) int32: positions + 1 of the latest rated products, 0 = padding
+    rated_indptr: np.ndarray  # CSR (customer -> rated product positions)
+    rated_indices: np.ndarray
+    cooc_indptr: np.ndarray  # CSR (product x product): customers who rated both, zero diagonal
+    cooc_indices: np.ndarray
+    cooc_data: np.ndarray
+    cust_prior: np.ndarray  # (C,) ridge bias b_u fitted without the validation ratings
+    prod_prior: np.ndarray  # (P,) ridge bias b_i
+
+    @property
+    def n_customers(self) -> int:
+        return len(self.customer_ids)
+
+    @property
+    def n_products(self) -> int:
+        return len(self.product_ids)
+
+    @property
+    def cust_dim(self) -> int:
+        return self.cust_review_sum.shape[1] + 2 * self.prod_content.shape[1] + 2
+
+    @property
+    def prod_dim(self) -> int:
+        return self.prod_content.shape[1] + self.prod_review_sum.shape[1] + 2
+
+    def save(self, path) -> None:
+        np.savez_compressed(path, **{f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def load(cls, path) -> "FeatureTables":
+        with np.load(path, allow_pickle=False) as z:
+            kwargs = {f.name: z[f.name] for f in fields(cls)}
+        kwargs["mu"] = float(kwargs["mu"])
+        return cls(**kwargs)
+
+
+def build_tables(
+    customer_ids: np.ndarray,
+    product_ids: np.ndarray,
+    u: np.ndarray,
+    i: np.ndarray,
+    rating: np.ndarray,
+    review_vecs: np.ndarray,
+    review_has_text: np.ndarray,
+    prod_content: np.ndarray,
+    mu: float | None = None,
+    recency: np.ndarray | None = None,
+    history_len: int = 32,
+    cust_prior: np.ndarray | None = None,
+    prod_prior: np.ndarray | None = None,
+) -> FeatureTables:
+    """Aggregate training ratings (u, i, rating) and their review vectors into sums and counts.
+
+    `mu`, `cust_prior`, `prod_prior`: a bias model (mu + b_u + b_i) the network starts from."""
+    n_c, n_p = len(customer_ids), len(product_ids)
+    rating = rating.astype(np.float64)
+    if mu is None:
+        mu = float(rating.mean()) if len(rating) else 3.0
+    tw = review_has_text.astype(np.float32)[:, None]
+    dt = review_vecs.shape[1]
+    dc = prod_content.shape[1]
+
+    def scatter(idx: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
+        out = np.zeros((n,) + values.shape[1:], dtype=np.float64)
+        np.add.at(out, idx, values)
+        return out.astype(np.float32)
+
+    content = prod_content[i] if dc else np.zeros((len(i), 0), np.float32)
+    return FeatureTables(
+        customer_ids=np.asarray(customer_ids, dtype=str),
+        product_ids=np.asarray(product_ids, dtype=str),
+        mu=mu,
+        prod_content=prod_content.astype(np.float32),
+        prod_review_sum=scatter(i, n_p, review_vecs * tw) if dt else np.zeros((n_p, 0), np.float32),
+        prod_text_count=np.bincount(i, weights=tw[:, 0], minlength=n_p).astype(np.float32),
+        prod_count=np.bincount(i, minlength=n_p).astype(np.float32),
+        prod_rating_sum=np.bincount(i, weights=rating, minlength=n_p).astype(np.float32),
+        cust_review_sum=scatter(u, n_c, review_vecs * tw) if dt else np.zeros((n_c, 0), np.float32),
+        cust_text_count=np.bincount(u, weights=tw[:, 0], minlength=n_c).astype(np.float32),
+        cust_count=np.bincount(u, minlength=n_c).astype(np.float32),
+        cust_rating_sum=np.bincount(u, weights=rating, minlength=n_c).astype(np.float32),
+        cust_content_sum=scatter(u, n_c, content) if dc else np.zeros((n_c, 0), np.float32),
+        cust_content_wsum=scatter(u, n_c, content * (rating - mu)[:, None].astype(np.float32))
+        if dc
+        else np.zeros((n_c, 0), np.float32),
+        cust_history=_history(u, i, n_c, recency, history_len),
+        **_cooccurrence(u, i, n_c, n_p),
+        cust_prior=(np.zeros(n_c) if cust_prior is None else cust_prior).astype(np.float32),
+        prod_prior=(np.zeros(n_p) if prod_prior is None else prod_prior).astype(np.float32),
+    )
+
+
+def _history(u: np.ndarray, i: np.ndarray, n_c: int, recency: np.ndarray | None, length: int) -> np.ndarray:
+    """Each customer's latest `length` rated products (positions + 1), most recent last."""
+    out = np.zeros((n_c, length), np.int32)
+    if len(u) == 0 or length == 0:
+        return out
+    rec = np.arange(len(u)) if recency is None else recency
+    order = np.lexsort((rec, u))
+    su, si = u[order], i[order]
+    starts = np.searchsorted(su, np.arange(n_c))
+    ends = np.searchsorted(su, np.arange(n_c), side="right")
+    rank_from_end = ends[su] - np.arange(len(su))  # 1 = latest
+    keep = rank_from_end <= length
+    out[su[keep], length - rank_from_end[keep]] = si[keep] + 1
+    del starts
+    return out
+
+
+def _cooccurrence(u: np.ndarray, i: np.ndarray, n_c: int, n_p: int) -> dict:
+    """Rated-products CSR per customer and the product co-occurrence counts C = XᵀX (diagonal 0)."""
+    from scipy import sparse
+
+    x = sparse.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(n_c, n_p))
+    x.data[:] = 1.0  # duplicates count once
+    c = (x.T @ x).tocsr()
+    c.setdiag(0)
+    c.eliminate_zeros()
+    return {
+        "rated_indptr": x.indptr.astype(np.int64), "rated_indices": x.indices.astype(np.int32),
+        "cooc_indptr": c.indptr.astype(np.int64), "cooc_indices": c.indices.astype(np.int32),
+        "cooc_data": c.data.astype(np.float32),
+    }
+
+
+def _rated_matrix(t: "FeatureTables", u: np.ndarray):
+    from scipy import sparse
+
+    x = sparse.csr_matrix((np.ones(len(t.rated_indices), np.float32), t.rated_indices, t.rated_indptr),
+                          shape=(t.n_customers, t.n_products))
+    rows = x[np.maximum(u, 0)]
+    return sparse.diags((np.asarray(u) >= 0).astype(np.float32)) @ rows
+
+
+def _cooc_matrix(t: "FeatureTables"):
+    from scipy import sparse
+
+    return sparse.csr_matrix((t.cooc_data, t.cooc_indices, t.cooc_indptr), shape=(t.n_products, t.n_products))
+
+
+def cooc_all(t: "FeatureTables", u: np.ndarray) -> np.ndarray:
+    """(len(u), P) item-to-item signal: for each product, how many (customer, product) co-ratings
+    link it to the products this customer rated ("customers who bought X also bought Y")."""
+    return np.log1p(np.asarray((_rated_matrix(t, u) @ _cooc_matrix(t)).todense(), np.float32))
+
+
+def pair_features(t: "FeatureTables", u: np.ndarray, i: np.ndarray, leave_out: np.ndarray | None = None) -> np.ndarray:
+    """(n, 1) co-occurrence signal of rows (u, i). For a training rating (`leave_out` 1) the
+    customer's own co-ratings are subtracted: they would otherwise give the rating away."""
+    u, i = np.asarray(u), np.asarray(i)
+    out = np.zeros(len(u), np.float32)
+    if len(u):
+        order = np.argsort(u, kind="stable")
+        uniq, inv = np.unique(u[order], return_inverse=True)
+        m = (_rated_matrix(t, uniq) @ _cooc_matrix(t)).tocsr()
+        vals = np.asarray(m[inv, np.maximum(i[order], 0)]).ravel()
+        if leave_out is not None:
+            n_rated = np.diff(t.rated_indptr)[np.maximum(u[order], 0)]
+            vals = vals - np.asarray(leave_out)[order] * np.maximum(n_rated - 1, 0)
+        out[order] = np.where(i[order] >= 0, np.maximum(vals, 0), 0)
+    return np.log1p(out)[:, None]
+
+
+@dataclass
+class Exclusion:
+    """One training review to leave out of a row's features (all arrays aligned with the rows).
+
+    `active` is 0 for rows that exclude nothing (serving, evaluation)."""
+
+    active: np.ndarray  # (n,) float32 0/1
+    rating: np.ndarray  # (n,) float32
+    review_vec: np.ndarray  # (n, Dt)
+    has_text: np.ndarray  # (n,) float32 0/1
+    is_rated: np.ndarray | None = None  # (n,) 1 where the row's own pair is a training rating
+
+    @classmethod
+    def none(cls, n: int, dt: int) -> "Exclusion":
+        z = np.zeros(n, np.float32)
+        return cls(z, z, np.zeros((n, dt), np.float32), z)
+
+
+def _mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    return total / np.maximum(count, 1.0)[:, None]
+
+
+def customer_features(
+    t: FeatureTables, u: np.ndarray, ex_item: np.ndarray | None = None, ex: Exclusion | None = None
+) -> np.ndarray:
+    """(n, cust_dim) rows for customer positions `u` (-1 = unknown customer: all zeros).
+
+    With `ex`, the review `ex` (and the product `ex_item`'s content) is subtracted from the sums."""
+    n = len(u)
+    known = (u >= 0).astype(np.float32)
+    uu = np.maximum(u, 0)
+    if ex is None:
+        ex = Exclusion.none(n, t.cust_review_sum.shape[1])
+    a = ex.active
+    text_cnt = (t.cust_text_count[uu] - a * ex.has_text) * known
+    review_sum = (t.cust_review_sum[uu] - (a * ex.has_text)[:, None] * ex.review_vec) * known[:, None]
+    cnt = (t.cust_count[uu] - a) * known
+    csum = t.cust_content_sum[uu]
+    cwsum = t.cust_content_wsum[uu]
+    if csum.shape[1] and ex_item is not None:
+        content = t.prod_content[np.maximum(ex_item, 0)] * a[:, None]
+        csum = csum - content
+        cwsum = cwsum - content * (ex.rating - t.mu)[:, None]
+    csum = csum * known[:, None]
+    cwsum = cwsum * known[:, None]
+    stats = np.stack([np.log1p(cnt), (text_cnt > 0).astype(np.float32)], 1)
+    return np.concatenate(
+        [_mean(review_sum, text_cnt), _mean(csum, cnt), _mean(cwsum, cnt), stats], axis=1
+    ).astype(np.float32)
+
+
+def product_features(t: FeatureTables, i: np.ndarray, ex: Exclusion | None = None) -> np.ndarray:
+    """(n, prod_dim) rows for product positions `i` (-1 = unknown product: all zeros)."""
+    n = len(i)
+    known = (i >= 0).astype(np.float32)
+    ii = np.maximum(i, 0)
+    if ex is None:
+        ex = Exclusion.none(n, t.prod_review_sum.shape[1])
+    a = ex.active
+    text_cnt = (t.prod_text_count[ii] - a * ex.has_text) * known
+    review_sum = (t.prod_review_sum[ii] - (a * ex.has_text)[:, None] * ex.review_vec) * known[:, None]
+    cnt = (t.prod_count[ii] - a) * known
+    stats = np.stack([np.log1p(cnt), (text_cnt > 0).astype(np.float32)], 1)
+    return np.concatenate(
+        [t.prod_content[ii] * known[:, None], _mean(review_sum, text_cnt), stats], axis=1
+    ).astype(np.float32)
+
+
+def model_inputs(
+    t: FeatureTables,
+    u: np.ndarray,
+    i: np.ndarray,
+    cust_ex: Exclusion | None = None,
+    prod_ex: Exclusion | None = None,
+    cust_ex_item: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The hybrid model's input dict for rows (u, i); ids are shifted by one (0 = unknown)."""
+    return {
+        "customer": customer_features(t, u, cust_ex_item, cust_ex),
+        "product": product_features(t, i, prod_ex),
+        "customer_id": (np.asarray(u) + 1).astype(np.int32),
+        "product_id": product_id_input(t, i),
+        "customer_prior": customer_prior(t, u),
+        "history": customer_history(t, u, cust_ex_item, cust_ex),
+        "pair": pair_features(t, u, i, None if cust_ex is None else cust_ex.is_rated),
+        "product_prior": product_prior(t, i),
+    }
+
+
+def customer_history(t: FeatureTables, u: np.ndarray, ex_item: np.ndarray | None = None,
+                     ex: Exclusion | None = None) -> np.ndarray:
+    """(n, H) rated-product ids per row, without the excluded product (leave-one-out)."""
+    u = np.asarray(u)
+    hist = np.where((u >= 0)[:, None], t.cust_history[np.maximum(u, 0)], 0)
+    if ex_item is not None and ex is not None:
+        drop = (hist == (np.asarray(ex_item) + 1)[:, None]) & (ex.active > 0)[:, None]
+        hist = np.where(drop, 0, hist)
+    return hist.astype(np.int32)
+
+
+def customer_prior(t: FeatureTables, u: np.ndarray) -> np.ndarray:
+    u = np.asarray(u)
+    return np.where(u >= 0, t.cust_prior[np.maximum(u, 0)], 0.0).astype(np.float32)
+
+
+def product_prior(t: FeatureTables, i: np.ndarray) -> np.ndarray:
+    i = np.asarray(i)
+    return np.where(i >= 0, t.prod_prior[np.maximum(i, 0)], 0.0).astype(np.float32)
+
+
+def product_id_input(t: FeatureTables, i: np.ndarray) -> np.ndarray:
+    """Model id input for products: position + 1, or 0 ("unknown") for products without a training
+    rating — their own embedding was never trained, the shared unknown one was (id dropout)."""
+    i = np.asarray(i)
+    known = (i >= 0) & (t.prod_count[np.maximum(i, 0)] > 0)
+    return np.where(known, i + 1, 0).astype(np.int32)
+
+
+def reduce_block(x: np.ndarray, present: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
+    """PCA-reduce the rows of `x` that are present to at most `dim` dimensions, scaled to unit
+    average variance; absent rows stay zero. Small catalogs keep the MLP from overfitting 1280-d inputs."""
+    from sklearn.decomposition import PCA
+
+    out_dim = int(min(dim, max(int(present.sum()) - 1, 0), x.shape[1] if x.ndim == 2 else 0))
+    out = np.zeros((len(x), out_dim), np.float32)
+    if out_dim == 0:
+        return out
+    rows = x[present.astype(bool)].astype(np.float32)
+    z = PCA(n_components=out_dim, random_state=seed).fit_transform(rows)
+    z /= max(float(z.std()), 1e-6)
+    out[present.astype(bool)] = z
+    return out
+
+
+def product_content(
+    image_vecs: np.ndarray | None,
+    has_image: np.ndarray,
+    text_vecs: np.ndarray | None,
+    has_text: np.ndarray,
+    dim: int,
+    seed: int = 0,
+) -> np.ndarray:
+    """(P, Dc) content block: reduced image and product-text embeddings, each followed by its mask.
+    A modality that no product has is left out entirely."""
+    blocks = []
+    for vecs, mask in ((image_vecs, has_image), (text_vecs, has_text)):
+        if vecs is None or not np.any(mask):
+            continue
+        blocks.append(reduce_block(vecs, mask, dim, seed))
+        blocks.append(mask.astype(np.float32)[:, None])
+    if not blocks:
+        return np.zeros((len(has_image), 0), np.float32)
+    return np.concatenate(blocks, axis=1).astype(np.float32)

@@ -1,0 +1,326 @@
+"""Training: data → embeddings → feature tables → Keras hybrid model → versioned artifact directory.
+
+An artifact directory holds `manifest.json` (version, data fingerprint, encoder names, split, config,
+metrics, created time), `model.weights.h5`, `tables.npz` (feature sums/counts), `interactions.npz`
+(training pairs, for "exclude seen"), `products.json` (title and image per product) and `history.json`.
+It is written to a temporary sibling and renamed into place, so a reader never sees half of one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ml.baselines import BiasBaseline
+from ml.config import Settings
+from ml.embed import embed_dataset
+from ml.features import Exclusion, FeatureTables, build_tables, model_inputs, product_content, reduce_block
+from ml.model import BestPerHead, ModelSpec, build_model, interact_bce, masked_mse, ranking_score
+from ml.split import split_reviews
+
+log = logging.getLogger(__name__)
+ARTIFACT_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; every field is recorded in the manifest."""
+
+    epochs: int = 40
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    negatives: int = 4
+    val_fraction: float = 0.3  # share of customers whose latest training rating validates
+    patience: int = 4
+    seed: int = 0
+    use_images: bool = True
+    use_text: bool = True
+    pca_dim: int = 64
+    id_dim: int = 32
+    tower_dim: int = 64
+    hidden: tuple[int, ...] = (128, 64)
+    dropout: float = 0.2
+    id_dropout: float = 0.25
+    l2: float = 1e-4
+    history_len: int = 32
+    verbose: int = 2
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "hidden" in d:
+            d["hidden"] = tuple(d["hidden"])
+        return cls(**d)
+
+
+@dataclass
+class TrainingRows:
+    inputs: dict
+    targets: dict
+    is_val: np.ndarray
+
+
+def _positions(ids: pd.Series, index: pd.Index) -> np.ndarray:
+    return index.get_indexer(ids.astype(str)).astype(np.int64)
+
+
+def _sample_negatives(u, i, n_products, k, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k unrated products per positive row: (source row, customer, product)."""
+    src = np.repeat(np.arange(len(u)), k)
+    nu = u[src]
+    ni = rng.integers(0, n_products, size=len(src))
+    rated = np.unique(u * n_products + i)
+    for _ in range(5):
+        clash = np.isin(nu * n_products + ni, rated)
+        if not clash.any():
+            break
+        ni[clash] = rng.integers(0, n_products, size=int(clash.sum()))
+    keep = ~np.isin(nu * n_products + ni, rated)
+    return src[keep], nu[keep], ni[keep]
+
+
+def _last_rows(u: np.ndarray, recency: np.ndarray | None, rng, fraction: float) -> np.ndarray:
+    """Validation rows that look like the test rows: the latest rating of a random `fraction`
+    of the customers with at least two ratings (so early stopping picks what generalises forward)."""
+    n = len(u)
+    rec = np.arange(n) if recency is None else recency
+    order = np.lexsort((rec, u))
+    last = np.zeros(n, bool)
+    is_last = np.append(u[order][1:] != u[order][:-1], True)
+    counts = np.bincount(u)
+    chosen = rng.random(counts.shape[0]) < fraction
+    rows = order[is_last]
+    last[rows[(counts[u[rows]] >= 2) & chosen[u[rows]]]] = True
+    return last
+
+
+def build_training_rows(
+    tables: FeatureTables,
+    u: np.ndarray,
+    i: np.ndarray,
+    rating: np.ndarray,
+    review_vecs: np.ndarray,
+    has_text: np.ndarray,
+    config: TrainConfig,
+    val_pos: np.ndarray,
+) -> TrainingRows:
+    """Positive rows (observed ratings) and sampled negatives, each with its own review left out.
+
+    A positive (u, i) excludes u's review of i from both sides. Its negatives (u, j) reuse the same
+    customer-side exclusion, and leave a random review of j out of j's side, so positives and
+    negatives see features of the same kind (counts one lower) and the count cannot give them away."""
+    rng = np.random.default_rng(config.seed)
+    n = len(u)
+    ht = has_text.astype(np.float32)
+    r = rating.astype(np.float32)
+    pos_ex = Exclusion(np.ones(n, np.float32), r, review_vecs, ht)
+
+    src, nu, ni = _sample_negatives(u, i, tables.n_products, config.negatives, rng)
+    order = np.argsort(i, kind="stable")
+    counts = np.bincount(i, minlength=tables.n_products)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    c = counts[ni]
+    pick = order[np.minimum(starts[ni] + (rng.random(len(ni)) * c).astype(np.int64), max(n - 1, 0))]
+    active = (c > 0).astype(np.float32)
+    neg_prod_ex = Exclusion(active, r[pick] * active, review_vecs[pick] * active[:, None], ht[pick] * active)
+    neg_cust_ex = Exclusion(pos_ex.active[src], r[src], review_vecs[src], ht[src])
+
+    def cat(a, b):
+        return Exclusion(*(np.concatenate([x, y]) for x, y in zip(
+            (a.active, a.rating, a.review_vec, a.has_text), (b.active, b.rating, b.review_vec, b.has_text))))
+
+    cust_ex = cat(pos_ex, neg_cust_ex)
+    cust_ex.is_rated = np.concatenate([np.ones(n, np.float32), np.zeros(len(nu), np.float32)])
+
+    all_u = np.concatenate([u, nu])
+    all_i = np.concatenate([i, ni])
+    inputs = model_inputs(
+        tables, all_u, all_i,
+        cust_ex=cust_ex, prod_ex=cat(pos_ex, neg_prod_ex),
+        cust_ex_item=np.concatenate([i, i[src]]),
+    )
+    observed = np.concatenate([np.ones(n, np.float32), np.zeros(len(nu), np.float32)])
+    rating_t = np.stack([np.concatenate([r, np.zeros(len(nu), np.float32)]), observed], 1)
+    is_val = np.concatenate([val_pos, val_pos[src]])
+    # one shuffle so that every batch (validation ones too) mixes positives and negatives
+    perm = rng.permutation(len(all_u))
+    targets = {"rating": rating_t[perm], "interact": observed[perm]}
+    return TrainingRows({k: v[perm] for k, v in inputs.items()}, targets, is_val[perm])
+
+
+def _take(d: dict, mask: np.ndarray) -> dict:
+    return {k: v[mask] for k, v in d.items()}
+
+
+def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig):
+    """Fit the Keras model with a validation split and early stopping; returns (model, history)."""
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    spec = ModelSpec(
+        n_customers=tables.n_customers, n_products=tables.n_products,
+        cust_dim=tables.cust_dim, prod_dim=tables.prod_dim, mu=tables.mu,
+        id_dim=config.id_dim, tower_dim=config.tower_dim, hidden=tuple(config.hidden),
+        dropout=config.dropout, id_dropout=config.id_dropout, l2=config.l2,
+    )
+    model = build_model(spec, seed=config.seed)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss={"rating": masked_mse, "interact": interact_bce},
+    )
+    train_m, val_m = ~rows.is_val, rows.is_val
+    has_val = bool(val_m.any())
+    callbacks = [BestPerHead(config.patience)] if has_val else []
+    history = model.fit(
+        _take(rows.inputs, train_m), _take(rows.targets, train_m),
+        validation_data=(_take(rows.inputs, val_m), _take(rows.targets, val_m)) if has_val else None,
+        epochs=config.epochs, batch_size=config.batch_size, shuffle=True,
+        callbacks=callbacks, verbose=config.verbose,
+    )
+    hist = {k: [float(x) for x in v] for k, v in history.history.items()}
+    return model, spec, hist
+
+
+RATING_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+def choose_rating_weight(artifact: Path, u: np.ndarray, i: np.ndarray, val: np.ndarray, config: TrainConfig,
+                         max_customers: int = 2000, k: int = 10) -> dict:
+    """Pick how much the predicted rating weighs in the ranking score, by NDCG@k of the validation
+    ratings ranked among all products the customer had not rated otherwise."""
+    from ml.metrics import csr_from_pairs, ranking_metrics
+    from ml.recommender import Recommender
+
+    if not val.any():
+        return {"rating_weight": 1.0, "chosen_by": "default (no validation ratings)"}
+    rec = Recommender.load(artifact)
+    n_c = rec.tables.n_customers
+    users = np.unique(u[val])
+    users = np.random.default_rng(config.seed).permutation(users)[:max_customers]
+    exclude = csr_from_pairs(u[~val], i[~val], n_c)
+    relevant = csr_from_pairs(u[val], i[val], n_c)
+    heads = {int(c): (r, l) for uu, R, L in rec.heads_for_customers(users) for c, r, l in zip(uu, R, L)}
+    results = {}
+    for w in RATING_WEIGHTS:
+        def score(cs, w=w):
+            return np.stack([ranking_score(*heads[int(c)], w) for c in cs])
+        results[w] = ranking_metrics(score, users, exclude, relevant, rec.n_products, k=k)[f"ndcg@{k}"]
+    best = max(RATING_WEIGHTS, key=lambda w: (results[w], -w))
+    return {"rating_weight": best, "chosen_by": f"validation ndcg@{k}",
+            f"val_ndcg@{k}": {str(w): round(float(v), 5) for w, v in results.items()}}
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def is_synthetic(dataset) -> bool:
+    p = Path(dataset.path)
+    return (p / "SYNTHETIC.md").is_file() if p.is_dir() else False
+
+
+def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfig, split: str,
+                 settings: Settings | None = None) -> dict:
+    """Train on `train` (rows of dataset.reviews) and write the artifact directory `out_dir`."""
+    settings = settings or Settings.from_env()
+    started = time.time()
+    out_dir = Path(out_dir)
+    if len(train) == 0:
+        raise ValueError("no training ratings: the data set is empty after the split")
+    products = dataset.products.reset_index(drop=True)
+    product_index = pd.Index(products["product_id"].astype(str))
+    customer_ids = np.sort(train["customer_id"].astype(str).unique())
+    customer_index = pd.Index(customer_ids)
+    train = train.reset_index(drop=True)
+    u = _positions(train["customer_id"], customer_index)
+    i = _positions(train["product_id"], product_index)
+    if (i < 0).any():
+        raise ValueError("reviews name products missing from the product table")
+    rating = train["rating"].to_numpy(np.float32)
+
+    log.info("embedding %d products and %d training reviews", len(products), len(train))
+    emb = embed_dataset(products, train, settings.cache_dir, config.use_images, config.use_text, config.progress)
+    if emb.review_text is not None:
+        review_vecs = reduce_block(emb.review_text, emb.has_review_text, config.pca_dim, config.seed)
+    else:
+        review_vecs = np.zeros((len(train), 0), np.float32)
+    content = product_content(emb.product_image, emb.has_image, emb.product_text, emb.has_product_text,
+                              config.pca_dim, config.seed)
+    ts = train["timestamp"].fillna(-np.inf).to_numpy() if "timestamp" in train else np.zeros(len(train))
+    order_col = train["order"].to_numpy() if "order" in train else np.arange(len(train))
+    recency = np.lexsort((order_col, ts)).argsort()
+    val_rows = _last_rows(u, recency, np.random.default_rng(config.seed), config.val_fraction)
+    prior = BiasBaseline().fit(pd.DataFrame({"u": u[~val_rows], "i": i[~val_rows], "rating": rating[~val_rows]}),
+                               len(customer_ids), len(products))
+    tables = build_tables(customer_ids, product_index.to_numpy(str), u, i, rating, review_vecs,
+                          emb.has_review_text, content, prior.mu_, recency, config.history_len,
+                          prior.b_u_, prior.b_i_)
+    rows = build_training_rows(tables, u, i, rating, review_vecs, emb.has_review_text, config, val_rows)
+    model, spec, hist = fit_model(tables, rows, config)
+    # Serve with biases fitted on every training rating; the validation ratings were held out of
+    # the prior only so that early stopping saw honest residuals.
+    full = BiasBaseline().fit(pd.DataFrame({"u": u, "i": i, "rating": rating}), len(customer_ids), len(products))
+    tables.cust_prior, tables.prod_prior = full.b_u_.astype(np.float32), full.b_i_.astype(np.float32)
+
+    val = rows.is_val & (rows.targets["rating"][:, 1] > 0)
+    metrics: dict = {"epochs_run": len(hist.get("loss", []))}
+    if val.any():
+        pred = np.clip(np.asarray(model.predict(_take(rows.inputs, val), verbose=0)["rating"]), 1, 5)
+        err = pred - rows.targets["rating"][val, 0]
+        metrics.update(val_rmse=float(np.sqrt(np.mean(err ** 2))), val_mae=float(np.mean(np.abs(err))))
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        model.save_weights(tmp / "model.weights.h5")
+        tables.save(tmp / "tables.npz")
+        np.savez_compressed(tmp / "interactions.npz", u=u.astype(np.int32), i=i.astype(np.int32))
+        _write_json(tmp / "products.json", products[["product_id", "title", "image"]].fillna("").to_dict("records"))
+        _write_json(tmp / "history.json", hist)
+        manifest = {
+            "format": ARTIFACT_FORMAT,
+            "version": out_dir.name,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "data": {
+                "path": str(dataset.path), "source": dataset.source, "fingerprint": dataset.fingerprint(),
+                "synthetic": is_synthetic(dataset), "n_ratings": int(len(dataset.reviews)),
+                "n_train": int(len(train)), "n_customers": int(len(customer_ids)), "n_products": int(len(products)),
+            },
+            "split": split,
+            "encoders": emb.encoders,
+            "config": {**asdict(config), "hidden": list(config.hidden)},
+            "spec": spec.to_dict(),
+            "metrics": metrics,
+            "training_seconds": round(time.time() - started, 1),
+        }
+        _write_json(tmp / "manifest.json", manifest)
+        manifest["ranking"] = choose_rating_weight(tmp, u, i, val_rows, config)
+        _write_json(tmp / "manifest.json", manifest)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("model written to %s (%.1fs)", out_dir, manifest["training_seconds"])
+    return manifest
+
+
+def train_model(data, out_dir: str | Path, config: TrainConfig | None = None, split: str = "none",
+                settings: Settings | None = None) -> dict:
+    """Load `data` (a path, or a loaded Dataset), split it, train and write the artifact; returns the manifest."""
+    from ml.data import load_dataset
+
+    dataset = load_dataset(data) if isinstance(data, (str, Path)) else data
+    train, _ = split_reviews(dataset.reviews, split)
+    return fit_artifact(dataset, train, Path(out_dir), config or TrainConfig(), split, settings)
