@@ -61,6 +61,12 @@ class FeatureTables:
         return self.cust_review_sum.shape[1] + 2 * self.prod_content.shape[1] + 2
 
     @property
+    def prod_review_span(self) -> tuple[int, int]:
+        """Columns of `product_features` that hold the mean review text."""
+        start = self.prod_content.shape[1]
+        return (start, start + self.prod_review_sum.shape[1])
+
+    @property
     def prod_dim(self) -> int:
         return self.prod_content.shape[1] + self.prod_review_sum.shape[1] + 2
 
@@ -278,11 +284,10 @@ def model_inputs(
     prod_ex: Exclusion | None = None,
     cust_ex_item: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """The hybrid model's input dict for rows (u, i); ids are shifted by one (0 = unknown)."""
+    """The hybrid model's input dict for rows (u, i); product ids are shifted by one (0 = unknown)."""
     return {
         "customer": customer_features(t, u, cust_ex_item, cust_ex),
         "product": product_features(t, i, prod_ex),
-        "customer_id": (np.asarray(u) + 1).astype(np.int32),
         "product_id": product_id_input(t, i),
         "customer_prior": customer_prior(t, u),
         "history": customer_history(t, u, cust_ex_item, cust_ex),

@@ -34,16 +34,19 @@ class ModelSpec:
     dropout: float = 0.2
     id_dropout: float = 0.25
     l2: float = 1e-4
+    prod_review_span: tuple[int, int] = (0, 0)  # where product features hold review text
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        d["prod_review_span"] = list(self.prod_review_span)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
         d = dict(d)
         d["hidden"] = tuple(d["hidden"])
+        d["prod_review_span"] = tuple(d.get("prod_review_span", (0, 0)))
         return cls(**d)
 
 
@@ -74,9 +77,15 @@ def _mlp(units: tuple[int, ...], dropout: float, l2: float, name: str) -> keras.
 
 
 class HeadNet(layers.Layer):
-    """One head's network: customer/product towers over the features, id embeddings (the customer's
-    plus the mean of the products they rated, as in SVD++), an MLP over the pair, a 1-unit output,
-    and per-id offsets (rating biases or product popularity)."""
+    """One head's network: customer/product towers over the features, the mean embedding of the
+    products the customer rated (as in SVD++), the co-occurrence signal, an MLP over the pair and
+    a 1-unit output.
+
+    No free per-customer parameter exists in either head, and the rating head has none per
+    product: the features are leave-one-out aggregates, and a learned per-entity vector next to
+    one could memorise the full aggregate and recover the left-out review (S - (n-1)·mean_loo).
+    The pick head keeps learned product embeddings and popularity offsets (with id dropout) but
+    sees no per-product review text, for the same reason."""
 
     def __init__(self, spec: ModelSpec, kind: str, seed: int = 0, **kwargs) -> None:
         super().__init__(name=f"{kind}_net", **kwargs)
@@ -85,13 +94,18 @@ class HeadNet(layers.Layer):
         reg = keras.regularizers.L2(spec.l2)
         self.cust_tower = _mlp((spec.tower_dim,), 0.0, spec.l2, f"{kind}_customer_tower")
         self.prod_tower = _mlp((spec.tower_dim,), 0.0, spec.l2, f"{kind}_product_tower")
-        self.cust_id_drop = IdDropout(spec.id_dropout, seed=seed)
-        self.prod_id_drop = IdDropout(spec.id_dropout, seed=seed + 1)
-        self.cust_emb = layers.Embedding(spec.n_customers + 1, spec.id_dim, embeddings_regularizer=reg)
-        self.prod_emb = layers.Embedding(spec.n_products + 1, spec.id_dim, embeddings_regularizer=reg)
         self.hist_emb = layers.Embedding(spec.n_products + 1, spec.id_dim, embeddings_regularizer=reg)
-        self.cust_off = layers.Embedding(spec.n_customers + 1, 1, embeddings_initializer="zeros", embeddings_regularizer=reg)
-        self.prod_off = layers.Embedding(spec.n_products + 1, 1, embeddings_initializer="zeros", embeddings_regularizer=reg)
+        if kind == "interact":
+            self.prod_id_drop = IdDropout(spec.id_dropout, seed=seed + 1)
+            self.prod_emb = layers.Embedding(spec.n_products + 1, spec.id_dim, embeddings_regularizer=reg)
+            self.prod_off = layers.Embedding(spec.n_products + 1, 1, embeddings_initializer="zeros",
+                                             embeddings_regularizer=reg)
+            start, stop = spec.prod_review_span
+            keep = np.ones(spec.prod_dim, np.float32)
+            keep[start:stop] = 0.0
+            self.prod_keep = keep
+        else:
+            self.prod_vec = layers.Dense(spec.id_dim, kernel_regularizer=reg, name=f"{kind}_product_vec")
         self.trunk = _mlp(spec.hidden, spec.dropout, spec.l2, f"{kind}_trunk")
         init = "zeros" if kind == "rating" else "glorot_uniform"
         self.out = layers.Dense(1, kernel_initializer=init, name=f"{kind}_out")
@@ -99,18 +113,20 @@ class HeadNet(layers.Layer):
     def build(self, input_shape=None):
         self.built = True
 
-    def customer_part(self, features, ids, prior, history, training=False) -> dict:
-        ids = self.cust_id_drop(ids, training=training)
+    def customer_part(self, features, prior, history, training=False) -> dict:
         mask = ops.cast(ops.greater(history, 0), "float32")
         hist = ops.sum(self.hist_emb(history) * mask[:, :, None], axis=1) / ops.maximum(
             ops.sum(mask, axis=1, keepdims=True), 1.0)
-        offset = self.cust_off(ids)[:, 0] + (prior if self.kind == "rating" else 0.0)
-        return {"t": self.cust_tower(features, training=training), "e": self.cust_emb(ids) + hist, "b": offset}
+        offset = prior if self.kind == "rating" else ops.zeros_like(prior)
+        return {"t": self.cust_tower(features, training=training), "e": hist, "b": offset}
 
     def product_part(self, features, ids, prior, training=False) -> dict:
+        if self.kind == "rating":
+            return {"t": self.prod_tower(features, training=training), "e": self.prod_vec(features), "b": prior}
         ids = self.prod_id_drop(ids, training=training)
-        offset = self.prod_off(ids)[:, 0] + (prior if self.kind == "rating" else 0.0)
-        return {"t": self.prod_tower(features, training=training), "e": self.prod_emb(ids), "b": offset}
+        features = features * self.prod_keep
+        return {"t": self.prod_tower(features, training=training), "e": self.prod_emb(ids),
+                "b": self.prod_off(ids)[:, 0]}
 
     def pair_part(self, c: dict, p: dict, pair, training=False):
         x = ops.concatenate([c["t"], p["t"], c["t"] * p["t"], c["e"], p["e"], c["e"] * p["e"], pair], axis=-1)
@@ -125,7 +141,7 @@ HEADS = ("rating", "interact")
 @keras.saving.register_keras_serializable(package="ml")
 class HybridModel(keras.Model):
     """Inputs: dict with `customer` (n, cust_dim), `product` (n, prod_dim) float features,
-    `customer_id`, `product_id` int positions + 1 (0 = unknown), `customer_prior`, `product_prior`
+    `product_id` int positions + 1 (0 = unknown), `customer_prior`, `product_prior`
     (n,) ridge biases, `history` (n, H) rated product ids (0 = none) and `pair` (n, 1) the
     co-occurrence signal (ml.features.pair_features). Outputs dict `rating`,
     `interact`, each from its own `HeadNet`, so each can keep the weights of its own best
@@ -142,10 +158,10 @@ class HybridModel(keras.Model):
     def build(self, input_shape=None):
         self.built = True
 
-    def customer_part(self, features, ids, prior, history, training=False) -> dict:
+    def customer_part(self, features, prior, history, training=False) -> dict:
         """Per-customer halves of both heads (computed once per customer at serving time)."""
         return {f"{h}.{k}": v for h, net in self.nets.items()
-                for k, v in net.customer_part(features, ids, prior, history, training=training).items()}
+                for k, v in net.customer_part(features, prior, history, training=training).items()}
 
     def product_part(self, features, ids, prior, training=False) -> dict:
         """Per-product halves of both heads (computed once per catalog at serving time)."""
@@ -162,8 +178,7 @@ class HybridModel(keras.Model):
         return out
 
     def call(self, inputs, training=False):
-        c = self.customer_part(inputs["customer"], inputs["customer_id"], inputs["customer_prior"], inputs["history"],
-                               training=training)
+        c = self.customer_part(inputs["customer"], inputs["customer_prior"], inputs["history"], training=training)
         p = self.product_part(inputs["product"], inputs["product_id"], inputs["product_prior"], training=training)
         return self.pair_part(c, p, inputs["pair"], training=training)
 
@@ -230,7 +245,6 @@ def build_model(spec: ModelSpec, seed: int = 0) -> HybridModel:
     dummy = {
         "customer": np.zeros((1, spec.cust_dim), np.float32),
         "product": np.zeros((1, spec.prod_dim), np.float32),
-        "customer_id": np.zeros((1,), np.int32),
         "product_id": np.zeros((1,), np.int32),
         "customer_prior": np.zeros((1,), np.float32),
         "history": np.zeros((1, 1), np.int32),

@@ -82,9 +82,8 @@ class Recommender:
         """(rating, interaction logit) for rows (u, i), or for every product when i is None."""
         from keras import ops
 
-        cpart = self.model.customer_part(customer_features(self.tables, u), np.asarray(u) + 1,
-                                         customer_prior(self.tables, u), customer_history(self.tables, u),
-                                         training=False)
+        cpart = self.model.customer_part(customer_features(self.tables, u), customer_prior(self.tables, u),
+                                         customer_history(self.tables, u), training=False)
         if i is None:
             n, p = len(u), self.n_products
             c = {k: ops.repeat(v, p, axis=0) for k, v in cpart.items()}

@@ -172,6 +172,7 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig):
         cust_dim=tables.cust_dim, prod_dim=tables.prod_dim, mu=tables.mu,
         id_dim=config.id_dim, tower_dim=config.tower_dim, hidden=tuple(config.hidden),
         dropout=config.dropout, id_dropout=config.id_dropout, l2=config.l2,
+        prod_review_span=tables.prod_review_span,
     )
     model = build_model(spec, seed=config.seed)
     model.compile(
