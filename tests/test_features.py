@@ -1,0 +1,68 @@
+"""Leave-one-out features equal features built from the data without that rating."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml.features import Exclusion, build_tables, model_inputs
+
+
+def _world(seed: int = 0, n_c: int = 12, n_p: int = 9, dt: int = 5, dc: int = 4):
+    rng = np.random.default_rng(seed)
+    pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, n_c, 80), rng.integers(0, n_p - 1, 80))}
+    pairs = sorted(pairs)
+    u = np.array([p[0] for p in pairs])
+    i = np.array([p[1] for p in pairs])
+    rating = rng.integers(1, 6, len(u)).astype(np.float32)
+    vecs = rng.normal(size=(len(u), dt)).astype(np.float32)
+    has_text = rng.random(len(u)) < 0.8
+    content = rng.normal(size=(n_p, dc)).astype(np.float32)
+    return dict(customer_ids=np.array([f"C{k}" for k in range(n_c)]), product_ids=np.array([f"P{k}" for k in range(n_p)]),
+                u=u, i=i, rating=rating, review_vecs=vecs, review_has_text=has_text, prod_content=content)
+
+
+def _tables(w, keep=None, mu=3.0):
+    keep = np.ones(len(w["u"]), bool) if keep is None else keep
+    return build_tables(w["customer_ids"], w["product_ids"], w["u"][keep], w["i"][keep], w["rating"][keep],
+                        w["review_vecs"][keep], w["review_has_text"][keep], w["prod_content"], mu=mu)
+
+
+@pytest.mark.parametrize("row", [0, 7, 23, 41])
+def test_leave_one_out_matches_tables_without_the_rating(row):
+    w = _world()
+    full = _tables(w)
+    without = _tables(w, np.arange(len(w["u"])) != row)
+    u, i = w["u"][[row]], w["i"][[row]]
+    ex = Exclusion(np.ones(1, np.float32), w["rating"][[row]], w["review_vecs"][[row]],
+                   w["review_has_text"][[row]].astype(np.float32), is_rated=np.ones(1, np.float32))
+    loo = model_inputs(full, u, i, cust_ex=ex, prod_ex=ex, cust_ex_item=i)
+    ref = model_inputs(without, u, i)
+    for key in ("customer", "product", "pair"):
+        np.testing.assert_allclose(loo[key], ref[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    # the left-out product is no longer in the customer's history
+    assert (i[0] + 1) not in set(loo["history"][0].tolist())
+    assert sorted(x for x in loo["history"][0] if x) == sorted(x for x in ref["history"][0] if x)
+
+
+def test_unknown_ids_get_zero_features_and_unknown_product_id():
+    w = _world()
+    t = _tables(w)
+    x = model_inputs(t, np.array([-1, 0]), np.array([-1, 0]))
+    assert not x["customer"][0].any() and not x["product"][0].any()
+    assert x["product_id"][0] == 0 and x["history"][0].sum() == 0
+    # the product nobody rated (last one) is "unknown" to the id embedding, but keeps its content
+    never_rated = len(w["product_ids"]) - 1
+    y = model_inputs(t, np.array([0]), np.array([never_rated]))
+    assert y["product_id"][0] == 0
+    assert np.abs(y["product"][0, : w["prod_content"].shape[1]]).sum() > 0
+
+
+def test_missing_modality_is_a_zero_width_block():
+    w = _world()
+    w["review_vecs"] = np.zeros((len(w["u"]), 0), np.float32)
+    w["review_has_text"] = np.zeros(len(w["u"]), bool)
+    w["prod_content"] = np.zeros((len(w["product_ids"]), 0), np.float32)
+    t = _tables(w)
+    x = model_inputs(t, w["u"][:3], w["i"][:3])
+    assert x["customer"].shape == (3, t.cust_dim) and x["product"].shape == (3, t.prod_dim)
+    assert np.isfinite(x["customer"]).all() and np.isfinite(x["product"]).all()

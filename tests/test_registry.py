@@ -1,0 +1,28 @@
+import json
+
+import pytest
+
+from ml.registry import ModelRegistry
+
+
+def test_publish_swaps_current(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    assert reg.current_version() is None and reg.versions() == []
+    for v in ("v1", "v2"):
+        (tmp_path / v).mkdir()
+        (tmp_path / v / "manifest.json").write_text(json.dumps({"version": v}))
+    reg.publish("v1")
+    assert reg.current_version() == "v1"
+    reg.publish("v2")
+    assert reg.current_path() == tmp_path / "v2" and reg.versions() == ["v1", "v2"]
+    assert not list(tmp_path.glob(".CURRENT.*"))
+
+
+def test_publish_refuses_non_artifacts_and_bad_names(tmp_path):
+    reg = ModelRegistry(tmp_path)
+    (tmp_path / "half").mkdir()
+    with pytest.raises(FileNotFoundError):
+        reg.publish("half")
+    with pytest.raises(ValueError):
+        reg.path_for("../etc")
+    assert reg.new_version() < ModelRegistry(tmp_path).new_version()

@@ -1,0 +1,69 @@
+"""Training writes a complete, versioned artifact; the predicted review's text is never an input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ml.data import load_dataset
+from ml.evaluate import evaluate_split
+from ml.split import split_reviews
+from ml.train import TrainConfig, train_model
+
+pytestmark = pytest.mark.slow
+FAST = TrainConfig(epochs=3, verbose=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def artifact(world_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "v1"
+    manifest = train_model(world_dir, out, FAST, split="last")
+    return out, manifest
+
+
+def test_artifact_has_manifest_and_files(artifact, world_dir):
+    out, manifest = artifact
+    for name in ("manifest.json", "model.weights.h5", "tables.npz", "interactions.npz", "products.json", "history.json"):
+        assert (out / name).is_file(), name
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == json.loads(json.dumps(manifest, default=str))
+    assert manifest["version"] == "v1"
+    assert manifest["data"]["fingerprint"] == load_dataset(world_dir).fingerprint()
+    assert manifest["data"]["synthetic"] is True
+    assert set(manifest["encoders"]) == {"image", "text"}
+    assert manifest["encoders"]["text"].startswith("all-MiniLM-L6-v2")
+    assert manifest["encoders"]["image"].startswith("efficientnet-lite0")
+    assert manifest["split"] == "last"
+    assert 1 <= manifest["metrics"]["epochs_run"] <= 3
+    assert 0 < manifest["metrics"]["val_rmse"] < 2.5
+    assert manifest["ranking"]["rating_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0)
+    assert manifest["created"].endswith("+00:00")
+    assert not list(out.parent.glob(".v1.*")), "temporary directory left behind"
+
+
+def test_no_training_data_is_a_clear_error(world_dir, tmp_path):
+    ds = load_dataset(world_dir)
+    ds.reviews = ds.reviews.iloc[0:0]
+    with pytest.raises(ValueError, match="no training ratings"):
+        train_model(ds, tmp_path / "empty", FAST)
+
+
+def test_held_out_review_text_is_never_an_input(world_dir, tmp_path, base_settings):
+    """Replace the text of every held-out review: the hybrid's metrics must not move at all."""
+    ds = load_dataset(world_dir)
+    _, test = split_reviews(ds.reviews, "last")
+    metrics_a, _, _ = evaluate_split(ds, "last", None, FAST, tmp_path / "a", base_settings)
+
+    swapped = load_dataset(world_dir)
+    rows = swapped.reviews.index.isin(test.index)
+    assert rows.sum() == len(test) > 0
+    rng = np.random.default_rng(0)
+    swapped.reviews.loc[rows, "text"] = [
+        "Five stars, perfect, I love it!" if rng.random() < 0.5 else "Terrible, one star, returned it."
+        for _ in range(int(rows.sum()))
+    ]
+    swapped.reviews.loc[rows, "title"] = "changed"
+    metrics_b, _, _ = evaluate_split(swapped, "last", None, FAST, tmp_path / "b", base_settings)
+    assert metrics_a["models"]["hybrid"] == metrics_b["models"]["hybrid"]
+    assert metrics_a["models"]["hybrid"]["rmse"] is not None
