@@ -1,0 +1,190 @@
+"""Benchmarks (timing lives here, not in the tests): `make bench` or `python -m bench [what ...]`.
+
+- `encoders`: TextEncoder texts/s on real 2018 reviews, ImageEncoder images/s on real photos;
+- `train`: wall time of `python -m ml train` on the real 2023 ratings (issue: <= 10 minutes);
+- `serving`: latency of N sequential recommendations three ways on one catalog and machine:
+  in-process `Recommender.recommend`, Celery alone (apply_async + get through Redis), and the
+  whole HTTP path (POST /jobs, then poll GET /jobs/<id> until it succeeded).
+Results are printed and written to var/bench/<what>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ml.config import REPO_ROOT, Settings
+
+SHARED = REPO_ROOT.parent / "shared" / "data"
+OUT = REPO_ROOT / "var" / "bench"
+
+
+def _pct(samples_s: list[float]) -> dict:
+    ms = np.asarray(samples_s) * 1000.0
+    return {"n": int(len(ms)), "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2), "mean_ms": round(float(ms.mean()), 2)}
+
+
+def bench_encoders(n_texts: int = 1024, n_images: int = 256) -> dict:
+    from ml.data import load_dataset
+    from ml.encoders import ImageEncoder, TextEncoder
+
+    reviews = load_dataset(SHARED / "amazon-fashion-2018-5core").reviews
+    texts = (reviews["title"] + ". " + reviews["text"]).tolist()[:n_texts]
+    enc = TextEncoder()
+    enc.encode(texts[:64])  # warm-up (tracing)
+    t = time.perf_counter()
+    enc.encode(texts)
+    text_s = time.perf_counter() - t
+    images = sorted((SHARED / "fashion-product-images-small-subset" / "images").glob("*.jpg"))[:n_images]
+    ienc = ImageEncoder()
+    ienc.encode(images[:32])
+    t = time.perf_counter()
+    ienc.encode(images)
+    image_s = time.perf_counter() - t
+    return {
+        "texts": len(texts), "mean_chars": round(float(np.mean([len(x) for x in texts])), 1),
+        "texts_per_s": round(len(texts) / text_s, 1), "text_batch": enc.batch_size if hasattr(enc, "batch_size") else None,
+        "images": len(images), "images_per_s": round(len(images) / image_s, 1), "image_batch": 32,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def bench_train() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, RECSYS_MODELS_DIR=tmp, TF_CPP_MIN_LOG_LEVEL="2")
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "ml", "train", "--data", str(SHARED / "amazon-fashion-2023-ratings-blair")],
+                       cwd=REPO_ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t
+        manifest = json.loads((Path(tmp) / open(Path(tmp) / "CURRENT").read().strip() / "manifest.json").read_text())
+    return {"data": "amazon-fashion-2023-ratings-blair (real)", "wall_s": round(wall, 1),
+            "training_seconds_in_manifest": manifest["training_seconds"], "epochs_run": manifest["metrics"]["epochs_run"],
+            "cpu_count": os.cpu_count()}
+
+
+def _model_dir(settings: Settings, tmp: Path) -> Path:
+    """The published model if there is one, else a model of the demo world built now."""
+    from ml.registry import ModelRegistry
+
+    current = ModelRegistry(settings.models_dir).current_path()
+    if current is not None:
+        return settings.models_dir
+    models = tmp / "models"
+    world = settings.demo_data_dir
+    if not (world / "SYNTHETIC.md").is_file():
+        subprocess.run([sys.executable, "-m", "ml", "demo-data", "--out", str(world)], cwd=REPO_ROOT, check=True)
+    env = dict(os.environ, RECSYS_MODELS_DIR=str(models))
+    subprocess.run([sys.executable, "-m", "ml", "train", "--data", str(world)], cwd=REPO_ROOT, env=env, check=True)
+    return models
+
+
+def bench_serving(n_jobs: int = 200, top: int = 10) -> dict:
+    from ml.recommender import Recommender
+    from ml.registry import ModelRegistry
+    from scripts.procs import free_port, redis_reachable, start_redis, stop_group, wait_until
+    from scripts.run_stack import Stack, web_command, worker_command
+    from tasks import names
+    from tasks.celery_app import make_celery
+
+    base = Settings.from_env()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        models = _model_dir(base, tmp)
+        settings = replace(base, models_dir=models, redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                           web_port=free_port())
+        rec = Recommender.load(ModelRegistry(models).current_path())
+        customers = rec.customers(n_jobs)
+        customers = (customers * (n_jobs // max(len(customers), 1) + 1))[:n_jobs]
+        rec.recommend(customers[0], top)
+        inproc = []
+        for c in customers:
+            t = time.perf_counter()
+            rec.recommend(c, top)
+            inproc.append(time.perf_counter() - t)
+
+        log_dir = tmp / "logs"
+        log_dir.mkdir()
+        stack = Stack(replace(settings), log_dir)
+        redis_proc = start_redis(int(settings.redis_url.rsplit(":", 1)[1].split("/")[0]), tmp / "redis",
+                                 log_file=log_dir / "redis.log")
+        try:
+            wait_until(lambda: redis_reachable(settings.redis_url, 0.5), 15, proc=redis_proc, what="redis")
+            env = stack.env(RECSYS_MODELS_DIR=str(models), REDIS_URL=settings.redis_url,
+                            RECSYS_WEB_PORT=str(settings.web_port))
+            stack.spawn("worker", worker_command(settings, "bench@%h"), env)
+            stack.spawn("web", web_command(settings), env)
+            celery = make_celery(settings)
+            wait_until(lambda: bool(celery.control.ping(timeout=0.5)), 300, interval_s=0.5, what="worker")
+            celery.send_task(names.RECOMMEND, args=[customers[0], top]).get(timeout=300)  # model loaded
+            via_celery = []
+            for c in customers:
+                t = time.perf_counter()
+                celery.send_task(names.RECOMMEND, args=[c, top]).get(timeout=60, interval=0.005)
+                via_celery.append(time.perf_counter() - t)
+
+            url = f"http://127.0.0.1:{settings.web_port}"
+            wait_until(lambda: _get(url + "/healthz")[0] == 200, 60, interval_s=0.5, what="web")
+            via_http = []
+            for c in customers:
+                t = time.perf_counter()
+                status, body = _post(url + "/jobs", {"customer_id": c, "top": top})
+                assert status == 202, (status, body)
+                while True:
+                    status, job = _get(url + body["status_url"] if body["status_url"].startswith("/") else body["status_url"])
+                    if job.get("state") in ("succeeded", "failed"):
+                        break
+                    time.sleep(0.005)
+                assert job["state"] == "succeeded", job
+                via_http.append(time.perf_counter() - t)
+            celery.close()
+        finally:
+            stack.stop_all()
+            stop_group(redis_proc, timeout_s=5)
+    return {"catalog_products": rec.n_products, "top": top, "model_version": rec.version,
+            "synthetic_catalog": bool(rec.manifest["data"].get("synthetic")),
+            "in_process": _pct(inproc), "celery": _pct(via_celery), "http": _pct(via_http),
+            "http_note": "POST /jobs then poll GET /jobs/<id> every 5 ms until succeeded",
+            "cpu_count": os.cpu_count()}
+
+
+def _post(url: str, payload: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status, json.loads(r.read())
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except OSError:
+        return 0, {}
+
+
+BENCHES = {"encoders": bench_encoders, "train": bench_train, "serving": bench_serving}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("what", nargs="*", choices=list(BENCHES), default=list(BENCHES))
+    args = p.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in args.what or list(BENCHES):
+        result = BENCHES[name]()
+        (OUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"== {name}\n{json.dumps(result, indent=2)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
