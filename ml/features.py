@@ -230,21 +230,30 @@ def _mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
     return total / np.maximum(count, 1.0)[:, None]
 
 
+def _review_aggregate(pos: np.ndarray, ex: Exclusion, review_sum: np.ndarray, text_count: np.ndarray,
+                      count: np.ndarray):
+    """Shared by both sides: (clamped positions, known mask, leave-one-out mean review vector,
+    leave-one-out rating count, [log1p(count), has-text] stats) for entity positions `pos`."""
+    known = (pos >= 0).astype(np.float32)
+    pp = np.maximum(pos, 0)
+    a = ex.active
+    text_cnt = (text_count[pp] - a * ex.has_text) * known
+    total = (review_sum[pp] - (a * ex.has_text)[:, None] * ex.review_vec) * known[:, None]
+    cnt = (count[pp] - a) * known
+    stats = np.stack([np.log1p(cnt), (text_cnt > 0).astype(np.float32)], 1)
+    return pp, known, _mean(total, text_cnt), cnt, stats
+
+
 def customer_features(
     t: FeatureTables, u: np.ndarray, ex_item: np.ndarray | None = None, ex: Exclusion | None = None
 ) -> np.ndarray:
     """(n, cust_dim) rows for customer positions `u` (-1 = unknown customer: all zeros).
 
     With `ex`, the review `ex` (and the product `ex_item`'s content) is subtracted from the sums."""
-    n = len(u)
-    known = (u >= 0).astype(np.float32)
-    uu = np.maximum(u, 0)
-    if ex is None:
-        ex = Exclusion.none(n, t.cust_review_sum.shape[1])
+    ex = ex or Exclusion.none(len(u), t.cust_review_sum.shape[1])
+    uu, known, review_mean, cnt, stats = _review_aggregate(
+        u, ex, t.cust_review_sum, t.cust_text_count, t.cust_count)
     a = ex.active
-    text_cnt = (t.cust_text_count[uu] - a * ex.has_text) * known
-    review_sum = (t.cust_review_sum[uu] - (a * ex.has_text)[:, None] * ex.review_vec) * known[:, None]
-    cnt = (t.cust_count[uu] - a) * known
     csum = t.cust_content_sum[uu]
     cwsum = t.cust_content_wsum[uu]
     if csum.shape[1] and ex_item is not None:
@@ -253,27 +262,15 @@ def customer_features(
         cwsum = cwsum - content * (ex.rating - t.mu)[:, None]
     csum = csum * known[:, None]
     cwsum = cwsum * known[:, None]
-    stats = np.stack([np.log1p(cnt), (text_cnt > 0).astype(np.float32)], 1)
-    return np.concatenate(
-        [_mean(review_sum, text_cnt), _mean(csum, cnt), _mean(cwsum, cnt), stats], axis=1
-    ).astype(np.float32)
+    return np.concatenate([review_mean, _mean(csum, cnt), _mean(cwsum, cnt), stats], axis=1).astype(np.float32)
 
 
 def product_features(t: FeatureTables, i: np.ndarray, ex: Exclusion | None = None) -> np.ndarray:
     """(n, prod_dim) rows for product positions `i` (-1 = unknown product: all zeros)."""
-    n = len(i)
-    known = (i >= 0).astype(np.float32)
-    ii = np.maximum(i, 0)
-    if ex is None:
-        ex = Exclusion.none(n, t.prod_review_sum.shape[1])
-    a = ex.active
-    text_cnt = (t.prod_text_count[ii] - a * ex.has_text) * known
-    review_sum = (t.prod_review_sum[ii] - (a * ex.has_text)[:, None] * ex.review_vec) * known[:, None]
-    cnt = (t.prod_count[ii] - a) * known
-    stats = np.stack([np.log1p(cnt), (text_cnt > 0).astype(np.float32)], 1)
-    return np.concatenate(
-        [t.prod_content[ii] * known[:, None], _mean(review_sum, text_cnt), stats], axis=1
-    ).astype(np.float32)
+    ex = ex or Exclusion.none(len(i), t.prod_review_sum.shape[1])
+    ii, known, review_mean, _, stats = _review_aggregate(
+        i, ex, t.prod_review_sum, t.prod_text_count, t.prod_count)
+    return np.concatenate([t.prod_content[ii] * known[:, None], review_mean, stats], axis=1).astype(np.float32)
 
 
 def model_inputs(
