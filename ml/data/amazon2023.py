@@ -10,7 +10,6 @@ Product image: `images/<product_id>.(jpg|jpeg|png)` in the folder wins; else the
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -24,9 +23,9 @@ from .schema import (
     as_text,
     build_products,
     build_reviews,
+    check_review,
     clean_id,
-    iter_lines,
-    parse_rating,
+    iter_json_records,
     parse_timestamp,
     products_from_reviews,
 )
@@ -64,26 +63,12 @@ def load(folder: Path, files: Iterable[tuple[Path, str]]) -> Dataset:
 
 
 def read_reviews(path: Path, rows: ReviewRows, report: LoadReport) -> None:
-    name = path.name
-    report.add_file(name)
-    for line_no, line in iter_lines(path):
-        report.lines[name] += 1
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            report.bad(name, line_no, f"bad JSON ({exc.msg})")
-            continue
-        if not isinstance(rec, dict):
-            report.bad(name, line_no, "not a JSON object")
-            continue
+    for line_no, rec in iter_json_records(path, report):
         customer = clean_id(rec.get("user_id"))
         product = clean_id(rec.get("parent_asin")) or clean_id(rec.get("asin"))
-        if not customer or not product:
-            report.bad(name, line_no, "missing user_id" if not customer else "missing parent_asin/asin")
-            continue
-        rating = parse_rating(rec.get("rating"))
+        rating = check_review(report, path.name, line_no, customer, product, rec.get("rating"),
+                              customer_field="user_id", product_field="parent_asin/asin", rating_field="rating")
         if rating is None:
-            report.bad(name, line_no, f"rating not a number in 1..5: {rec.get('rating')!r}")
             continue
         rows.add(customer, product, rating, as_text(rec.get("title")), as_text(rec.get("text")),
                  parse_timestamp(rec.get("timestamp"), milliseconds=None))
@@ -91,21 +76,10 @@ def read_reviews(path: Path, rows: ReviewRows, report: LoadReport) -> None:
 
 def read_meta(path: Path, base: Path, local_images: dict[str, str], out: list[dict[str, Any]],
               seen: set[str], report: LoadReport) -> None:
-    name = path.name
-    report.add_file(name)
-    for line_no, line in iter_lines(path):
-        report.lines[name] += 1
-        try:
-            rec = json.loads(line)
-        except ValueError as exc:
-            report.bad(name, line_no, f"bad JSON ({exc.msg})")
-            continue
-        if not isinstance(rec, dict):
-            report.bad(name, line_no, "not a JSON object")
-            continue
+    for line_no, rec in iter_json_records(path, report):
         pid = clean_id(rec.get("parent_asin")) or clean_id(rec.get("asin"))
         if not pid:
-            report.bad(name, line_no, "missing parent_asin/asin")
+            report.bad(path.name, line_no, "missing parent_asin/asin")
             continue
         if pid in seen:
             continue  # the first meta line for a product wins

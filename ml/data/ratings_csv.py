@@ -15,27 +15,18 @@ from .schema import (
     DataFormatError,
     LoadReport,
     ReviewRows,
-    build_products,
-    build_reviews,
+    check_review,
     clean_id,
+    load_reviews_only,
     open_text,
-    parse_rating,
     parse_timestamp,
-    products_from_reviews,
 )
 
 SOURCE = "ratings_csv"
 
 
 def load(path: Path, files: Iterable[tuple[Path, str]]) -> Dataset:
-    report = LoadReport()
-    rows = ReviewRows()
-    for f, _kind in files:
-        read_ratings(f, rows, report)
-    reviews = build_reviews(rows, report)
-    products = build_products(products_from_reviews(reviews))
-    report.warn_malformed()
-    return Dataset(reviews=reviews, products=products, source=SOURCE, path=str(Path(path).resolve()), report=report)
+    return load_reviews_only(SOURCE, path, files, read_ratings)
 
 
 def read_ratings(path: Path, rows: ReviewRows, report: LoadReport) -> None:
@@ -62,12 +53,9 @@ def read_ratings(path: Path, rows: ReviewRows, report: LoadReport) -> None:
                 report.bad(name, line_no, f"{len(raw)} field(s), expected at least {need}")
                 continue
             customer, product = clean_id(raw[iu]), clean_id(raw[ii])
-            if not customer or not product:
-                report.bad(name, line_no, "missing user_id" if not customer else "missing item_id")
-                continue
-            rating = parse_rating(raw[ir])
+            rating = check_review(report, name, line_no, customer, product, raw[ir],
+                                  customer_field="user_id", product_field="item_id", rating_field="rating")
             if rating is None:
-                report.bad(name, line_no, f"rating not a number in 1..5: {raw[ir]!r}")
                 continue
             ts = parse_timestamp(raw[it], milliseconds=None) if it >= 0 else float("nan")
             rows.add(customer, product, rating, "", "", ts)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -169,6 +170,40 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield i, s
 
 
+def iter_json_records(path: Path, report: LoadReport) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for each JSON-object line of a JSON-lines file.
+
+    Registers the file with `report`, counts every non-blank line and reports (then skips) lines
+    that are not valid JSON or not a JSON object.
+    """
+    name = path.name
+    report.add_file(name)
+    for line_no, line in iter_lines(path):  # iter_lines strips each line
+        report.lines[name] += 1
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            report.bad(name, line_no, f"bad JSON ({exc.msg})")
+            continue
+        if not isinstance(rec, dict):
+            report.bad(name, line_no, "not a JSON object")
+            continue
+        yield line_no, rec
+
+
+def check_review(report: LoadReport, name: str, line_no: int, customer: str, product: str, rating: Any,
+                 *, customer_field: str, product_field: str, rating_field: str) -> float | None:
+    """The parsed rating of a raw review row, or None (reported as malformed) when an id is
+    missing or the rating is not a number in 1..5; the `*_field` names go into the messages."""
+    if not customer or not product:
+        report.bad(name, line_no, f"missing {customer_field}" if not customer else f"missing {product_field}")
+        return None
+    parsed = parse_rating(rating)
+    if parsed is None:
+        report.bad(name, line_no, f"{rating_field} not a number in 1..5: {rating!r}")
+    return parsed
+
+
 def clean_id(value: Any) -> str:
     """An id as a stripped string; "" when missing."""
     if value is None or isinstance(value, (bool, dict, list)):
@@ -318,3 +353,17 @@ def products_from_reviews(reviews: pd.DataFrame, known: set[str] | None = None) 
         if pid not in known:
             out.append({"product_id": pid, "title": "", "text": "", "image": "", "store": "", "categories": "", "price": math.nan})
     return out
+
+
+def load_reviews_only(source: str, path: Path, files: Iterable[tuple[Path, str]],
+                      read: Callable[[Path, ReviewRows, LoadReport], None]) -> Dataset:
+    """A `Dataset` from review files alone (no product metadata): `read` each file into one buffer;
+    products are the product ids seen, with empty title/text/image."""
+    report = LoadReport()
+    rows = ReviewRows()
+    for f, _kind in files:
+        read(f, rows, report)
+    reviews = build_reviews(rows, report)
+    products = build_products(products_from_reviews(reviews))
+    report.warn_malformed()
+    return Dataset(reviews=reviews, products=products, source=source, path=str(Path(path).resolve()), report=report)
