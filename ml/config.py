@@ -49,6 +49,17 @@ class Settings:
     worker_concurrency: int = 1
     max_top: int = 100
     max_batch: int = 1000
+    # Service additions (tasks/, web/, scripts/run_stack.py):
+    # Celery prefork pool: how long a pool child may take in worker_process_init (model load) before
+    # the parent kills it (Celery's default, 4 s, is too short for TensorFlow + a model).
+    worker_init_timeout_s: float = 300.0
+    # Worker pool for the launcher's worker: prefork (default), solo or threads.
+    worker_pool: str = "prefork"
+    # GET /readyz: how long to wait for a worker to answer a ping.
+    readyz_timeout_s: float = 1.0
+    # gunicorn (gthread) processes and threads per process for the web app.
+    web_workers: int = 2
+    web_threads: int = 4
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -72,6 +83,12 @@ class Settings:
             flower_user=_env("FLOWER_USER", ""),
             flower_password=_env("FLOWER_PASSWORD", ""),
             worker_concurrency=int(_env("RECSYS_WORKER_CONCURRENCY", "1")),
+            max_batch=int(_env("RECSYS_MAX_BATCH", "1000")),
+            worker_init_timeout_s=float(_env("RECSYS_WORKER_INIT_TIMEOUT_S", "300")),
+            worker_pool=_env("RECSYS_WORKER_POOL", "prefork"),
+            readyz_timeout_s=float(_env("RECSYS_READYZ_TIMEOUT_S", "1")),
+            web_workers=int(_env("RECSYS_WEB_WORKERS", "2")),
+            web_threads=int(_env("RECSYS_WEB_THREADS", "4")),
         )
 
 

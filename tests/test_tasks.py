@@ -1,0 +1,312 @@
+"""tasks/: the Celery configuration, the per-process model holder, and the tasks run by a real
+prefork worker (subprocess) against a real Redis and a real small model."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from celery.exceptions import TimeoutError as CeleryTimeout
+
+from conftest import result_of
+from ml.config import REPO_ROOT
+from ml.registry import ModelRegistry
+from tasks import names
+from tasks.celery_app import make_celery
+from tasks.model_holder import ModelHolder, NoModelPublished
+from tasks.recommend import check_customer_id, check_top, jsonable, recommend_one
+
+
+# ---------------------------------------------------------------- configuration (no worker)
+
+def test_celery_config_is_json_only_and_reliable(settings):
+    conf = make_celery(settings).conf
+    assert conf.broker_url == settings.redis_url and conf.result_backend == settings.redis_url
+    assert conf.accept_content == ["json"] and conf.result_accept_content == ["json"]
+    assert conf.task_serializer == "json" and conf.result_serializer == "json"
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_track_started
+    assert conf.result_expires == settings.result_expires_s
+    assert conf.task_soft_time_limit == settings.task_soft_time_limit_s
+    assert conf.task_time_limit == settings.task_time_limit_s
+    assert conf.task_annotations[names.TRAIN]["time_limit"] == settings.train_time_limit_s
+    assert conf.broker_connection_retry_on_startup
+    assert conf.worker_proc_alive_timeout >= 60
+    assert {q.name for q in conf.task_queues} == {"inference", "training"}
+
+
+@pytest.mark.parametrize("task, queue", [
+    (names.RECOMMEND, "inference"), (names.RECOMMEND_BATCH, "inference"),
+    (names.CUSTOMERS, "inference"), (names.TRAIN, "training"),
+])
+def test_routes(settings, task, queue):
+    route = make_celery(settings).amqp.router.route({}, task)
+    assert route["queue"].name == queue
+
+
+def test_importing_tasks_and_web_does_not_load_tensorflow():
+    """The worker's parent process and the web app never import TensorFlow (nor tasks/ Flask)."""
+    code = ("import sys\n"
+            "from tasks.celery_app import app\n"
+            "app.loader.import_default_modules()\n"
+            "heavy = lambda: sorted(m for m in ('tensorflow', 'keras', 'flask') if m in sys.modules)\n"
+            "print(heavy())\n"
+            "import web; web.create_app()\n"
+            "print(heavy())\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "['flask']"]
+
+
+def test_tasks_package_never_imports_flask():
+    for path in (REPO_ROOT / "tasks").glob("*.py"):
+        text = path.read_text()
+        assert "import flask" not in text.lower() and "from flask" not in text.lower(), path
+
+
+# ---------------------------------------------------------------- validation helpers
+
+@pytest.mark.parametrize("bad", ["", "a b", "x" * 65, "é", "a\n", None, 5, ["a"]])
+def test_check_customer_id_rejects(bad):
+    with pytest.raises(ValueError):
+        check_customer_id(bad)
+
+
+@pytest.mark.parametrize("bad", [0, 101, -1, True, 1.5, "10", None])
+def test_check_top_rejects(bad):
+    with pytest.raises(ValueError):
+        check_top(bad, 100)
+
+
+def test_jsonable_converts_numpy():
+    np = pytest.importorskip("numpy")
+    value = {"a": np.float32(1.5), "b": np.int64(3), "c": np.array([1, 2]), "d": Path("/x"),
+             "e": float("nan"), "f": (np.bool_(True),)}
+    assert jsonable(value) == {"a": 1.5, "b": 3, "c": [1, 2], "d": "/x", "e": None, "f": [True]}
+    json.dumps(jsonable(value))
+
+
+# ---------------------------------------------------------------- model holder (in process)
+
+class _Loads:
+    """Counts loads; `fail` makes the next load raise."""
+
+    def __init__(self):
+        self.paths: list[Path] = []
+        self.fail = False
+
+    def __call__(self, path):
+        if self.fail:
+            raise RuntimeError("corrupt artifact")
+        self.paths.append(Path(path))
+        return {"path": Path(path)}
+
+
+def _publish_copy(models_dir: Path, version: str) -> None:
+    (models_dir / version).mkdir(parents=True)
+    (models_dir / version / "manifest.json").write_text(json.dumps({"version": version}))
+    ModelRegistry(models_dir).publish(version)
+
+
+def test_holder_no_model_then_lazy_load_then_swap(tmp_path, settings):
+    models = tmp_path / "models"
+    loads = _Loads()
+    holder = ModelHolder(replace(settings, models_dir=models, redis_url="redis://127.0.0.1:1/0"), loads)
+    with pytest.raises(NoModelPublished, match="no model published"):
+        holder.get()
+    holder.warm()  # logs, never raises
+    _publish_copy(models, "v1")
+    assert holder.loaded_version is None  # lazy: nothing loaded until asked
+    assert holder.get().version == "v1" and holder.get().version == "v1"
+    assert len(loads.paths) == 1  # loaded once, reused
+    _publish_copy(models, "v2")
+    assert holder.get().version == "v2"  # CURRENT moved: swapped without a restart
+    assert [p.name for p in loads.paths] == ["v1", "v2"]
+
+
+def test_holder_keeps_serving_when_new_version_fails_to_load(tmp_path, settings):
+    models = tmp_path / "models"
+    loads = _Loads()
+    holder = ModelHolder(replace(settings, models_dir=models, redis_url="redis://127.0.0.1:1/0"), loads)
+    _publish_copy(models, "v1")
+    assert holder.get().version == "v1"
+    loads.fail = True
+    _publish_copy(models, "v2")
+    assert holder.get().version == "v1"
+    assert holder.get().version == "v1"  # not retried on every task
+
+
+def test_holder_publishes_customers_to_redis(tmp_path, settings, models_dir, first_version):
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client.delete(names.CUSTOMERS_KEY)
+    holder = ModelHolder(replace(settings, models_dir=models_dir))
+    loaded = holder.get()
+    published = json.loads(client.get(names.CUSTOMERS_KEY))
+    assert published["model_version"] == loaded.version
+    assert published["customers"] == loaded.model.customers(names.PUBLISHED_CUSTOMERS)
+    assert published["customers"], "the model knows customers"
+
+
+def test_recommend_one_with_the_real_model(settings, models_dir, known_customers):
+    model = ModelHolder(replace(settings, models_dir=models_dir)).get().model
+    result = recommend_one(model, known_customers[0], 5)
+    json.dumps(result)
+    assert result["customer_id"] == known_customers[0] and result["cold_start"] is False
+    ids = [item["product_id"] for item in result["items"]]
+    assert len(ids) == 5 == len(set(ids))
+    assert {"product_id", "score", "predicted_rating", "title", "image", "cold_start",
+            "strategy"} <= set(result["items"][0])
+    cold = recommend_one(model, "never-seen-customer", 3)
+    assert cold["cold_start"] is True and len(cold["items"]) == 3
+
+
+# ---------------------------------------------------------------- tasks run by a real worker
+
+@pytest.mark.service
+def test_recommend_task(worker, celery_client, models_dir, known_customers):
+    result = result_of(celery_client.send_task(names.RECOMMEND, args=[known_customers[1], 7]), 60)
+    assert result["customer_id"] == known_customers[1]
+    assert result["model_version"] == ModelRegistry(models_dir).current_version()
+    assert result["cold_start"] is False and result["top"] == 7
+    ids = [item["product_id"] for item in result["items"]]
+    assert len(ids) == 7 == len(set(ids))
+
+
+@pytest.mark.service
+def test_recommend_batch_task(worker, celery_client, known_customers):
+    ids = known_customers[:3] + ["brand-new-customer"]
+    result = result_of(celery_client.send_task(names.RECOMMEND_BATCH, args=[ids, 4]), 60)
+    assert [r["customer_id"] for r in result["results"]] == ids
+    assert [r["cold_start"] for r in result["results"]] == [False, False, False, True]
+    assert all(len(r["items"]) == 4 for r in result["results"])
+    assert result["count"] == 4 and result["model_version"]
+
+
+@pytest.mark.service
+def test_customers_task(worker, celery_client, known_customers):
+    result = result_of(celery_client.send_task(names.CUSTOMERS, args=[5]), 60)
+    assert result["customers"] == known_customers[:5]
+
+
+@pytest.mark.service
+def test_invalid_arguments_fail_the_task(worker, celery_client):
+    res = celery_client.send_task(names.RECOMMEND, args=["bad id!", 5])
+    with pytest.raises(ValueError, match="invalid customer_id"):
+        result_of(res, 60)
+    assert res.state == "FAILURE"
+
+
+@pytest.mark.service
+def test_worker_refuses_pickle(worker, celery_client, known_customers):
+    """A pickle-serialised message is never executed (accept_content is JSON only)."""
+    res = celery_client.send_task(names.RECOMMEND, args=[known_customers[0], 3], serializer="pickle")
+    refused = "refusing to deserialize untrusted content of type pickle"
+    deadline = time.monotonic() + 20
+    while refused not in worker.log().lower() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert refused in worker.log().lower()
+    with pytest.raises(CeleryTimeout):
+        result_of(res, 0.5)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.service
+def test_model_loads_in_the_pool_child_not_in_the_parent(worker):
+    """TensorFlow is mapped in the prefork child (worker_process_init) and never in the parent."""
+    parent = worker.proc.pid
+    children = _children(parent)
+    assert children, "the prefork pool has a child"
+    assert "tensorflow" not in _maps(parent)
+    assert any("tensorflow" in _maps(child) for child in children)
+    log = worker.log()
+    loads = [line for line in log.splitlines() if "loading model" in line]
+    assert loads and all(f"(pid {parent})" not in line for line in loads)
+
+
+@pytest.mark.service
+def test_train_task_builds_and_publishes_a_version(worker, celery_client, world_dir, models_dir,
+                                                   known_customers):
+    registry = ModelRegistry(models_dir)
+    before = registry.current_version()
+    result = result_of(celery_client.send_task(names.TRAIN, args=[str(world_dir), 1]), 300)
+    assert result["published"] is True and result["model_version"] != before
+    assert registry.current_version() == result["model_version"]
+    assert (registry.path_for(result["model_version"]) / "manifest.json").is_file()
+    # the serving worker swaps to it on its next task, without a restart
+    pid = worker.proc.pid
+    served = result_of(celery_client.send_task(names.RECOMMEND, args=[known_customers[0], 3]), 120)
+    assert served["model_version"] == result["model_version"]
+    assert worker.proc.pid == pid and worker.proc.poll() is None
+
+
+@pytest.mark.service
+def test_train_task_with_missing_data_fails_cleanly(worker, celery_client, tmp_path, models_dir):
+    before = ModelRegistry(models_dir).versions()
+    res = celery_client.send_task(names.TRAIN, args=[str(tmp_path / "nope")])
+    with pytest.raises(FileNotFoundError):
+        result_of(res, 60)
+    assert ModelRegistry(models_dir).versions() == before
+
+
+# ---------------------------------------------------------------- a worker with no model published
+
+def _outcome(res, timeout_s: float):
+    """Poll a result (no pub/sub subscription, which would outlive this module's Redis)."""
+    deadline = time.monotonic() + timeout_s
+    while not res.ready():
+        assert time.monotonic() < deadline, f"task {res.id} still {res.state}"
+        time.sleep(0.1)
+    return res.state, res.result
+
+
+@pytest.fixture(scope="module")
+def empty_service(tmp_path_factory, base_settings):
+    from conftest import empty_service
+
+    with empty_service(tmp_path_factory.mktemp("empty"), base_settings) as service:
+        yield service
+
+
+@pytest.mark.service
+def test_no_model_published_is_a_clear_task_failure(empty_service):
+    _, client, _ = empty_service
+    state, error = _outcome(client.send_task(names.RECOMMEND, args=["anyone", 3]), 60)
+    assert state == "FAILURE"
+    assert isinstance(error, NoModelPublished) and "no model published" in str(error)
+
+
+@pytest.mark.service
+def test_worker_picks_up_a_model_published_after_it_started(empty_service, models_dir,
+                                                            first_version, known_customers):
+    import shutil
+
+    empty, client, proc = empty_service
+    shutil.copytree(models_dir / first_version, empty.models_dir / first_version)
+    ModelRegistry(empty.models_dir).publish(first_version)
+    state, result = _outcome(client.send_task(names.RECOMMEND, args=[known_customers[0], 3]), 120)
+    assert state == "SUCCESS", result
+    assert result["model_version"] == first_version and len(result["items"]) == 3
+    assert proc.proc.poll() is None

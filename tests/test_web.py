@@ -1,0 +1,278 @@
+"""web/: routes, input validation, JSON errors and the OpenAPI document, through the Flask test
+client against a real Redis that no worker consumes from (jobs stay queued)."""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import replace
+
+import pytest
+import redis
+
+from tasks import names
+from web.job_store import KEY_PREFIX
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@pytest.fixture
+def web_settings(base_settings, idle_redis):
+    return replace(base_settings, redis_url=idle_redis.url, sync_wait_s=0.3, max_batch=3)
+
+
+@pytest.fixture
+def web_app(make_app, web_settings):
+    return make_app(web_settings)
+
+
+@pytest.fixture
+def web(web_app):
+    return web_app.test_client()
+
+
+@pytest.fixture
+def rdb(idle_redis):
+    client = redis.Redis.from_url(idle_redis.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def assert_json_error(response, status):
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert isinstance(body.get("error"), str) and body["error"]
+    return body
+
+
+# ---------------------------------------------------------------- health
+
+def test_healthz(web):
+    response = web.get("/healthz")
+    assert response.status_code == 200 and response.get_json() == {"status": "ok"}
+
+
+# ---------------------------------------------------------------- submitting jobs
+
+def test_post_job_is_accepted_and_queued(web, rdb, web_settings):
+    before = rdb.llen(names.INFERENCE_QUEUE)
+    response = web.post("/jobs", json={"customer_id": "C-001_x", "top": 5})
+    assert response.status_code == 202
+    body = response.get_json()
+    assert UUID_RE.fullmatch(body["job_id"])
+    assert body["status_url"].endswith(f"/jobs/{body['job_id']}")
+    assert response.headers["Location"] == body["status_url"]
+    # routed to the inference queue, JSON-serialised
+    assert rdb.llen(names.INFERENCE_QUEUE) == before + 1
+    message = json.loads(rdb.lindex(names.INFERENCE_QUEUE, 0))
+    assert message["content-type"] == "application/json"
+    assert message["headers"]["task"] == names.RECOMMEND
+    # registered with a TTL, so the id is known
+    ttl = rdb.ttl(KEY_PREFIX + body["job_id"])
+    assert 0 < ttl <= web_settings.job_registry_ttl_s
+    status = web.get(f"/jobs/{body['job_id']}")
+    assert status.status_code == 200
+    assert status.get_json() == {"job_id": body["job_id"], "kind": "recommend", "state": "queued",
+                                 "model_version": None}
+
+
+def test_top_defaults_to_10(web, rdb):
+    response = web.post("/jobs", json={"customer_id": "abc"})
+    assert response.status_code == 202
+    message = json.loads(rdb.lindex(names.INFERENCE_QUEUE, 0))
+    assert message["headers"]["id"] == response.get_json()["job_id"]
+    assert message["headers"]["argsrepr"] == "['abc', 10]"
+
+
+def test_post_batch_job(web):
+    response = web.post("/jobs/batch", json={"customer_ids": ["a", "b", "c"], "top": 2})
+    assert response.status_code == 202
+    job = web.get(response.headers["Location"]).get_json()
+    assert job["kind"] == "batch" and job["state"] == "queued"
+
+
+def test_unknown_job_is_404(web):
+    assert_json_error(web.get(f"/jobs/{uuid.uuid4()}"), 404)
+    assert_json_error(web.get("/jobs/not-a-job-id"), 404)
+
+
+# ---------------------------------------------------------------- validation
+
+BAD_JOB_BODIES = [
+    ({}, "missing customer_id"),
+    ({"customer_id": ""}, "empty customer_id"),
+    ({"customer_id": "x" * 65}, "overlong customer_id"),
+    ({"customer_id": "a b"}, "space"),
+    ({"customer_id": "a/b"}, "slash"),
+    ({"customer_id": "é"}, "non-ascii"),
+    ({"customer_id": "abc\n"}, "trailing newline"),
+    ({"customer_id": 12}, "number customer_id"),
+    ({"customer_id": None}, "null customer_id"),
+    ({"customer_id": "abc", "top": 0}, "top=0"),
+    ({"customer_id": "abc", "top": 101}, "top too large"),
+    ({"customer_id": "abc", "top": -3}, "negative top"),
+    ({"customer_id": "abc", "top": True}, "bool top"),
+    ({"customer_id": "abc", "top": 2.5}, "float top"),
+    ({"customer_id": "abc", "top": "10"}, "string top"),
+    ({"customer_id": "abc", "top": None}, "null top"),
+    ({"customer_id": "abc", "extra": 1}, "unknown field"),
+    (["abc"], "array body"),
+    ("abc", "string body"),
+    (None, "null body"),
+]
+
+
+@pytest.mark.parametrize("body, why", BAD_JOB_BODIES, ids=[why for _, why in BAD_JOB_BODIES])
+def test_post_job_rejects_bad_input(web, body, why):
+    response = web.post("/jobs", data=json.dumps(body), content_type="application/json")
+    assert_json_error(response, 400)
+
+
+@pytest.mark.parametrize("data, content_type", [
+    ('{"customer_id": "abc"', "application/json"),
+    ("{'customer_id': 'abc'}", "application/json"),
+    (b"\xff\xfe\x00", "application/json"),
+    ("", "application/json"),
+    ('{"customer_id": "abc"}', "text/plain"),
+    ("customer_id=abc", "application/x-www-form-urlencoded"),
+])
+def test_post_job_rejects_malformed_or_non_json(web, data, content_type):
+    assert_json_error(web.post("/jobs", data=data, content_type=content_type), 400)
+
+
+def test_malformed_json_says_so(web):
+    body = assert_json_error(web.post("/jobs", data="{oops", content_type="application/json"), 400)
+    assert "malformed JSON" in body["error"]
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"customer_ids": []},
+    {"customer_ids": "abc"},
+    {"customer_ids": ["ok", "not ok"]},
+    {"customer_ids": ["a", "b", "c", "d"]},  # over max_batch (3 here)
+    {"customer_ids": ["a"], "top": 0},
+    {"customer_ids": ["a"], "top": False},
+    {"customer_ids": ["a"], "extra": True},
+])
+def test_post_batch_rejects_bad_input(web, body):
+    assert_json_error(web.post("/jobs/batch", json=body), 400)
+
+
+@pytest.mark.parametrize("query", [
+    "", "top=5", "customer_id=", "customer_id=a%20b", "customer_id=" + "x" * 65,
+    "customer_id=abc&top=0", "customer_id=abc&top=101", "customer_id=abc&top=1.5",
+    "customer_id=abc&top=true", "customer_id=abc&top=", "customer_id=abc&top=-1",
+    "customer_id=abc&top=1e1", "customer_id=abc&unknown=1",
+])
+def test_get_recommendation_rejects_bad_query(web, query):
+    assert_json_error(web.get(f"/recommendation?{query}"), 400)
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=x", "limit=5&x=1"])
+def test_get_customers_rejects_bad_query(web, query):
+    assert_json_error(web.get(f"/customers?{query}"), 400)
+
+
+# ---------------------------------------------------------------- synchronous API without a worker
+
+def test_get_recommendation_answers_202_when_the_job_is_not_done_in_time(web):
+    response = web.get("/recommendation?customer_id=abc&top=3")
+    assert response.status_code == 202
+    body = response.get_json()
+    assert response.headers["Location"] == body["status_url"]
+    assert web.get(body["status_url"]).get_json()["state"] == "queued"
+
+
+def test_customers_come_from_the_list_a_worker_published(web, rdb):
+    rdb.set(names.CUSTOMERS_KEY, json.dumps({"model_version": "v1", "customers": ["a", "b", "c"]}))
+    try:
+        response = web.get("/customers?limit=2")
+        assert response.status_code == 200
+        assert response.get_json() == {"customers": ["a", "b"], "model_version": "v1"}
+    finally:
+        rdb.delete(names.CUSTOMERS_KEY)
+
+
+def test_customers_without_a_published_list_or_worker_is_503(web, rdb):
+    rdb.delete(names.CUSTOMERS_KEY)
+    assert_json_error(web.get("/customers"), 503)
+
+
+# ---------------------------------------------------------------- JSON errors everywhere
+
+def test_404_and_405_are_json(web):
+    assert_json_error(web.get("/no/such/page"), 404)
+    assert_json_error(web.get("/jobs"), 405)
+    assert_json_error(web.delete("/healthz"), 405)
+
+
+def test_unexpected_errors_are_json_500(make_app, web_settings):
+    app = make_app(web_settings)
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret details")
+
+    response = app.test_client().get("/boom")
+    body = assert_json_error(response, 500)
+    assert "secret" not in response.get_data(as_text=True)
+    assert body["error"] == "Internal server error"
+
+
+# ---------------------------------------------------------------- OpenAPI
+
+def _spec_path(rule: str) -> str:
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def test_openapi_matches_the_routes(web_app, web):
+    spec = web.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    routes: dict[str, set[str]] = {}
+    for rule in web_app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        routes.setdefault(_spec_path(rule.rule), set()).update(
+            m.lower() for m in rule.methods - {"HEAD", "OPTIONS"})
+    documented = {path: set(ops) & {"get", "post", "put", "patch", "delete"}
+                  for path, ops in spec["paths"].items()}
+    assert set(routes) == set(documented)
+    for path, methods in routes.items():
+        assert methods == documented[path], path
+    for path in ("/jobs", "/jobs/batch", "/jobs/{job_id}", "/recommendation", "/customers",
+                 "/healthz", "/readyz"):
+        assert path in spec["paths"]
+    assert "requestBody" in spec["paths"]["/jobs"]["post"]
+
+
+# ---------------------------------------------------------------- demo page and images
+
+def test_index_page(web):
+    response = web.get("/")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert "Fashion recommender" in response.get_data(as_text=True)
+
+
+def test_media_serves_images_under_var_only(web, web_settings):
+    image = web_settings.var_dir / "pics" / "p1.png"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    (web_settings.var_dir / "secret.txt").write_text("no")
+    assert web.get("/media/pics/p1.png").status_code == 200
+    assert_json_error(web.get("/media/secret.txt"), 404)
+    assert_json_error(web.get("/media/../../etc/passwd.png"), 404)
+    assert_json_error(web.get("/media/pics/missing.png"), 404)
+
+
+def test_image_urls_are_added_to_results(web_app, web_settings):
+    from web.service import with_image_urls
+
+    local = str(web_settings.var_dir / "world" / "images" / "P1.png")
+    result = {"items": [{"image": local}, {"image": "https://cdn.example/x.jpg"}, {"image": ""},
+                        {"image": "/etc/passwd"}]}
+    with web_app.test_request_context():
+        items = with_image_urls(result)["items"]
+    assert [i["image_url"] for i in items] == ["/media/world/images/P1.png",
+                                               "https://cdn.example/x.jpg", None, None]

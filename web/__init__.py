@@ -1,0 +1,92 @@
+"""Flask front end (APIFlask): submits Celery jobs and reads their results; never loads TensorFlow.
+
+    gunicorn -w 2 -k gthread --threads 4 -b 127.0.0.1:5000 "web:create_app()"
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import redis
+from apiflask import APIFlask
+from celery import Celery
+from flask import Flask, current_app
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ml.config import Settings
+from tasks.celery_app import celery_config
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Flask's Celery pattern: one Celery instance configured from `app.config["CELERY"]`.
+
+    The web process only sends tasks by name (`tasks.names`) and reads results; it does not import
+    the task modules (they load TensorFlow in the worker).
+    """
+    celery_app = Celery(app.name)
+    celery_app.config_from_object(app.config["CELERY"])
+    app.extensions["celery"] = celery_app
+    return celery_app
+
+
+def make_redis(url: str) -> redis.Redis:
+    """A fail-fast client (1 s timeouts, no retries): a dead Redis turns into a quick 503."""
+    return redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0,
+                                retry=Retry(NoBackoff(), 0), decode_responses=True)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
+    """App factory. `test_config` may hold `SETTINGS` (an `ml.config.Settings`) and any Flask keys."""
+    test_config = dict(test_config or {})
+    settings: Settings = test_config.pop("SETTINGS", None) or Settings.from_env()
+
+    app = APIFlask(__name__, title="Fashion recommender", version="1.0",
+                   spec_path="/openapi.json", docs_path="/docs", docs_oauth2_redirect_path=None)
+    app.config.from_mapping(
+        SETTINGS=settings,
+        CELERY=celery_config(settings),
+        VALIDATION_ERROR_STATUS_CODE=400,
+        VALIDATION_ERROR_DESCRIPTION="Invalid input",
+        JSON_SORT_KEYS=False,
+        SYNC_WAIT_S=settings.sync_wait_s,
+        MAX_CONTENT_LENGTH=1024 * 1024,
+    )
+    app.json.sort_keys = False
+    app.config.from_mapping(test_config)
+
+    celery_init_app(app)
+    app.extensions["redis"] = make_redis(settings.redis_url)
+
+    from web import errors, health, jobs, recommendations, ui
+
+    errors.register(app)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(recommendations.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(ui.bp)
+
+    @app.spec_processor
+    def _document_openapi_routes(spec: dict) -> dict:
+        # The spec and docs routes themselves, so the spec lists every route the app serves.
+        for rule in app.url_map.iter_rules():
+            if rule.endpoint.startswith("openapi."):
+                spec.setdefault("paths", {})[rule.rule] = {"get": {
+                    "tags": ["Meta"],
+                    "summary": "OpenAPI document" if rule.rule.endswith(".json") else "API docs (HTML)",
+                    "responses": {"200": {"description": "OK"}},
+                }}
+        return spec
+
+    return app
+
+
+def get_settings() -> Settings:
+    return current_app.config["SETTINGS"]
+
+
+def get_celery() -> Celery:
+    return current_app.extensions["celery"]
+
+
+def get_redis() -> redis.Redis:
+    return current_app.extensions["redis"]

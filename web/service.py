@@ -1,0 +1,118 @@
+"""What the blueprints share: submit a job, describe it, wait for it (all over Celery + Redis)."""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import states
+from flask import url_for
+from kombu.exceptions import OperationalError
+
+from web import get_celery, get_redis, get_settings
+from web.errors import ServiceUnavailable
+from web.job_store import JobStore
+
+STATE_NAMES = {
+    states.PENDING: "queued",
+    states.RECEIVED: "queued",
+    states.STARTED: "started",
+    states.RETRY: "started",
+    states.SUCCESS: "succeeded",
+    states.FAILURE: "failed",
+    states.REVOKED: "failed",
+    states.REJECTED: "failed",
+    states.IGNORED: "failed",
+}
+
+
+def job_store() -> JobStore:
+    return JobStore(get_redis(), get_settings().job_registry_ttl_s)
+
+
+def status_url(job_id: str) -> str:
+    return url_for("jobs.get_job", job_id=job_id, _external=True)
+
+
+def submit(task_name: str, args: list[Any], kind: str, **meta: Any) -> str:
+    """Register the job id, then send the task with that id. Redis down -> ServiceUnavailable."""
+    job_id = str(uuid.uuid4())
+    store = job_store()
+    store.add(job_id, kind, **meta)  # before sending, so a fast poll never sees a 404
+    try:
+        get_celery().send_task(task_name, args=args, task_id=job_id)
+    except (OperationalError, redis.RedisError, OSError) as exc:
+        store.discard(job_id)
+        raise ServiceUnavailable("could not queue the job: the broker is unreachable",
+                                 reason=str(exc)[:200]) from exc
+    return job_id
+
+
+def _error_text(result: Any) -> str:
+    if isinstance(result, BaseException):
+        message = str(result)
+        return f"{type(result).__name__}: {message}" if message else type(result).__name__
+    return str(result) if result is not None else "job failed"
+
+
+def describe(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The public view of a job: state, result or error, model_version."""
+    res = get_celery().AsyncResult(job_id)
+    celery_state = res.state
+    state = STATE_NAMES.get(celery_state, "queued")
+    out: dict[str, Any] = {"job_id": job_id, "kind": record.get("kind"), "state": state,
+                           "model_version": None}
+    if state == "succeeded":
+        result = res.result
+        out["result"] = with_image_urls(result)
+        if isinstance(result, dict):
+            out["model_version"] = result.get("model_version")
+    elif state == "failed":
+        out["error"] = _error_text(res.result)
+        out["error_type"] = type(res.result).__name__ if isinstance(res.result, BaseException) else None
+    elif celery_state == states.PENDING:
+        age = time.time() - float(record.get("submitted_at", time.time()))
+        if age > get_settings().result_expires_s:
+            # Results are kept result_expires_s; the id registry lives longer.
+            out.update(state="failed", error="result expired", error_type="Expired")
+    return out
+
+
+def wait(job_id: str, record: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Poll the job (no pub/sub: safe in threaded servers) until it is finished or `timeout_s`."""
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    delay = 0.02
+    while True:
+        view = describe(job_id, record)
+        if view["state"] in ("succeeded", "failed") or time.monotonic() >= deadline:
+            return view
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.6, 0.25)
+
+
+def image_url(image: Any) -> str | None:
+    """A browser-usable URL for an item's image: http(s) as is, local files under var/ via /media."""
+    if not isinstance(image, str) or not image:
+        return None
+    if image.startswith(("http://", "https://")):
+        return image
+    try:
+        rel = Path(image).resolve().relative_to(get_settings().var_dir)
+    except (ValueError, OSError):
+        return None
+    return url_for("ui.media", filename=rel.as_posix())
+
+
+def with_image_urls(result: Any) -> Any:
+    """Add `image_url` to every item of a recommend / recommend_batch result."""
+    if not isinstance(result, dict):
+        return result
+    if isinstance(result.get("items"), list):
+        result = {**result, "items": [
+            {**item, "image_url": image_url(item.get("image"))} if isinstance(item, dict) else item
+            for item in result["items"]]}
+    if isinstance(result.get("results"), list):
+        result = {**result, "results": [with_image_urls(r) for r in result["results"]]}
+    return result
