@@ -43,8 +43,8 @@ class Recommender:
         all_i = np.arange(tables.n_products)
         self._prod_part = model.product_part(product_features(tables, all_i), product_id_input(tables, all_i),
                                              product_prior(tables, all_i), training=False)
-        mean_dev = tables.prod_rating_sum / np.maximum(tables.prod_count, 1)
-        self._popular = np.lexsort((all_i, -mean_dev, -tables.prod_count))
+        mean_rating = tables.prod_rating_sum / np.maximum(tables.prod_count, 1)
+        self._popular = np.lexsort((all_i, -mean_rating, -tables.prod_count))
 
     @classmethod
     def load(cls, path: str | Path) -> "Recommender":
