@@ -38,7 +38,7 @@ class TrainConfig:
     epochs: int = 40
     batch_size: int = 256
     learning_rate: float = 1e-3
-    negatives: int = 4
+    negatives: int = 8
     val_fraction: float = 0.3  # share of customers whose latest training rating validates
     patience: int = 4
     seed: int = 0
