@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -163,7 +163,7 @@ def _take(d: dict, mask: np.ndarray) -> dict:
 
 
 def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig):
-    """Fit the Keras model with a validation split and early stopping; returns (model, history)."""
+    """Fit the Keras model with a validation split and per-head early stopping; returns (model, spec, history)."""
     import keras
 
     keras.utils.set_random_seed(config.seed)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
