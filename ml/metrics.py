@@ -14,26 +14,25 @@ import numpy as np
 __all__ = ["rmse", "mae", "Csr", "csr_from_pairs", "top_k", "ranking_metrics"]
 
 
-def rmse(y_true, y_pred) -> float:
-    """Root mean squared error."""
+def _errors(y_true, y_pred) -> np.ndarray:
+    """Prediction errors as float64, after checking the shapes agree."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"shape mismatch: {y_true.shape} vs {y_pred.shape}")
-    if y_true.size == 0:
-        return float("nan")
-    return float(np.sqrt(np.mean((y_true - y_pred) ** 2)))
+    return y_true - y_pred
+
+
+def rmse(y_true, y_pred) -> float:
+    """Root mean squared error."""
+    err = _errors(y_true, y_pred)
+    return float(np.sqrt(np.mean(err ** 2))) if err.size else float("nan")
 
 
 def mae(y_true, y_pred) -> float:
     """Mean absolute error."""
-    y_true = np.asarray(y_true, dtype=np.float64)
-    y_pred = np.asarray(y_pred, dtype=np.float64)
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"shape mismatch: {y_true.shape} vs {y_pred.shape}")
-    if y_true.size == 0:
-        return float("nan")
-    return float(np.mean(np.abs(y_true - y_pred)))
+    err = _errors(y_true, y_pred)
+    return float(np.mean(np.abs(err))) if err.size else float("nan")
 
 
 class Csr(NamedTuple):
