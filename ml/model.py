@@ -19,6 +19,9 @@ import numpy as np
 from keras import layers, ops
 
 
+ARCHITECTURE_FIELDS = ("id_dim", "tower_dim", "hidden", "dropout", "id_dropout", "l2")
+
+
 @dataclass
 class ModelSpec:
     """Everything needed to rebuild the network before loading its weights."""
@@ -28,12 +31,13 @@ class ModelSpec:
     cust_dim: int
     prod_dim: int
     mu: float
-    id_dim: int = 32
-    tower_dim: int = 64
-    hidden: tuple[int, ...] = (128, 64)
-    dropout: float = 0.2
-    id_dropout: float = 0.25
-    l2: float = 1e-4
+    # architecture hyper-parameters; their defaults live in ml.train.TrainConfig
+    id_dim: int
+    tower_dim: int
+    hidden: tuple[int, ...]
+    dropout: float
+    id_dropout: float
+    l2: float
     prod_review_span: tuple[int, int] = (0, 0)  # where product features hold review text
 
     def to_dict(self) -> dict:
@@ -42,11 +46,12 @@ class ModelSpec:
         d["prod_review_span"] = list(self.prod_review_span)
         return d
 
+    def __post_init__(self) -> None:  # JSON gives lists
+        self.hidden = tuple(self.hidden)
+        self.prod_review_span = tuple(self.prod_review_span)
+
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
-        d = dict(d)
-        d["hidden"] = tuple(d["hidden"])
-        d["prod_review_span"] = tuple(d.get("prod_review_span", (0, 0)))
         return cls(**d)
 
 

@@ -24,7 +24,7 @@ from ml.baselines import BiasBaseline
 from ml.config import Settings
 from ml.embed import embed_dataset
 from ml.features import Exclusion, FeatureTables, build_tables, model_inputs, product_content, reduce_block
-from ml.model import BestPerHead, ModelSpec, build_model, interact_bce, masked_mse, ranking_score
+from ml.model import ARCHITECTURE_FIELDS, BestPerHead, ModelSpec, build_model, interact_bce, masked_mse, ranking_score
 from ml.split import split_reviews
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class TrainConfig:
     use_images: bool = True
     use_text: bool = True
     pca_dim: int = 64
+    # network architecture (copied into ml.model.ModelSpec)
     id_dim: int = 32
     tower_dim: int = 64
     hidden: tuple[int, ...] = (128, 64)
@@ -170,9 +171,8 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig):
     spec = ModelSpec(
         n_customers=tables.n_customers, n_products=tables.n_products,
         cust_dim=tables.cust_dim, prod_dim=tables.prod_dim, mu=tables.mu,
-        id_dim=config.id_dim, tower_dim=config.tower_dim, hidden=tuple(config.hidden),
-        dropout=config.dropout, id_dropout=config.id_dropout, l2=config.l2,
         prod_review_span=tables.prod_review_span,
+        **{name: getattr(config, name) for name in ARCHITECTURE_FIELDS},
     )
     model = build_model(spec, seed=config.seed)
     model.compile(
