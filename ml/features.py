@@ -16,6 +16,7 @@ biases carry that information instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 import numpy as np
 
@@ -59,6 +60,22 @@ class FeatureTables:
     @property
     def cust_dim(self) -> int:
         return self.cust_review_sum.shape[1] + 2 * self.prod_content.shape[1] + 2
+
+    @cached_property
+    def rated_matrix(self):
+        """Customer x product CSR of training ratings (built once, reused by every request)."""
+        from scipy import sparse
+
+        return sparse.csr_matrix((np.ones(len(self.rated_indices), np.float32), self.rated_indices, self.rated_indptr),
+                                 shape=(self.n_customers, self.n_products))
+
+    @cached_property
+    def cooc_matrix(self):
+        """Product x product co-occurrence CSR (built once)."""
+        from scipy import sparse
+
+        return sparse.csr_matrix((self.cooc_data, self.cooc_indices, self.cooc_indptr),
+                                 shape=(self.n_products, self.n_products))
 
     @property
     def prod_review_span(self) -> tuple[int, int]:
@@ -145,12 +162,10 @@ def _history(u: np.ndarray, i: np.ndarray, n_c: int, recency: np.ndarray | None,
     rec = np.arange(len(u)) if recency is None else recency
     order = np.lexsort((rec, u))
     su, si = u[order], i[order]
-    starts = np.searchsorted(su, np.arange(n_c))
     ends = np.searchsorted(su, np.arange(n_c), side="right")
     rank_from_end = ends[su] - np.arange(len(su))  # 1 = latest
     keep = rank_from_end <= length
     out[su[keep], length - rank_from_end[keep]] = si[keep] + 1
-    del starts
     return out
 
 
@@ -171,24 +186,16 @@ def _cooccurrence(u: np.ndarray, i: np.ndarray, n_c: int, n_p: int) -> dict:
 
 
 def _rated_matrix(t: "FeatureTables", u: np.ndarray):
+    """Rows of the customer x product rated matrix for positions `u` (-1 = an empty row)."""
     from scipy import sparse
 
-    x = sparse.csr_matrix((np.ones(len(t.rated_indices), np.float32), t.rated_indices, t.rated_indptr),
-                          shape=(t.n_customers, t.n_products))
-    rows = x[np.maximum(u, 0)]
-    return sparse.diags((np.asarray(u) >= 0).astype(np.float32)) @ rows
-
-
-def _cooc_matrix(t: "FeatureTables"):
-    from scipy import sparse
-
-    return sparse.csr_matrix((t.cooc_data, t.cooc_indices, t.cooc_indptr), shape=(t.n_products, t.n_products))
+    return sparse.diags((np.asarray(u) >= 0).astype(np.float32)) @ t.rated_matrix[np.maximum(u, 0)]
 
 
 def cooc_all(t: "FeatureTables", u: np.ndarray) -> np.ndarray:
     """(len(u), P) item-to-item signal: for each product, how many (customer, product) co-ratings
     link it to the products this customer rated ("customers who bought X also bought Y")."""
-    return np.log1p(np.asarray((_rated_matrix(t, u) @ _cooc_matrix(t)).todense(), np.float32))
+    return np.log1p(np.asarray((_rated_matrix(t, u) @ t.cooc_matrix).todense(), np.float32))
 
 
 def pair_features(t: "FeatureTables", u: np.ndarray, i: np.ndarray, leave_out: np.ndarray | None = None) -> np.ndarray:
@@ -199,7 +206,7 @@ def pair_features(t: "FeatureTables", u: np.ndarray, i: np.ndarray, leave_out: n
     if len(u):
         order = np.argsort(u, kind="stable")
         uniq, inv = np.unique(u[order], return_inverse=True)
-        m = (_rated_matrix(t, uniq) @ _cooc_matrix(t)).tocsr()
+        m = (_rated_matrix(t, uniq) @ t.cooc_matrix).tocsr()
         vals = np.asarray(m[inv, np.maximum(i[order], 0)]).ravel()
         if leave_out is not None:
             n_rated = np.diff(t.rated_indptr)[np.maximum(u[order], 0)]
