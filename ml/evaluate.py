@@ -17,7 +17,7 @@ import pandas as pd
 
 from ml import baselines
 from ml.config import Settings
-from ml.metrics import csr_from_pairs, mae, ranking_metrics, rmse
+from ml.metrics import csr_from_pairs, mae, paired_bootstrap, ranking_metrics, rmse, squared_errors
 from ml.recommender import Recommender
 from ml.split import has_timestamps, split_reviews
 from ml.train import TrainConfig, fit_artifact, is_synthetic
@@ -86,6 +86,25 @@ def cold_start_report(data_dir: Path, rec: Recommender, k: int = 10, seed: int =
     }
 
 
+def _rmse_stat(squared_errors: np.ndarray) -> np.ndarray:
+    return np.sqrt(squared_errors.mean(axis=-1))
+
+
+def compare(units: dict[str, dict], model: str, seed: int = 0) -> dict:
+    """`model` minus each other model, per metric, with a paired-bootstrap 95% interval
+    (resampling test ratings for RMSE, customers for ranking metrics). Tells a real margin from
+    test-set noise: an interval containing 0 is a tie."""
+    out = {}
+    for other, theirs in units.items():
+        if other == model:
+            continue
+        out[other] = {
+            key: paired_bootstrap(values, theirs[key], _rmse_stat if key == "rmse" else None, seed=seed)
+            for key, values in units[model].items() if key in theirs and len(values)
+        }
+    return out
+
+
 def evaluate_split(dataset, split: str, artifact: Path | None, config: TrainConfig, work_dir: Path,
                    settings: Settings, k: int = 10) -> tuple[dict, dict, Recommender]:
     """Metrics of the hybrid and the baselines on one split; returns (metrics, history, recommender)."""
@@ -113,20 +132,23 @@ def evaluate_split(dataset, split: str, artifact: Path | None, config: TrainConf
     exclude = csr_from_pairs(tu, ti, n_c)
     relevant = csr_from_pairs(su[known], si[known], n_c)
 
-    def row(predict, score_fn) -> dict:
+    units: dict[str, dict] = {}  # per test rating (squared error) and per customer (ranking), for comparisons
+
+    def row(name, predict, score_fn) -> dict:
         out: dict = {"rmse": None, "mae": None}
+        units[name] = ranks = ranking_metrics(score_fn, eval_users, exclude, relevant, n_p, k=k, per_customer=True)
         if predict is not None:
             pred = np.asarray(predict, dtype=np.float64)
             out.update(rmse=rmse(y, pred), mae=mae(y, pred))
-        ranks = ranking_metrics(score_fn, eval_users, exclude, relevant, n_p, k=k)
-        out[f"recall@{k}"] = _clean(ranks[f"recall@{k}"])
-        out[f"ndcg@{k}"] = _clean(ranks[f"ndcg@{k}"])
+            units[name]["rmse"] = squared_errors(y, pred)
+        for key in (f"recall@{k}", f"ndcg@{k}"):
+            out[key] = _clean(float(ranks[key].mean())) if len(ranks[key]) else None
         return out
 
-    results = {"hybrid": row(rec.predict(su, si), rec.score_customers)}
+    results = {"hybrid": row("hybrid", rec.predict(su, si), rec.score_customers)}
     for name, m in models.items():
         # baselines know no unknown ids: give them the first index and let them fall back where they can
-        results[name] = row(m.predict(np.where(su >= 0, su, n_c), np.where(si >= 0, si, n_p)), m.score)
+        results[name] = row(name, m.predict(np.where(su >= 0, su, n_c), np.where(si >= 0, si, n_p)), m.score)
     metrics = {
         "data": f"{dataset.source}:{dataset.path}" + (" (SYNTHETIC)" if is_synthetic(dataset) else ""),
         "split": {"last": "leave-last-out per customer", "time": "global time split (last 20% of time)"}[split],
@@ -134,6 +156,7 @@ def evaluate_split(dataset, split: str, artifact: Path | None, config: TrainConf
         "n_test": int(len(test)),
         "n_ranked_customers": int(len(eval_users)),
         "models": results,
+        "hybrid_minus": compare(units, "hybrid", seed=config.seed),
         "model_version": rec.version,
     }
     history = json.loads((Path(artifact) / "history.json").read_text())

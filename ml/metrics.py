@@ -11,7 +11,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["rmse", "mae", "Csr", "csr_from_pairs", "top_k", "ranking_metrics"]
+__all__ = ["rmse", "mae", "squared_errors", "Csr", "csr_from_pairs", "top_k", "ranking_metrics", "paired_bootstrap"]
 
 
 def _errors(y_true, y_pred) -> np.ndarray:
@@ -23,10 +23,15 @@ def _errors(y_true, y_pred) -> np.ndarray:
     return y_true - y_pred
 
 
+def squared_errors(y_true, y_pred) -> np.ndarray:
+    """Per-rating squared errors (the units RMSE averages; see paired_bootstrap)."""
+    return _errors(y_true, y_pred) ** 2
+
+
 def rmse(y_true, y_pred) -> float:
     """Root mean squared error."""
-    err = _errors(y_true, y_pred)
-    return float(np.sqrt(np.mean(err ** 2))) if err.size else float("nan")
+    sq = squared_errors(y_true, y_pred)
+    return float(np.sqrt(np.mean(sq))) if sq.size else float("nan")
 
 
 def mae(y_true, y_pred) -> float:
@@ -120,6 +125,7 @@ def ranking_metrics(
     n_items: int,
     k: int = 10,
     chunk: int = 512,
+    per_customer: bool = False,
 ) -> dict:
     """Mean Recall@k and NDCG@k over customers, ranking all items except excluded ones.
 
@@ -133,6 +139,8 @@ def ranking_metrics(
       min(k, |relevant|) hits.
     - Ties in scores are broken by lower item index (deterministic); customers with no relevant
       items are skipped (NaN results if none is left). Keys are ``f"recall@{k}"``, ``f"ndcg@{k}"``.
+    - ``per_customer``: the values are arrays, one entry per evaluated customer in ``customer_idx``
+      order (for paired comparisons of two models, see :func:`paired_bootstrap`).
     """
     customer_idx = np.asarray(customer_idx, dtype=np.int64).ravel()
     n_items = int(n_items)
@@ -152,9 +160,8 @@ def ranking_metrics(
     kk = min(k, n_items)
     discounts = 1.0 / np.log2(np.arange(2, kk + 2, dtype=np.float64))
     ideal_cum = np.concatenate([[0.0], np.cumsum(discounts)])
-    recall_sum = 0.0
-    ndcg_sum = 0.0
-    n_eval = 0
+    recalls: list[np.ndarray] = []
+    ndcgs: list[np.ndarray] = []
 
     for start in range(0, len(customer_idx), chunk):
         pos = np.arange(start, min(start + chunk, len(customer_idx)))
@@ -179,12 +186,37 @@ def ranking_metrics(
         scores, rel, excluded, n_rel = scores[keep], rel[keep], excluded[keep], n_rel[keep]
         top = top_k(scores, kk)
         hits = np.take_along_axis(rel, top, axis=1) & ~np.take_along_axis(excluded, top, axis=1)
-        recall_sum += float((hits.sum(axis=1) / n_rel).sum())
-        dcg = hits @ discounts
-        idcg = ideal_cum[np.minimum(n_rel, kk)]
-        ndcg_sum += float((dcg / idcg).sum())
-        n_eval += int(keep.sum())
+        recalls.append(hits.sum(axis=1) / n_rel)
+        ndcgs.append((hits @ discounts) / ideal_cum[np.minimum(n_rel, kk)])
 
-    if n_eval == 0:
+    recall = np.concatenate(recalls) if recalls else np.empty(0)
+    ndcg = np.concatenate(ndcgs) if ndcgs else np.empty(0)
+    if per_customer:
+        return {f"recall@{k}": recall, f"ndcg@{k}": ndcg}
+    if len(recall) == 0:
         return {f"recall@{k}": float("nan"), f"ndcg@{k}": float("nan")}
-    return {f"recall@{k}": recall_sum / n_eval, f"ndcg@{k}": ndcg_sum / n_eval}
+    return {f"recall@{k}": float(recall.mean()), f"ndcg@{k}": float(ndcg.mean())}
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray], np.ndarray] | None = None,
+                     n_boot: int = 1000, seed: int = 0) -> dict:
+    """stat(a) - stat(b) for two models' per-unit values on the same units (test ratings or
+    customers), with a 95% percentile interval from resampling the units with replacement.
+
+    ``stat`` maps a (n_boot, n) array to (n_boot,) (default: the row mean); for RMSE pass the
+    squared errors and ``lambda x: np.sqrt(x.mean(axis=-1))``. An interval that contains 0 means
+    the two models are not told apart by this test set."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("a and b must be 1-d and aligned")
+    if len(a) == 0:
+        return {"diff": None, "ci95": None, "n": 0}
+    stat = stat or (lambda x: x.mean(axis=-1))
+    diff = float(stat(a[None])[0] - stat(b[None])[0])
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for lo in range(0, n_boot, 100):  # 100 resamples at a time bounds memory
+        idx = rng.integers(0, len(a), size=(min(100, n_boot - lo), len(a)))
+        boots[lo:lo + len(idx)] = stat(a[idx]) - stat(b[idx])
+    low, high = np.percentile(boots, [2.5, 97.5])
+    return {"diff": diff, "ci95": [float(low), float(high)], "n": int(len(a))}

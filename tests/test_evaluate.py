@@ -31,6 +31,12 @@ def test_metrics_json_shape(report):
             assert 0.0 <= row[key] <= 1.0
     assert m["models"]["popularity"]["rmse"] is None and m["models"]["popularity"]["mae"] is None
     assert m["models"]["hybrid"]["rmse"] > 0
+    # the hybrid against every baseline, with paired-bootstrap intervals around the difference
+    assert set(m["hybrid_minus"]) == set(MODEL_NAMES) - {"hybrid"}
+    vs_bias = m["hybrid_minus"]["bias"]
+    assert vs_bias["rmse"]["diff"] == pytest.approx(m["models"]["hybrid"]["rmse"] - m["models"]["bias"]["rmse"])
+    assert vs_bias["rmse"]["ci95"][0] <= vs_bias["rmse"]["diff"] <= vs_bias["rmse"]["ci95"][1]
+    assert "rmse" not in m["hybrid_minus"]["popularity"] and "ndcg@10" in m["hybrid_minus"]["popularity"]
 
 
 def test_time_split_and_plots(report):

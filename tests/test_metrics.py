@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from ml.metrics import csr_from_pairs, mae, ranking_metrics, rmse, top_k
+from ml.metrics import csr_from_pairs, mae, paired_bootstrap, ranking_metrics, rmse, top_k
 
 LOG3 = math.log2(3)
 
@@ -113,3 +113,31 @@ def test_misaligned_lists_rejected():
         ranking_metrics(scorer([[1, 2]]), np.array([0]), None, [], n_items=2)
     with pytest.raises(ValueError):
         ranking_metrics(scorer([[1, 2]]), np.array([0]), None, [np.array([0])], n_items=3)  # wrong score shape
+
+
+def test_per_customer_values_average_to_the_means():
+    rng = np.random.default_rng(0)
+    scores = rng.random((6, 20))
+    relevant = [rng.choice(20, 2, replace=False) for _ in range(6)]
+    kw = dict(customer_idx=np.arange(6), exclude=None, relevant=relevant, n_items=20, k=5)
+    means = ranking_metrics(lambda c: scores[c], **kw)
+    per = ranking_metrics(lambda c: scores[c], per_customer=True, **kw)
+    assert per["ndcg@5"].shape == (6,)
+    assert per["ndcg@5"].mean() == pytest.approx(means["ndcg@5"])
+    assert per["recall@5"].mean() == pytest.approx(means["recall@5"])
+
+
+def test_paired_bootstrap_tells_a_margin_from_noise():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=2000) ** 2
+    same = paired_bootstrap(base, base)
+    assert same["diff"] == 0 and same["ci95"] == [0.0, 0.0]
+    worse = paired_bootstrap(base + 0.5, base)  # every unit 0.5 worse
+    assert worse["ci95"][0] > 0.4
+    noisy = paired_bootstrap(base + rng.normal(0, 0.01, 2000), base)
+    assert noisy["ci95"][0] < 0 < noisy["ci95"][1]
+    sq_a, sq_b = base, base * 1.21  # RMSE of b is 1.1 x RMSE of a
+    r = paired_bootstrap(sq_a, sq_b, lambda x: np.sqrt(x.mean(axis=-1)))
+    assert r["diff"] == pytest.approx(rmse(np.zeros(2000), np.sqrt(sq_a)) * (1 - 1.1))
+    with pytest.raises(ValueError):
+        paired_bootstrap(base, base[:10])
