@@ -10,8 +10,10 @@ own review ("leave-one-out"): the text and rating of the review whose rating is 
 input, in training as at test time. A missing modality is a zero block plus a 0/1 mask, never an error.
 
 Mean ratings are deliberately *not* features: a leave-one-out mean next to a learned per-customer
-bias (which knows the full sum) gives the held-out rating away, r = S - (n-1)·mean_loo. The learned
-biases carry that information instead.
+bias (which knows the full sum) gives the held-out rating away, r = S - (n-1)·mean_loo. A ridge bias
+model carries that information instead (`cust_prior`, `prod_prior`); training rows get its biases
+with their own rating left out (`ml.baselines.BiasBaseline.leave_one_out`), and so does the
+neighbourhood residual in the pair features (`pair_features`).
 """
 from __future__ import annotations
 
@@ -43,10 +45,11 @@ class FeatureTables:
     cust_history: np.ndarray  # (C, H) int32: positions + 1 of the latest rated products, 0 = padding
     rated_indptr: np.ndarray  # CSR (customer -> rated product positions)
     rated_indices: np.ndarray
+    rated_rating: np.ndarray  # the CSR's data: the training rating of each (customer, product)
     cooc_indptr: np.ndarray  # CSR (product x product): customers who rated both, zero diagonal
     cooc_indices: np.ndarray
     cooc_data: np.ndarray
-    cust_prior: np.ndarray  # (C,) ridge bias b_u fitted without the validation ratings
+    cust_prior: np.ndarray  # (C,) ridge bias b_u fitted on the training ratings
     prod_prior: np.ndarray  # (P,) ridge bias b_i
 
     @property
@@ -68,6 +71,16 @@ class FeatureTables:
 
         return sparse.csr_matrix((np.ones(len(self.rated_indices), np.float32), self.rated_indices, self.rated_indptr),
                                  shape=(self.n_customers, self.n_products))
+
+    def item_residual_rows(self, u: np.ndarray):
+        """Rows of the customer x product matrix of training residuals r - mu - b_i under the
+        current product priors (swapping in new priors needs no rebuild); -1 = an empty row."""
+        from scipy import sparse
+
+        resid = self.rated_rating - self.mu - self.prod_prior[self.rated_indices]
+        m = sparse.csr_matrix((resid.astype(np.float32), self.rated_indices, self.rated_indptr),
+                              shape=(self.n_customers, self.n_products))
+        return sparse.diags((np.asarray(u) >= 0).astype(np.float32)) @ m[np.maximum(u, 0)]
 
     @cached_property
     def cooc_matrix(self):
@@ -148,7 +161,7 @@ def build_tables(
         if dc
         else np.zeros((n_c, 0), np.float32),
         cust_history=_history(u, i, n_c, recency, history_len),
-        **_cooccurrence(u, i, n_c, n_p),
+        **_cooccurrence(u, i, rating, n_c, n_p),
         cust_prior=(np.zeros(n_c) if cust_prior is None else cust_prior).astype(np.float32),
         prod_prior=(np.zeros(n_p) if prod_prior is None else prod_prior).astype(np.float32),
     )
@@ -169,17 +182,21 @@ def _history(u: np.ndarray, i: np.ndarray, n_c: int, recency: np.ndarray | None,
     return out
 
 
-def _cooccurrence(u: np.ndarray, i: np.ndarray, n_c: int, n_p: int) -> dict:
-    """Rated-products CSR per customer and the product co-occurrence counts C = XᵀX (diagonal 0)."""
+def _cooccurrence(u: np.ndarray, i: np.ndarray, rating: np.ndarray, n_c: int, n_p: int) -> dict:
+    """Rated-products CSR per customer (with the ratings) and the product co-occurrence counts
+    C = XᵀX (diagonal 0)."""
     from scipy import sparse
 
     x = sparse.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(n_c, n_p))
+    xr = sparse.csr_matrix((np.asarray(rating, np.float64), (u, i)), shape=(n_c, n_p))  # same structure
+    rated_rating = (xr.data / x.data).astype(np.float32)  # duplicates: their mean rating
     x.data[:] = 1.0  # duplicates count once
     c = (x.T @ x).tocsr()
     c.setdiag(0)
     c.eliminate_zeros()
     return {
         "rated_indptr": x.indptr.astype(np.int64), "rated_indices": x.indices.astype(np.int32),
+        "rated_rating": rated_rating,
         "cooc_indptr": c.indptr.astype(np.int64), "cooc_indices": c.indices.astype(np.int32),
         "cooc_data": c.data.astype(np.float32),
     }
@@ -192,27 +209,58 @@ def _rated_matrix(t: "FeatureTables", u: np.ndarray):
     return sparse.diags((np.asarray(u) >= 0).astype(np.float32)) @ t.rated_matrix[np.maximum(u, 0)]
 
 
+KNN_SHRINK = (3.0, 30.0)  # shrinkage (in links) of the neighbourhood residual columns
+PAIR_DIM = 1 + len(KNN_SHRINK)
+
+
+def _pair_columns(links: np.ndarray, item_resid: np.ndarray, b_u: np.ndarray) -> np.ndarray:
+    """[log1p(links), (item_resid - b_u·links) / (links + λ) for λ in KNN_SHRINK], last axis."""
+    links = np.maximum(links, 0.0)
+    resid = item_resid - b_u * links
+    cols = [np.log1p(links)] + [resid / (links + lam) for lam in KNN_SHRINK]
+    return np.stack(cols, axis=-1).astype(np.float32)
+
+
 def cooc_all(t: "FeatureTables", u: np.ndarray) -> np.ndarray:
-    """(len(u), P) item-to-item signal: for each product, how many (customer, product) co-ratings
-    link it to the products this customer rated ("customers who bought X also bought Y")."""
-    return np.log1p(np.asarray((_rated_matrix(t, u) @ t.cooc_matrix).todense(), np.float32))
+    """(len(u) * P, PAIR_DIM) pair features of each customer with every product (see pair_features)."""
+    u = np.asarray(u)
+    links = np.asarray((_rated_matrix(t, u) @ t.cooc_matrix).todense(), np.float32)
+    resid = np.asarray((t.item_residual_rows(u) @ t.cooc_matrix).todense(), np.float32)
+    return _pair_columns(links, resid, customer_prior(t, u)[:, None]).reshape(-1, PAIR_DIM)
 
 
-def pair_features(t: "FeatureTables", u: np.ndarray, i: np.ndarray, leave_out: np.ndarray | None = None) -> np.ndarray:
-    """(n, 1) co-occurrence signal of rows (u, i). For a training rating (`leave_out` 1) the
-    customer's own co-ratings are subtracted: they would otherwise give the rating away."""
+def pair_features(t: "FeatureTables", u: np.ndarray, i: np.ndarray, leave_out: np.ndarray | None = None,
+                  cust_prior: np.ndarray | None = None) -> np.ndarray:
+    """(n, PAIR_DIM) item-to-item signals of rows (u, i), from the products j the customer rated
+    and the co-rating counts C(i, j) (customers who rated both):
+    - links = Σ_j C(i, j): "customers who bought X also bought Y";
+    - neighbourhood residual = Σ_j C(i, j)·(r_uj - mu - b_u - b_j) / (links + λ): how the customer
+      rated, beyond the bias model, the products that share raters with i (the item-kNN term of
+      Koren's integrated model), shrunk towards 0 when few links back it.
+    For a training rating (`leave_out` 1) the customer's own co-ratings are subtracted from C,
+    and `cust_prior` (the row's b_u with its rating left out) replaces the table's b_u: either
+    would otherwise give the rating away."""
     u, i = np.asarray(u), np.asarray(i)
-    out = np.zeros(len(u), np.float32)
+    b_u = customer_prior(t, u) if cust_prior is None else np.asarray(cust_prior, np.float32)
+    links = np.zeros(len(u), np.float32)
+    resid = np.zeros(len(u), np.float32)
     if len(u):
         order = np.argsort(u, kind="stable")
-        uniq, inv = np.unique(u[order], return_inverse=True)
-        m = (_rated_matrix(t, uniq) @ t.cooc_matrix).tocsr()
-        vals = np.asarray(m[inv, np.maximum(i[order], 0)]).ravel()
+        uo, io = u[order], np.maximum(i[order], 0)
+        uniq, inv = np.unique(uo, return_inverse=True)
+        rows_r = t.item_residual_rows(uniq).tocsr()
+        a = np.asarray((_rated_matrix(t, uniq) @ t.cooc_matrix).tocsr()[inv, io]).ravel()
+        b = np.asarray((rows_r @ t.cooc_matrix).tocsr()[inv, io]).ravel()
         if leave_out is not None:
-            n_rated = np.diff(t.rated_indptr)[np.maximum(u[order], 0)]
-            vals = vals - np.asarray(leave_out)[order] * np.maximum(n_rated - 1, 0)
-        out[order] = np.where(i[order] >= 0, np.maximum(vals, 0), 0)
-    return np.log1p(out)[:, None]
+            lo = np.asarray(leave_out, np.float32)[order]
+            n_rated = np.diff(t.rated_indptr)[np.maximum(uo, 0)]
+            own = np.asarray(rows_r[inv, io]).ravel()  # Σ_j runs over j ≠ i: take i's own term out
+            a = a - lo * np.maximum(n_rated - 1, 0)
+            b = b - lo * (np.asarray(rows_r.sum(axis=1)).ravel()[inv] - own)
+        ok = i[order] >= 0
+        links[order] = np.where(ok, a, 0)
+        resid[order] = np.where(ok, b, 0)
+    return _pair_columns(links, resid, b_u)
 
 
 @dataclass
@@ -287,16 +335,21 @@ def model_inputs(
     cust_ex: Exclusion | None = None,
     prod_ex: Exclusion | None = None,
     cust_ex_item: np.ndarray | None = None,
+    cust_prior: np.ndarray | None = None,
+    prod_prior: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """The hybrid model's input dict for rows (u, i); product ids are shifted by one (0 = unknown)."""
+    """The hybrid model's input dict for rows (u, i); product ids are shifted by one (0 = unknown).
+    `cust_prior`/`prod_prior` replace the tables' biases row by row (training rows leave their
+    own rating out of them)."""
+    cust_prior = customer_prior(t, u) if cust_prior is None else np.asarray(cust_prior, np.float32)
     return {
         "customer": customer_features(t, u, cust_ex_item, cust_ex),
         "product": product_features(t, i, prod_ex),
         "product_id": product_id_input(t, i),
-        "customer_prior": customer_prior(t, u),
+        "customer_prior": cust_prior,
         "history": customer_history(t, u, cust_ex_item, cust_ex),
-        "pair": pair_features(t, u, i, None if cust_ex is None else cust_ex.is_rated),
-        "product_prior": product_prior(t, i),
+        "pair": pair_features(t, u, i, None if cust_ex is None else cust_ex.is_rated, cust_prior),
+        "product_prior": product_prior(t, i) if prod_prior is None else np.asarray(prod_prior, np.float32),
     }
 
 

@@ -18,7 +18,10 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from ml.features import PAIR_DIM
 
+
+ARTIFACT_FORMAT = 2  # version of the artifact layout; 2: ratings in tables.npz, PAIR_DIM pair features
 ARCHITECTURE_FIELDS = ("id_dim", "tower_dim", "hidden", "dropout", "id_dropout", "l2")
 
 
@@ -114,6 +117,10 @@ class HeadNet(layers.Layer):
         self.trunk = _mlp(spec.hidden, spec.dropout, spec.l2, f"{kind}_trunk")
         init = "zeros" if kind == "rating" else "glorot_uniform"
         self.out = layers.Dense(1, kernel_initializer=init, name=f"{kind}_out")
+        # "wide" part of the rating head: a linear term on the pair features, so the neighbourhood
+        # residual (ml.features.pair_features) can correct the bias prior directly
+        self.wide = layers.Dense(1, use_bias=False, kernel_initializer="zeros", name=f"{kind}_wide") \
+            if kind == "rating" else None
 
     def build(self, input_shape=None):
         self.built = True
@@ -136,7 +143,9 @@ class HeadNet(layers.Layer):
     def pair_part(self, c: dict, p: dict, pair, training=False):
         x = ops.concatenate([c["t"], p["t"], c["t"] * p["t"], c["e"], p["e"], c["e"] * p["e"], pair], axis=-1)
         y = self.out(self.trunk(x, training=training))[:, 0] + c["b"] + p["b"]
-        return y + self.spec.mu if self.kind == "rating" else y
+        if self.wide is None:
+            return y
+        return y + self.wide(pair)[:, 0] + self.spec.mu
 
 
 HEADS = ("rating", "interact")
@@ -147,8 +156,8 @@ HEADS = ("rating", "interact")
 class HybridModel(keras.Model):
     """Inputs: dict with `customer` (n, cust_dim), `product` (n, prod_dim) float features,
     `product_id` int positions + 1 (0 = unknown), `customer_prior`, `product_prior`
-    (n,) ridge biases, `history` (n, H) rated product ids (0 = none) and `pair` (n, 1) the
-    co-occurrence signal (ml.features.pair_features). Outputs dict `rating`,
+    (n,) ridge biases, `history` (n, H) rated product ids (0 = none) and `pair` (n, PAIR_DIM) the
+    co-occurrence and neighbourhood signals (ml.features.pair_features). Outputs dict `rating`,
     `interact`, each from its own `HeadNet`, so each can keep the weights of its own best
     validation epoch (`BestPerHead`): the rating head overfits sparse data within an epoch or
     two while the pick head is still learning."""
@@ -253,7 +262,7 @@ def build_model(spec: ModelSpec, seed: int = 0) -> HybridModel:
         "product_id": np.zeros((1,), np.int32),
         "customer_prior": np.zeros((1,), np.float32),
         "history": np.zeros((1, 1), np.int32),
-        "pair": np.zeros((1, 1), np.float32),
+        "pair": np.zeros((1, PAIR_DIM), np.float32),
         "product_prior": np.zeros((1,), np.float32),
     }
     model(dummy)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ml.features import (FeatureTables, cooc_all, customer_features, pair_features, customer_history, customer_prior, product_features, product_id_input,
                          product_prior)
-from ml.model import ModelSpec, build_model, ranking_score
+from ml.model import ARTIFACT_FORMAT, ModelSpec, build_model, ranking_score
 
 COLD_START_DOC = (
     "Unknown customers get the most popular products (training-rating count, ties broken by mean "
@@ -53,6 +53,9 @@ class Recommender:
         if not manifest_file.is_file():
             raise FileNotFoundError(f"{path} is not a model artifact (no manifest.json)")
         manifest = json.loads(manifest_file.read_text())
+        if manifest.get("format") != ARTIFACT_FORMAT:
+            raise ValueError(f"{path} has artifact format {manifest.get('format')}, this code reads "
+                             f"format {ARTIFACT_FORMAT}: train the model again")
         tables = FeatureTables.load(path / "tables.npz")
         model = build_model(ModelSpec.from_dict(manifest["spec"]))
         model.load_weights(path / "model.weights.h5")
@@ -97,7 +100,7 @@ class Recommender:
                                               product_prior(self.tables, ii))
                 known = np.asarray(i) >= 0
                 pp = {k: ops.where(known.reshape((-1,) + (1,) * (len(v.shape) - 1)), v, unk[k]) for k, v in pp.items()}
-        pair = cooc_all(self.tables, np.asarray(u)).reshape(-1, 1) if i is None else pair_features(self.tables, u, i)
+        pair = cooc_all(self.tables, np.asarray(u)) if i is None else pair_features(self.tables, u, i)
         out = self.model.pair_part(c, pp, pair, training=False)
         return np.asarray(ops.convert_to_numpy(out["rating"])), np.asarray(ops.convert_to_numpy(out["interact"]))
 

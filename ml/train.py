@@ -23,12 +23,12 @@ import pandas as pd
 from ml.baselines import BiasBaseline
 from ml.config import Settings
 from ml.embed import embed_dataset
-from ml.features import Exclusion, FeatureTables, build_tables, model_inputs, product_content, reduce_block
-from ml.model import ARCHITECTURE_FIELDS, BestPerHead, ModelSpec, build_model, interact_bce, masked_mse, ranking_score
+from ml.features import (Exclusion, FeatureTables, build_tables, model_inputs, product_content, product_prior,
+                         reduce_block)
+from ml.model import ARCHITECTURE_FIELDS, ARTIFACT_FORMAT, BestPerHead, ModelSpec, build_model, interact_bce, masked_mse, ranking_score
 from ml.split import split_reviews
 
 log = logging.getLogger(__name__)
-ARTIFACT_FORMAT = 1
 
 
 @dataclass
@@ -114,12 +114,15 @@ def build_training_rows(
     has_text: np.ndarray,
     config: TrainConfig,
     val_pos: np.ndarray,
+    loo_prior: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainingRows:
     """Positive rows (observed ratings) and sampled negatives, each with its own review left out.
 
     A positive (u, i) excludes u's review of i from both sides. Its negatives (u, j) reuse the same
     customer-side exclusion, and leave a random review of j out of j's side, so positives and
-    negatives see features of the same kind (counts one lower) and the count cannot give them away."""
+    negatives see features of the same kind (counts one lower) and the count cannot give them away.
+    `loo_prior`: each positive's bias-model (b_u, b_i) with its own rating left out of the fit
+    (`BiasBaseline.leave_one_out`); its negatives share the customer's."""
     rng = np.random.default_rng(config.seed)
     n = len(u)
     ht = has_text.astype(np.float32)
@@ -145,10 +148,15 @@ def build_training_rows(
 
     all_u = np.concatenate([u, nu])
     all_i = np.concatenate([i, ni])
+    priors = {}
+    if loo_prior is not None:
+        loo_u, loo_i = (np.asarray(x, np.float32) for x in loo_prior)
+        priors = {"cust_prior": np.concatenate([loo_u, loo_u[src]]),
+                  "prod_prior": np.concatenate([loo_i, product_prior(tables, ni)])}
     inputs = model_inputs(
         tables, all_u, all_i,
         cust_ex=cust_ex, prod_ex=cat(pos_ex, neg_prod_ex),
-        cust_ex_item=np.concatenate([i, i[src]]),
+        cust_ex_item=np.concatenate([i, i[src]]), **priors,
     )
     observed = np.concatenate([np.ones(n, np.float32), np.zeros(len(nu), np.float32)])
     rating_t = np.stack([np.concatenate([r, np.zeros(len(nu), np.float32)]), observed], 1)
@@ -261,17 +269,17 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
     order_col = train["order"].to_numpy() if "order" in train else np.arange(len(train))
     recency = np.lexsort((order_col, ts)).argsort()
     val_rows = _last_rows(u, recency, np.random.default_rng(config.seed), config.val_fraction)
-    prior = BiasBaseline().fit(pd.DataFrame({"u": u[~val_rows], "i": i[~val_rows], "rating": rating[~val_rows]}),
-                               len(customer_ids), len(products))
+    # The rating head starts from a ridge bias model. Serving uses biases fitted on every training
+    # rating; each training (and validation) row sees its biases with its own rating left out, as
+    # a rating to predict would: in-sample biases contain the answer (on the 2023 set they fit the
+    # training ratings with RMSE 0.82, against 1.12 on held-out ones).
+    prior = BiasBaseline().fit(pd.DataFrame({"u": u, "i": i, "rating": rating}), len(customer_ids), len(products))
     tables = build_tables(customer_ids, product_index.to_numpy(str), u, i, rating, review_vecs,
                           emb.has_review_text, content, prior.mu_, recency, config.history_len,
                           prior.b_u_, prior.b_i_)
-    rows = build_training_rows(tables, u, i, rating, review_vecs, emb.has_review_text, config, val_rows)
+    rows = build_training_rows(tables, u, i, rating, review_vecs, emb.has_review_text, config, val_rows,
+                               loo_prior=prior.leave_one_out(u, i, rating))
     model, spec, hist = fit_model(tables, rows, config)
-    # Serve with biases fitted on every training rating; the validation ratings were held out of
-    # the prior only so that early stopping saw honest residuals.
-    full = BiasBaseline().fit(pd.DataFrame({"u": u, "i": i, "rating": rating}), len(customer_ids), len(products))
-    tables.cust_prior, tables.prod_prior = full.b_u_.astype(np.float32), full.b_i_.astype(np.float32)
 
     val = rows.is_val & (rows.targets["rating"][:, 1] > 0)
     metrics: dict = {"epochs_run": len(hist.get("loss", []))}

@@ -116,3 +116,24 @@ def test_bad_input_rejected():
             m.fit(bad, 2, 2)
         with pytest.raises(ValueError):
             m.fit(bad.drop(columns="rating"), 10, 10)
+
+
+def test_bias_leave_one_out_matches_a_refit_without_the_rating(data):
+    train, _, nu, ni = data
+    full = BiasBaseline(iters=60).fit(train, nu, ni)
+    rows = np.random.default_rng(0).choice(len(train), 8, replace=False)
+    u, i, r = (train[c].to_numpy()[rows] for c in ("u", "i", "rating"))
+    loo_u, loo_i = full.leave_one_out(u, i, r)
+    for k, row in enumerate(rows):
+        refit = BiasBaseline(iters=60).fit(train.drop(index=row), nu, ni)
+        in_sample = full.b_u_[u[k]] + full.b_i_[i[k]]
+        truth = refit.b_u_[u[k]] + refit.b_i_[i[k]]
+        # the one-step correction removes nearly all of the rating's own pull on its biases
+        assert abs(loo_u[k] + loo_i[k] - truth) < 0.1 * abs(in_sample - truth) + 1e-4
+
+
+def test_bias_leave_one_out_takes_fitted_ratings_only():
+    train = pd.DataFrame({"u": [0, 1], "i": [0, 0], "rating": [5.0, 3.0]})
+    b = BiasBaseline().fit(train, 3, 2)
+    with pytest.raises(ValueError):
+        b.leave_one_out(np.array([2]), np.array([0]), np.array([4.0]))

@@ -18,7 +18,8 @@ SHARED = REPO_ROOT.parent / "shared" / "data"
 def _evaluate(path, tmp_path, settings):
     if not path.exists():
         pytest.skip(f"{path} is not here")
-    return evaluate(path, tmp_path, splits=("last",), settings=settings)["models"]
+    metrics = evaluate(path, tmp_path, splits=("last",), settings=settings)
+    return {**metrics["models"], "hybrid_minus": metrics["hybrid_minus"]}
 
 
 def test_real_2018_5core_hybrid_beats_bias_rmse(tmp_path, base_settings):
@@ -31,9 +32,10 @@ def test_real_2023_ratings_hybrid_recall_above_popularity(tmp_path, base_setting
     m = _evaluate(SHARED / "amazon-fashion-2023-ratings-blair", tmp_path, base_settings)
     assert m["hybrid"]["recall@10"] > 1.3 * m["popularity"]["recall@10"]
     assert m["hybrid"]["ndcg@10"] > 1.3 * m["popularity"]["ndcg@10"]
-    # ratings only, ~4 per customer: the rating head ends where its ridge-bias prior is (a tie,
-    # not a win; see README) — it must at least not be worse.
-    assert m["hybrid"]["rmse"] <= m["bias"]["rmse"] + 0.002
+    # ratings only, ~4 per customer: the margin is small (the neighbourhood residual term), so
+    # the test asks for it to hold beyond test-set noise: the paired-bootstrap interval is below 0
+    assert m["hybrid"]["rmse"] < m["bias"]["rmse"]
+    assert m["hybrid_minus"]["bias"]["rmse"]["ci95"][1] < 0
 
 
 @pytest.fixture(scope="module")
