@@ -99,9 +99,10 @@ def _run(args) -> int:
 
         config = _config(args) if args.epochs else None
         if config is not None and args.model:
+            from ml.registry import read_manifest
             from ml.train import TrainConfig
 
-            manifest = json.loads((Path(args.model) / "manifest.json").read_text())
+            manifest = read_manifest(args.model)
             config = TrainConfig.from_dict({**manifest["config"], "epochs": args.epochs})
         metrics = evaluate(args.data, args.report, args.model, config=config,
                            splits=tuple(args.split) if args.split else None, settings=settings)

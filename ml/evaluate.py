@@ -19,6 +19,7 @@ from ml import baselines
 from ml.config import Settings
 from ml.metrics import csr_from_pairs, mae, paired_bootstrap, ranking_metrics, rmse, squared_errors
 from ml.recommender import Recommender
+from ml.registry import read_manifest
 from ml.split import has_timestamps, split_reviews
 from ml.train import TrainConfig, fit_artifact, is_synthetic
 
@@ -207,10 +208,7 @@ def evaluate(data, report_dir: str | Path, model_dir: str | Path | None = None, 
     report_dir.mkdir(parents=True, exist_ok=True)
     manifest = None
     if model_dir is not None:
-        mf = Path(model_dir) / "manifest.json"
-        if not mf.is_file():
-            raise FileNotFoundError(f"{model_dir} is not a model artifact (no manifest.json)")
-        manifest = json.loads(mf.read_text())
+        manifest = read_manifest(model_dir)
         config = config or TrainConfig.from_dict(manifest["config"])
     config = config or TrainConfig()
     if splits is None:

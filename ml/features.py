@@ -72,15 +72,21 @@ class FeatureTables:
         return sparse.csr_matrix((np.ones(len(self.rated_indices), np.float32), self.rated_indices, self.rated_indptr),
                                  shape=(self.n_customers, self.n_products))
 
-    def item_residual_rows(self, u: np.ndarray):
-        """Rows of the customer x product matrix of training residuals r - mu - b_i under the
-        current product priors (swapping in new priors needs no rebuild); -1 = an empty row."""
+    @cached_property
+    def item_residual_matrix(self):
+        """Customer x product CSR of training residuals r - mu - b_i (built once, like rated_matrix;
+        the priors are fixed once the tables are built)."""
         from scipy import sparse
 
         resid = self.rated_rating - self.mu - self.prod_prior[self.rated_indices]
-        m = sparse.csr_matrix((resid.astype(np.float32), self.rated_indices, self.rated_indptr),
-                              shape=(self.n_customers, self.n_products))
-        return sparse.diags((np.asarray(u) >= 0).astype(np.float32)) @ m[np.maximum(u, 0)]
+        return sparse.csr_matrix((resid.astype(np.float32), self.rated_indices, self.rated_indptr),
+                                 shape=(self.n_customers, self.n_products))
+
+    def item_residual_rows(self, u: np.ndarray):
+        """Rows of `item_residual_matrix` for positions `u` (-1 = an empty row)."""
+        from scipy import sparse
+
+        return sparse.diags((np.asarray(u) >= 0).astype(np.float32)) @ self.item_residual_matrix[np.maximum(u, 0)]
 
     @cached_property
     def cooc_matrix(self):

@@ -21,7 +21,6 @@ from keras import layers, ops
 from ml.features import PAIR_DIM
 
 
-ARTIFACT_FORMAT = 2  # version of the artifact layout; 2: ratings in tables.npz, PAIR_DIM pair features
 ARCHITECTURE_FIELDS = ("id_dim", "tower_dim", "hidden", "dropout", "id_dropout", "l2")
 
 

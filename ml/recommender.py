@@ -14,7 +14,8 @@ import pandas as pd
 
 from ml.features import (FeatureTables, cooc_all, customer_features, pair_features, customer_history, customer_prior, product_features, product_id_input,
                          product_prior)
-from ml.model import ARTIFACT_FORMAT, ModelSpec, build_model, ranking_score
+from ml.model import ModelSpec, build_model, ranking_score
+from ml.registry import read_manifest
 
 COLD_START_DOC = (
     "Unknown customers get the most popular products (training-rating count, ties broken by mean "
@@ -49,13 +50,7 @@ class Recommender:
     @classmethod
     def load(cls, path: str | Path) -> "Recommender":
         path = Path(path)
-        manifest_file = path / "manifest.json"
-        if not manifest_file.is_file():
-            raise FileNotFoundError(f"{path} is not a model artifact (no manifest.json)")
-        manifest = json.loads(manifest_file.read_text())
-        if manifest.get("format") != ARTIFACT_FORMAT:
-            raise ValueError(f"{path} has artifact format {manifest.get('format')}, this code reads "
-                             f"format {ARTIFACT_FORMAT}: train the model again")
+        manifest = read_manifest(path)
         tables = FeatureTables.load(path / "tables.npz")
         model = build_model(ModelSpec.from_dict(manifest["spec"]))
         model.load_weights(path / "model.weights.h5")

@@ -6,12 +6,28 @@ reader never sees a half-written pointer.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 CURRENT_FILE = "CURRENT"
+# Version of the artifact layout written by ml.train; 2: ratings in tables.npz, 3 pair-feature columns.
+ARTIFACT_FORMAT = 2
+
+
+def read_manifest(path: str | Path) -> dict:
+    """An artifact's manifest; FileNotFoundError if `path` is no artifact, ValueError if this code
+    cannot read its format (an artifact from an older version: train again)."""
+    manifest_file = Path(path) / "manifest.json"
+    if not manifest_file.is_file():
+        raise FileNotFoundError(f"{path} is not a model artifact (no manifest.json)")
+    manifest = json.loads(manifest_file.read_text())
+    if manifest.get("format") != ARTIFACT_FORMAT:
+        raise ValueError(f"{path} has artifact format {manifest.get('format')}, this code reads "
+                         f"format {ARTIFACT_FORMAT}: train the model again")
+    return manifest
 
 
 class ModelRegistry:

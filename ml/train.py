@@ -25,7 +25,8 @@ from ml.config import Settings
 from ml.embed import embed_dataset
 from ml.features import (Exclusion, FeatureTables, build_tables, model_inputs, product_content, product_prior,
                          reduce_block)
-from ml.model import ARCHITECTURE_FIELDS, ARTIFACT_FORMAT, BestPerHead, ModelSpec, build_model, interact_bce, masked_mse, ranking_score
+from ml.model import ARCHITECTURE_FIELDS, BestPerHead, ModelSpec, build_model, interact_bce, masked_mse, ranking_score
+from ml.registry import ARTIFACT_FORMAT
 from ml.split import split_reviews
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ml.config import REPO_ROOT, Settings
-from ml.registry import ModelRegistry
+from ml.registry import ModelRegistry, read_manifest
 from scripts.procs import (port_in_use, redis_address, redis_reachable, start_redis, stop_group,
                            wait_until)
 
@@ -156,8 +156,12 @@ def ensure_model(stack: Stack) -> None:
     settings = stack.settings
     registry = ModelRegistry(settings.models_dir)
     if registry.current_version():
-        say(f"==> model {registry.current_version()} is published in {settings.models_dir}")
-        return
+        try:
+            read_manifest(registry.current_path())
+            say(f"==> model {registry.current_version()} is published in {settings.models_dir}")
+            return
+        except (FileNotFoundError, ValueError) as exc:  # e.g. trained by an older version of this code
+            say(f"==> the published model cannot be served ({exc}); training a new one")
     data = settings.demo_data_dir
     python = sys.executable
     if not (data / "SYNTHETIC.md").is_file():
@@ -169,6 +173,10 @@ def ensure_model(stack: Stack) -> None:
                    [python, "-m", "ml", "train", "--data", str(data)])
     if not registry.current_version():
         raise StackError("training finished but no model is published")
+    try:
+        read_manifest(registry.current_path())
+    except (FileNotFoundError, ValueError) as exc:
+        raise StackError(f"training finished but the published model cannot be served: {exc}") from None
 
 
 def ensure_redis(stack: Stack) -> None:

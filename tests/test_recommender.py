@@ -68,3 +68,15 @@ def test_bad_top_is_an_error(rec):
 def test_predict_handles_unknown_ids(rec):
     pred = rec.predict(np.array([0, -1, 0]), np.array([0, 0, -1]))
     assert pred.shape == (3,) and np.all((pred >= 1) & (pred <= 5))
+
+
+def test_an_artifact_of_another_format_is_refused_with_a_hint(models_dir, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(ModelRegistry(models_dir).current_path(), old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
+    with pytest.raises(ValueError, match="train the model again"):
+        Recommender.load(old)

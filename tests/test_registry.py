@@ -26,3 +26,15 @@ def test_publish_refuses_non_artifacts_and_bad_names(tmp_path):
     with pytest.raises(ValueError):
         reg.path_for("../etc")
     assert reg.new_version() < ModelRegistry(tmp_path).new_version()
+
+
+def test_read_manifest_refuses_other_artifact_formats(tmp_path):
+    from ml.registry import ARTIFACT_FORMAT, read_manifest
+
+    with pytest.raises(FileNotFoundError):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": ARTIFACT_FORMAT - 1, "version": "old"}))
+    with pytest.raises(ValueError, match="train the model again"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": ARTIFACT_FORMAT, "version": "new"}))
+    assert read_manifest(tmp_path)["version"] == "new"

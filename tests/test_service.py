@@ -337,3 +337,28 @@ def test_run_stack_starts_everything_and_ctrl_c_stops_it(tmp_path, base_settings
     for port in (web_port, flower_port, redis_port):
         assert not port_in_use("127.0.0.1", port)
     assert "stopped" in out_file.read_text()
+
+
+def test_make_run_retrains_when_the_published_model_is_of_an_older_format(tmp_path, base_settings):
+    import dataclasses
+
+    from ml.registry import ARTIFACT_FORMAT, ModelRegistry
+    from scripts.run_stack import Stack, StackError, ensure_model
+
+    models = tmp_path / "models"
+    (models / "v-old").mkdir(parents=True)
+    (models / "v-old" / "manifest.json").write_text(json.dumps({"format": ARTIFACT_FORMAT - 1}))
+    ModelRegistry(models).publish("v-old")
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "SYNTHETIC.md").write_text("synthetic")
+    steps = []
+
+    class Recording(Stack):
+        def run_step(self, title, cmd):  # record instead of training for real
+            steps.append(cmd)
+
+    settings = dataclasses.replace(base_settings, models_dir=models, demo_data_dir=demo)
+    with pytest.raises(StackError, match="cannot be served"):  # the recorded step published nothing new
+        ensure_model(Recording(settings, tmp_path))
+    assert [cmd[1:] for cmd in steps] == [["-m", "ml", "train", "--data", str(demo)]]
