@@ -42,6 +42,7 @@ class TrainConfig:
     negatives: int = 8
     val_fraction: float = 0.3  # share of customers whose latest training rating validates
     patience: int = 4
+    min_delta: float = 1e-4  # a smaller drop of a head's validation loss does not count as progress
     seed: int = 0
     use_images: bool = True
     use_text: bool = True
@@ -190,7 +191,7 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig):
     )
     train_m, val_m = ~rows.is_val, rows.is_val
     has_val = bool(val_m.any())
-    callbacks = [BestPerHead(config.patience)] if has_val else []
+    callbacks = [BestPerHead(config.patience, config.min_delta)] if has_val else []
     history = model.fit(
         _take(rows.inputs, train_m), _take(rows.targets, train_m),
         validation_data=(_take(rows.inputs, val_m), _take(rows.targets, val_m)) if has_val else None,
