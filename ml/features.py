@@ -215,6 +215,7 @@ def _rated_matrix(t: "FeatureTables", u: np.ndarray):
     return sparse.diags((np.asarray(u) >= 0).astype(np.float32)) @ t.rated_matrix[np.maximum(u, 0)]
 
 
+PRODUCT_LOG_COUNT = -2  # column of product_features holding log1p(training-rating count)
 KNN_SHRINK = (3.0, 30.0)  # shrinkage (in links) of the neighbourhood residual columns
 PAIR_DIM = 1 + len(KNN_SHRINK)
 

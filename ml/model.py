@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from ml.features import PAIR_DIM
+from ml.features import PAIR_DIM, PRODUCT_LOG_COUNT
 
 
 ARCHITECTURE_FIELDS = ("id_dim", "tower_dim", "hidden", "dropout", "id_dropout", "l2")
@@ -107,6 +107,9 @@ class HeadNet(layers.Layer):
             self.prod_emb = layers.Embedding(spec.n_products + 1, spec.id_dim, embeddings_regularizer=reg)
             self.prod_off = layers.Embedding(spec.n_products + 1, 1, embeddings_initializer="zeros",
                                              embeddings_regularizer=reg)
+            # popularity prior: a linear term on log1p(rating count), starting at slope 1, so the
+            # head ranks like popularity from the first epoch and learns what departs from it
+            self.popularity = layers.Dense(1, kernel_initializer="ones", name=f"{kind}_popularity")
             start, stop = spec.prod_review_span
             keep = np.ones(spec.prod_dim, np.float32)
             keep[start:stop] = 0.0
@@ -136,8 +139,9 @@ class HeadNet(layers.Layer):
             return {"t": self.prod_tower(features, training=training), "e": self.prod_vec(features), "b": prior}
         ids = self.prod_id_drop(ids, training=training)
         features = features * self.prod_keep
+        log_count = features[:, PRODUCT_LOG_COUNT:][:, :1]
         return {"t": self.prod_tower(features, training=training), "e": self.prod_emb(ids),
-                "b": self.prod_off(ids)[:, 0]}
+                "b": self.prod_off(ids)[:, 0] + self.popularity(log_count)[:, 0]}
 
     def pair_part(self, c: dict, p: dict, pair, training=False):
         x = ops.concatenate([c["t"], p["t"], c["t"] * p["t"], c["e"], p["e"], c["e"] * p["e"], pair], axis=-1)

@@ -31,7 +31,7 @@ class Recommender:
         self.path = path
         self.manifest = manifest
         self.version: str = manifest["version"]
-        self.rating_weight: float = float(manifest.get("ranking", {}).get("rating_weight", 1.0))
+        self.rating_weight: float = float(manifest.get("ranking", {}).get("rating_weight", 0.0))
         self.tables = tables
         self.model = model
         self._customer_index = pd.Index(tables.customer_ids)

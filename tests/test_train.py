@@ -37,7 +37,11 @@ def test_artifact_has_manifest_and_files(artifact, world_dir):
     assert manifest["split"] == "last"
     assert 1 <= manifest["metrics"]["epochs_run"] <= 3
     assert 0 < manifest["metrics"]["val_rmse"] < 2.5
-    assert manifest["ranking"]["rating_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0)
+    ranking = manifest["ranking"]
+    assert ranking["rating_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0)
+    # a weight other than 0 only when it beat weight 0 on validation beyond noise
+    assert set(ranking["val_ndcg@10"]) == {"0.0", "0.25", "0.5", "1.0", "2.0"}
+    assert ranking["rating_weight"] == 0.0 or ranking["best_minus_weight_0"]["ci95"][0] > 0
     assert manifest["created"].endswith("+00:00")
     assert not list(out.parent.glob(".v1.*")), "temporary directory left behind"
 
