@@ -82,11 +82,6 @@ class FeatureTables:
         return sparse.csr_matrix((resid.astype(np.float32), self.rated_indices, self.rated_indptr),
                                  shape=(self.n_customers, self.n_products))
 
-    def item_residual_rows(self, u: np.ndarray):
-        """Rows of `item_residual_matrix` for positions `u` (-1 = an empty row)."""
-        from scipy import sparse
-
-        return sparse.diags((np.asarray(u) >= 0).astype(np.float32)) @ self.item_residual_matrix[np.maximum(u, 0)]
 
     @cached_property
     def cooc_matrix(self):
@@ -208,11 +203,11 @@ def _cooccurrence(u: np.ndarray, i: np.ndarray, rating: np.ndarray, n_c: int, n_
     }
 
 
-def _rated_matrix(t: "FeatureTables", u: np.ndarray):
-    """Rows of the customer x product rated matrix for positions `u` (-1 = an empty row)."""
+def _customer_rows(matrix, u: np.ndarray):
+    """Rows of a customer x product CSR for positions `u` (-1 = an empty row)."""
     from scipy import sparse
 
-    return sparse.diags((np.asarray(u) >= 0).astype(np.float32)) @ t.rated_matrix[np.maximum(u, 0)]
+    return sparse.diags((np.asarray(u) >= 0).astype(np.float32)) @ matrix[np.maximum(u, 0)]
 
 
 PRODUCT_LOG_COUNT = -2  # column of product_features holding log1p(training-rating count)
@@ -231,8 +226,8 @@ def _pair_columns(links: np.ndarray, item_resid: np.ndarray, b_u: np.ndarray) ->
 def cooc_all(t: "FeatureTables", u: np.ndarray) -> np.ndarray:
     """(len(u) * P, PAIR_DIM) pair features of each customer with every product (see pair_features)."""
     u = np.asarray(u)
-    links = np.asarray((_rated_matrix(t, u) @ t.cooc_matrix).todense(), np.float32)
-    resid = np.asarray((t.item_residual_rows(u) @ t.cooc_matrix).todense(), np.float32)
+    links = np.asarray((_customer_rows(t.rated_matrix, u) @ t.cooc_matrix).todense(), np.float32)
+    resid = np.asarray((_customer_rows(t.item_residual_matrix, u) @ t.cooc_matrix).todense(), np.float32)
     return _pair_columns(links, resid, customer_prior(t, u)[:, None]).reshape(-1, PAIR_DIM)
 
 
@@ -255,8 +250,8 @@ def pair_features(t: "FeatureTables", u: np.ndarray, i: np.ndarray, leave_out: n
         order = np.argsort(u, kind="stable")
         uo, io = u[order], np.maximum(i[order], 0)
         uniq, inv = np.unique(uo, return_inverse=True)
-        rows_r = t.item_residual_rows(uniq).tocsr()
-        a = np.asarray((_rated_matrix(t, uniq) @ t.cooc_matrix).tocsr()[inv, io]).ravel()
+        rows_r = _customer_rows(t.item_residual_matrix, uniq).tocsr()
+        a = np.asarray((_customer_rows(t.rated_matrix, uniq) @ t.cooc_matrix).tocsr()[inv, io]).ravel()
         b = np.asarray((rows_r @ t.cooc_matrix).tocsr()[inv, io]).ravel()
         if leave_out is not None:
             lo = np.asarray(leave_out, np.float32)[order]

@@ -139,7 +139,7 @@ class HeadNet(layers.Layer):
             return {"t": self.prod_tower(features, training=training), "e": self.prod_vec(features), "b": prior}
         ids = self.prod_id_drop(ids, training=training)
         features = features * self.prod_keep
-        log_count = features[:, PRODUCT_LOG_COUNT:][:, :1]
+        log_count = features[:, PRODUCT_LOG_COUNT:PRODUCT_LOG_COUNT + 1]
         return {"t": self.prod_tower(features, training=training), "e": self.prod_emb(ids),
                 "b": self.prod_off(ids)[:, 0] + self.popularity(log_count)[:, 0]}
 
