@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ml.evaluate import MODEL_NAMES, evaluate
@@ -48,7 +49,11 @@ def test_time_split_and_plots(report):
 def test_cold_start_section_on_synthetic_data(report):
     cold = json.loads((report / "metrics.json").read_text())["cold_start"]
     assert cold["n_products"] > 0 and cold["n_customers"] > 0
-    assert set(cold["ndcg@10"]) == {"hybrid", "popularity", "random"}
+    assert set(cold["ndcg@10"]) == {"hybrid", "random"}
+    margin = cold["hybrid_minus_random"]
+    assert margin["n"] == cold["n_customers"]
+    assert margin["diff"] == pytest.approx(cold["ndcg@10"]["hybrid"] - cold["ndcg@10"]["random"])
+    assert margin["ci95"][0] <= margin["diff"] <= margin["ci95"][1]
 
 
 def test_model_trained_on_the_same_split_is_evaluated_as_is(world_dir, tmp_path, base_settings):
@@ -63,3 +68,16 @@ def test_model_trained_on_the_same_split_is_evaluated_as_is(world_dir, tmp_path,
 def test_not_a_model_dir(world_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest"):
         evaluate(world_dir, tmp_path / "r", model_dir=tmp_path)
+
+
+def test_random_order_ndcg_is_the_mean_over_permutations():
+    """The cold-start comparison's exact expectation agrees with averaging many random orders."""
+    from ml.evaluate import _ndcg_graded, _ndcg_random
+
+    rng = np.random.default_rng(0)
+    gains = rng.integers(0, 5, size=(3, 12)).astype(float)
+    sampled = np.mean([_ndcg_graded(rng.random(gains.shape), gains, 5) for _ in range(20000)], axis=0)
+    np.testing.assert_allclose(_ndcg_random(gains, 5), sampled, atol=0.01)
+    perfect = _ndcg_graded(gains, gains, 5)
+    np.testing.assert_allclose(perfect, 1.0)
+    assert (_ndcg_random(gains, 5) < perfect).all()
