@@ -112,8 +112,12 @@ def compare(units: dict[str, dict], model: str, seed: int = 0) -> dict:
 
 
 def evaluate_split(dataset, split: str, artifact: Path | None, config: TrainConfig, work_dir: Path,
-                   settings: Settings, k: int = 10) -> tuple[dict, dict, Recommender]:
-    """Metrics of the hybrid and the baselines on one split; returns (metrics, history, recommender)."""
+                   settings: Settings, k: int = 10, units_file: Path | None = None) -> tuple[dict, dict, Recommender]:
+    """Metrics of the hybrid and the baselines on one split; returns (metrics, history, recommender).
+
+    `units_file`: also save every model's per-unit values (squared error per test rating, recall and
+    NDCG per ranked customer) as `<model>/<metric>` arrays, aligned across models and across runs on the
+    same split, so runs (e.g. two training seeds) can be pooled and compared with `paired_bootstrap`."""
     train, test = split_reviews(dataset.reviews, split)
     if test.empty:
         raise ValueError(f"the {split!r} split leaves no test ratings")
@@ -165,6 +169,8 @@ def evaluate_split(dataset, split: str, artifact: Path | None, config: TrainConf
         "hybrid_minus": compare(units, "hybrid", seed=config.seed),
         "model_version": rec.version,
     }
+    if units_file is not None:
+        np.savez(units_file, **{f"{name}/{key}": values for name, per in units.items() for key, values in per.items()})
     history = json.loads((Path(artifact) / "history.json").read_text())
     return metrics, history, rec
 
@@ -224,12 +230,13 @@ def evaluate(data, report_dir: str | Path, model_dir: str | Path | None = None, 
             artifact = None
             if manifest and manifest.get("split") == split and manifest["data"]["fingerprint"] == dataset.fingerprint():
                 artifact = Path(model_dir)
-            metrics, history, rec = evaluate_split(dataset, split, artifact, config, Path(work), settings, k)
+            name = "metrics" if split == splits[0] else f"metrics_{split}"
+            metrics, history, rec = evaluate_split(dataset, split, artifact, config, Path(work), settings, k,
+                                                   units_file=report_dir / f"{name}_units.npz")
             if split == splits[0] and is_synthetic(dataset):
                 cold = cold_start_report(Path(dataset.path), rec, k)
                 if cold:
                     metrics["cold_start"] = cold
-            name = "metrics" if split == splits[0] else f"metrics_{split}"
             (report_dir / f"{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
             _plots(report_dir, name, metrics, history, k)
             primary = primary or metrics

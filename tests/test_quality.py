@@ -1,60 +1,75 @@
-"""The issue's must-show figures, on the real data sets and on the synthetic world.
+"""Quality claims, each asserted only as far as its paired-bootstrap 95% interval supports it.
 
-Each test runs a full `evaluate` (hybrid trained on the split + the baselines, in the same run).
-Thresholds are the claims made in the README; the figures themselves are in var/reports when
-run through `make bench` / `python -m ml evaluate`.
+A bare `hybrid > baseline` flips with the machine when the two are tied (it did: 0.14614 > 0.14816
+failed on another 2-core machine), so every assertion here is on an interval excluding 0, and on the
+synthetic world over two training seeds. What is asserted:
+- real 2018 5-core: the hybrid's RMSE is below the bias and MF baselines (margin ~0.16, interval
+  [-0.23, -0.09] in the README);
+- synthetic world: the hybrid's NDCG@10, per customer averaged over the two training seeds, is above
+  MF's (one seed alone gave intervals from [+0.006, +0.066] to [+0.025, +0.080] here: too close to 0 to
+  hold on every machine), and for each seed never-rated products are ranked by content above a random
+  order (popularity cannot tell them apart: on them it IS a random order; intervals [+0.07, +0.16]).
+Not asserted, because the intervals call them ties: hybrid vs popularity NDCG and hybrid vs bias RMSE on
+the synthetic world. The real 2023 claims train for minutes and are checked by `python -m bench quality`.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from ml.config import REPO_ROOT
 from ml.evaluate import evaluate
+from ml.metrics import paired_bootstrap
+from ml.train import TrainConfig
 
 pytestmark = pytest.mark.slow
 SHARED = REPO_ROOT.parent / "shared" / "data"
+TRAINING_SEEDS = (0, 1)
 
 
-def _evaluate(path, tmp_path, settings):
+def test_real_2018_5core_hybrid_rmse_below_bias_and_mf(tmp_path, base_settings):
+    path = SHARED / "amazon-fashion-2018-5core"
     if not path.exists():
         pytest.skip(f"{path} is not here")
-    metrics = evaluate(path, tmp_path, splits=("last",), settings=settings)
-    return {**metrics["models"], "hybrid_minus": metrics["hybrid_minus"]}
-
-
-def test_real_2018_5core_hybrid_beats_bias_rmse(tmp_path, base_settings):
-    m = _evaluate(SHARED / "amazon-fashion-2018-5core", tmp_path, base_settings)
-    assert m["hybrid"]["rmse"] < m["bias"]["rmse"] - 0.05
-    assert m["hybrid"]["rmse"] < m["mf"]["rmse"]
-
-
-def test_real_2023_ratings_hybrid_recall_above_popularity(tmp_path, base_settings):
-    m = _evaluate(SHARED / "amazon-fashion-2023-ratings-blair", tmp_path, base_settings)
-    assert m["hybrid"]["recall@10"] > 1.3 * m["popularity"]["recall@10"]
-    assert m["hybrid"]["ndcg@10"] > 1.3 * m["popularity"]["ndcg@10"]
-    # ratings only, ~4 per customer: the margin is small (the neighbourhood residual term), so
-    # the test asks for it to hold beyond test-set noise: the paired-bootstrap interval is below 0
-    assert m["hybrid"]["rmse"] < m["bias"]["rmse"]
-    assert m["hybrid_minus"]["bias"]["rmse"]["ci95"][1] < 0
+    margins = evaluate(path, tmp_path, splits=("last",), settings=base_settings)["hybrid_minus"]
+    for baseline in ("bias", "mf"):
+        assert margins[baseline]["rmse"]["ci95"][1] < 0, (baseline, margins[baseline]["rmse"])
 
 
 @pytest.fixture(scope="module")
-def synthetic_metrics(tmp_path_factory, base_settings):
+def synthetic_world(tmp_path_factory):
     from ml.synthetic import generate_world
 
     world = tmp_path_factory.mktemp("world")
     generate_world(world, seed=0)
-    return evaluate(world, tmp_path_factory.mktemp("report"), splits=("last",), settings=base_settings)
+    return world
 
 
-def test_synthetic_hybrid_ranks_above_popularity_and_mf(synthetic_metrics):
-    m = synthetic_metrics["models"]
-    assert m["hybrid"]["ndcg@10"] > m["popularity"]["ndcg@10"]
-    assert m["hybrid"]["ndcg@10"] > m["mf"]["ndcg@10"]
-    assert m["hybrid"]["rmse"] < m["bias"]["rmse"]
+@pytest.fixture(scope="module")
+def synthetic_reports(synthetic_world, tmp_path_factory, base_settings) -> dict:
+    """One evaluate per training seed: {seed: (metrics, per-unit values)}."""
+    reports = {}
+    for seed in TRAINING_SEEDS:
+        out = tmp_path_factory.mktemp(f"report-seed{seed}")
+        config = TrainConfig(seed=seed, verbose=0, progress=False)
+        metrics = evaluate(synthetic_world, out, config=config, splits=("last",), settings=base_settings)
+        with np.load(out / "metrics_units.npz") as units:
+            reports[seed] = (metrics, dict(units))
+    return reports
 
 
-def test_synthetic_never_rated_products_ranked_by_content(synthetic_metrics):
-    cold = synthetic_metrics["cold_start"]["ndcg@10"]
-    assert cold["hybrid"] > cold["popularity"] + 0.05
-    assert cold["hybrid"] > cold["random"] + 0.05
+def test_synthetic_hybrid_ranks_above_mf_over_training_seeds(synthetic_reports):
+    units = [u for _, u in synthetic_reports.values()]
+    hybrid = np.mean([u["hybrid/ndcg@10"] for u in units], axis=0)
+    mf = units[0]["mf/ndcg@10"]
+    for u in units:  # MF does not depend on the hybrid's training seed: the customers line up
+        np.testing.assert_array_equal(u["mf/ndcg@10"], mf)
+    margin = paired_bootstrap(hybrid, mf)
+    assert margin["n"] >= 300 and margin["ci95"][0] > 0, margin
+
+
+@pytest.mark.parametrize("seed", TRAINING_SEEDS)
+def test_synthetic_never_rated_products_ranked_above_random_order(synthetic_reports, seed):
+    cold = synthetic_reports[seed][0]["cold_start"]
+    assert cold["n_products"] >= 20 and cold["n_customers"] >= 300
+    assert cold["hybrid_minus_random"]["ci95"][0] > 0, cold
