@@ -41,6 +41,8 @@ class Settings:
     train_time_limit_s: int = 3900
     # How long GET /recommendation waits for its job before answering 202.
     sync_wait_s: float = 5.0
+    # GET /jobs/<id>?wait=N: the longest long-poll a client may ask for (a request holds a web thread).
+    job_wait_max_s: float = 30.0
     web_host: str = "127.0.0.1"
     web_port: int = 5000
     flower_port: int = 5555
@@ -60,6 +62,13 @@ class Settings:
     # gunicorn (gthread) processes and threads per process for the web app.
     web_workers: int = 2
     web_threads: int = 4
+    # Serving above exact_max_products products is two-stage: retrieval_k candidates from the
+    # artifact's two-tower index (ml.retrieval), reranked by the heads; at or below it, exact.
+    retrieval_k: int = 1000
+    exact_max_products: int = 20000
+    # After a model version failed to load, a worker keeps serving the old one and retries the new
+    # one no sooner than this many seconds later.
+    model_retry_s: float = 30.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -77,6 +86,7 @@ class Settings:
             train_soft_time_limit_s=int(_env("RECSYS_TRAIN_SOFT_LIMIT_S", "3600")),
             train_time_limit_s=int(_env("RECSYS_TRAIN_HARD_LIMIT_S", "3900")),
             sync_wait_s=float(_env("RECSYS_SYNC_WAIT_S", "5")),
+            job_wait_max_s=float(_env("RECSYS_JOB_WAIT_MAX_S", "30")),
             web_host=_env("RECSYS_WEB_HOST", "127.0.0.1"),
             web_port=int(_env("RECSYS_WEB_PORT", "5000")),
             flower_port=int(_env("RECSYS_FLOWER_PORT", "5555")),
@@ -89,6 +99,9 @@ class Settings:
             readyz_timeout_s=float(_env("RECSYS_READYZ_TIMEOUT_S", "1")),
             web_workers=int(_env("RECSYS_WEB_WORKERS", "2")),
             web_threads=int(_env("RECSYS_WEB_THREADS", "4")),
+            retrieval_k=int(_env("RECSYS_RETRIEVAL_K", "1000")),
+            exact_max_products=int(_env("RECSYS_EXACT_MAX_PRODUCTS", "20000")),
+            model_retry_s=float(_env("RECSYS_MODEL_RETRY_S", "30")),
         )
 
 

@@ -4,7 +4,8 @@
   and CUDA do not survive a fork, so the parent process never imports them);
 * solo / threads pool (no worker_process_init): the first task loads it, under a lock;
 * every task calls `holder.get()`, which reads CURRENT (one small file) and, when it names another
-  version, loads that one and swaps it in; the old model keeps serving if the new one fails to load.
+  version, loads that one and swaps it in; the old model keeps serving if the new one fails to load,
+  and the failed version is tried again after `Settings.model_retry_s` (RECSYS_MODEL_RETRY_S).
 
 On every load the worker publishes the known customer ids to Redis (`names.CUSTOMERS_KEY`), so the
 web front end can list them without loading TensorFlow.
@@ -26,9 +27,6 @@ from ml.registry import ModelRegistry
 from tasks import names
 
 log = logging.getLogger(__name__)
-
-# After a version failed to load, wait this long before trying it again.
-RETRY_FAILED_LOAD_S = 30.0
 
 
 class NoModelPublished(RuntimeError):
@@ -92,7 +90,7 @@ class ModelHolder:
             if loaded is not None and loaded.version == current:
                 return loaded
             failed_at = self._failed.get(current)
-            if loaded is not None and failed_at and time.monotonic() - failed_at < RETRY_FAILED_LOAD_S:
+            if loaded is not None and failed_at and time.monotonic() - failed_at < self.settings.model_retry_s:
                 return loaded
             try:
                 new = self._load(current)

@@ -36,7 +36,7 @@ def test_celery_config_is_json_only_and_reliable(settings):
     assert conf.task_time_limit == settings.task_time_limit_s
     assert conf.task_annotations[names.TRAIN]["time_limit"] == settings.train_time_limit_s
     assert conf.broker_connection_retry_on_startup
-    assert conf.worker_proc_alive_timeout >= 60
+    assert conf.worker_proc_alive_timeout == settings.worker_init_timeout_s
     assert {q.name for q in conf.task_queues} == {"inference", "training"}
 
 
@@ -95,13 +95,15 @@ def test_jsonable_converts_numpy():
 # ---------------------------------------------------------------- model holder (in process)
 
 class _Loads:
-    """Counts loads; `fail` makes the next load raise."""
+    """Counts loads (`attempts`: every call, `paths`: the ones that succeeded); `fail` makes loads raise."""
 
     def __init__(self):
         self.paths: list[Path] = []
+        self.attempts: list[str] = []
         self.fail = False
 
     def __call__(self, path):
+        self.attempts.append(Path(path).name)
         if self.fail:
             raise RuntimeError("corrupt artifact")
         self.paths.append(Path(path))
@@ -114,10 +116,10 @@ def _publish_copy(models_dir: Path, version: str) -> None:
     ModelRegistry(models_dir).publish(version)
 
 
-def test_holder_no_model_then_lazy_load_then_swap(tmp_path, settings):
+def test_holder_no_model_then_lazy_load_then_swap(tmp_path, base_settings):
     models = tmp_path / "models"
     loads = _Loads()
-    holder = ModelHolder(replace(settings, models_dir=models, redis_url="redis://127.0.0.1:1/0"), loads)
+    holder = ModelHolder(replace(base_settings, models_dir=models, redis_url="redis://127.0.0.1:1/0"), loads)
     with pytest.raises(NoModelPublished, match="no model published"):
         holder.get()
     holder.warm()  # logs, never raises
@@ -130,16 +132,45 @@ def test_holder_no_model_then_lazy_load_then_swap(tmp_path, settings):
     assert [p.name for p in loads.paths] == ["v1", "v2"]
 
 
-def test_holder_keeps_serving_when_new_version_fails_to_load(tmp_path, settings):
+def test_holder_keeps_serving_when_new_version_fails_to_load(tmp_path, base_settings):
     models = tmp_path / "models"
     loads = _Loads()
-    holder = ModelHolder(replace(settings, models_dir=models, redis_url="redis://127.0.0.1:1/0"), loads)
+    holder = ModelHolder(replace(base_settings, models_dir=models, redis_url="redis://127.0.0.1:1/0",
+                                 model_retry_s=3600.0), loads)
     _publish_copy(models, "v1")
     assert holder.get().version == "v1"
     loads.fail = True
     _publish_copy(models, "v2")
-    assert holder.get().version == "v1"
-    assert holder.get().version == "v1"  # not retried on every task
+    assert [holder.get().version for _ in range(5)] == ["v1"] * 5
+    assert loads.attempts == ["v1", "v2"]  # v2 tried once, not on every task, within the back-off
+    loads.fail = False
+    assert holder.get().version == "v1"  # fixed, but the back-off has not passed
+    assert loads.attempts == ["v1", "v2"]
+
+
+def test_holder_retries_a_failed_version_after_the_back_off(tmp_path, base_settings):
+    models = tmp_path / "models"
+    loads = _Loads()
+    holder = ModelHolder(replace(base_settings, models_dir=models, redis_url="redis://127.0.0.1:1/0",
+                                 model_retry_s=0.0), loads)
+    _publish_copy(models, "v1")
+    holder.get()
+    loads.fail = True
+    _publish_copy(models, "v2")
+    assert [holder.get().version for _ in range(3)] == ["v1"] * 3
+    assert loads.attempts == ["v1", "v2", "v2", "v2"]  # no back-off: tried on every task
+    loads.fail = False
+    assert holder.get().version == "v2"
+    assert [p.name for p in loads.paths] == ["v1", "v2"]
+
+
+def test_retry_back_off_comes_from_the_environment(monkeypatch):
+    from ml.config import Settings
+
+    monkeypatch.setenv("RECSYS_MODEL_RETRY_S", "2.5")
+    assert Settings.from_env().model_retry_s == 2.5
+    monkeypatch.delenv("RECSYS_MODEL_RETRY_S")
+    assert Settings.from_env().model_retry_s == Settings().model_retry_s == 30.0
 
 
 def test_holder_publishes_customers_to_redis(tmp_path, settings, models_dir, first_version):
