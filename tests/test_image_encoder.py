@@ -213,9 +213,9 @@ def test_footwear_in_imagenet_top5(outputs, photos):
     shoes = labels == "Footwear"
     assert shoes.sum() >= 20
     hits = np.isin(top5(outputs[1][shoes]), FOOTWEAR_CLASSES).any(axis=1)
-    rate = float(hits.mean())
-    print(f"footwear with a footwear class in the ImageNet top-5: {rate:.1%} of {shoes.sum()}")
-    assert rate >= 0.70
+    print(f"footwear with a footwear class in the ImageNet top-5: {int(hits.sum())} of {int(shoes.sum())}")
+    # observed: every shoe (48 of 48); allow two misses, so a broken preprocessing step cannot hide
+    assert int(hits.sum()) >= int(shoes.sum()) - 2
 
 
 @pytest.mark.slow
@@ -230,3 +230,7 @@ def test_nearest_neighbour_master_category(outputs, random_features, photos):
     assert pretrained >= 0.90
     assert pretrained > max(random.values())
     assert pretrained - random_mean >= 0.10
+    # guessing the most common category would score `majority` (observed 0.60): the features must do
+    # far better than that, and so must be more than a label prior
+    assert majority < 0.70
+    assert pretrained - majority >= 0.25
