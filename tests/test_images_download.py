@@ -15,12 +15,20 @@ from ml.data.images import FetchResult, ImageDownloader, localize_images
 JPEG = b"\xff\xd8\xff\xe0" + b"fake-jpeg-body" * 10
 
 
+BUSY_CONCURRENCY = 3  # /busy/ answers only once this many requests are in flight together
+
+
 class _State:
     def __init__(self):
         self.lock = threading.Lock()
         self.requests: collections.Counter[str] = collections.Counter()
+        self.answered: collections.Counter[str] = collections.Counter()
         self.inflight = 0
         self.max_inflight = 0
+        # /slow answers only after the test sets this (or after 30 s, which fails the test)
+        self.release = threading.Event()
+        # /busy/ requests wait for each other in groups: answered only with that much concurrency
+        self.busy = threading.Barrier(BUSY_CONCURRENCY, timeout=20)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -36,6 +44,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _answer(self, path: str, n: int) -> tuple[int, bytes, str]:
+        """(status, body, content type) for `path`, requested for the `n`th time."""
+        st = self.server.state  # type: ignore[attr-defined]
+        if path.startswith("/ok/"):
+            return 200, JPEG + path.encode(), "image/jpeg"
+        if path.startswith("/missing"):
+            return 404, b"not found", "text/plain"
+        if path.startswith("/flaky"):
+            return (503, b"busy", "text/plain") if n <= 2 else (200, JPEG, "image/jpeg")
+        if path.startswith("/slow"):
+            st.release.wait(30)
+            return 200, JPEG, "image/jpeg"
+        if path.startswith("/html"):
+            return 200, b"<html>login</html>", "text/html; charset=utf-8"
+        if path.startswith("/busy/"):
+            try:
+                st.busy.wait()
+            except threading.BrokenBarrierError:
+                return 503, b"too few requests in flight", "text/plain"
+            time.sleep(0.1)  # stay in flight: a client running more than the limit shows up here
+            return 200, JPEG, "image/jpeg"
+        return 404, b"", "text/plain"
+
     def do_GET(self):
         st = self.server.state  # type: ignore[attr-defined]
         path = self.path
@@ -45,30 +76,16 @@ class _Handler(BaseHTTPRequestHandler):
             st.inflight += 1
             st.max_inflight = max(st.max_inflight, st.inflight)
         try:
-            if path.startswith("/ok/"):
-                self._send(200, JPEG + path.encode())
-            elif path.startswith("/missing"):
-                self._send(404, b"not found", "text/plain")
-            elif path.startswith("/flaky"):
-                if n <= 2:
-                    self._send(503, b"busy", "text/plain")
-                else:
-                    self._send(200, JPEG)
-            elif path.startswith("/slow"):
-                time.sleep(1.5)
-                self._send(200, JPEG)
-            elif path.startswith("/html"):
-                self._send(200, b"<html>login</html>", "text/html; charset=utf-8")
-            elif path.startswith("/busy/"):
-                time.sleep(0.15)
-                self._send(200, JPEG)
-            else:
-                self._send(404)
+            status, body, ctype = self._answer(path, n)
+        finally:
+            with st.lock:  # no longer in flight once the answer is decided (before the client has it)
+                st.inflight -= 1
+        try:
+            self._send(status, body, ctype)
+            with st.lock:
+                st.answered[path] += 1
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout test)
-        finally:
-            with st.lock:
-                st.inflight -= 1
 
 
 @pytest.fixture
@@ -82,6 +99,7 @@ def server():
     try:
         yield base, httpd.state
     finally:
+        httpd.state.release.set()  # type: ignore[attr-defined]
         httpd.shutdown()
         httpd.server_close()
 
@@ -143,14 +161,14 @@ def test_retries_exhausted_is_a_failure(tmp_path, server):
 
 
 def test_slow_endpoint_times_out(tmp_path, server):
+    """The server answers /slow only once the test releases it: fetch must give up first."""
     base, st = server
-    t0 = time.monotonic()
     res = _dl(tmp_path, timeout_s=0.3, retries=1).fetch({"s": f"{base}/slow.jpg"})
-    elapsed = time.monotonic() - t0
+    assert st.answered["/slow.jpg"] == 0  # fetch returned before any answer was sent
+    st.release.set()
     assert res.paths == {}
     assert "timeout" in res.failures["s"].lower() or "timed out" in res.failures["s"].lower()
     assert st.requests["/slow.jpg"] == 2  # a timeout is retried
-    assert elapsed < 1.4  # did not wait for the server's 1.5 s answer
 
 
 def test_bad_urls_and_non_images_are_failures(tmp_path, server):
@@ -172,9 +190,12 @@ def test_bad_urls_and_non_images_are_failures(tmp_path, server):
 def test_bounded_concurrency(tmp_path, server):
     base, st = server
     urls = {f"p{i}": f"{base}/busy/{i}.jpg" for i in range(12)}
-    res = _dl(tmp_path, concurrency=3).fetch(urls)
-    assert len(res.paths) == 12 and res.failures == {}
-    assert 1 < st.max_inflight <= 3
+    res = _dl(tmp_path, concurrency=BUSY_CONCURRENCY).fetch(urls)
+    # every /busy/ answer needed BUSY_CONCURRENCY requests in flight together (a barrier), and
+    # while each group was held no further request arrived
+    assert res.failures == {} and len(res.paths) == 12
+    assert st.max_inflight == BUSY_CONCURRENCY
+    assert sum(st.requests.values()) == 12  # no retries were needed
 
 
 def test_localize_images(tmp_path, server):
