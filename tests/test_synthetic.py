@@ -4,7 +4,6 @@ from __future__ import annotations
 import collections
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -316,9 +315,3 @@ def test_fashion_mnist_pictures(tmp_path):
     assert (tmp_path / "a" / REVIEWS_FILE).read_bytes() == (tmp_path / "c" / REVIEWS_FILE).read_bytes()
     assert rendered["rating_histogram"] == a["rating_histogram"]
 
-
-def test_small_world_is_fast(tmp_path):
-    start = time.process_time()
-    generate_world(tmp_path / "w", n_customers=100, n_products=60, seed=5, image_size=64,
-                   image_source="rendered")
-    assert time.process_time() - start < 10.0
