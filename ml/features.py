@@ -203,16 +203,10 @@ def _cooccurrence(u: np.ndarray, i: np.ndarray, rating: np.ndarray, n_c: int, n_
     }
 
 
-def _customer_rows(matrix, u: np.ndarray):
-    """Rows of a customer x product CSR for positions `u` (-1 = an empty row)."""
-    from scipy import sparse
-
-    return sparse.diags((np.asarray(u) >= 0).astype(np.float32)) @ matrix[np.maximum(u, 0)]
-
-
 PRODUCT_LOG_COUNT = -2  # column of product_features holding log1p(training-rating count)
 KNN_SHRINK = (3.0, 30.0)  # shrinkage (in links) of the neighbourhood residual columns
 PAIR_DIM = 1 + len(KNN_SHRINK)
+LINK_ENTRY_BUDGET = 4_000_000  # co-occurrence entries expanded at once by _link_sums (bounds memory)
 
 
 def _pair_columns(links: np.ndarray, item_resid: np.ndarray, b_u: np.ndarray) -> np.ndarray:
@@ -223,46 +217,112 @@ def _pair_columns(links: np.ndarray, item_resid: np.ndarray, b_u: np.ndarray) ->
     return np.stack(cols, axis=-1).astype(np.float32)
 
 
-def cooc_all(t: "FeatureTables", u: np.ndarray) -> np.ndarray:
-    """(len(u) * P, PAIR_DIM) pair features of each customer with every product (see pair_features)."""
-    u = np.asarray(u)
-    links = np.asarray((_customer_rows(t.rated_matrix, u) @ t.cooc_matrix).todense(), np.float32)
-    resid = np.asarray((_customer_rows(t.item_residual_matrix, u) @ t.cooc_matrix).todense(), np.float32)
-    return _pair_columns(links, resid, customer_prior(t, u)[:, None]).reshape(-1, PAIR_DIM)
+def _ragged(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(owner, position) of every CSR entry of `rows`: owner indexes `rows`, position the data."""
+    starts = indptr[rows].astype(np.int64)
+    lens = indptr[rows + 1].astype(np.int64) - starts
+    owner = np.repeat(np.arange(len(rows)), lens)
+    first = np.cumsum(lens) - lens
+    return owner, np.arange(int(lens.sum()), dtype=np.int64) - first[owner] + starts[owner]
+
+
+def _rated(t: "FeatureTables", u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, product, residual r - mu - b_j) of the training ratings of customer rows `u` (-1: none)."""
+    known = np.flatnonzero(np.asarray(u) >= 0)
+    owner, pos = _ragged(t.rated_indptr, np.asarray(u)[known])
+    j = t.rated_indices[pos].astype(np.int64)
+    return known[owner], j, (t.rated_rating[pos] - t.mu - t.prod_prior[j]).astype(np.float64)
+
+
+def _link_sums(t: "FeatureTables", u: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """THE pair-signal core: for sorted unique keys row * P + product, (Σ_j C(j, product),
+    Σ_j C(j, product)·(r_uj - mu - b_j)) over the products j that customer u[row] rated.
+
+    Works from the sparse rows of C at the rated products only (never a dense catalog row): the
+    cost is the customers' co-occurrence entries plus a binary search per entry into `keys`, so
+    scoring a few candidates does not touch the rest of the catalog. Rows are processed in chunks
+    of at most LINK_ENTRY_BUDGET entries."""
+    n_p = np.int64(t.n_products)
+    links = np.zeros(len(keys), np.float64)
+    resid = np.zeros(len(keys), np.float64)
+    row, j, res = _rated(t, u)  # sorted by row
+    cum = np.cumsum(np.bincount(row, weights=np.diff(t.cooc_indptr)[j], minlength=len(u)))
+    lo = 0
+    while lo < len(u):
+        done = cum[lo - 1] if lo else 0.0
+        hi = max(lo + 1, int(np.searchsorted(cum, done + LINK_ENTRY_BUDGET, side="right")))
+        r0, r1 = np.searchsorted(row, [lo, hi])
+        k0, k1 = np.searchsorted(keys, [lo * n_p, hi * n_p])
+        if r1 > r0 and k1 > k0:
+            owner, pos = _ragged(t.cooc_indptr, j[r0:r1])
+            ek = row[r0:r1][owner] * n_p + t.cooc_indices[pos]
+            val = t.cooc_data[pos].astype(np.float64)
+            kk = keys[k0:k1]
+            slot = np.minimum(np.searchsorted(kk, ek), len(kk) - 1)
+            hit = kk[slot] == ek
+            links[k0:k1] += np.bincount(slot[hit], weights=val[hit], minlength=len(kk))
+            resid[k0:k1] += np.bincount(slot[hit], weights=(val * res[r0:r1][owner])[hit], minlength=len(kk))
+        lo = hi
+    return links, resid
+
+
+def _own_terms(t: "FeatureTables", u: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row (u, i): the customer's rating count, the sum of their residuals and the residual of
+    (u, i) itself (0 when not rated): what leave-one-out takes out of the link sums."""
+    uniq, inv = np.unique(u, return_inverse=True)
+    inv = inv.reshape(-1).astype(np.int64)
+    row, j, res = _rated(t, uniq)
+    n_rated = np.bincount(row, minlength=len(uniq))[inv].astype(np.float64)
+    total = np.bincount(row, weights=res, minlength=len(uniq))[inv]
+    own = np.zeros(len(u), np.float64)
+    if len(row):
+        rk = row * np.int64(t.n_products) + j
+        order = np.argsort(rk, kind="stable")
+        rk, res = rk[order], res[order]
+        q = inv * t.n_products + np.maximum(i, 0)
+        slot = np.minimum(np.searchsorted(rk, q), len(rk) - 1)
+        hit = (rk[slot] == q) & (i >= 0)
+        own[hit] = res[slot[hit]]
+    return n_rated, total, own
+
+
+def pair_grid(t: "FeatureTables", u: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
+    """(len(u), m, PAIR_DIM) pair features of each customer with each of `items` (product positions,
+    -1 = unknown; the whole catalog when None): the grid call shape of `pair_features`, same core."""
+    u = np.asarray(u, np.int64)
+    items = np.arange(t.n_products) if items is None else np.asarray(items, np.int64)
+    uniq, inv = np.unique(np.maximum(items, 0), return_inverse=True)
+    keys = (np.arange(len(u), dtype=np.int64)[:, None] * t.n_products + uniq[None, :]).ravel()
+    links, resid = (x.reshape(len(u), len(uniq))[:, inv] for x in _link_sums(t, u, keys))
+    unknown = items < 0
+    links[:, unknown] = 0.0
+    resid[:, unknown] = 0.0
+    return _pair_columns(links, resid, customer_prior(t, u)[:, None])
 
 
 def pair_features(t: "FeatureTables", u: np.ndarray, i: np.ndarray, leave_out: np.ndarray | None = None,
                   cust_prior: np.ndarray | None = None) -> np.ndarray:
-    """(n, PAIR_DIM) item-to-item signals of rows (u, i), from the products j the customer rated
-    and the co-rating counts C(i, j) (customers who rated both):
+    """(n, PAIR_DIM) item-to-item signals of aligned rows (u, i), from the products j the customer
+    rated and the co-rating counts C(i, j) (customers who rated both):
     - links = Σ_j C(i, j): "customers who bought X also bought Y";
     - neighbourhood residual = Σ_j C(i, j)·(r_uj - mu - b_u - b_j) / (links + λ): how the customer
       rated, beyond the bias model, the products that share raters with i (the item-kNN term of
       Koren's integrated model), shrunk towards 0 when few links back it.
     For a training rating (`leave_out` 1) the customer's own co-ratings are subtracted from C,
     and `cust_prior` (the row's b_u with its rating left out) replaces the table's b_u: either
-    would otherwise give the rating away."""
-    u, i = np.asarray(u), np.asarray(i)
+    would otherwise give the rating away. `pair_grid` is the customers x items shape of the same."""
+    u, i = np.asarray(u, np.int64), np.asarray(i, np.int64)
     b_u = customer_prior(t, u) if cust_prior is None else np.asarray(cust_prior, np.float32)
-    links = np.zeros(len(u), np.float32)
-    resid = np.zeros(len(u), np.float32)
-    if len(u):
-        order = np.argsort(u, kind="stable")
-        uo, io = u[order], np.maximum(i[order], 0)
-        uniq, inv = np.unique(uo, return_inverse=True)
-        rows_r = _customer_rows(t.item_residual_matrix, uniq).tocsr()
-        a = np.asarray((_customer_rows(t.rated_matrix, uniq) @ t.cooc_matrix).tocsr()[inv, io]).ravel()
-        b = np.asarray((rows_r @ t.cooc_matrix).tocsr()[inv, io]).ravel()
-        if leave_out is not None:
-            lo = np.asarray(leave_out, np.float32)[order]
-            n_rated = np.diff(t.rated_indptr)[np.maximum(uo, 0)]
-            own = np.asarray(rows_r[inv, io]).ravel()  # Σ_j runs over j ≠ i: take i's own term out
-            a = a - lo * np.maximum(n_rated - 1, 0)
-            b = b - lo * (np.asarray(rows_r.sum(axis=1)).ravel()[inv] - own)
-        ok = i[order] >= 0
-        links[order] = np.where(ok, a, 0)
-        resid[order] = np.where(ok, b, 0)
-    return _pair_columns(links, resid, b_u)
+    uniq, inv = np.unique(u, return_inverse=True)
+    keys, back = np.unique(inv.astype(np.int64) * t.n_products + np.maximum(i, 0), return_inverse=True)
+    links, resid = (x[back.reshape(-1)] for x in _link_sums(t, uniq, keys))
+    if leave_out is not None:
+        lo = np.asarray(leave_out, np.float64)
+        n_rated, total, own = _own_terms(t, u, i)
+        links = links - lo * np.maximum(n_rated - 1, 0)
+        resid = resid - lo * (total - own)
+    known = i >= 0
+    return _pair_columns(np.where(known, links, 0.0), np.where(known, resid, 0.0), b_u)
 
 
 @dataclass

@@ -1,8 +1,11 @@
-"""The serving object: load an artifact directory once, then score every product for a customer.
+"""The serving object: load an artifact directory once, then score products for customers.
 
-Scoring is vectorised: the product half of the network is computed once at load time for the whole
-catalog; a request computes the customer half (one row) and the pair head over all products in one
-batch. The same code scores customers for offline evaluation (`score_customers`, `predict`).
+One scoring path (`Recommender.score`): the trained network runs in numpy from its weights
+(`ml.scoring`), with the product half computed once at load time for the whole catalog; a call
+computes the customer halves and the pair features of the requested customers x products only.
+Serving (`recommend`, `recommend_many`), evaluation (`score_customers`, `heads_for_customers`) and
+rating prediction (`predict`, through `score_pairs`, the aligned-rows shape of the same forward
+pass) all go through it.
 """
 from __future__ import annotations
 
@@ -12,15 +15,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml.features import (FeatureTables, cooc_all, customer_features, pair_features, customer_history, customer_prior, product_features, product_id_input,
-                         product_prior)
+from ml.features import (FeatureTables, customer_features, customer_history, customer_prior, pair_features,
+                         pair_grid, product_features, product_id_input, product_prior)
 from ml.model import ModelSpec, build_model, ranking_score
 from ml.registry import read_manifest
+from ml.scoring import HEADS, Heads, ProductPart, ScoringNet
 
 COLD_START_DOC = (
     "Unknown customers get the most popular products (training-rating count, ties broken by mean "
     "rating), flagged cold_start=true and strategy='popularity'."
 )
+PASS_ROWS = 65_536  # (customer, product) rows per forward pass: bounds the hidden activations' memory
+MAX_ROWS = 400_000  # customers x products scored per chunk of recommend_many (bounds its memory)
 
 
 class Recommender:
@@ -42,8 +48,11 @@ class Recommender:
         self._seen_i = seen_i[order]
         self._seen_start = np.searchsorted(seen_u[order], np.arange(tables.n_customers + 1))
         all_i = np.arange(tables.n_products)
-        self._prod_part = model.product_part(product_features(tables, all_i), product_id_input(tables, all_i),
-                                             product_prior(tables, all_i), training=False)
+        self.net = ScoringNet.from_model(model)
+        with_unknown = np.append(all_i, -1)  # row P: the "unknown product" (position -1)
+        self._prod = self.net.product_part(product_features(tables, with_unknown), product_id_input(tables, with_unknown),
+                                           product_prior(tables, with_unknown))
+        all_i = np.arange(tables.n_products)
         mean_rating = tables.prod_rating_sum / np.maximum(tables.prod_count, 1)
         self._popular = np.lexsort((all_i, -mean_rating, -tables.prod_count))
 
@@ -76,43 +85,73 @@ class Recommender:
         return self._seen_i[self._seen_start[u]: self._seen_start[u + 1]]
 
     # -- scoring -------------------------------------------------------------------------------
-    def _heads(self, u: np.ndarray, i: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(rating, interaction logit) for rows (u, i), or for every product when i is None."""
-        from keras import ops
+    def _customer_part(self, u: np.ndarray) -> dict:
+        t = self.tables
+        return self.net.customer_part(customer_features(t, u), customer_prior(t, u), customer_history(t, u))
 
-        cpart = self.model.customer_part(customer_features(self.tables, u), customer_prior(self.tables, u),
-                                         customer_history(self.tables, u), training=False)
+    def _product_part(self, i: np.ndarray | None) -> dict[str, ProductPart]:
+        """Precomputed product halves of positions `i` (-1 = unknown), or of the whole catalog."""
         if i is None:
-            n, p = len(u), self.n_products
-            c = {k: ops.repeat(v, p, axis=0) for k, v in cpart.items()}
-            pp = {k: ops.tile(v, (n,) + (1,) * (len(v.shape) - 1)) for k, v in self._prod_part.items()}
-        else:
-            c = cpart
-            pp = {k: ops.take(v, np.maximum(i, 0), axis=0) for k, v in self._prod_part.items()}
-            if (np.asarray(i) < 0).any():  # unknown products: score from the "unknown" id and no features
-                ii = np.asarray(i)
-                unk = self.model.product_part(product_features(self.tables, ii), product_id_input(self.tables, ii),
-                                              product_prior(self.tables, ii))
-                known = np.asarray(i) >= 0
-                pp = {k: ops.where(known.reshape((-1,) + (1,) * (len(v.shape) - 1)), v, unk[k]) for k, v in pp.items()}
-        pair = cooc_all(self.tables, np.asarray(u)) if i is None else pair_features(self.tables, u, i)
-        out = self.model.pair_part(c, pp, pair, training=False)
-        return np.asarray(ops.convert_to_numpy(out["rating"])), np.asarray(ops.convert_to_numpy(out["interact"]))
+            return {h: ProductPart(p.q[:-1], p.bias[:-1]) for h, p in self._prod.items()}
+        idx = np.where(i < 0, self.n_products, i)
+        return {h: p.take(idx) for h, p in self._prod.items()}
 
-    def predict(self, u: np.ndarray, i: np.ndarray, batch: int = 65536) -> np.ndarray:
+    def _check_items(self, items) -> np.ndarray | None:
+        if items is None:
+            return None
+        items = np.asarray(items, np.int64).reshape(-1)
+        if len(items) and (items.min() < -1 or items.max() >= self.n_products):
+            raise ValueError(f"product positions must be in -1..{self.n_products - 1}")
+        return items
+
+    def score(self, u: np.ndarray, items: np.ndarray | None = None, heads: tuple[str, ...] = HEADS) -> Heads:
+        """THE scoring function: customers `u` (positions, -1 = unknown) x `items` (product
+        positions, -1 = unknown; the same for every customer) or the whole catalog when None.
+        Returns Heads(rating, logit), each (len(u), m); heads not in `heads` come back None.
+        Work is proportional to len(u) x m: candidates never touch the rest of the catalog."""
+        u, items = np.asarray(u, np.int64).reshape(-1), self._check_items(items)
+        m = self.n_products if items is None else len(items)
+        out = {h: np.zeros((len(u), m), np.float32) for h in heads}
+        prod = self._product_part(items)
+        step = max(1, PASS_ROWS // max(m, 1))
+        for s in range(0, len(u), step):
+            uu = u[s:s + step]
+            c, pair = self._customer_part(uu), pair_grid(self.tables, uu, items)
+            for a in range(0, m, PASS_ROWS):
+                b = min(a + PASS_ROWS, m)
+                p = {h: ProductPart(v.q[a:b], v.bias[a:b]) for h, v in prod.items()}
+                res = self.net.forward(c, p, pair[:, a:b], heads)
+                for h, v in zip(HEADS, res):
+                    if v is not None:
+                        out[h][s:s + step, a:b] = v
+        return Heads(out.get("rating"), out.get("interact"))
+
+    def score_pairs(self, u: np.ndarray, i: np.ndarray, heads: tuple[str, ...] = HEADS) -> Heads:
+        """`score` for aligned rows (u[k], i[k]) (-1 = unknown): the same forward pass with one
+        product per customer row; each head (n,)."""
+        u, i = np.asarray(u, np.int64).reshape(-1), self._check_items(i)
+        out = {h: np.zeros(len(u), np.float32) for h in heads}
+        for s in range(0, len(u), PASS_ROWS):
+            uu, ii = u[s:s + PASS_ROWS], i[s:s + PASS_ROWS]
+            p = {h: ProductPart(v.q[:, None, :], v.bias[:, None]) for h, v in self._product_part(ii).items()}
+            pair = pair_features(self.tables, uu, ii)[:, None, :]
+            res = self.net.forward(self._customer_part(uu), p, pair, heads)
+            for h, v in zip(HEADS, res):
+                if v is not None:
+                    out[h][s:s + PASS_ROWS] = v[:, 0]
+        return Heads(out.get("rating"), out.get("interact"))
+
+    def predict(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
         """Predicted ratings (1–5) for aligned customer/product positions (-1 = unknown)."""
-        u, i = np.asarray(u), np.asarray(i)
-        out = [np.clip(self._heads(u[s:s + batch], i[s:s + batch])[0], 1.0, 5.0) for s in range(0, len(u), batch)]
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+        return np.clip(self.score_pairs(u, i, heads=("rating",)).rating, 1.0, 5.0)
 
-    def heads_for_customers(self, u: np.ndarray, max_rows: int = 400_000):
+    def heads_for_customers(self, u: np.ndarray, max_rows: int = MAX_ROWS):
         """Yield (customer chunk, rating (n, P), logit (n, P)); chunks bound the memory used."""
         u = np.asarray(u)
         step = max(1, max_rows // max(self.n_products, 1))
         for s in range(0, len(u), step):
             uu = u[s:s + step]
-            rating, logit = self._heads(uu)
-            yield uu, rating.reshape(len(uu), self.n_products), logit.reshape(len(uu), self.n_products)
+            yield (uu, *self.score(uu))
 
     def score_customers(self, u: np.ndarray, rating_weight: float | None = None) -> np.ndarray:
         """(len(u), n_products) ranking scores."""
@@ -121,7 +160,7 @@ class Recommender:
         return np.concatenate(chunks) if chunks else np.zeros((0, self.n_products), np.float32)
 
     # -- serving -------------------------------------------------------------------------------
-    def _item(self, i: int, score: float, rating: float, cold: bool, strategy: str) -> dict:
+    def _item(self, i: int, score: float, rating: float | None, cold: bool, strategy: str, path: str) -> dict:
         return {
             "product_id": str(self.tables.product_ids[i]),
             "score": round(float(score), 6),
@@ -130,25 +169,86 @@ class Recommender:
             "image": self._images[i],
             "cold_start": cold,
             "strategy": strategy,
+            "path": path,
         }
 
-    def recommend(self, customer_id: str, top: int = 10, exclude_seen: bool = True) -> list[dict]:
-        """Top `top` products for `customer_id`, best first. See COLD_START_DOC for unknown customers."""
+    def _popular_items(self, top: int) -> list[dict]:
+        counts = self.tables.prod_count
+        return [self._item(int(i), counts[i], None, True, "popularity", "popularity") for i in self._popular[:top]]
+
+    def _ranking(self, heads: Heads) -> np.ndarray:
+        """Ranking scores from the heads; with rating weight 0 the rating head is not needed
+        (any rating gives the factor 1), so it may be None."""
+        rating = heads.rating if heads.rating is not None else np.ones_like(heads.logit)
+        return ranking_score(rating, heads.logit, self.rating_weight)
+
+    def _mask_seen(self, score: np.ndarray, u: np.ndarray, items: np.ndarray | None) -> None:
+        """Set the scores of products each customer rated in training to -inf (in place)."""
+        for row, uu in enumerate(u):
+            seen = self.seen(int(uu))
+            if items is None:
+                score[row, seen] = -np.inf
+            else:  # items: sorted unique positions
+                at = np.minimum(np.searchsorted(items, seen), len(items) - 1)
+                score[row, at[items[at] == seen]] = -np.inf
+
+    def _top(self, u: np.ndarray, items: np.ndarray | None, top: int, exclude_seen: bool, path: str) -> list[list[dict]]:
+        """Best `top` of `items` (sorted unique positions; None = catalog) for each known customer
+        row of `u`, best first, ties by product position."""
+        pos = np.arange(self.n_products) if items is None else items
+        k = min(top, len(pos))
+        if k == 0:
+            return [[] for _ in u]
+        need = HEADS if self.rating_weight != 0 else ("interact",)
+        heads = self.score(u, items, heads=need)
+        score = self._ranking(heads)
+        if exclude_seen:
+            self._mask_seen(score, u, items)
+        part = np.argpartition(-score, k - 1, axis=1)[:, :k]
+        vals = np.take_along_axis(score, part, 1)
+        order = np.lexsort((pos[part], -vals), axis=-1)
+        cols = np.take_along_axis(part, order, 1)
+        vals = np.take_along_axis(vals, order, 1)
+        keep = np.isfinite(vals)
+        rows, best = np.nonzero(keep)[0], pos[cols[keep]]
+        if heads.rating is None:  # rating head only for the items shown
+            rating = self.score_pairs(u[rows], best, heads=("rating",)).rating
+        else:
+            rating = heads.rating[rows, cols[keep]]
+        rating = np.clip(rating, 1.0, 5.0)
+        out: list[list[dict]] = [[] for _ in u]
+        for r, i, s, rt in zip(rows, best, vals[keep], rating):
+            out[r].append(self._item(int(i), s, rt, False, "hybrid", path))
+        return out
+
+    def recommend(self, customer_id: str, top: int = 10, exclude_seen: bool = True,
+                  candidates: np.ndarray | None = None) -> list[dict]:
+        """Top `top` products for `customer_id`, best first. See COLD_START_DOC for unknown customers.
+
+        `candidates`: product positions to rank (a retrieval stage's output); None ranks the whole
+        catalog. Seen products are removed before the cut. Each item's `path` says which served it:
+        "exact" (whole catalog), "candidates" or "popularity" (cold start)."""
         if top < 1:
             raise ValueError("top must be at least 1")
         if customer_id not in self._customer_index:
-            idx = self._popular[:top]
-            counts = self.tables.prod_count
-            return [self._item(int(i), counts[i], None, True, "popularity") for i in idx]
+            return self._popular_items(top)
         u = int(self._customer_index.get_loc(customer_id))
-        rating, logit = self._heads(np.array([u]))
-        score = ranking_score(rating, logit, self.rating_weight)
-        if exclude_seen:
-            score[self.seen(u)] = -np.inf
-        k = min(top, int(np.isfinite(score).sum()))
-        if k == 0:
-            return []
-        cand = np.argpartition(-score, k - 1)[:k]
-        best = cand[np.lexsort((cand, -score[cand]))]
-        rating = np.clip(rating, 1.0, 5.0)
-        return [self._item(int(i), score[i], rating[i], False, "hybrid") for i in best]
+        items = None if candidates is None else np.unique(self._check_items(candidates))
+        if items is not None and len(items) and items[0] < 0:
+            raise ValueError("candidates must be product positions (>= 0)")
+        return self._top(np.array([u]), items, top, exclude_seen, "exact" if items is None else "candidates")[0]
+
+    def recommend_many(self, customer_ids: list[str], top: int = 10, exclude_seen: bool = True) -> list[list[dict]]:
+        """`recommend` for many customers, the known ones scored as matrices in chunks of
+        customers (chunk x n_products <= MAX_ROWS); unknown customers get the popularity list."""
+        if top < 1:
+            raise ValueError("top must be at least 1")
+        out: list[list[dict]] = [self._popular_items(top) if c not in self._customer_index else []
+                                 for c in customer_ids]
+        known = [k for k, c in enumerate(customer_ids) if c in self._customer_index]
+        u = np.array([self._customer_index.get_loc(customer_ids[k]) for k in known], np.int64)
+        step = max(1, MAX_ROWS // max(self.n_products, 1))
+        for s in range(0, len(known), step):
+            for k, items in zip(known[s:s + step], self._top(u[s:s + step], None, top, exclude_seen, "exact")):
+                out[k] = items
+        return out

@@ -1,0 +1,190 @@
+"""One scoring path: the numpy network equals the Keras model, and every call shape agrees
+(customers x candidates, aligned rows, the serving top-N, batches, candidate lists)."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from keras import ops
+
+from ml.features import model_inputs, pair_features, pair_grid
+from ml.recommender import Recommender
+from ml.registry import ModelRegistry
+
+pytestmark = pytest.mark.slow
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def rec(models_dir) -> Recommender:
+    """The session's small trained world (60 customers x 40 products, tests/conftest.py)."""
+    return Recommender.load(ModelRegistry(models_dir).current_path())
+
+
+def _rows(rec: Recommender, n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random aligned (customer, product) rows with unknown ids (-1) and never-rated products."""
+    rng = np.random.default_rng(seed)
+    u = rng.integers(-1, rec.tables.n_customers, n)
+    i = rng.integers(-1, rec.n_products, n)
+    cold = np.flatnonzero(rec.tables.prod_count == 0)
+    assert len(cold) and (u == -1).any() and (i == -1).any()
+    i[:len(cold)] = cold
+    return u, i
+
+
+def _keras(rec: Recommender, u: np.ndarray, i: np.ndarray) -> dict[str, np.ndarray]:
+    out = rec.model(model_inputs(rec.tables, u, i), training=False)
+    return {k: np.asarray(ops.convert_to_numpy(v)) for k, v in out.items()}
+
+
+def _dense_links(rec: Recommender) -> tuple[np.ndarray, np.ndarray]:
+    """Reference pair sums from dense matrices: links = X C, resid = R C (R: r - mu - b_j)."""
+    t = rec.tables
+    x = np.asarray(t.rated_matrix.todense(), np.float64)
+    resid = np.asarray(t.item_residual_matrix.todense(), np.float64)
+    c = np.asarray(t.cooc_matrix.todense(), np.float64)
+    return x @ c, resid @ c
+
+
+def test_numpy_equals_keras_on_aligned_rows(rec):
+    u, i = _rows(rec)
+    ref = _keras(rec, u, i)
+    got = rec.score_pairs(u, i)
+    np.testing.assert_allclose(got.rating, ref["rating"], **TOL)
+    np.testing.assert_allclose(got.logit, ref["interact"], **TOL)
+    assert np.ptp(ref["interact"]) > 0.1 and np.ptp(ref["rating"]) > 0.01  # a trained, non-constant model
+
+
+def test_numpy_equals_keras_on_customers_x_items(rec):
+    u = np.array([0, 5, -1, rec.tables.n_customers - 1])
+    items = np.array([3, -1, 0, rec.n_products - 1, 3, *np.flatnonzero(rec.tables.prod_count == 0)])
+    got = rec.score(u, items)
+    ref = _keras(rec, np.repeat(u, len(items)), np.tile(items, len(u)))
+    np.testing.assert_allclose(got.rating, ref["rating"].reshape(len(u), -1), **TOL)
+    np.testing.assert_allclose(got.logit, ref["interact"].reshape(len(u), -1), **TOL)
+
+
+def test_pair_features_same_on_both_shapes_and_equal_dense_reference(rec):
+    t = rec.tables
+    u = np.array([2, -1, 7, 2, 30])
+    items = np.array([0, 5, -1, 17, t.n_products - 1, 5])
+    grid = pair_grid(t, u, items)
+    rows = pair_features(t, np.repeat(u, len(items)), np.tile(items, len(u)))
+    np.testing.assert_allclose(grid.reshape(-1, grid.shape[-1]), rows, rtol=1e-6, atol=1e-6)
+    links, resid = _dense_links(rec)
+    uu, ii = np.repeat(u, len(items)), np.tile(items, len(u))
+    ok = (uu >= 0) & (ii >= 0)
+    ref_links = np.where(ok, links[np.maximum(uu, 0), np.maximum(ii, 0)], 0)
+    np.testing.assert_allclose(rows[:, 0], np.log1p(ref_links), rtol=1e-6)
+    b_u = np.where(uu >= 0, t.cust_prior[np.maximum(uu, 0)], 0)
+    ref_resid = np.where(ok, resid[np.maximum(uu, 0), np.maximum(ii, 0)], 0) - b_u * ref_links
+    np.testing.assert_allclose(rows[:, 1], ref_resid / (ref_links + 3.0), rtol=1e-5, atol=1e-6)
+    assert (ref_links > 0).any()
+    np.testing.assert_allclose(pair_grid(t, u)[:, items[2] + 1], pair_grid(t, u, items[[2]] + 1)[:, 0])
+
+
+def test_pair_features_leave_out_removes_the_customers_own_co_ratings(rec):
+    """Training rows (leave_out 1): C is recounted without the customer, their own rating excluded."""
+    t = rec.tables
+    x = np.asarray(t.rated_matrix.todense(), np.float64)
+    resid = np.asarray(t.item_residual_matrix.todense(), np.float64)
+    u = np.repeat(np.arange(5), 3)
+    i = np.concatenate([np.flatnonzero(x[k])[:3] for k in range(5)])
+    got = pair_features(t, u, i, leave_out=np.ones(len(u)))
+    for row, (uu, ii) in enumerate(zip(u, i)):
+        others = x.copy()
+        others[uu] = 0
+        c = others.T @ others
+        np.fill_diagonal(c, 0)
+        mine = x[uu].copy()
+        mine[ii] = 0
+        links = mine @ c[:, ii]
+        res = (resid[uu] * mine) @ c[:, ii] - t.cust_prior[uu] * links
+        assert got[row, 0] == pytest.approx(np.log1p(links), abs=1e-5)
+        assert got[row, 1] == pytest.approx(res / (links + 3.0), abs=1e-5)
+
+
+def test_score_is_the_same_on_both_call_shapes(rec):
+    u = np.array([1, -1, 11, 40])
+    items = np.array([4, 0, -1, 39, 12])
+    grid = rec.score(u, items)
+    pairs = rec.score_pairs(np.repeat(u, len(items)), np.tile(items, len(u)))
+    np.testing.assert_allclose(grid.rating.ravel(), pairs.rating, **TOL)
+    np.testing.assert_allclose(grid.logit.ravel(), pairs.logit, **TOL)
+    full = rec.score(u)
+    np.testing.assert_allclose(full.logit[:, items[items >= 0]], grid.logit[:, items >= 0], **TOL)
+
+
+def test_predict_equals_score_at_those_pairs(rec):
+    u, i = _rows(rec, 50, seed=3)
+    full = rec.score(np.arange(-1, rec.tables.n_customers), np.arange(-1, rec.n_products)).rating
+    np.testing.assert_allclose(rec.predict(u, i), np.clip(full[u + 1, i + 1], 1, 5), **TOL)
+
+
+def test_heads_for_customers_chunks_cover_every_customer(rec):
+    u = np.arange(rec.tables.n_customers)
+    chunks = list(rec.heads_for_customers(u, max_rows=rec.n_products * 7))
+    assert len(chunks) == -(-len(u) // 7)
+    np.testing.assert_array_equal(np.concatenate([c for c, _, _ in chunks]), u)
+    np.testing.assert_allclose(np.concatenate([lg for _, _, lg in chunks]), rec.score(u).logit, **TOL)
+
+
+def _ids(items: list[dict]) -> list[str]:
+    return [x["product_id"] for x in items]
+
+
+def test_recommend_many_equals_recommend_per_customer(rec, monkeypatch):
+    import ml.recommender as module
+
+    ids = rec.customers(12) + ["NOBODY_KNOWS_ME"] + rec.customers(3)
+    monkeypatch.setattr(module, "MAX_ROWS", rec.n_products * 5)  # several chunks
+    many = rec.recommend_many(ids, top=6)
+    assert len(many) == len(ids)
+    for cid, got in zip(ids, many):
+        one = rec.recommend(cid, top=6)
+        assert _ids(got) == _ids(one)  # batched BLAS may round the last float bit differently
+        assert [x["score"] for x in got] == pytest.approx([x["score"] for x in one], abs=2e-6)
+        assert [{**x, "score": None} for x in got] == [{**x, "score": None} for x in one]
+    assert many[12][0]["path"] == "popularity" and many[0][0]["path"] == "exact"
+
+
+def test_candidates_equal_to_the_catalog_give_the_full_path_result(rec):
+    for cid in rec.customers(5):
+        full = rec.recommend(cid, top=8)
+        cand = rec.recommend(cid, top=8, candidates=np.arange(rec.n_products)[::-1])
+        assert [{**x, "path": None} for x in cand] == [{**x, "path": None} for x in full]
+        assert {x["path"] for x in cand} == {"candidates"} and {x["path"] for x in full} == {"exact"}
+
+
+def test_candidates_rank_only_the_candidates_without_seen_products(rec):
+    cid = rec.customers(1)[0]
+    u = rec._customer_index.get_loc(cid)
+    seen = rec.seen(u)
+    cand = np.unique(np.concatenate([seen[:2], np.arange(0, rec.n_products, 3)]))
+    score = rec.score_customers(np.array([u]))[0]
+    allowed = np.setdiff1d(cand, seen)
+    expected = allowed[np.lexsort((allowed, -score[allowed]))][:5]
+    got = rec.recommend(cid, top=5, candidates=cand)
+    assert _ids(got) == list(rec.tables.product_ids[expected])
+    assert len(rec.recommend(cid, top=500, candidates=cand)) == len(allowed)
+    with pytest.raises(ValueError):
+        rec.recommend(cid, candidates=np.array([rec.n_products]))
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_rating_for_the_top_n_only_equals_the_full_computation(rec, weight):
+    """Weight 0 ranks by the pick head alone and computes the rating head for the shown items only."""
+    r = copy.copy(rec)
+    r.rating_weight = weight
+    cid = rec.customers(4)[3]
+    u = rec._customer_index.get_loc(cid)
+    full = rec.score(np.array([u]))
+    score = r.score_customers(np.array([u]))[0]
+    score[rec.seen(u)] = -np.inf
+    expected = np.lexsort((np.arange(len(score)), -score))[:7]
+    got = r.recommend(cid, top=7)
+    assert _ids(got) == list(rec.tables.product_ids[expected])
+    for x, i in zip(got, expected):
+        assert x["predicted_rating"] == pytest.approx(float(np.clip(full.rating[0, i], 1, 5)), abs=2e-4)
+        assert x["score"] == pytest.approx(float(score[i]), abs=2e-6)
