@@ -39,6 +39,16 @@ class QueryInteger(Integer):
         return int(value)
 
 
+class QuerySeconds(Float):
+    """A duration in a query string: decimal digits with an optional fraction ("2", "0.25"); no
+    sign, exponent, "nan" or "inf". The upper bound is checked by the view against Settings."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,6})?", value):
+            raise ValidationError("Not a valid number of seconds (e.g. 2 or 0.5).")
+        return float(value)
+
+
 class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -57,6 +67,14 @@ class BatchJobIn(StrictSchema):
 class RecommendationQuery(StrictSchema):
     customer_id = customer_id_field(required=True)
     top = QueryInteger(load_default=10, validate=Range(1, MAX_TOP))
+
+
+class JobQuery(StrictSchema):
+    wait = QuerySeconds(load_default=0.0, metadata={
+        "description": "Long-poll: answer as soon as the job has finished, or after this many "
+                       "seconds with its current state (at most RECSYS_JOB_WAIT_MAX_S, default 30). "
+                       "0 (default): answer at once.",
+        "example": 10})
 
 
 class CustomersQuery(StrictSchema):

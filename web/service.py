@@ -27,6 +27,11 @@ STATE_NAMES = {
     states.IGNORED: "failed",
 }
 
+FINISHED = ("succeeded", "failed")
+# Re-read the stored state at least this often while waiting, even without a message: a safety net
+# should a state change ever be published while the subscription was not in place.
+RECHECK_S = 1.0
+
 
 def job_store() -> JobStore:
     return JobStore(get_redis(), get_settings().job_registry_ttl_s)
@@ -80,16 +85,45 @@ def describe(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def result_channel(job_id: str) -> str:
+    """The channel Celery's Redis result backend PUBLISHes every state of the job on (= its key)."""
+    key = get_celery().backend.get_key_for_task(job_id)
+    return key.decode() if isinstance(key, bytes) else key
+
+
+def _subscribe(pubsub: redis.client.PubSub, channel: str, deadline: float) -> None:
+    """SUBSCRIBE and read the confirmation, so the subscription is live on the server before the
+    caller reads the stored state (a state stored after that read is then surely published to us)."""
+    pubsub.subscribe(channel)
+    while (remaining := deadline - time.monotonic()) > 0:
+        message = pubsub.get_message(timeout=remaining)
+        if message is not None and message["type"] == "subscribe":
+            return
+
+
 def wait(job_id: str, record: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """Poll the job (no pub/sub: safe in threaded servers) until it is finished or `timeout_s`."""
-    deadline = time.monotonic() + max(0.0, timeout_s)
-    delay = 0.02
-    while True:
-        view = describe(job_id, record)
-        if view["state"] in ("succeeded", "failed") or time.monotonic() >= deadline:
-            return view
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.6, 0.25)
+    """The job's view as soon as it is finished, or as it stands after `timeout_s`.
+
+    No blind sleeping: the result backend publishes each state change on the job's channel, and
+    this call wakes up on it. One PubSub (one connection) per call, closed in `finally`: redis-py
+    PubSub objects are not thread-safe and gunicorn gthread serves requests from many threads, so
+    nothing is shared (not Celery's per-app result consumer either). Redis errors propagate (503).
+    """
+    if timeout_s <= 0:
+        return describe(job_id, record)
+    deadline = time.monotonic() + timeout_s
+    pubsub = get_redis().pubsub()
+    try:
+        _subscribe(pubsub, result_channel(job_id), deadline)
+        while True:
+            # Read after subscribing: a result stored before the subscription is seen here.
+            view = describe(job_id, record)
+            remaining = deadline - time.monotonic()
+            if view["state"] in FINISHED or remaining <= 0:
+                return view
+            pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, RECHECK_S))
+    finally:
+        pubsub.close()
 
 
 def image_url(image: Any) -> str | None:
