@@ -4,7 +4,8 @@
 - `train`: wall time of `python -m ml train` on the real 2023 ratings (issue: <= 10 minutes);
 - `serving`: latency of N sequential recommendations three ways on one catalog and machine:
   in-process `Recommender.recommend`, Celery alone (apply_async + get through Redis), and the
-  whole HTTP path (POST /jobs, then poll GET /jobs/<id> until it succeeded).
+  whole HTTP path three ways: POST /jobs then poll GET /jobs/<id> every 5 ms; POST /jobs then
+  long-poll GET /jobs/<id>?wait=10; the synchronous GET /recommendation.
 Results are printed and written to var/bench/<what>.json.
 """
 from __future__ import annotations
@@ -106,11 +107,6 @@ def bench_serving(n_jobs: int = 200, top: int = 10) -> dict:
         customers = rec.customers(n_jobs)
         customers = (customers * (n_jobs // max(len(customers), 1) + 1))[:n_jobs]
         rec.recommend(customers[0], top)
-        inproc = []
-        for c in customers:
-            t = time.perf_counter()
-            rec.recommend(c, top)
-            inproc.append(time.perf_counter() - t)
 
         log_dir = tmp / "logs"
         log_dir.mkdir()
@@ -126,35 +122,85 @@ def bench_serving(n_jobs: int = 200, top: int = 10) -> dict:
             celery = make_celery(settings)
             wait_until(lambda: bool(celery.control.ping(timeout=0.5)), 300, interval_s=0.5, what="worker")
             celery.send_task(names.RECOMMEND, args=[customers[0], top]).get(timeout=300)  # model loaded
-            via_celery = []
-            for c in customers:
-                t = time.perf_counter()
-                celery.send_task(names.RECOMMEND, args=[c, top]).get(timeout=60, interval=0.005)
-                via_celery.append(time.perf_counter() - t)
-
             url = f"http://127.0.0.1:{settings.web_port}"
             wait_until(lambda: _get(url + "/healthz")[0] == 200, 60, interval_s=0.5, what="web")
-            via_http = []
-            for c in customers:
-                t = time.perf_counter()
-                status, body = _post(url + "/jobs", {"customer_id": c, "top": top})
-                assert status == 202, (status, body)
-                while True:
-                    status, job = _get(url + body["status_url"] if body["status_url"].startswith("/") else body["status_url"])
-                    if job.get("state") in ("succeeded", "failed"):
-                        break
-                    time.sleep(0.005)
-                assert job["state"] == "succeeded", job
-                via_http.append(time.perf_counter() - t)
+            paths = {
+                "in_process": lambda c: rec.recommend(c, top),
+                "celery": lambda c: celery.send_task(names.RECOMMEND, args=[c, top]).get(
+                    timeout=60, interval=0.005),
+                "http": lambda c: _http_post_and_poll(url, c, top),
+                "http_longpoll": lambda c: _http_post_and_longpoll(url, c, top),
+                "http_sync": lambda c: _http_sync_get(url, c, top),
+            }
+            samples = _interleaved(paths, customers)
             celery.close()
         finally:
             stack.stop_all()
             stop_group(redis_proc, timeout_s=5)
     return {"catalog_products": rec.n_products, "top": top, "model_version": rec.version,
             "synthetic_catalog": bool(rec.manifest["data"].get("synthetic")),
-            "in_process": _pct(inproc), "celery": _pct(via_celery), "http": _pct(via_http),
-            "http_note": "POST /jobs then poll GET /jobs/<id> every 5 ms until succeeded",
+            **{name: _pct(times) for name, times in samples.items()},
+            "minus_in_process": {name: _pct(np.subtract(times, samples["in_process"]).tolist())
+                                 for name, times in samples.items() if name != "in_process"},
+            "notes": {"celery": "send_task + get through Redis",
+                      "http": "POST /jobs then poll GET /jobs/<id> every 5 ms until succeeded",
+                      "http_longpoll": f"POST /jobs then GET /jobs/<id>?wait={LONGPOLL_S:g}",
+                      "http_sync": "GET /recommendation (200 with the list)",
+                      "minus_in_process": "per customer: the path's time minus the in-process time "
+                                          "measured next to it (the paths run interleaved, in a "
+                                          "rotating order, so machine load hits them alike)"},
+            "web": f"gunicorn gthread -w {settings.web_workers} --threads {settings.web_threads}",
             "cpu_count": os.cpu_count()}
+
+
+LONGPOLL_S = 10.0
+
+
+def _interleaved(paths: dict, customers: list[str]) -> dict[str, list[float]]:
+    """Seconds of each path per customer; for each customer all paths run back to back, starting
+    one further along each time, so load from other processes falls on every path alike."""
+    names_ = list(paths)
+    samples: dict[str, list[float]] = {name: [] for name in names_}
+    for i, customer in enumerate(customers):
+        for name in names_[i % len(names_):] + names_[:i % len(names_)]:
+            t = time.perf_counter()
+            paths[name](customer)
+            samples[name].append(time.perf_counter() - t)
+    return samples
+
+
+def _job_url(url: str, body: dict) -> str:
+    return url + body["status_url"] if body["status_url"].startswith("/") else body["status_url"]
+
+
+def _http_post_and_poll(url: str, customer: str, top: int) -> None:
+    """POST /jobs, then GET /jobs/<id> every 5 ms until it has finished."""
+    status, body = _post(url + "/jobs", {"customer_id": customer, "top": top})
+    assert status == 202, (status, body)
+    while True:
+        status, job = _get(_job_url(url, body))
+        if job.get("state") in ("succeeded", "failed"):
+            break
+        time.sleep(0.005)
+    assert job["state"] == "succeeded", job
+
+
+def _http_post_and_longpoll(url: str, customer: str, top: int) -> None:
+    """POST /jobs, then GET /jobs/<id>?wait=LONGPOLL_S (again while not finished)."""
+    status, body = _post(url + "/jobs", {"customer_id": customer, "top": top})
+    assert status == 202, (status, body)
+    while True:
+        status, job = _get(f"{_job_url(url, body)}?wait={LONGPOLL_S:g}")
+        assert status == 200, (status, job)
+        if job.get("state") in ("succeeded", "failed"):
+            break
+    assert job["state"] == "succeeded", job
+
+
+def _http_sync_get(url: str, customer: str, top: int) -> None:
+    """The synchronous GET /recommendation (must answer 200 with the list)."""
+    status, body = _get(f"{url}/recommendation?customer_id={customer}&top={top}")
+    assert status == 200 and len(body["items"]) == top, (status, body)
 
 
 def _post(url: str, payload: dict) -> tuple[int, dict]:
