@@ -85,9 +85,9 @@ class Recommender:
         return self._seen_i[self._seen_start[u]: self._seen_start[u + 1]]
 
     # -- scoring -------------------------------------------------------------------------------
-    def _customer_part(self, u: np.ndarray) -> dict:
+    def _customer_part(self, u: np.ndarray, heads: tuple[str, ...]) -> dict:
         t = self.tables
-        return self.net.customer_part(customer_features(t, u), customer_prior(t, u), customer_history(t, u))
+        return self.net.customer_part(customer_features(t, u), customer_prior(t, u), customer_history(t, u), heads)
 
     def _product_part(self, i: np.ndarray | None) -> dict[str, ProductPart]:
         """Precomputed product halves of positions `i` (-1 = unknown), or of the whole catalog."""
@@ -116,7 +116,7 @@ class Recommender:
         step = max(1, PASS_ROWS // max(m, 1))
         for s in range(0, len(u), step):
             uu = u[s:s + step]
-            c, pair = self._customer_part(uu), pair_grid(self.tables, uu, items)
+            c, pair = self._customer_part(uu, heads), pair_grid(self.tables, uu, items)
             for a in range(0, m, PASS_ROWS):
                 b = min(a + PASS_ROWS, m)
                 p = {h: ProductPart(v.q[a:b], v.bias[a:b]) for h, v in prod.items()}
@@ -135,7 +135,7 @@ class Recommender:
             uu, ii = u[s:s + PASS_ROWS], i[s:s + PASS_ROWS]
             p = {h: ProductPart(v.q[:, None, :], v.bias[:, None]) for h, v in self._product_part(ii).items()}
             pair = pair_features(self.tables, uu, ii)[:, None, :]
-            res = self.net.forward(self._customer_part(uu), p, pair, heads)
+            res = self.net.forward(self._customer_part(uu, heads), p, pair, heads)
             for h, v in zip(HEADS, res):
                 if v is not None:
                     out[h][s:s + PASS_ROWS] = v[:, 0]
@@ -211,7 +211,9 @@ class Recommender:
         vals = np.take_along_axis(vals, order, 1)
         keep = np.isfinite(vals)
         rows, best = np.nonzero(keep)[0], pos[cols[keep]]
-        if heads.rating is None:  # rating head only for the items shown
+        if heads.rating is None and len(u) == 1:  # rating head only for the items shown
+            rating = self.score(u, best, heads=("rating",)).rating[0]
+        elif heads.rating is None:
             rating = self.score_pairs(u[rows], best, heads=("rating",)).rating
         else:
             rating = heads.rating[rows, cols[keep]]

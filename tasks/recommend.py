@@ -46,12 +46,16 @@ def check_top(top: Any, max_top: int) -> int:
     return top
 
 
-def recommend_one(model: Any, customer_id: str, top: int) -> dict[str, Any]:
-    items = [jsonable({k: item.get(k) for k in ITEM_FIELDS} | {
-        k: v for k, v in item.items() if k not in ITEM_FIELDS})
-        for item in model.recommend(customer_id, top=top, exclude_seen=True)]
+def customer_result(model: Any, customer_id: str, items: list[dict]) -> dict[str, Any]:
+    """One customer's JSON result from the recommender's items (known fields first, extras kept)."""
+    items = [jsonable({k: item.get(k) for k in ITEM_FIELDS} | {k: v for k, v in item.items() if k not in ITEM_FIELDS})
+             for item in items]
     cold = not bool(model.has_customer(customer_id))
     return {"customer_id": customer_id, "items": items, "cold_start": cold}
+
+
+def recommend_one(model: Any, customer_id: str, top: int) -> dict[str, Any]:
+    return customer_result(model, customer_id, model.recommend(customer_id, top=top, exclude_seen=True))
 
 
 @app.task(name=names.RECOMMEND)
@@ -74,7 +78,8 @@ def recommend_batch(customer_ids: list[str], top: int = 10) -> dict[str, Any]:
     ids = [check_customer_id(c) for c in customer_ids]
     top = check_top(top, settings.max_top)
     loaded = holder.get()
-    results = [recommend_one(loaded.model, cid, top) for cid in ids]
+    lists = loaded.model.recommend_many(ids, top=top, exclude_seen=True)  # customers scored as matrices
+    results = [customer_result(loaded.model, cid, items) for cid, items in zip(ids, lists)]
     return {"results": results, "count": len(results), "top": top, "model_version": loaded.version}
 
 
