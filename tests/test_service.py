@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -102,10 +101,12 @@ def test_post_job_then_poll_until_succeeded(live, wait_job, known_customers, mod
     assert result["customer_id"] == customer and result["cold_start"] is False
     assert job["model_version"] == result["model_version"] == ModelRegistry(models_dir).current_version()
     assert all(item["strategy"] == "hybrid" for item in result["items"])
-    # images of the demo world live under var_dir: served by /media
-    url = result["items"][0]["image_url"]
-    if url:
-        assert live.get(url).status_code == 200
+    # every product of the demo world has a picture under var_dir: each is served by /media
+    for item in result["items"]:
+        assert item["image_url"], item
+        picture = live.get(item["image_url"])
+        assert picture.status_code == 200 and picture.headers["Content-Type"].startswith("image/")
+        assert picture.content == Path(item["image"]).read_bytes()
 
 
 def test_unknown_customer_gets_cold_start_recommendations(live, wait_job):
@@ -152,10 +153,55 @@ def test_original_get_answers_202_when_the_wait_is_over(make_app, settings, wait
         assert job["state"] == "succeeded" and len(job["result"]["items"]) == 2
 
 
-def test_customers_are_real(live, known_customers):
+def _raw_rows(world_dir: Path, name: str) -> list[dict]:
+    """The rows of one of the world's JSONL files, read directly (not through ml.data)."""
+    with open(world_dir / name, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def test_customers_are_real(live, world_dir):
+    """GET /customers lists the most active reviewers of the raw data file (ids and counts)."""
+    from collections import Counter
+
+    from ml.synthetic import REVIEWS_FILE
+
+    reviews = Counter(row["user_id"] for row in _raw_rows(world_dir, REVIEWS_FILE))
     status, body = live.json_get("/customers?limit=5")
     assert status == 200
-    assert body["customers"] == known_customers[:5]
+    ids = body["customers"]
+    assert len(ids) == 5 == len(set(ids)) and set(ids) <= set(reviews)
+    assert [reviews[c] for c in ids] == sorted(reviews.values(), reverse=True)[:5]  # most active first
+
+
+def test_never_rated_product_reaches_a_known_customer(live, world_dir, models_dir):
+    """A product nobody rated is scored from its content and served to a known customer as in process.
+
+    On the small test world never-rated products rank low (with the 3-epoch model the best is about
+    20th of ~28 unseen), so the request asks for as many items as it takes to reach the first one."""
+    from ml.recommender import Recommender
+    from ml.synthetic import META_FILE, REVIEWS_FILE
+
+    never_rated = ({row["parent_asin"] for row in _raw_rows(world_dir, META_FILE)}
+                   - {row["parent_asin"] for row in _raw_rows(world_dir, REVIEWS_FILE)})
+    assert len(never_rated) >= 2, "the synthetic world has never-rated products"
+    version = ModelRegistry(models_dir).current_version()
+    rec = Recommender.load(ModelRegistry(models_dir).path_for(version))
+    ranked = {c: rec.recommend(c, top=rec.n_products) for c in rec.customers(1000)}
+    first = {c: next(k for k, x in enumerate(items) if x["product_id"] in never_rated) + 1
+             for c, items in ranked.items()}
+    customer = min(first, key=lambda c: (first[c], c))
+    # scored from content: the never-rated products (no rating, no popularity) get different scores
+    assert len({x["score"] for x in ranked[customer] if x["product_id"] in never_rated}) >= 2
+
+    response = live.get("/recommendation", params={"customer_id": customer, "top": first[customer]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == version and body["cold_start"] is False
+    served = body["items"]
+    assert [x["product_id"] for x in served] == [x["product_id"] for x in ranked[customer][:first[customer]]]
+    assert served[-1]["product_id"] in never_rated
+    assert served[-1]["strategy"] == "hybrid" and served[-1]["cold_start"] is False
+    assert served[-1]["score"] == pytest.approx(ranked[customer][first[customer] - 1]["score"], abs=1e-6)
 
 
 def test_bad_requests_over_http(live):
@@ -207,9 +253,7 @@ def test_model_swap_while_serving(live, worker, wait_job, models_dir, known_cust
 
 def test_readyz_is_503_without_a_worker(make_app, settings, spare_redis):
     client = make_app(replace(settings, redis_url=spare_redis.url)).test_client()
-    started = time.monotonic()
     response = client.get("/readyz")
-    assert time.monotonic() - started < 5
     assert response.status_code == 503
     body = response.get_json()
     assert body["ready"] is False and "no Celery worker" in body["reason"]
@@ -226,9 +270,7 @@ def test_redis_down_is_503_json(make_app, settings, dead_redis_url):
         lambda: client.get("/readyz"),
     ]
     for call in calls:
-        started = time.monotonic()
         response = call()
-        assert time.monotonic() - started < 5
         assert response.status_code == 503, response.get_data(as_text=True)
         assert response.mimetype == "application/json" and response.get_json()["error"]
     assert client.get("/healthz").status_code == 200  # the process itself is fine
