@@ -2,7 +2,8 @@
 
 An artifact directory holds `manifest.json` (version, data fingerprint, encoder names, split, config,
 metrics, created time), `model.weights.h5`, `tables.npz` (feature sums/counts), `interactions.npz`
-(training pairs, for "exclude seen"), `products.json` (title and image per product) and `history.json`.
+(training pairs, for "exclude seen"), `products.json` (title and image per product), `history.json` and
+`retrieval/` (two-tower vectors and ANN index, ml.retrieval).
 It is written to a temporary sibling and renamed into place, so a reader never sees half of one.
 """
 from __future__ import annotations
@@ -22,11 +23,12 @@ import pandas as pd
 
 from ml.baselines import BiasBaseline
 from ml.config import Settings
-from ml.embed import embed_dataset
+from ml.embed import Embeddings, embed_dataset
 from ml.features import (Exclusion, FeatureTables, build_tables, model_inputs, product_content, product_prior,
                          reduce_block)
 from ml.model import ARCHITECTURE_FIELDS, BestPerHead, ModelSpec, build_model, interact_bce, masked_mse, ranking_score
 from ml.registry import ARTIFACT_FORMAT
+from ml.retrieval import RetrievalConfig, build_retriever, teacher_from_recommender
 from ml.split import split_reviews
 
 log = logging.getLogger(__name__)
@@ -251,8 +253,13 @@ def is_synthetic(dataset) -> bool:
 
 
 def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfig, split: str,
-                 settings: Settings | None = None) -> dict:
-    """Train on `train` (rows of dataset.reviews) and write the artifact directory `out_dir`."""
+                 settings: Settings | None = None, embeddings: Embeddings | None = None,
+                 retrieval: RetrievalConfig | None = None) -> dict:
+    """Train on `train` (rows of dataset.reviews) and write the artifact directory `out_dir`.
+
+    `embeddings`: precomputed (products, and `train`'s reviews in order) instead of running the
+    encoders (the catalog benchmark generates content vectors for a million products).
+    `retrieval`: two-tower/index settings; the retriever is always built (serving picks the path)."""
     settings = settings or Settings.from_env()
     started = time.time()
     out_dir = Path(out_dir)
@@ -270,7 +277,8 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
     rating = train["rating"].to_numpy(np.float32)
 
     log.info("embedding %d products and %d training reviews", len(products), len(train))
-    emb = embed_dataset(products, train, settings.cache_dir, config.use_images, config.use_text, config.progress)
+    emb = embeddings or embed_dataset(products, train, settings.cache_dir, config.use_images, config.use_text,
+                                      config.progress)
     if emb.review_text is not None:
         review_vecs = reduce_block(emb.review_text, emb.has_review_text, config.pca_dim, config.seed)
     else:
@@ -324,7 +332,12 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
             "training_seconds": round(time.time() - started, 1),
         }
         _write_json(tmp / "manifest.json", manifest)
-        manifest["ranking"] = choose_rating_weight(tmp, u, i, val_rows, config)
+        # whole-catalog scoring of validation customers: bounded to ~5e7 rows on large catalogs
+        rank_customers = int(min(2000, max(50, 50_000_000 // max(len(products), 1))))
+        manifest["ranking"] = choose_rating_weight(tmp, u, i, val_rows, config, max_customers=rank_customers)
+        _write_json(tmp / "manifest.json", manifest)
+        manifest["retrieval"] = write_retriever(tmp, model, tables, retrieval or RetrievalConfig(seed=config.seed))
+        manifest["training_seconds"] = round(time.time() - started, 1)
         _write_json(tmp / "manifest.json", manifest)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         if out_dir.exists():
@@ -335,6 +348,16 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
         raise
     log.info("model written to %s (%.1fs)", out_dir, manifest["training_seconds"])
     return manifest
+
+
+def write_retriever(artifact: Path, model, tables: FeatureTables, cfg: RetrievalConfig) -> dict:
+    """Distil the written artifact's pick head into the two-tower retriever, save it inside the
+    artifact and return its manifest section."""
+    from ml.recommender import Recommender
+
+    retriever = build_retriever(model, tables, teacher_from_recommender(Recommender.load(artifact)), cfg)
+    retriever.save(artifact)
+    return retriever.meta
 
 
 def train_model(data, out_dir: str | Path, config: TrainConfig | None = None, split: str = "none",
