@@ -1,4 +1,4 @@
-"""Training writes a complete, versioned artifact; the predicted review's text is never an input."""
+"""Training writes a complete, versioned artifact; a held-out review (its text, its rating) is never an input."""
 from __future__ import annotations
 
 import json
@@ -36,7 +36,12 @@ def test_artifact_has_manifest_and_files(artifact, world_dir):
     assert manifest["encoders"]["image"].startswith("efficientnet-lite0")
     assert manifest["split"] == "last"
     assert 1 <= manifest["metrics"]["epochs_run"] <= 3
-    assert 0 < manifest["metrics"]["val_rmse"] < 2.5
+    # validation error: below the spread of the ratings (what predicting their mean would score)
+    # and consistent with the MAE (MAE <= RMSE <= sqrt(4 * MAE) for errors of at most 4 stars)
+    ratings = load_dataset(world_dir).reviews["rating"].to_numpy(np.float64)
+    val_rmse, val_mae = manifest["metrics"]["val_rmse"], manifest["metrics"]["val_mae"]
+    assert val_rmse < float(ratings.std())
+    assert 0 < val_mae <= val_rmse <= np.sqrt(4 * val_mae)
     ranking = manifest["ranking"]
     assert ranking["rating_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0)
     # a weight other than 0 only when it beat weight 0 on validation beyond noise
@@ -71,3 +76,35 @@ def test_held_out_review_text_is_never_an_input(world_dir, tmp_path, base_settin
     metrics_b, _, _ = evaluate_split(swapped, "last", None, FAST, tmp_path / "b", base_settings)
     assert metrics_a["models"]["hybrid"] == metrics_b["models"]["hybrid"]
     assert metrics_a["models"]["hybrid"]["rmse"] is not None
+
+
+def _positions(index_values, ids) -> np.ndarray:
+    import pandas as pd
+
+    return pd.Index(index_values).get_indexer(ids.astype(str))
+
+
+def test_held_out_ratings_are_never_an_input(world_dir, tmp_path, base_settings):
+    """Replace every held-out rating: the model's scores on the held-out pairs must not move."""
+    from ml.recommender import Recommender
+
+    ds = load_dataset(world_dir)
+    _, test = split_reviews(ds.reviews, "last")
+    changed = load_dataset(world_dir)
+    rows = changed.reviews.index.isin(test.index)
+    old = changed.reviews.loc[rows, "rating"].to_numpy()
+    changed.reviews.loc[rows, "rating"] = np.where(old >= 3, 1.0, 5.0)  # every one differs
+    assert (changed.reviews.loc[rows, "rating"].to_numpy() != old).all() and rows.sum() > 0
+    assert changed.fingerprint() != ds.fingerprint()
+
+    train_model(ds, tmp_path / "a", FAST, split="last", settings=base_settings)
+    train_model(changed, tmp_path / "b", FAST, split="last", settings=base_settings)
+    a, b = Recommender.load(tmp_path / "a"), Recommender.load(tmp_path / "b")
+    u = _positions(a.tables.customer_ids, test["customer_id"])
+    i = _positions(a.tables.product_ids, test["product_id"])
+    assert (u >= 0).all() and (i >= 0).all()
+    np.testing.assert_array_equal(a.predict(u, i), b.predict(u, i))
+    customers = np.unique(u)
+    np.testing.assert_array_equal(a.score_customers(customers), b.score_customers(customers))
+    first = str(test["customer_id"].iloc[0])
+    assert a.recommend(first, top=5) == b.recommend(first, top=5)
