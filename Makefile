@@ -31,3 +31,11 @@ bench: venv
 
 clean:
 	rm -rf var/ .pytest_cache
+
+# The Docker path for real (tests/docker/; not part of `make test`): root, minutes of image builds.
+# Installs docker.io, debootstrap and docker-compose with apt-get when missing, starts dockerd when no
+# engine answers (and stops it after), makes the base images locally (cached), builds and runs the
+# compose stack. Figures: var/docker/report.json.
+.PHONY: test-docker
+test-docker: venv
+	RECSYS_DOCKER_TESTS=1 $(PY) -m pytest -v --timeout=7200 tests/docker

@@ -40,8 +40,14 @@ def log(msg: str) -> None:
 
 
 def image_exists(tag: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", tag], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL).returncode == 0
+    """True when the engine has the tag; raises when the engine does not answer (not "missing")."""
+    proc = subprocess.run(["docker", "image", "inspect", tag], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    if proc.returncode == 0:
+        return True
+    if "no such image" in proc.stderr.lower():
+        return False
+    raise RuntimeError(f"docker image inspect {tag} failed: {proc.stderr.strip()}")
 
 
 def image_size_mb(tag: str) -> float:
