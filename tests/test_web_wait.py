@@ -305,3 +305,18 @@ def test_wait_is_documented(idle_app):
     params = {p["name"]: p for p in operation["parameters"]}
     assert params["wait"]["in"] == "query" and "RECSYS_JOB_WAIT_MAX_S" in params["wait"]["description"]
     assert {"200", "400", "404", "503"} <= set(operation["responses"])
+
+
+def test_submitting_opens_no_result_subscription(idle_app, idle_redis):
+    """Celery's shared result consumer would subscribe to each job's channel on send (and unsubscribe
+    when the AsyncResult is collected) on a connection whose replies nobody reads."""
+    from web import SubmitOnlyRedisBackend
+    from web.service import get_celery
+
+    client = idle_app.test_client()
+    for n in range(5):
+        post_job(client, customer_id=f"c{n}")
+    last_commands = [c.get("cmd") for c in redis.Redis.from_url(idle_redis.url).client_list()]
+    assert not {"subscribe", "unsubscribe"} & set(last_commands), last_commands
+    with idle_app.app_context():
+        assert isinstance(get_celery().backend, SubmitOnlyRedisBackend)

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import redis
 from apiflask import APIFlask
 from celery import Celery
+from celery.backends.redis import RedisBackend
 from flask import Flask, current_app
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -17,14 +18,30 @@ from ml.config import Settings
 from tasks.celery_app import celery_config
 
 
+class SubmitOnlyRedisBackend(RedisBackend):
+    """The web's result backend: reads results by key and never starts Celery's shared result consumer.
+
+    Celery's Redis backend subscribes that consumer to every submitted job's channel (`on_task_call`),
+    for an `AsyncResult.get()` the web never makes; nobody reads those messages, so they would pile up
+    on one connection per thread until Redis drops it. Waiting has its own per-request subscription
+    (`web.service.wait`)."""
+
+    def on_task_call(self, producer, task_id) -> None:
+        return None
+
+
 def celery_init_app(app: Flask) -> Celery:
     """Flask's Celery pattern: one Celery instance configured from `app.config["CELERY"]`.
 
     The web process only sends tasks by name (`tasks.names`) and reads results; it does not import
-    the task modules (they load TensorFlow in the worker).
+    the task modules (they load TensorFlow in the worker). Its result backend is
+    `SubmitOnlyRedisBackend` (Celery's `module:Class+url` form) over the same Redis URL.
     """
+    config = dict(app.config["CELERY"])
+    if str(config.get("result_backend", "")).startswith(("redis://", "rediss://")):
+        config["result_backend"] = f"web:SubmitOnlyRedisBackend+{config['result_backend']}"
     celery_app = Celery(app.name)
-    celery_app.config_from_object(app.config["CELERY"])
+    celery_app.config_from_object(config)
     app.extensions["celery"] = celery_app
     return celery_app
 
