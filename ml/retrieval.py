@@ -467,14 +467,19 @@ def rerank(rec, u: int, candidates: np.ndarray, top: int) -> tuple[np.ndarray, n
     from ml.model import ranking_score
 
     cand = np.asarray(candidates, np.int64)
-    if hasattr(rec, "score"):
-        heads = rec.score(np.array([u]), cand)
-        rating, logit = np.asarray(heads.rating).reshape(-1), np.asarray(heads.logit).reshape(-1)
-    else:
+    if not hasattr(rec, "score"):  # the Keras-era recommender
         rating, logit = rec._heads(np.full(len(cand), u), cand)
-    score = ranking_score(rating, logit, rec.rating_weight)
+        score = ranking_score(rating, logit, rec.rating_weight)
+        best = np.lexsort((cand, -score))[:top]
+        return cand[best], score[best], np.clip(rating[best], 1.0, 5.0)
+    if rec.rating_weight == 0:  # the pick head ranks; the rating head only for the items shown
+        score = ranking_score(np.ones(len(cand)), rec.score(np.array([u]), cand, heads=("interact",)).logit[0], 0.0)
+        best = cand[np.lexsort((cand, -score))[:top]]
+        return best, np.sort(score)[::-1][:top], np.clip(rec.score(np.array([u]), best, heads=("rating",)).rating[0], 1, 5)
+    heads = rec.score(np.array([u]), cand)
+    score = ranking_score(heads.rating[0], heads.logit[0], rec.rating_weight)
     best = np.lexsort((cand, -score))[:top]
-    return cand[best], score[best], np.clip(rating[best], 1.0, 5.0)
+    return cand[best], score[best], np.clip(heads.rating[0][best], 1.0, 5.0)
 
 
 def two_stage(rec, retriever: Retriever, u: int, top: int, k: int, exclude_seen: bool = True) -> np.ndarray:
@@ -483,6 +488,18 @@ def two_stage(rec, retriever: Retriever, u: int, top: int, k: int, exclude_seen:
     exclude = rec.seen(u) if exclude_seen else np.zeros(0, np.int64)
     cand = retriever.candidates(u, max(k, top), exclude)
     return rerank(rec, u, cand, top)[0]
+
+
+def serve(rec, retriever: Retriever | None, customer_id: str, top: int = 10, exclude_seen: bool = True,
+          k: int = 1000, exact_max_products: int = 20000) -> list[dict]:
+    """The reference integration of `Recommender.recommend`: exact up to `exact_max_products`,
+    else the retriever's k candidates (seen products removed before the cut) ranked by the heads
+    (`recommend(..., candidates=...)`, whose items then say path "candidates")."""
+    if not use_two_stage(rec.n_products, exact_max_products, retriever) or not rec.has_customer(customer_id):
+        return rec.recommend(customer_id, top, exclude_seen)
+    u = int(rec._customer_index.get_loc(customer_id))
+    exclude = rec.seen(u) if exclude_seen else np.zeros(0, np.int64)
+    return rec.recommend(customer_id, top, exclude_seen, candidates=retriever.candidates(u, max(k, top), exclude))
 
 
 def exact_top(rec, u: int, top: int, exclude_seen: bool = True) -> np.ndarray:

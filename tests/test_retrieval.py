@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ml.recommender import Recommender
-from ml.retrieval import (ExactIndex, HnswIndex, RetrievalConfig, Retriever, exact_top, rerank, two_stage,
+from ml.retrieval import (ExactIndex, HnswIndex, RetrievalConfig, Retriever, exact_top, rerank, serve, two_stage,
                           use_two_stage)
 from ml.train import TrainConfig, train_model
 
@@ -70,6 +70,19 @@ def test_rerank_orders_candidates_by_the_heads(loaded):
 def test_serving_rule_uses_the_threshold(loaded):
     _, ret = loaded
     assert use_two_stage(40, 20, ret) and not use_two_stage(40, 40, ret) and not use_two_stage(10**6, 20, None)
+
+
+def test_serve_says_which_path_served_and_keeps_top(loaded):
+    rec, ret = loaded
+    cid = rec.customers(1)[0]
+    u = int(np.flatnonzero(rec.tables.customer_ids == cid)[0])
+    staged = serve(rec, ret, cid, top=5, k=8, exact_max_products=10)
+    exact = serve(rec, ret, cid, top=5, k=8, exact_max_products=40)
+    assert [x["path"] for x in staged] == ["candidates"] * 5
+    assert [x["path"] for x in exact] == ["exact"] * 5
+    assert not set(x["product_id"] for x in staged) & set(rec.tables.product_ids[rec.seen(u)])
+    everything = serve(rec, ret, cid, top=5, k=rec.n_products, exact_max_products=10)
+    assert [x["product_id"] for x in everything] == [x["product_id"] for x in exact]
 
 
 def test_ann_top_k_equals_brute_force_on_a_small_index():
