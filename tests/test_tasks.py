@@ -313,12 +313,52 @@ def _outcome(res, timeout_s: float):
     return res.state, res.result
 
 
+# The module's own worker runs with short limits, so expiry, time limits and the load back-off can be
+# watched happening (every other test only sees these values in the configuration). The hard limit
+# is not watched: Celery's prefork pool arms the hard timer only once the soft one fired, and every
+# real task stops at its soft limit (SoftTimeLimitExceeded), so none reaches the hard kill.
+SHORT = {"result_expires_s": 4, "job_registry_ttl_s": 8, "train_soft_time_limit_s": 1,
+         "train_time_limit_s": 3, "model_retry_s": 4.0}
+SHORT_ENV = {"RECSYS_RESULT_EXPIRES_S": "4", "RECSYS_JOB_TTL_S": "8", "RECSYS_TRAIN_SOFT_LIMIT_S": "1",
+             "RECSYS_TRAIN_HARD_LIMIT_S": "3", "RECSYS_MODEL_RETRY_S": "4"}
+
+
 @pytest.fixture(scope="module")
 def empty_service(tmp_path_factory, base_settings):
-    from conftest import empty_service
+    """Its own Redis and an EMPTY registry, served by its own prefork worker with the SHORT limits.
 
-    with empty_service(tmp_path_factory.mktemp("empty"), base_settings) as service:
-        yield service
+    Yields (settings, celery client, worker)."""
+    from conftest import RedisServer, Worker, worker_env
+
+    tmp = tmp_path_factory.mktemp("empty")
+    server = RedisServer(tmp)
+    # an empty cache: a training task must convert encoder weights and embed every text, so it runs
+    # well past the SHORT training limits on any machine
+    short = replace(base_settings, redis_url=server.url, models_dir=tmp / "models", var_dir=tmp,
+                    cache_dir=tmp / "cache", **SHORT)
+    client = make_celery(short)
+    proc = Worker({**worker_env(short), **SHORT_ENV}, tmp / "worker.log", f"short-{tmp.name}")
+    try:
+        proc.wait_ready(client)
+        yield short, client, proc
+    finally:
+        proc.stop()
+        client.close()
+        server.stop()
+
+
+def _serving(service, models_dir: Path, first_version: str, customer: str) -> str:
+    """Publish the session model in the service's registry unless one is live; the served version."""
+    import shutil
+
+    empty, client, _ = service
+    registry = ModelRegistry(empty.models_dir)
+    if registry.current_version() is None:
+        shutil.copytree(models_dir / first_version, empty.models_dir / first_version)
+        registry.publish(first_version)
+    state, result = _outcome(client.send_task(names.RECOMMEND, args=[customer, 2]), 240)
+    assert state == "SUCCESS", result
+    return result["model_version"]
 
 
 @pytest.mark.service
@@ -335,9 +375,138 @@ def test_worker_picks_up_a_model_published_after_it_started(empty_service, model
     import shutil
 
     empty, client, proc = empty_service
+    assert ModelRegistry(empty.models_dir).current_version() is None
     shutil.copytree(models_dir / first_version, empty.models_dir / first_version)
     ModelRegistry(empty.models_dir).publish(first_version)
     state, result = _outcome(client.send_task(names.RECOMMEND, args=[known_customers[0], 3]), 120)
     assert state == "SUCCESS", result
     assert result["model_version"] == first_version and len(result["items"]) == 3
     assert proc.proc.poll() is None
+
+
+@pytest.mark.service
+def test_job_record_and_result_expire(empty_service, make_app, models_dir, first_version, known_customers):
+    """The result lives result_expires_s, the job record job_registry_ttl_s: GET /jobs/<id> reports
+    succeeded, then failed (result expired), then 404."""
+    import redis
+
+    from web.job_store import KEY_PREFIX
+
+    empty = empty_service[0]
+    _serving(empty_service, models_dir, first_version, known_customers[0])
+    client = make_app(empty).test_client()
+    rdb = redis.Redis.from_url(empty.redis_url)
+    job_id = client.post("/jobs", json={"customer_id": known_customers[0], "top": 2}).get_json()["job_id"]
+    result_key, record_key = f"celery-task-meta-{job_id}", KEY_PREFIX + job_id
+    assert 0 < rdb.ttl(record_key) <= SHORT["job_registry_ttl_s"]
+
+    def view() -> dict:
+        response = client.get(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.get_json()
+
+    _wait_for(lambda: view()["state"] == "succeeded", 60, "the job to succeed")
+    assert 0 < rdb.ttl(result_key) <= SHORT["result_expires_s"]
+    assert rdb.ttl(record_key) > 0
+
+    _wait_for(lambda: not rdb.exists(result_key), 30, "the result to expire")
+    expired = view()
+    assert expired["state"] == "failed" and expired["error_type"] == "Expired", expired
+    assert "result" not in expired
+
+    _wait_for(lambda: not rdb.exists(record_key), 30, "the job record to expire")
+    response = client.get(f"/jobs/{job_id}")
+    assert response.status_code == 404 and response.get_json()["error"]
+    rdb.close()
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _corrupt_copy(registry: ModelRegistry, source: str) -> str:
+    """A new version: `source`'s manifest (renamed) and every other file overwritten with junk."""
+    import shutil
+
+    version = registry.new_version()
+    target = registry.path_for(version)
+    shutil.copytree(registry.path_for(source), target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    (target / "manifest.json").write_text(json.dumps({**manifest, "version": version}))
+    for path in target.rglob("*"):
+        if path.is_file() and path.name != "manifest.json":
+            path.write_bytes(b"corrupt")
+    return version
+
+
+def _repair(registry: ModelRegistry, version: str, source: str) -> None:
+    """Put `source`'s files back under `version` (the manifest keeps naming `version`)."""
+    import shutil
+
+    for path in registry.path_for(source).rglob("*"):
+        if path.is_file() and path.name != "manifest.json":
+            target = registry.path_for(version) / path.relative_to(registry.path_for(source))
+            shutil.copyfile(path, target)
+
+
+@pytest.mark.service
+def test_swap_to_a_corrupt_artifact_under_traffic(empty_service, models_dir, first_version, known_customers):
+    """Every request keeps succeeding on the old version; the corrupt one is tried once per back-off
+    (not on every task); once repaired it is picked up, and from then on it serves."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    empty, client, proc = empty_service
+    registry = ModelRegistry(empty.models_dir)
+    old = _serving(empty_service, models_dir, first_version, known_customers[0])
+    bad = _corrupt_copy(registry, old)
+    registry.publish(bad)
+
+    def request(k: int):
+        return _outcome(client.send_task(names.RECOMMEND, args=[known_customers[k % 5], 3]), 120)
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(request, range(24)))
+    assert [state for state, _ in outcomes] == ["SUCCESS"] * 24
+    assert {result["model_version"] for _, result in outcomes} == {old}
+    failures = proc.log().count(f"loading model {bad} failed; still serving {old}")
+    assert 1 <= failures < 24  # tried, but not on every task (model_retry_s back-off)
+
+    _repair(registry, bad, old)
+    versions = []
+    while not versions or versions[-1] != bad:
+        state, result = request(len(versions))
+        assert state == "SUCCESS", result
+        versions.append(result["model_version"])
+        assert len(versions) < 2000, "the repaired version was never picked up"
+    assert set(versions[:-1]) <= {old}
+    for k in range(3):
+        assert request(k)[1]["model_version"] == bad
+    log = proc.log()
+    assert log.index(f"loading model {bad} failed") < log.index(f"model {bad} loaded")
+    assert proc.proc.poll() is None
+
+
+def _left_behind(models: Path, before: set[str]) -> set[str]:
+    return {p.name for p in models.iterdir() if p.is_dir()} - before
+
+
+@pytest.mark.service
+def test_training_over_its_soft_time_limit_fails_cleanly(empty_service, world_dir, models_dir,
+                                                         first_version, known_customers):
+    """train_soft_time_limit_s (1 s here): the task fails with SoftTimeLimitExceeded, leaves no
+    version behind, publishes nothing, and the same pool child serves on."""
+    empty, client, proc = empty_service
+    registry = ModelRegistry(empty.models_dir)
+    _serving(empty_service, models_dir, first_version, known_customers[0])
+    current, before = registry.current_version(), {p.name for p in empty.models_dir.iterdir()}
+    state, error = _outcome(client.send_task(names.TRAIN, args=[str(world_dir)]), 120)
+    assert state == "FAILURE" and type(error).__name__ == "SoftTimeLimitExceeded", repr(error)
+    assert registry.current_version() == current
+    assert _left_behind(empty.models_dir, before) == set()
+    children = _children(proc.proc.pid)
+    assert _serving(empty_service, models_dir, first_version, known_customers[1]) == current
+    assert _children(proc.proc.pid) == children  # the soft limit does not cost the process
+
