@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from ml.data import load_dataset
 from ml.evaluate import MODEL_NAMES, evaluate
-from ml.train import TrainConfig
+from ml.split import split_reviews
+from ml.train import TrainConfig, train_model
 
 pytestmark = pytest.mark.slow
 METRICS = {"rmse", "mae", "recall@10", "ndcg@10"}
@@ -20,7 +23,7 @@ def report(world_dir, tmp_path_factory, base_settings):
     return out
 
 
-def test_metrics_json_shape(report):
+def test_metrics_json_shape(report, world_dir):
     m = json.loads((report / "metrics.json").read_text())
     assert {"data", "split", "n_train", "n_test", "models"} <= set(m)
     assert isinstance(m["data"], str) and "SYNTHETIC" in m["data"]
@@ -31,7 +34,12 @@ def test_metrics_json_shape(report):
         for key in ("recall@10", "ndcg@10"):
             assert 0.0 <= row[key] <= 1.0
     assert m["models"]["popularity"]["rmse"] is None and m["models"]["popularity"]["mae"] is None
-    assert m["models"]["hybrid"]["rmse"] > 0
+    # the global-mean baseline, computed here by hand: the mean training rating for every test rating
+    train, test = split_reviews(load_dataset(world_dir).reviews, "last")
+    error = test["rating"].to_numpy(float) - train["rating"].to_numpy(float).mean()
+    assert m["models"]["global_mean"]["rmse"] == pytest.approx(float(np.sqrt(np.mean(error ** 2))), rel=1e-9)
+    assert m["models"]["global_mean"]["mae"] == pytest.approx(float(np.mean(np.abs(error))), rel=1e-9)
+    assert m["n_train"] == len(train) and m["n_test"] == len(test)
     # the hybrid against every baseline, with paired-bootstrap intervals around the difference
     assert set(m["hybrid_minus"]) == set(MODEL_NAMES) - {"hybrid"}
     vs_bias = m["hybrid_minus"]["bias"]
@@ -56,13 +64,39 @@ def test_cold_start_section_on_synthetic_data(report):
     assert margin["ci95"][0] <= margin["diff"] <= margin["ci95"][1]
 
 
-def test_model_trained_on_the_same_split_is_evaluated_as_is(world_dir, tmp_path, base_settings):
-    from ml.train import train_model
+@pytest.fixture(scope="module")
+def split_model(world_dir, tmp_path_factory, base_settings):
+    """A model trained on the world's 'last' split, in a directory named m (its version)."""
+    model = tmp_path_factory.mktemp("split-model") / "m"
+    train_model(world_dir, model, TrainConfig(epochs=2, verbose=0, progress=False), split="last",
+                settings=base_settings)
+    return model
 
-    model = tmp_path / "m"
-    train_model(world_dir, model, TrainConfig(epochs=2, verbose=0, progress=False), split="last", settings=base_settings)
-    m = evaluate(world_dir, tmp_path / "r", model_dir=model, splits=("last",), settings=base_settings)
+
+def test_model_trained_on_the_same_split_is_evaluated_as_is(world_dir, split_model, tmp_path, base_settings):
+    from ml.recommender import Recommender
+
+    m = evaluate(world_dir, tmp_path / "r", model_dir=split_model, splits=("last",), settings=base_settings)
     assert m["model_version"] == "m"
+    # its RMSE and MAE, by hand from the model's own predictions on the held-out ratings
+    rec = Recommender.load(split_model)
+    _, test = split_reviews(load_dataset(world_dir).reviews, "last")
+    u = pd.Index(rec.tables.customer_ids).get_indexer(test["customer_id"].astype(str))
+    i = pd.Index(rec.tables.product_ids).get_indexer(test["product_id"].astype(str))
+    error = rec.predict(u, i).astype(float) - test["rating"].to_numpy(float)
+    assert m["models"]["hybrid"]["rmse"] == pytest.approx(float(np.sqrt(np.mean(error ** 2))), rel=1e-6)
+    assert m["models"]["hybrid"]["mae"] == pytest.approx(float(np.mean(np.abs(error))), rel=1e-6)
+
+
+def test_model_trained_on_other_data_is_retrained(world_dir, split_model, tmp_path, base_settings):
+    """Other ratings (another fingerprint): the model may have seen test ratings, so it is retrained."""
+    other = load_dataset(world_dir)
+    first = other.reviews.index[0]
+    other.reviews.loc[first, "rating"] = 1.0 if other.reviews.loc[first, "rating"] != 1.0 else 5.0
+    assert other.fingerprint() != json.loads((split_model / "manifest.json").read_text())["data"]["fingerprint"]
+    m = evaluate(other, tmp_path / "r", model_dir=split_model, splits=("last",), settings=base_settings)
+    assert m["model_version"] != "m"
+    assert m["n_train"] + m["n_test"] == len(other.reviews)
 
 
 def test_not_a_model_dir(world_dir, tmp_path):
