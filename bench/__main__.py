@@ -2,6 +2,7 @@
 
 - `encoders`: TextEncoder texts/s on real 2018 reviews, ImageEncoder images/s on real photos;
 - `train`: wall time of `python -m ml train` on the real 2023 ratings (issue: <= 10 minutes);
+- `catalog`: serving against catalog size (10k-1M SYNTHETIC products), exact and two-stage (bench/catalog.py);
 - `serving`: latency of N sequential recommendations three ways on one catalog and machine:
   in-process `Recommender.recommend`, Celery alone (apply_async + get through Redis), and the
   whole HTTP path three ways: POST /jobs then poll GET /jobs/<id> every 5 ms; POST /jobs then
@@ -217,16 +218,24 @@ def _get(url: str) -> tuple[int, dict]:
         return 0, {}
 
 
-BENCHES = {"encoders": bench_encoders, "train": bench_train, "serving": bench_serving}
+def bench_catalog(sizes: str = "10000,100000,1000000") -> dict:
+    """Serving against catalog size, exact and two-stage (bench/catalog.py; SYNTHETIC catalogs)."""
+    from bench.catalog import run
+
+    return run([int(s) for s in sizes.split(",")])
+
+
+BENCHES = {"encoders": bench_encoders, "train": bench_train, "serving": bench_serving, "catalog": bench_catalog}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("what", nargs="*", choices=list(BENCHES), default=list(BENCHES))
+    p.add_argument("--sizes", default="10000,100000,1000000", help="catalog: product counts, comma-separated")
     args = p.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     for name in args.what or list(BENCHES):
-        result = BENCHES[name]()
+        result = BENCHES[name](**({"sizes": args.sizes} if name == "catalog" else {}))
         (OUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"== {name}\n{json.dumps(result, indent=2)}", flush=True)
     return 0
