@@ -10,6 +10,7 @@ pass) all go through it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,10 @@ import pandas as pd
 
 from ml.features import (FeatureTables, customer_features, customer_history, customer_prior, pair_features,
                          pair_grid, product_features, product_id_input, product_prior)
+from ml.config import Settings
 from ml.model import ModelSpec, build_model, ranking_score
 from ml.registry import read_manifest
+from ml.retrieval import Retriever
 from ml.scoring import HEADS, Heads, ProductPart, ScoringNet
 
 COLD_START_DOC = (
@@ -29,12 +32,29 @@ PASS_ROWS = 65_536  # (customer, product) rows per forward pass: bounds the hidd
 MAX_ROWS = 400_000  # customers x products scored per chunk of recommend_many (bounds its memory)
 
 
+@dataclass(frozen=True)
+class ServingPath:
+    """When serving is two-stage: above `exact_max_products` products, and only with a retriever,
+    a known customer's `retrieval_k` best candidates (seen products removed before the cut) are
+    reranked by the heads; otherwise the whole catalog is scored exactly."""
+
+    retrieval_k: int = Settings.retrieval_k
+    exact_max_products: int = Settings.exact_max_products
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ServingPath":
+        return cls(settings.retrieval_k, settings.exact_max_products)
+
+
 class Recommender:
     """Top-N recommendations from a trained hybrid model artifact."""
 
     def __init__(self, path: Path, manifest: dict, tables: FeatureTables, model, seen_u: np.ndarray,
-                 seen_i: np.ndarray, products: list[dict]) -> None:
+                 seen_i: np.ndarray, products: list[dict], retriever: Retriever | None = None,
+                 serving: ServingPath = ServingPath()) -> None:
         self.path = path
+        self.retriever = retriever
+        self.serving = serving
         self.manifest = manifest
         self.version: str = manifest["version"]
         self.rating_weight: float = float(manifest.get("ranking", {}).get("rating_weight", 0.0))
@@ -57,7 +77,9 @@ class Recommender:
         self._popular = np.lexsort((all_i, -mean_rating, -tables.prod_count))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recommender":
+    def load(cls, path: str | Path, settings: Settings | None = None) -> "Recommender":
+        """The artifact at `path`, with its retriever when it has one; `settings` choose the serving
+        path (default: the environment's)."""
         path = Path(path)
         manifest = read_manifest(path)
         tables = FeatureTables.load(path / "tables.npz")
@@ -66,7 +88,9 @@ class Recommender:
         with np.load(path / "interactions.npz") as z:
             seen_u, seen_i = z["u"].astype(np.int64), z["i"].astype(np.int64)
         products = json.loads((path / "products.json").read_text())
-        return cls(path, manifest, tables, model, seen_u, seen_i, products)
+        retriever = Retriever.load(path) if Retriever.exists(path) else None
+        serving = ServingPath.from_settings(settings or Settings.from_env())
+        return cls(path, manifest, tables, model, seen_u, seen_i, products, retriever, serving)
 
     # -- lookups -------------------------------------------------------------------------------
     @property
@@ -83,6 +107,17 @@ class Recommender:
 
     def seen(self, u: int) -> np.ndarray:
         return self._seen_i[self._seen_start[u]: self._seen_start[u + 1]]
+
+    @property
+    def two_stage(self) -> bool:
+        """Whether known customers are served by retrieval + rerank (see ServingPath)."""
+        return self.retriever is not None and self.n_products > self.serving.exact_max_products
+
+    def retrieve(self, u: int, top: int, exclude_seen: bool = True) -> np.ndarray:
+        """The retriever's candidates for customer position `u`: max(retrieval_k, top) products,
+        seen ones removed before the cut (so `top` items come back when the catalog has them)."""
+        exclude = self.seen(u) if exclude_seen else None
+        return self.retriever.candidates(u, max(self.serving.retrieval_k, top), exclude)
 
     # -- scoring -------------------------------------------------------------------------------
     def _customer_part(self, u: np.ndarray, heads: tuple[str, ...]) -> dict:
@@ -227,30 +262,63 @@ class Recommender:
                   candidates: np.ndarray | None = None) -> list[dict]:
         """Top `top` products for `customer_id`, best first. See COLD_START_DOC for unknown customers.
 
-        `candidates`: product positions to rank (a retrieval stage's output); None ranks the whole
-        catalog. Seen products are removed before the cut. Each item's `path` says which served it:
-        "exact" (whole catalog), "candidates" or "popularity" (cold start)."""
+        `candidates`: product positions to rank; None ranks the retriever's candidates when serving is
+        two-stage (`two_stage`), else the whole catalog. Seen products are removed before the cut.
+        Each item's `path` says which served it: "exact" (whole catalog), "two_stage" (retrieval +
+        rerank), "candidates" (given by the caller) or "popularity" (cold start)."""
         if top < 1:
             raise ValueError("top must be at least 1")
         if customer_id not in self._customer_index:
             return self._popular_items(top)
         u = int(self._customer_index.get_loc(customer_id))
+        path = "candidates"
+        if candidates is None and self.two_stage:
+            candidates, path = self.retrieve(u, top, exclude_seen), "two_stage"
         items = None if candidates is None else np.unique(self._check_items(candidates))
         if items is not None and len(items) and items[0] < 0:
             raise ValueError("candidates must be product positions (>= 0)")
-        return self._top(np.array([u]), items, top, exclude_seen, "exact" if items is None else "candidates")[0]
+        return self._top(np.array([u]), items, top, exclude_seen, "exact" if items is None else path)[0]
 
     def recommend_many(self, customer_ids: list[str], top: int = 10, exclude_seen: bool = True) -> list[list[dict]]:
         """`recommend` for many customers, the known ones scored as matrices in chunks of
-        customers (chunk x n_products <= MAX_ROWS); unknown customers get the popularity list."""
+        customers (chunk x n_products <= MAX_ROWS, or x retrieval_k when two-stage); unknown
+        customers get the popularity list."""
         if top < 1:
             raise ValueError("top must be at least 1")
         out: list[list[dict]] = [self._popular_items(top) if c not in self._customer_index else []
                                  for c in customer_ids]
         known = [k for k, c in enumerate(customer_ids) if c in self._customer_index]
         u = np.array([self._customer_index.get_loc(customer_ids[k]) for k in known], np.int64)
-        step = max(1, MAX_ROWS // max(self.n_products, 1))
+        width = max(self.serving.retrieval_k, top) if self.two_stage else self.n_products
+        step = max(1, MAX_ROWS // max(width, 1))
         for s in range(0, len(known), step):
-            for k, items in zip(known[s:s + step], self._top(u[s:s + step], None, top, exclude_seen, "exact")):
+            uu = u[s:s + step]
+            if self.two_stage:
+                lists = self._top_of_candidates(uu, [self.retrieve(int(x), top, exclude_seen) for x in uu], top)
+            else:
+                lists = self._top(uu, None, top, exclude_seen, "exact")
+            for k, items in zip(known[s:s + step], lists):
                 out[k] = items
+        return out
+
+    def _top_of_candidates(self, u: np.ndarray, candidates: list[np.ndarray], top: int) -> list[list[dict]]:
+        """Best `top` of each customer's own candidates (seen ones already removed), all customers in
+        one aligned-rows forward pass (`score_pairs`): the batch form of the two-stage path."""
+        lengths = np.array([len(c) for c in candidates])
+        rows = np.repeat(u, lengths)
+        items = np.concatenate(candidates).astype(np.int64) if len(candidates) else np.zeros(0, np.int64)
+        heads = self.score_pairs(rows, items, heads=HEADS if self.rating_weight != 0 else ("interact",))
+        score = self._ranking(heads)
+        picked, starts = [], np.concatenate([[0], np.cumsum(lengths)])
+        for a, b in zip(starts[:-1], starts[1:]):
+            picked.append(a + np.lexsort((items[a:b], -score[a:b]))[:top])
+        best = np.concatenate(picked) if picked else np.zeros(0, np.int64)
+        rating = heads.rating[best] if heads.rating is not None else \
+            self.score_pairs(rows[best], items[best], heads=("rating",)).rating
+        rating = np.clip(rating, 1.0, 5.0)
+        out, at = [], 0
+        for sel in picked:
+            out.append([self._item(int(items[j]), score[j], rating[at + n], False, "hybrid", "two_stage")
+                        for n, j in enumerate(sel)])
+            at += len(sel)
         return out

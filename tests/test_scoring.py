@@ -188,3 +188,46 @@ def test_rating_for_the_top_n_only_equals_the_full_computation(rec, weight):
     for x, i in zip(got, expected):
         assert x["predicted_rating"] == pytest.approx(float(np.clip(full.rating[0, i], 1, 5)), abs=2e-4)
         assert x["score"] == pytest.approx(float(score[i]), abs=2e-6)
+
+
+def _two_stage(rec: Recommender, k: int) -> Recommender:
+    from ml.recommender import ServingPath
+
+    staged = copy.copy(rec)
+    staged.serving = ServingPath(retrieval_k=k, exact_max_products=0)
+    assert staged.two_stage and not rec.two_stage  # the small catalog is below the default threshold
+    return staged
+
+
+def test_two_stage_with_every_candidate_equals_exact(rec):
+    staged = _two_stage(rec, rec.n_products)
+    for cid in rec.customers(8):
+        got, ref = staged.recommend(cid, top=5), rec.recommend(cid, top=5)
+        assert {it["path"] for it in got} == {"two_stage"} and {it["path"] for it in ref} == {"exact"}
+        assert [it["product_id"] for it in got] == [it["product_id"] for it in ref]
+        np.testing.assert_allclose([it["score"] for it in got], [it["score"] for it in ref], atol=2e-6)
+
+
+def test_two_stage_ranks_the_retrievers_candidates_without_seen_products(rec):
+    k = 8
+    staged = _two_stage(rec, k)
+    for cid in rec.customers(8):
+        u = int(rec._customer_index.get_loc(cid))
+        cand = {str(rec.tables.product_ids[i]) for i in staged.retrieve(u, 5)}
+        got = [it["product_id"] for it in staged.recommend(cid, top=5)]
+        seen = {str(rec.tables.product_ids[i]) for i in rec.seen(u)}
+        assert len(got) == 5 and set(got) <= cand and not set(got) & seen
+        assert len(staged.retrieve(u, 5)) == k
+
+
+def test_two_stage_batch_equals_single_requests(rec):
+    staged = _two_stage(rec, 12)
+    ids = rec.customers(10) + ["nobody-knows-me"]
+    batch = staged.recommend_many(ids, top=4)
+    for cid, items in zip(ids, batch):
+        single = staged.recommend(cid, top=4)
+        assert [it["product_id"] for it in items] == [it["product_id"] for it in single]
+        assert [it["path"] for it in items] == [it["path"] for it in single]
+        np.testing.assert_allclose([it["score"] for it in items], [it["score"] for it in single], atol=2e-6)
+        np.testing.assert_allclose([it["predicted_rating"] or 0 for it in items],
+                                   [it["predicted_rating"] or 0 for it in single], atol=2e-4)
