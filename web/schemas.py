@@ -91,12 +91,14 @@ class JobAccepted(Schema):
 class Item(Schema):
     product_id = String()
     score = Float()
-    predicted_rating = Float()
+    predicted_rating = Float(allow_none=True, metadata={"description": "null for cold-start (popularity) items"})
     title = String()
     image = String()
     image_url = String(allow_none=True)
     cold_start = Boolean()
     strategy = String()
+    path = String(metadata={"enum": ["exact", "two_stage", "candidates", "popularity"],
+                            "description": "which scoring path served the item"})
 
 
 class Recommendations(Schema):
