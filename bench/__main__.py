@@ -2,6 +2,8 @@
 
 - `encoders`: TextEncoder texts/s on real 2018 reviews, ImageEncoder images/s on real photos;
 - `train`: wall time of `python -m ml train` on the real 2023 ratings (issue: <= 10 minutes);
+- `quality`: the README's claims on the REAL data sets, each against its paired-bootstrap interval
+  (bench/quality.py; too slow for `make test`); exit status 1 when one fails;
 - `catalog`: serving against catalog size (10k-1M SYNTHETIC products), exact and two-stage (bench/catalog.py);
 - `serving`: latency of N sequential recommendations three ways on one catalog and machine:
   in-process `Recommender.recommend`, Celery alone (apply_async + get through Redis), and the
@@ -225,7 +227,15 @@ def bench_catalog(sizes: str = "10000,100000,1000000") -> dict:
     return run([int(s) for s in sizes.split(",")])
 
 
-BENCHES = {"encoders": bench_encoders, "train": bench_train, "serving": bench_serving, "catalog": bench_catalog}
+def bench_quality() -> dict:
+    """The README's real-data claims against their intervals (bench/quality.py)."""
+    from bench.quality import bench_quality as run
+
+    return run()
+
+
+BENCHES = {"encoders": bench_encoders, "train": bench_train, "serving": bench_serving, "catalog": bench_catalog,
+           "quality": bench_quality}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,11 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="10000,100000,1000000", help="catalog: product counts, comma-separated")
     args = p.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
+    failed = False
     for name in args.what or list(BENCHES):
         result = BENCHES[name](**({"sizes": args.sizes} if name == "catalog" else {}))
         (OUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"== {name}\n{json.dumps(result, indent=2)}", flush=True)
-    return 0
+        failed = failed or result.get("all_hold") is False
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
