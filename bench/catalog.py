@@ -85,7 +85,7 @@ def build_artifact(n_products: int, n_customers: int, out_dir: Path, epochs: int
                      has_product_text=np.ones(n_products, bool), review_text=None,
                      has_review_text=np.zeros(len(reviews), bool),
                      encoders={"image": "synthetic-content-vectors", "text": "synthetic-content-vectors"})
-    config = TrainConfig(epochs=epochs, verbose=0, progress=False, seed=seed)
+    config = TrainConfig(epochs=epochs, verbose=0, progress=False, seed=seed, retriever="always")
     return fit_artifact(dataset, reviews, out_dir, config, "none", embeddings=emb)
 
 
@@ -102,56 +102,61 @@ def _pct(samples: list[float]) -> dict:
             "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
-def measure(artifact: Path, n_latency: int, n_recall: int, n_exact_latency: int, k: int, top: int = 10) -> dict:
-    """In this (fresh) process: load, RSS, latencies, recall@top of two-stage against exact."""
-    t = time.perf_counter()
-    from ml.recommender import Recommender
-    from ml.retrieval import Retriever, exact_top, serve, two_stage
+def _paths(artifact: Path, k: int):
+    """(exact, two-stage) views of one loaded artifact (`Recommender.with_serving`)."""
+    from ml.recommender import Recommender, ServingPath
 
     rec = Recommender.load(artifact)
-    ret = Retriever.load(artifact)
+    return rec.with_serving(ServingPath(k, exact_max_products=10**12)), rec.with_serving(ServingPath(k, 0))
+
+
+def _timed(fn, args) -> list[float]:
+    out = []
+    for a in args:
+        s = time.perf_counter()
+        fn(a)
+        out.append(time.perf_counter() - s)
+    return out
+
+
+def measure(artifact: Path, n_latency: int, n_recall: int, n_exact_latency: int, k: int, top: int = 10,
+            n_batch: int = 200) -> dict:
+    """In this (fresh) process: load, RSS, latencies, recall@top of two-stage against exact, and
+    customers/s of one batch (`recommend_many`) against the same customers one request at a time."""
+    t = time.perf_counter()
+    exact, staged = _paths(artifact, k)
     load_s = time.perf_counter() - t
     rss = _rss_mb()
-    rng = np.random.default_rng(0)
-    users = rng.permutation(rec.tables.n_customers)
-    ids = rec.tables.customer_ids
-    serve(rec, ret, str(ids[users[0]]), top, k=k, exact_max_products=0)  # warm-up
-    rec.recommend(str(ids[users[0]]), top)
-    staged = []
-    for u in users[:n_latency]:  # the serving path: candidates, then recommend(candidates=...)
-        s = time.perf_counter()
-        items = serve(rec, ret, str(ids[u]), top, k=k, exact_max_products=0)
-        staged.append(time.perf_counter() - s)
-    assert items and items[0]["path"] == "candidates", items[:1]
-    exact = []
-    for u in users[:n_exact_latency]:
-        s = time.perf_counter()
-        rec.recommend(str(ids[u]), top)
-        exact.append(time.perf_counter() - s)
+    ids = [str(c) for c in exact.tables.customer_ids[np.random.default_rng(0).permutation(exact.tables.n_customers)]]
+    staged.recommend(ids[0], top), exact.recommend(ids[0], top)  # warm-up
+    assert staged.recommend(ids[0], top)[0]["path"] == "two_stage"
+    staged_s = _timed(lambda c: staged.recommend(c, top), ids[:n_latency])
+    exact_s = _timed(lambda c: exact.recommend(c, top), ids[:n_exact_latency])
     hits = total = 0
-    for u in users[:n_recall]:
-        truth = exact_top(rec, int(u), top)
-        got = two_stage(rec, ret, int(u), top, k)
-        hits += len(np.intersect1d(truth, got))
+    for c in ids[:n_recall]:
+        truth = {x["product_id"] for x in exact.recommend(c, top)}
+        hits += len(truth & {x["product_id"] for x in staged.recommend(c, top)})
         total += len(truth)
-    return {"load_s": round(load_s, 2), "rss_mb": round(rss, 1), "exact": _pct(exact), "two_stage": _pct(staged),
-            "recall@10": round(hits / max(total, 1), 4), "recall_customers": int(min(n_recall, len(users))), "k": k}
+    batch = ids[:n_batch]
+    single_s = sum(_timed(lambda c: staged.recommend(c, top), batch))
+    batch_s = sum(_timed(lambda cs: staged.recommend_many(cs, top), [batch]))
+    return {"load_s": round(load_s, 2), "rss_mb": round(rss, 1), "exact": _pct(exact_s), "two_stage": _pct(staged_s),
+            "recall@10": round(hits / max(total, 1), 4), "recall_customers": int(min(n_recall, len(ids))), "k": k,
+            "batch": {"customers": len(batch), "single_per_s": round(len(batch) / single_s, 1),
+                      "batch_per_s": round(len(batch) / batch_s, 1), "speedup": round(single_s / batch_s, 2)}}
 
 
 def throughput_worker(artifact: Path, users: list[int], k: int, go_file: Path, ready_file: Path) -> dict:
     """Load, say ready, wait for the go file, serve `users` two-stage; customers/s of this process."""
-    from ml.recommender import Recommender
-    from ml.retrieval import Retriever, serve
-
-    rec, ret = Recommender.load(artifact), Retriever.load(artifact)
-    ids = [str(rec.tables.customer_ids[u]) for u in users]
-    serve(rec, ret, ids[0], 10, k=k, exact_max_products=0)
+    _, staged = _paths(artifact, k)
+    ids = [str(staged.tables.customer_ids[u]) for u in users]
+    staged.recommend(ids[0], 10)
     ready_file.write_text("ready")
     while not go_file.exists():
         time.sleep(0.01)
     t = time.perf_counter()
     for c in ids:
-        serve(rec, ret, c, 10, k=k, exact_max_products=0)
+        staged.recommend(c, 10)
     return {"customers": len(users), "seconds": time.perf_counter() - t}
 
 

@@ -9,6 +9,7 @@ pass) all go through it.
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,13 @@ class Recommender:
 
     def seen(self, u: int) -> np.ndarray:
         return self._seen_i[self._seen_start[u]: self._seen_start[u + 1]]
+
+    def with_serving(self, serving: ServingPath) -> "Recommender":
+        """The same loaded model served by another path (shares every array): benchmarks and
+        tests compare exact and two-stage on one load."""
+        other = copy.copy(self)
+        other.serving = serving
+        return other
 
     @property
     def two_stage(self) -> bool:

@@ -59,6 +59,10 @@ class TrainConfig:
     history_len: int = 32
     verbose: int = 2
     progress: bool = True
+    # Build the two-tower retriever: "auto" only for catalogs served two-stage (more than
+    # Settings.exact_max_products products), "always" or "never". Distilling costs seconds on a
+    # toy world and minutes on a large one, for nothing when every request is scored exactly.
+    retriever: str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -259,7 +263,7 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
 
     `embeddings`: precomputed (products, and `train`'s reviews in order) instead of running the
     encoders (the catalog benchmark generates content vectors for a million products).
-    `retrieval`: two-tower/index settings; the retriever is always built (serving picks the path)."""
+    `retrieval`: two-tower/index settings, when the retriever is built (`TrainConfig.retriever`)."""
     settings = settings or Settings.from_env()
     started = time.time()
     out_dir = Path(out_dir)
@@ -336,7 +340,8 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
         rank_customers = int(min(2000, max(50, 50_000_000 // max(len(products), 1))))
         manifest["ranking"] = choose_rating_weight(tmp, u, i, val_rows, config, max_customers=rank_customers)
         _write_json(tmp / "manifest.json", manifest)
-        manifest["retrieval"] = write_retriever(tmp, model, tables, retrieval or RetrievalConfig(seed=config.seed))
+        if wants_retriever(config, len(products), settings):
+            manifest["retrieval"] = write_retriever(tmp, model, tables, retrieval or RetrievalConfig(seed=config.seed))
         manifest["training_seconds"] = round(time.time() - started, 1)
         _write_json(tmp / "manifest.json", manifest)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -348,6 +353,13 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
         raise
     log.info("model written to %s (%.1fs)", out_dir, manifest["training_seconds"])
     return manifest
+
+
+def wants_retriever(config: TrainConfig, n_products: int, settings: Settings) -> bool:
+    """Whether training builds the retriever (see TrainConfig.retriever)."""
+    if config.retriever not in ("auto", "always", "never"):
+        raise ValueError(f"retriever must be auto, always or never, got {config.retriever!r}")
+    return config.retriever == "always" or (config.retriever == "auto" and n_products > settings.exact_max_products)
 
 
 def write_retriever(artifact: Path, model, tables: FeatureTables, cfg: RetrievalConfig) -> dict:

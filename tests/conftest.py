@@ -143,7 +143,9 @@ def models_dir(service_root, world_dir) -> Path:
     path = service_root / "models"
     registry = ModelRegistry(path)
     version = registry.new_version()
-    train_model(world_dir, registry.path_for(version), config=TrainConfig(epochs=3))
+    # with the retriever (the catalog is below the two-stage threshold): the retrieval and scoring
+    # tests share this one model instead of training their own
+    train_model(world_dir, registry.path_for(version), config=TrainConfig(epochs=3, retriever="always"))
     registry.publish(version)
     return path
 

@@ -5,19 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.recommender import Recommender
-from ml.retrieval import (ExactIndex, HnswIndex, RetrievalConfig, Retriever, exact_top, rerank, serve, two_stage,
-                          use_two_stage)
-from ml.train import TrainConfig, train_model
+from ml.config import Settings
+from ml.recommender import Recommender, ServingPath
+from ml.registry import ModelRegistry, read_manifest
+from ml.retrieval import ExactIndex, HnswIndex, RetrievalConfig, Retriever
+from ml.train import TrainConfig, wants_retriever
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def artifact(world_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("retrieval") / "v1"
-    manifest = train_model(world_dir, out, TrainConfig(epochs=2, verbose=0, progress=False))
-    return out, manifest
+def artifact(models_dir):
+    """The session's small model, trained with TrainConfig(retriever="always") (tests/conftest.py)."""
+    out = ModelRegistry(models_dir).current_path()
+    return out, read_manifest(out)
 
 
 @pytest.fixture(scope="module")
@@ -51,38 +52,14 @@ def test_candidates_exclude_seen_and_come_back_k(loaded):
         assert len(everything) == rec.n_products - len(np.unique(seen))
 
 
-def test_two_stage_with_every_candidate_equals_exact(loaded):
-    rec, ret = loaded
-    for u in range(0, rec.tables.n_customers, 7):
-        assert list(two_stage(rec, ret, u, top=5, k=rec.n_products)) == list(exact_top(rec, u, 5))
-
-
-def test_rerank_orders_candidates_by_the_heads(loaded):
-    rec, ret = loaded
-    u = 3
-    cand = ret.candidates(u, 12, rec.seen(u))
-    pos, score, rating = rerank(rec, u, cand, top=12)
-    assert sorted(pos.tolist()) == sorted(cand.tolist())
-    assert np.all(np.diff(score) <= 0)
-    assert np.all((rating >= 1) & (rating <= 5))
-
-
-def test_serving_rule_uses_the_threshold(loaded):
-    _, ret = loaded
-    assert use_two_stage(40, 20, ret) and not use_two_stage(40, 40, ret) and not use_two_stage(10**6, 20, None)
-
-
-def test_serve_says_which_path_served_and_keeps_top(loaded):
-    rec, ret = loaded
-    cid = rec.customers(1)[0]
-    u = int(np.flatnonzero(rec.tables.customer_ids == cid)[0])
-    staged = serve(rec, ret, cid, top=5, k=8, exact_max_products=10)
-    exact = serve(rec, ret, cid, top=5, k=8, exact_max_products=40)
-    assert [x["path"] for x in staged] == ["candidates"] * 5
-    assert [x["path"] for x in exact] == ["exact"] * 5
-    assert not set(x["product_id"] for x in staged) & set(rec.tables.product_ids[rec.seen(u)])
-    everything = serve(rec, ret, cid, top=5, k=rec.n_products, exact_max_products=10)
-    assert [x["product_id"] for x in everything] == [x["product_id"] for x in exact]
+def test_serving_is_two_stage_only_above_the_threshold_and_with_a_retriever(loaded):
+    rec, _ = loaded  # 40 products; the recommender loaded the artifact's retriever
+    assert rec.retriever is not None
+    assert rec.with_serving(ServingPath(100, exact_max_products=39)).two_stage
+    assert not rec.with_serving(ServingPath(100, exact_max_products=40)).two_stage
+    without = rec.with_serving(ServingPath(100, exact_max_products=0))
+    without.retriever = None
+    assert not without.two_stage
 
 
 def test_ann_top_k_equals_brute_force_on_a_small_index():
@@ -122,3 +99,13 @@ def test_distillation_recall_beats_random_candidates(artifact):
     chance = held["random_recall@10_in_k"]["10"]
     assert held["customers"] * 10 >= 50  # enough teacher top-10 items to compare
     assert recall >= chance + 0.2, (recall, chance)
+
+
+def test_training_builds_the_retriever_only_where_serving_is_two_stage():
+    settings = Settings(exact_max_products=100)
+    assert not wants_retriever(TrainConfig(), 100, settings)
+    assert wants_retriever(TrainConfig(), 101, settings)
+    assert wants_retriever(TrainConfig(retriever="always"), 10, settings)
+    assert not wants_retriever(TrainConfig(retriever="never"), 10**6, settings)
+    with pytest.raises(ValueError, match="auto, always or never"):
+        wants_retriever(TrainConfig(retriever="sometimes"), 10, settings)

@@ -193,8 +193,7 @@ def test_rating_for_the_top_n_only_equals_the_full_computation(rec, weight):
 def _two_stage(rec: Recommender, k: int) -> Recommender:
     from ml.recommender import ServingPath
 
-    staged = copy.copy(rec)
-    staged.serving = ServingPath(retrieval_k=k, exact_max_products=0)
+    staged = rec.with_serving(ServingPath(retrieval_k=k, exact_max_products=0))
     assert staged.two_stage and not rec.two_stage  # the small catalog is below the default threshold
     return staged
 
