@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQS := $(wildcard requirements/*.txt)
 
-.PHONY: venv run test test-fast bench demo train evaluate lint clean
+.PHONY: venv run test bench clean
 
 venv: $(STAMP)
 
@@ -24,7 +24,7 @@ run: venv
 STRICT_SKIPS := $(if $(filter true TRUE True 1,$(CI)),--strict-skips,)
 
 test: venv
-	$(PY) -m pytest -q $(STRICT_SKIPS)
+	$(PY) -m pytest -q --durations=10 $(STRICT_SKIPS)
 
 bench: venv
 	$(PY) -m bench
