@@ -231,16 +231,17 @@ def worker(settings, service_root, celery_client, known_customers):
 
 
 @contextlib.contextmanager
-def empty_service(tmp: Path, settings: Settings):
+def empty_service(tmp: Path, settings: Settings, extra_env: dict[str, str] | None = None, **overrides):
     """Its own Redis and an EMPTY registry, served by its own prefork worker (no TensorFlow loaded).
+    `overrides` replace fields of the settings; `extra_env` is what the worker reads for them.
 
     Yields (settings, celery client, worker)."""
     from tasks.celery_app import make_celery
 
     server = RedisServer(tmp)
-    empty = replace(settings, redis_url=server.url, models_dir=tmp / "models", var_dir=tmp)
+    empty = replace(settings, redis_url=server.url, models_dir=tmp / "models", var_dir=tmp, **overrides)
     client = make_celery(empty)
-    proc = Worker(worker_env(empty), tmp / "worker.log", f"empty-{tmp.name}")
+    proc = Worker({**worker_env(empty), **(extra_env or {})}, tmp / "worker.log", f"empty-{tmp.name}")
     try:
         proc.wait_ready(client)
         yield empty, client, proc

@@ -328,23 +328,13 @@ def empty_service(tmp_path_factory, base_settings):
     """Its own Redis and an EMPTY registry, served by its own prefork worker with the SHORT limits.
 
     Yields (settings, celery client, worker)."""
-    from conftest import RedisServer, Worker, worker_env
+    from conftest import empty_service as start
 
     tmp = tmp_path_factory.mktemp("empty")
-    server = RedisServer(tmp)
     # an empty cache: a training task must convert encoder weights and embed every text, so it runs
     # well past the SHORT training limits on any machine
-    short = replace(base_settings, redis_url=server.url, models_dir=tmp / "models", var_dir=tmp,
-                    cache_dir=tmp / "cache", **SHORT)
-    client = make_celery(short)
-    proc = Worker({**worker_env(short), **SHORT_ENV}, tmp / "worker.log", f"short-{tmp.name}")
-    try:
-        proc.wait_ready(client)
-        yield short, client, proc
-    finally:
-        proc.stop()
-        client.close()
-        server.stop()
+    with start(tmp, base_settings, SHORT_ENV, cache_dir=tmp / "cache", **SHORT) as service:
+        yield service
 
 
 def _serving(service, models_dir: Path, first_version: str, customer: str) -> str:
