@@ -6,81 +6,19 @@ Everything heavy is session-scoped and started only when a test asks for it.
 """
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from ml.config import REPO_ROOT, Settings
+from ml.config import Settings
 from ml.registry import ModelRegistry
-from scripts.procs import free_port, redis_reachable, start_redis, stop_group, wait_until
+from scripts.procs import free_port
+from support import WORKER_START_TIMEOUT_S, RedisServer, Worker, result_of, worker_env
 
 WORLD = {"n_customers": 60, "n_products": 40, "seed": 1}
-WORKER_START_TIMEOUT_S = 240.0
-
-
-class RedisServer:
-    def __init__(self, tmp: Path, name: str = "redis") -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.dir = tmp / name
-        self.proc = start_redis(self.port, self.dir, log_file=tmp / f"{name}.log")
-        wait_until(lambda: redis_reachable(self.url, 0.5), 15, proc=self.proc, what="redis-server")
-
-    def stop(self) -> None:
-        stop_group(self.proc, timeout_s=5)
-
-
-class Worker:
-    """`celery -A tasks.celery_app:app worker` in its own process group, logging to a file."""
-
-    def __init__(self, env: dict[str, str], log_file: Path, name: str, pool: str = "prefork") -> None:
-        self.log_file = log_file
-        self.hostname = f"{name}@{os.uname().nodename}"
-        cmd = [sys.executable, "-m", "celery", "-A", "tasks.celery_app:app", "worker",
-               "-Q", "inference,training", "-P", pool, "-c", "1", "-n", self.hostname,
-               "--without-gossip", "--without-mingle", "-l", "INFO"]
-        with open(log_file, "ab") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
-
-    def wait_ready(self, celery_app, timeout_s: float = WORKER_START_TIMEOUT_S) -> None:
-        def answers() -> bool:
-            replies = celery_app.control.ping(destination=[self.hostname], timeout=0.5) or []
-            return any(self.hostname in reply for reply in replies)
-
-        try:
-            wait_until(answers, timeout_s, interval_s=0.2, proc=self.proc, what="celery worker")
-        except Exception as exc:
-            raise RuntimeError(f"{exc}\n--- worker log ---\n{self.log()[-4000:]}") from exc
-
-    def stop(self) -> None:
-        stop_group(self.proc, timeout_s=20)
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "REDIS_URL": settings.redis_url,
-        "RECSYS_VAR_DIR": str(settings.var_dir),
-        "RECSYS_MODELS_DIR": str(settings.models_dir),
-        "RECSYS_CACHE_DIR": str(settings.cache_dir),
-        "RECSYS_TASK_SOFT_LIMIT_S": str(settings.task_soft_time_limit_s),
-        "RECSYS_TASK_HARD_LIMIT_S": str(settings.task_time_limit_s),
-        "PYTHONUNBUFFERED": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    })
-    return env
 
 
 # ---------------------------------------------------------------- Redis
@@ -185,22 +123,6 @@ def known_customers(models_dir) -> list[str]:
 
 # ---------------------------------------------------------------- Celery
 
-def result_of(res, timeout_s: float = 60.0):
-    """Like `res.get(timeout)`, by polling the result backend: no pub/sub subscription is left
-    behind (one would try to unsubscribe when collected, after the test Redis has stopped)."""
-    from celery.exceptions import TimeoutError as CeleryTimeout
-
-    deadline = time.monotonic() + timeout_s
-    while not res.ready():
-        if time.monotonic() > deadline:
-            raise CeleryTimeout(f"task {res.id} still {res.state} after {timeout_s}s")
-        time.sleep(0.05)
-    if res.state != "SUCCESS":
-        error = res.result
-        raise error if isinstance(error, BaseException) else RuntimeError(f"{res.state}: {error!r}")
-    return res.result
-
-
 @pytest.fixture(scope="session")
 def celery_client(settings):
     """A Celery app (producer / result reader) configured like the worker's."""
@@ -228,27 +150,6 @@ def worker(settings, service_root, celery_client, known_customers):
         raise RuntimeError(f"worker did not serve: {exc}\n{proc.log()[-4000:]}") from exc
     yield proc
     proc.stop()
-
-
-@contextlib.contextmanager
-def empty_service(tmp: Path, settings: Settings, extra_env: dict[str, str] | None = None, **overrides):
-    """Its own Redis and an EMPTY registry, served by its own prefork worker (no TensorFlow loaded).
-    `overrides` replace fields of the settings; `extra_env` is what the worker reads for them.
-
-    Yields (settings, celery client, worker)."""
-    from tasks.celery_app import make_celery
-
-    server = RedisServer(tmp)
-    empty = replace(settings, redis_url=server.url, models_dir=tmp / "models", var_dir=tmp, **overrides)
-    client = make_celery(empty)
-    proc = Worker({**worker_env(empty), **(extra_env or {})}, tmp / "worker.log", f"empty-{tmp.name}")
-    try:
-        proc.wait_ready(client)
-        yield empty, client, proc
-    finally:
-        proc.stop()
-        client.close()
-        server.stop()
 
 
 # ---------------------------------------------------------------- Flask

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import empty_service, worker_env
+from support import empty_service, worker_env
 from ml.config import REPO_ROOT, Settings
 from ml.registry import ModelRegistry
 from scripts.procs import free_port, port_in_use, stop_group, wait_until

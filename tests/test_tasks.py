@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from conftest import result_of
+from support import result_of
 from ml.config import REPO_ROOT
 from ml.registry import ModelRegistry
 from tasks import names
@@ -328,7 +328,7 @@ def empty_service(tmp_path_factory, base_settings):
     """Its own Redis and an EMPTY registry, served by its own prefork worker with the SHORT limits.
 
     Yields (settings, celery client, worker)."""
-    from conftest import empty_service as start
+    from support import empty_service as start
 
     tmp = tmp_path_factory.mktemp("empty")
     # an empty cache: a training task must convert encoder weights and embed every text, so it runs
