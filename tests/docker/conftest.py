@@ -71,6 +71,9 @@ def stack(base_images, tmp_path_factory):
         timings["up_s"] = round(time.monotonic() - t0, 1)
         t0 = time.monotonic()
         s.wait("readyz 200", lambda: s.web.get("/readyz")[0] == 200, 600)
+        # /readyz answers 200 once a worker answers a ping, before any has loaded the model
+        # (/customers is 503 "no worker has loaded a model yet" until then).
+        s.wait("a worker serving the model", lambda: s.web.get("/customers?limit=1")[0] == 200, 600)
         s.wait("Flower listing 2 workers", lambda: len(s.flower_workers()) == 2, 300, 5)
         timings["ready_after_up_s"] = round(time.monotonic() - t0, 1)
         report("stack", timings)

@@ -202,18 +202,33 @@ def test_killed_worker_loses_no_job(stack):
     (acks_late + reject_on_worker_lost: the broker redelivers what the dead worker held)."""
     cids = customers(stack, 50)
     cids = (cids * 50)[:50]
-    with ThreadPoolExecutor(8) as pool:
-        job_ids = list(pool.map(lambda c: submit(stack, c), cids))
-    assert all(job_ids), job_ids
     victim = stack.containers("worker")[0]
-    subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+    killed = threading.Event()
+
+    def submit_and_kill(i_cid):
+        i, cid = i_cid
+        job_id = submit(stack, cid)
+        if i == 10:  # kill while the rest are still being submitted and served
+            subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+            killed.set()
+        return job_id
+
+    with ThreadPoolExecutor(8) as pool:
+        job_ids = list(pool.map(submit_and_kill, enumerate(cids)))
+    assert killed.is_set() and all(job_ids), job_ids
+    unfinished_at_kill_end = sum(stack.web.get(f"/jobs/{j}")[1].get("state") not in FINISHED
+                                 for j in job_ids)
     t0 = time.monotonic()
     done = wait_all(stack, job_ids, 600)
     states = [j["state"] for j in done.values()]
     assert states.count("succeeded") == 50, states
+    ran_on = flower_task_workers(stack, set(job_ids))
     report("fault_kill_worker", {"jobs": 50, "succeeded": states.count("succeeded"),
-                                 "seconds_after_kill": round(time.monotonic() - t0, 1),
-                                 "killed": victim[:12]})
+                                 "unfinished_after_submission": unfinished_at_kill_end,
+                                 "seconds_to_finish_after_submission": round(time.monotonic() - t0, 1),
+                                 "killed": victim[:12],
+                                 "jobs_run_by_killed_worker": sum(w == f"celery@{victim[:12]}"
+                                                                  for w in ran_on.values())})
 
 
 def test_scale_up_while_serving_new_worker_takes_jobs(stack):
