@@ -67,20 +67,10 @@ class RetrievalConfig:
 # -- teacher ------------------------------------------------------------------------------------
 
 def teacher_from_recommender(rec) -> Teacher:
-    """The pick head's logits as a teacher callable, through `Recommender.score` when it exists,
-    else the older Keras path (`heads_for_customers` / `_heads`)."""
-    if hasattr(rec, "score"):
-        def by_score(u: np.ndarray, items: np.ndarray | None) -> np.ndarray:
-            return np.asarray(rec.score(np.asarray(u), items).logit, np.float32)
-        return by_score
-
-    def by_heads(u: np.ndarray, items: np.ndarray | None) -> np.ndarray:
-        u = np.asarray(u)
-        if items is None:
-            return np.concatenate([lg for _, _, lg in rec.heads_for_customers(u)]).astype(np.float32)
-        out = rec._heads(np.repeat(u, len(items)), np.tile(items, len(u)))[1]
-        return np.asarray(out, np.float32).reshape(len(u), len(items))
-    return by_heads
+    """The pick head's logits (`Recommender.score`, pick head only) as a teacher callable."""
+    def by_score(u: np.ndarray, items: np.ndarray | None) -> np.ndarray:
+        return np.asarray(rec.score(np.asarray(u), items, heads=("interact",)).logit, np.float32)
+    return by_score
 
 
 def pick_parts(model, tables: FeatureTables, batch: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
