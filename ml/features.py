@@ -18,7 +18,6 @@ neighbourhood residual in the pair features (`pair_features`).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from functools import cached_property
 
 import numpy as np
 
@@ -63,33 +62,6 @@ class FeatureTables:
     @property
     def cust_dim(self) -> int:
         return self.cust_review_sum.shape[1] + 2 * self.prod_content.shape[1] + 2
-
-    @cached_property
-    def rated_matrix(self):
-        """Customer x product CSR of training ratings (built once, reused by every request)."""
-        from scipy import sparse
-
-        return sparse.csr_matrix((np.ones(len(self.rated_indices), np.float32), self.rated_indices, self.rated_indptr),
-                                 shape=(self.n_customers, self.n_products))
-
-    @cached_property
-    def item_residual_matrix(self):
-        """Customer x product CSR of training residuals r - mu - b_i (built once, like rated_matrix;
-        the priors are fixed once the tables are built)."""
-        from scipy import sparse
-
-        resid = self.rated_rating - self.mu - self.prod_prior[self.rated_indices]
-        return sparse.csr_matrix((resid.astype(np.float32), self.rated_indices, self.rated_indptr),
-                                 shape=(self.n_customers, self.n_products))
-
-
-    @cached_property
-    def cooc_matrix(self):
-        """Product x product co-occurrence CSR (built once)."""
-        from scipy import sparse
-
-        return sparse.csr_matrix((self.cooc_data, self.cooc_indices, self.cooc_indptr),
-                                 shape=(self.n_products, self.n_products))
 
     @property
     def prod_review_span(self) -> tuple[int, int]:

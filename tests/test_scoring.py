@@ -38,12 +38,22 @@ def _keras(rec: Recommender, u: np.ndarray, i: np.ndarray) -> dict[str, np.ndarr
     return {k: np.asarray(ops.convert_to_numpy(v)) for k, v in out.items()}
 
 
+def _dense(t) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tables' CSR arrays as dense matrices: rated X, residuals R (r - mu - b_j), co-ratings C."""
+    n_c, n_p = t.n_customers, t.n_products
+    rows = np.repeat(np.arange(n_c), np.diff(t.rated_indptr))
+    x = np.zeros((n_c, n_p))
+    x[rows, t.rated_indices] = 1.0
+    resid = np.zeros((n_c, n_p))
+    resid[rows, t.rated_indices] = t.rated_rating - t.mu - t.prod_prior[t.rated_indices]
+    c = np.zeros((n_p, n_p))
+    c[np.repeat(np.arange(n_p), np.diff(t.cooc_indptr)), t.cooc_indices] = t.cooc_data
+    return x, resid, c
+
+
 def _dense_links(rec: Recommender) -> tuple[np.ndarray, np.ndarray]:
-    """Reference pair sums from dense matrices: links = X C, resid = R C (R: r - mu - b_j)."""
-    t = rec.tables
-    x = np.asarray(t.rated_matrix.todense(), np.float64)
-    resid = np.asarray(t.item_residual_matrix.todense(), np.float64)
-    c = np.asarray(t.cooc_matrix.todense(), np.float64)
+    """Reference pair sums from dense matrices: links = X C, resid = R C."""
+    x, resid, c = _dense(rec.tables)
     return x @ c, resid @ c
 
 
@@ -87,8 +97,7 @@ def test_pair_features_same_on_both_shapes_and_equal_dense_reference(rec):
 def test_pair_features_leave_out_removes_the_customers_own_co_ratings(rec):
     """Training rows (leave_out 1): C is recounted without the customer, their own rating excluded."""
     t = rec.tables
-    x = np.asarray(t.rated_matrix.todense(), np.float64)
-    resid = np.asarray(t.item_residual_matrix.todense(), np.float64)
+    x, resid, _ = _dense(t)
     u = np.repeat(np.arange(5), 3)
     i = np.concatenate([np.flatnonzero(x[k])[:3] for k in range(5)])
     got = pair_features(t, u, i, leave_out=np.ones(len(u)))
