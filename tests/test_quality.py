@@ -2,38 +2,27 @@
 
 A bare `hybrid > baseline` flips with the machine when the two are tied (it did: 0.14614 > 0.14816
 failed on another 2-core machine), so every assertion here is on an interval excluding 0, and on the
-synthetic world over two training seeds. What is asserted:
-- real 2018 5-core: the hybrid's RMSE is below the bias and MF baselines (margin ~0.16, interval
-  [-0.23, -0.09] in the README);
-- synthetic world: the hybrid's NDCG@10, per customer averaged over the two training seeds, is above
+synthetic world over two training seeds. What is asserted, on the synthetic world only (it trains in about
+a minute; the real-data claims, 2018 RMSE below bias and MF and the 2023 ranking claims, train for minutes
+and are checked the same way, by interval, by `python -m bench quality`):
+- the hybrid's NDCG@10, per customer averaged over the two training seeds, is above
   MF's (one seed alone gave intervals from [+0.006, +0.066] to [+0.025, +0.080] here: too close to 0 to
   hold on every machine), and for each seed never-rated products are ranked by content above a random
   order (popularity cannot tell them apart: on them it IS a random order; intervals [+0.07, +0.16]).
 Not asserted, because the intervals call them ties: hybrid vs popularity NDCG and hybrid vs bias RMSE on
-the synthetic world. The real 2023 claims train for minutes and are checked by `python -m bench quality`.
+the synthetic world.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ml.config import REPO_ROOT
 from ml.evaluate import evaluate
 from ml.metrics import paired_bootstrap
 from ml.train import TrainConfig
 
 pytestmark = pytest.mark.slow
-SHARED = REPO_ROOT.parent / "shared" / "data"
 TRAINING_SEEDS = (0, 1)
-
-
-def test_real_2018_5core_hybrid_rmse_below_bias_and_mf(tmp_path, base_settings):
-    path = SHARED / "amazon-fashion-2018-5core"
-    if not path.exists():
-        pytest.skip(f"{path} is not here")
-    margins = evaluate(path, tmp_path, splits=("last",), settings=base_settings)["hybrid_minus"]
-    for baseline in ("bias", "mf"):
-        assert margins[baseline]["rmse"]["ci95"][1] < 0, (baseline, margins[baseline]["rmse"])
 
 
 @pytest.fixture(scope="module")
