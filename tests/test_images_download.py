@@ -1,18 +1,49 @@
-"""ml.data.images: the downloader against a local HTTP server started here (no internet needed)."""
+"""ml.data.images: the downloader against a local HTTP server started here (no internet needed).
+
+The server answers with the real product photos in ../shared/data/fashion-product-images-small-subset
+(224x224 JPEGs), and with every kind of failure a photo host produces: 404s, 503s, answers slower
+than the client's timeout, bodies cut short (fewer bytes than Content-Length, or a JPEG whose data
+ends early), HTML where a photo should be (with an honest or a lying Content-Type), and images too
+large in bytes or in pixels.
+"""
 from __future__ import annotations
 
 import collections
+import io
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
-from ml.data.images import FetchResult, ImageDownloader, localize_images
+from ml.config import REPO_ROOT
+from ml.data.images import FetchResult, ImageDownloader, fetch_images, localize_images
 
-JPEG = b"\xff\xd8\xff\xe0" + b"fake-jpeg-body" * 10
+PHOTOS_DIR = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small-subset" / "images"
+
+
+def _photos() -> list[Path]:
+    photos = sorted(PHOTOS_DIR.glob("*.jpg"))
+    if len(photos) < 40:
+        pytest.skip(f"real photos not present: {PHOTOS_DIR}")
+    return photos
+
+
+def _photo_bytes(name: str) -> bytes:
+    """A real photo chosen by `name` (stable), as served."""
+    photos = _photos()
+    return photos[sum(name.encode()) % len(photos)].read_bytes()
+
+
+def _huge_png() -> bytes:
+    """A 3,000 x 3,000 PNG: a few KB on the wire, 9 Mpx once decoded."""
+    buf = io.BytesIO()
+    Image.new("L", (3000, 3000), 255).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 BUSY_CONCURRENCY = 3  # /busy/ answers only once this many requests are in flight together
@@ -37,35 +68,48 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output quiet
         pass
 
-    def _send(self, status: int, body: bytes = b"", ctype: str = "image/jpeg") -> None:
+    def _send(self, status: int, body: bytes = b"", ctype: str = "image/jpeg", length: int | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(body) if length is None else length))
         self.end_headers()
         self.wfile.write(body)
+        if length is not None and length != len(body):
+            self.close_connection = True  # a body cut short: the connection ends mid-body
 
-    def _answer(self, path: str, n: int) -> tuple[int, bytes, str]:
-        """(status, body, content type) for `path`, requested for the `n`th time."""
+    def _answer(self, path: str, n: int) -> tuple[int, bytes, str, int | None]:
+        """(status, body, content type, announced length or None) for `path`, requested the `n`th time."""
         st = self.server.state  # type: ignore[attr-defined]
+        name = path.split("?")[0]
         if path.startswith("/ok/"):
-            return 200, JPEG + path.encode(), "image/jpeg"
+            return 200, _photo_bytes(name), "image/jpeg", None
         if path.startswith("/missing"):
-            return 404, b"not found", "text/plain"
+            return 404, b"not found", "text/plain", None
         if path.startswith("/flaky"):
-            return (503, b"busy", "text/plain") if n <= 2 else (200, JPEG, "image/jpeg")
+            return (503, b"busy", "text/plain", None) if n <= 2 else (200, _photo_bytes(name), "image/jpeg", None)
         if path.startswith("/slow"):
             st.release.wait(30)
-            return 200, JPEG, "image/jpeg"
+            return 200, _photo_bytes(name), "image/jpeg", None
         if path.startswith("/html"):
-            return 200, b"<html>login</html>", "text/html; charset=utf-8"
+            return 200, b"<html>login</html>", "text/html; charset=utf-8", None
+        if path.startswith("/liar"):  # says image/jpeg, sends a web page
+            return 200, b"<!doctype html><html>captcha</html>" * 20, "image/jpeg", None
+        if path.startswith("/short"):  # announces the whole photo, sends half of it, hangs up
+            body = _photo_bytes(name)
+            return 200, body[: len(body) // 2], "image/jpeg", len(body)
+        if path.startswith("/cut"):  # a JPEG file that itself ends early (Content-Length is right)
+            body = _photo_bytes(name)
+            return 200, body[: len(body) // 2], "image/jpeg", None
+        if path.startswith("/huge"):
+            return 200, _huge_png(), "image/png", None
         if path.startswith("/busy/"):
             try:
                 st.busy.wait()
             except threading.BrokenBarrierError:
-                return 503, b"too few requests in flight", "text/plain"
+                return 503, b"too few requests in flight", "text/plain", None
             time.sleep(0.1)  # stay in flight: a client running more than the limit shows up here
-            return 200, JPEG, "image/jpeg"
-        return 404, b"", "text/plain"
+            return 200, _photo_bytes(name), "image/jpeg", None
+        return 404, b"", "text/plain", None
 
     def do_GET(self):
         st = self.server.state  # type: ignore[attr-defined]
@@ -76,12 +120,12 @@ class _Handler(BaseHTTPRequestHandler):
             st.inflight += 1
             st.max_inflight = max(st.max_inflight, st.inflight)
         try:
-            status, body, ctype = self._answer(path, n)
+            status, body, ctype, length = self._answer(path, n)
         finally:
             with st.lock:  # no longer in flight once the answer is decided (before the client has it)
                 st.inflight -= 1
         try:
-            self._send(status, body, ctype)
+            self._send(status, body, ctype, length)
             with st.lock:
                 st.answered[path] += 1
         except (BrokenPipeError, ConnectionResetError):
@@ -90,6 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
+    _photos()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
     httpd.state = _State()  # type: ignore[attr-defined]
@@ -118,11 +163,13 @@ def test_success_and_cache_hit(tmp_path, server):
     url = f"{base}/ok/a.jpg?size=large"
     res = _dl(tmp_path).fetch({"P1": url, "P2": url, "P3": f"{base}/ok/b.png"})
     assert isinstance(res, FetchResult)
-    assert res.failures == {}
+    assert res.failures == {} and res.reasons == {}
     assert set(res.paths) == {"P1", "P2", "P3"}
     assert res.paths["P1"] == res.paths["P2"]  # same URL -> one file, one request
     assert st.requests["/ok/a.jpg?size=large"] == 1
-    assert res.paths["P1"].read_bytes() == JPEG + b"/ok/a.jpg?size=large"
+    assert res.paths["P1"].read_bytes() == _photo_bytes("/ok/a.jpg")
+    with Image.open(res.paths["P1"]) as im:
+        assert im.size == (224, 224)
     assert res.paths["P1"].suffix == ".jpg" and res.paths["P3"].suffix == ".png"  # extension kept
     assert res.paths["P1"].parent == tmp_path / "cache"
     assert res.downloaded == 3 and res.cached == 0
@@ -140,7 +187,7 @@ def test_404_is_a_failure_without_retry(tmp_path, server):
     base, st = server
     res = _dl(tmp_path, retries=3).fetch({"gone": f"{base}/missing.jpg", "ok": f"{base}/ok/c.jpg"})
     assert set(res.paths) == {"ok"}
-    assert "404" in res.failures["gone"]
+    assert "404" in res.failures["gone"] and res.reasons == {"gone": "http_404"}
     assert st.requests["/missing.jpg"] == 1
 
 
@@ -148,14 +195,25 @@ def test_flaky_endpoint_is_retried(tmp_path, server):
     base, st = server
     res = _dl(tmp_path, retries=3).fetch({"f": f"{base}/flaky.jpg"})
     assert res.failures == {}
-    assert res.paths["f"].read_bytes() == JPEG
+    assert res.paths["f"].read_bytes() == _photo_bytes("/flaky.jpg")
     assert st.requests["/flaky.jpg"] == 3  # 503, 503, 200
+
+
+def test_backoff_grows_between_retries(tmp_path, server, monkeypatch):
+    import ml.data.images as images
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(images.time, "sleep", sleeps.append)
+    base, st = server
+    res = _dl(tmp_path, retries=3, backoff_s=0.5).fetch({"f": f"{base}/flaky.jpg"})
+    assert res.failures == {} and sleeps == [0.5, 1.0]
 
 
 def test_retries_exhausted_is_a_failure(tmp_path, server):
     base, st = server
     res = _dl(tmp_path, retries=1).fetch({"f": f"{base}/flaky.jpg"})
     assert "503" in res.failures["f"] and "2 attempts" in res.failures["f"]
+    assert res.reasons["f"] == "http_503"
     assert st.requests["/flaky.jpg"] == 2
     assert not list((tmp_path / "cache").iterdir())  # no partial file
 
@@ -168,6 +226,7 @@ def test_slow_endpoint_times_out(tmp_path, server):
     st.release.set()
     assert res.paths == {}
     assert "timeout" in res.failures["s"].lower() or "timed out" in res.failures["s"].lower()
+    assert res.reasons["s"] == "timeout"
     assert st.requests["/slow.jpg"] == 2  # a timeout is retried
 
 
@@ -178,13 +237,37 @@ def test_bad_urls_and_non_images_are_failures(tmp_path, server):
         dead = s.getsockname()[1]
     res = _dl(tmp_path, retries=1).fetch({
         "html": f"{base}/html/page",
+        "liar": f"{base}/liar.jpg",
         "dead": f"http://127.0.0.1:{dead}/x.jpg",
         "ftp": "ftp://example.com/x.jpg",
         "empty": "",
     })
     assert res.paths == {}
-    assert set(res.failures) == {"html", "dead", "ftp", "empty"}
-    assert "not an image" in res.failures["html"]
+    assert set(res.failures) == {"html", "liar", "dead", "ftp", "empty"}
+    assert "not an image" in res.failures["html"] and "not an image" in res.failures["liar"]
+    assert res.reasons == {"html": "not_image", "liar": "not_image", "dead": "connection",
+                           "ftp": "unsupported_url", "empty": "no_url"}
+    assert not list((tmp_path / "cache").glob("*"))  # nothing kept, no temp files
+
+
+def test_truncated_bodies_are_retried_then_failures(tmp_path, server):
+    base, st = server
+    res = _dl(tmp_path, retries=1).fetch({"short": f"{base}/short.jpg", "cut": f"{base}/cut.jpg",
+                                          "ok": f"{base}/ok/d.jpg"})
+    assert set(res.paths) == {"ok"}
+    assert res.reasons == {"short": "truncated", "cut": "truncated"}
+    assert st.requests["/short.jpg"] == 2 and st.requests["/cut.jpg"] == 2  # retried once each
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [res.paths["ok"].name]
+
+
+def test_size_caps(tmp_path, server):
+    base, st = server
+    res = _dl(tmp_path, max_pixels=1_000_000).fetch({"huge": f"{base}/huge.png", "ok": f"{base}/ok/e.jpg"})
+    assert set(res.paths) == {"ok"} and res.reasons == {"huge": "too_many_pixels"}
+    assert "3000x3000" in res.failures["huge"]
+    res = _dl(tmp_path, max_bytes=1000).fetch({"big": f"{base}/ok/f.jpg"})
+    assert res.reasons == {"big": "too_large"} and res.paths == {}
+    assert st.requests["/huge.png"] == 1 and st.requests["/ok/f.jpg"] == 1  # neither is retried
 
 
 def test_bounded_concurrency(tmp_path, server):
@@ -214,5 +297,54 @@ def test_localize_images(tmp_path, server):
     assert img["A"].startswith(str(tmp_path / "cache")) and img["A"].endswith(".jpg")
     assert img["B"] == "" and img["C"] == str(local) and img["D"] == ""
     assert out.attrs["image_counts"] == {"urls": 2, "downloaded": 1, "cached": 0, "failed": 1, "local": 1, "none": 1}
+    assert out.attrs["image_failures"] == {"http_404": 1}
     again = localize_images(products, _dl(tmp_path))
     assert again.attrs["image_counts"]["cached"] == 1
+
+
+# What the server is told to fail, per product, in the catalog tests below (and test_cli's).
+FAULTS = {"missing": 5, "short": 3, "cut": 2, "liar": 4, "html": 2, "huge": 1, "slow": 2}
+FAULT_REASONS = {"missing": "http_404", "short": "truncated", "cut": "truncated", "liar": "not_image",
+                 "html": "not_image", "huge": "too_many_pixels", "slow": "timeout"}
+
+
+def catalog(base: str, n_ok: int = 30) -> pd.DataFrame:
+    """Products whose photo URLs point at the test server: n_ok real photos, FAULTS failures, 2 without."""
+    rows = [(f"OK{k:03d}", f"{base}/ok/{k}.jpg") for k in range(n_ok)]
+    for kind, n in FAULTS.items():
+        rows += [(f"{kind.upper()}{k}", f"{base}/{kind}/{k}.jpg") for k in range(n)]
+    rows += [("NOPHOTO1", ""), ("NOPHOTO2", "")]
+    return pd.DataFrame({"product_id": [r[0] for r in rows], "title": [f"product {r[0]}" for r in rows],
+                         "text": "", "image": [r[1] for r in rows]})
+
+
+def expected_failures() -> dict[str, int]:
+    out: collections.Counter[str] = collections.Counter()
+    for kind, n in FAULTS.items():
+        out[FAULT_REASONS[kind]] += n
+    return dict(out)
+
+
+def test_failure_report_counts_what_the_server_failed_and_resumes(tmp_path, server):
+    base, st = server
+    products = catalog(base)
+    kw = dict(timeout_s=0.5, retries=1, backoff_s=0.01, concurrency=8, progress=False, max_pixels=1_000_000)
+    out, report = fetch_images(products, tmp_path, **kw)
+    assert report["failed_by_reason"] == expected_failures()
+    n_failed = sum(FAULTS.values())
+    assert report["urls"] == 30 + n_failed and report["fetched"] == 30 and report["cached"] == 0
+    assert report["failed"] == n_failed and report["none"] == 2 and report["local"] == 0
+    img = dict(zip(out["product_id"], out["image"]))
+    assert all(Path(img[f"OK{k:03d}"]).is_file() for k in range(30))
+    assert all(img[pid] == "" for pid in img if not pid.startswith("OK"))  # a failure is a missing photo
+    assert (tmp_path / "images").is_dir()
+
+    # Resumable: a second run asks only for what is still missing (the failed ones), nothing twice.
+    st.release.set()  # the slow photos now answer at once
+    before = sum(st.requests[p] for p in st.requests if p.startswith("/ok/"))
+    out2, report2 = fetch_images(products, tmp_path, **kw)
+    assert sum(st.requests[p] for p in st.requests if p.startswith("/ok/")) == before
+    assert report2["cached"] == 30 and report2["fetched"] == FAULTS["slow"]
+    failed2 = expected_failures()
+    del failed2["timeout"]
+    assert report2["failed_by_reason"] == failed2
