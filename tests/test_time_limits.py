@@ -1,0 +1,74 @@
+"""The hard task time limit, watched happening on a real prefork worker.
+
+tests/test_tasks.py watches the soft limit (a training task fails with SoftTimeLimitExceeded and the
+pool child serves on). Here a task ignores its soft limit (tests/time_limit_app.py) and must be ended
+by the hard one: the job fails with TimeLimitExceeded, it is NOT redelivered (acks_late and
+reject_on_worker_lost must not turn a task that always overruns into an endless loop), and the worker
+replaces the killed pool child and serves the next task.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import redis
+from support import RedisServer, result_of, worker_env
+from time_limit_app import RUNS_KEY, STUBBORN
+
+from ml.config import REPO_ROOT
+from scripts.procs import stop_group, wait_until
+
+pytestmark = pytest.mark.service
+SOFT_S, HARD_S = 1, 2
+
+
+@pytest.fixture
+def stubborn_worker(tmp_path, base_settings):
+    """Its own Redis and a prefork worker of tests.time_limit_app (the service's app plus the stubborn task)."""
+    from tasks.celery_app import make_celery
+
+    server = RedisServer(tmp_path)
+    settings = replace(base_settings, redis_url=server.url, var_dir=tmp_path, models_dir=tmp_path / "models")
+    client = make_celery(settings)
+    log = tmp_path / "worker.log"
+    hostname = f"stubborn-{tmp_path.name}@localhost"
+    cmd = [sys.executable, "-m", "celery", "-A", "tests.time_limit_app:app", "worker", "-Q", "inference",
+           "-P", "prefork", "-c", "1", "-n", hostname, "--without-gossip", "--without-mingle", "-l", "INFO"]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=worker_env(settings), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: bool(client.control.ping(destination=[hostname], timeout=0.5)), 240, interval_s=0.2,
+                   proc=proc, what="celery worker")
+        yield client, redis.Redis.from_url(server.url), log
+    finally:
+        stop_group(proc, timeout_s=20)
+        client.close()
+        server.stop()
+
+
+def _finished(res, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while not res.ready():
+        assert time.monotonic() < deadline, f"task {res.id} still {res.state}"
+        time.sleep(0.1)
+    return res.state, res.result
+
+
+def test_a_task_past_its_hard_limit_is_killed_failed_once_and_the_worker_serves_on(stubborn_worker):
+    client, db, log = stubborn_worker
+    before = result_of(client.send_task(STUBBORN, args=[0.1], queue="inference"), 60)  # pid of the pool child
+    db.delete(RUNS_KEY)
+
+    res = client.send_task(STUBBORN, args=[60], queue="inference", soft_time_limit=SOFT_S, time_limit=HARD_S)
+    state, error = _finished(res, 60)
+    assert state == "FAILURE" and type(error).__name__ == "TimeLimitExceeded", repr(error)
+
+    after = result_of(client.send_task(STUBBORN, args=[0.1], queue="inference"), 60)
+    assert after != before  # the overrunning child was killed and replaced
+    assert int(db.get(RUNS_KEY)) == 2  # the killed task ran once (not redelivered), then the last one
+    text = log.read_text(errors="replace")
+    assert "Hard time limit (2s) exceeded" in text and "Soft time limit (1s) exceeded" in text
