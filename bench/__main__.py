@@ -5,6 +5,7 @@
 - `quality`: the README's claims on the REAL data sets, each against its paired-bootstrap interval
   (bench/quality.py; too slow for `make test`); exit status 1 when one fails;
 - `catalog`: serving against catalog size (10k-1M SYNTHETIC products), exact and two-stage (bench/catalog.py);
+- `two_stage`: two-stage against exact serving on the REAL data, leave-last-out, with intervals (bench/two_stage.py);
 - `serving`: latency of N sequential recommendations three ways on one catalog and machine:
   in-process `Recommender.recommend`, Celery alone (apply_async + get through Redis), and the
   whole HTTP path three ways: POST /jobs then poll GET /jobs/<id> every 5 ms; POST /jobs then
@@ -234,8 +235,15 @@ def bench_quality() -> dict:
     return run()
 
 
+def bench_two_stage() -> dict:
+    """Two-stage vs exact serving, leave-last-out on the real data (bench/two_stage.py)."""
+    from bench.two_stage import bench_two_stage as run
+
+    return run()
+
+
 BENCHES = {"encoders": bench_encoders, "train": bench_train, "serving": bench_serving, "catalog": bench_catalog,
-           "quality": bench_quality}
+           "quality": bench_quality, "two_stage": bench_two_stage}
 
 
 def main(argv: list[str] | None = None) -> int:
