@@ -15,7 +15,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from support import result_of
 from ml.config import REPO_ROOT
 from ml.registry import ModelRegistry
-from tasks import names
+from tasks import errors, names
 from tasks.celery_app import make_celery
 from tasks.model_holder import ModelHolder, NoModelPublished
 from tasks.recommend import check_customer_id, check_top, jsonable, recommend_one
@@ -74,14 +74,16 @@ def test_tasks_package_never_imports_flask():
 
 @pytest.mark.parametrize("bad", ["", "a b", "x" * 65, "é", "a\n", None, 5, ["a"]])
 def test_check_customer_id_rejects(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(errors.TaskFailure) as caught:
         check_customer_id(bad)
+    assert caught.value.code == errors.INVALID_INPUT
 
 
 @pytest.mark.parametrize("bad", [0, 101, -1, True, 1.5, "10", None])
 def test_check_top_rejects(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(errors.TaskFailure) as caught:
         check_top(bad, 100)
+    assert caught.value.code == errors.INVALID_INPUT
 
 
 def test_jsonable_converts_numpy():
@@ -229,10 +231,13 @@ def test_customers_task(worker, celery_client, known_customers):
 
 @pytest.mark.service
 def test_invalid_arguments_fail_the_task(worker, celery_client):
+    """The worker sets the code; it reaches a result reader in the exception's args (JSON)."""
     res = celery_client.send_task(names.RECOMMEND, args=["bad id!", 5])
-    with pytest.raises(ValueError, match="invalid customer_id"):
+    with pytest.raises(Exception, match="invalid customer_id") as caught:
         result_of(res, 60)
     assert res.state == "FAILURE"
+    assert errors.failure_code(caught.value) == errors.INVALID_INPUT
+    assert errors.failure_message(caught.value).startswith("invalid customer_id")
 
 
 @pytest.mark.service
@@ -356,7 +361,9 @@ def test_no_model_published_is_a_clear_task_failure(empty_service):
     _, client, _ = empty_service
     state, error = _outcome(client.send_task(names.RECOMMEND, args=["anyone", 3]), 60)
     assert state == "FAILURE"
-    assert isinstance(error, NoModelPublished) and "no model published" in str(error)
+    assert errors.failure_code(error) == errors.MODEL_UNAVAILABLE
+    message = errors.failure_message(error)
+    assert "no model published" in message and str(empty_service[0].models_dir) not in message
 
 
 @pytest.mark.service
@@ -401,7 +408,7 @@ def test_job_record_and_result_expire(empty_service, make_app, models_dir, first
 
     _wait_for(lambda: not rdb.exists(result_key), 30, "the result to expire")
     expired = view()
-    assert expired["state"] == "failed" and expired["error_type"] == "Expired", expired
+    assert expired["state"] == "failed" and expired["error_code"] == "expired", expired
     assert "result" not in expired
 
     _wait_for(lambda: not rdb.exists(record_key), 30, "the job record to expire")
