@@ -276,3 +276,38 @@ def test_image_urls_are_added_to_results(web_app, web_settings):
         items = with_image_urls(result)["items"]
     assert [i["image_url"] for i in items] == ["/media/world/images/P1.png",
                                                "https://cdn.example/x.jpg", None, None]
+    assert not [i for i in items if "image" in i]  # the server path never reaches a client
+
+
+@pytest.mark.parametrize("code, status", [("invalid_input", 400), ("model_unavailable", 503),
+                                          ("timeout", 503), ("expired", 410), ("internal", 500),
+                                          (None, 500), ("no-such-code", 500)])
+def test_a_failed_job_answers_the_status_of_its_code(web_app, code, status):
+    """web.errors is the one place where a worker's error code becomes an HTTP status."""
+    from web.errors import job_failed
+
+    with web_app.test_request_context():
+        response = job_failed({"job_id": "j1", "error": "why", "error_code": code})
+    body = assert_json_error(response, status)
+    assert body["job_id"] == "j1" and body["error"] == "why"
+
+
+def test_worker_errors_cross_as_codes_not_class_names():
+    """The code travels in the exception's args, which Celery keeps through JSON: a class the web
+    cannot import (rebuilt by Celery as a stand-in) still gives its code; an uncoded exception
+    (a crash outside the task body, a lost worker) is internal and shows no details."""
+    from tasks import errors
+    from tasks.celery_app import make_celery
+
+    app = make_celery()
+    stored = json.loads(json.dumps(  # what the result backend keeps
+        app.backend.prepare_exception(errors.TaskFailure(errors.MODEL_UNAVAILABLE, "m"))))
+    assert stored["exc_message"] == ["model_unavailable", "m"]
+    stand_in = app.backend.exception_to_python({**stored, "exc_module": "no.such.module"})
+    assert type(stand_in) is not errors.TaskFailure
+    assert errors.failure_code(stand_in) == "model_unavailable"
+    assert errors.failure_message(stand_in) == "m"
+    crash = ValueError("/srv/models/v1/products.json: Expecting value")
+    assert errors.failure_code(crash) == "internal"
+    assert "/srv" not in errors.failure_message(crash)
+    app.close()

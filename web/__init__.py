@@ -56,6 +56,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     """App factory. `test_config` may hold `SETTINGS` (an `ml.config.Settings`) and any Flask keys."""
     test_config = dict(test_config or {})
     settings: Settings = test_config.pop("SETTINGS", None) or Settings.from_env()
+    from web.schemas import Error
 
     app = APIFlask(__name__, title="Fashion recommender", version="1.0",
                    spec_path="/openapi.json", docs_path="/docs", docs_oauth2_redirect_path=None)
@@ -64,11 +65,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
         CELERY=celery_config(settings),
         VALIDATION_ERROR_STATUS_CODE=400,
         VALIDATION_ERROR_DESCRIPTION="Invalid input",
+        # every error answer is web.errors.error_response's shape; document that one
+        VALIDATION_ERROR_SCHEMA=Error,
+        HTTP_ERROR_SCHEMA=Error,
         JSON_SORT_KEYS=False,
         SYNC_WAIT_S=settings.sync_wait_s,
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     app.json.sort_keys = False
+    # "/media//etc/x.png" is a 404, not a 308 redirect (HTML) to a merged path
+    app.url_map.merge_slashes = False
     app.config.from_mapping(test_config)
 
     celery_init_app(app)

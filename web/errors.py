@@ -1,4 +1,8 @@
-"""Every error is JSON: `{"error": message, "status": code[, "detail": ...]}` (never an HTML page)."""
+"""Every error is JSON: `{"error": message, "status": code[, "detail": ...]}` (never an HTML page).
+
+A failed job's HTTP status comes from the code its worker set (`tasks.errors`), mapped here and
+nowhere else (`STATUS_FOR_CODE`): only `invalid_input` is the client's fault.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -8,6 +12,16 @@ from apiflask import APIFlask, HTTPError
 from flask import jsonify
 from werkzeug.exceptions import BadRequest
 from kombu.exceptions import OperationalError
+
+from tasks import errors as codes
+
+STATUS_FOR_CODE = {
+    codes.INVALID_INPUT: 400,
+    codes.MODEL_UNAVAILABLE: 503,
+    codes.TIMEOUT: 503,
+    codes.EXPIRED: 410,
+    codes.INTERNAL: 500,
+}
 
 
 class ServiceUnavailable(Exception):
@@ -29,6 +43,17 @@ def error_response(status: int, message: str, detail: Any = None, headers: Any =
     if headers:
         response.headers.update(headers)
     return response
+
+
+def status_for_code(code: str | None) -> int:
+    return STATUS_FOR_CODE.get(code or codes.INTERNAL, 500)
+
+
+def job_failed(view: dict[str, Any]):
+    """The HTTP answer for a failed job (its public view from `web.service.describe`)."""
+    code = view.get("error_code") or codes.INTERNAL
+    return error_response(status_for_code(code), view.get("error") or "the job failed",
+                          code=code, job_id=view["job_id"])
 
 
 def register(app: APIFlask) -> None:

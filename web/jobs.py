@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from apiflask import APIBlueprint
-from flask import jsonify, request
+from flask import Response, jsonify, request
 from marshmallow import RAISE
 
 from tasks import names
@@ -14,19 +14,42 @@ from web.service import FINISHED, describe, job_store, status_url, submit, wait
 bp = APIBlueprint("jobs", __name__, tag="Jobs")
 
 
+# No valid body has more than 2 JSON containers (an object, and a list of ids in a batch), and a
+# customer id cannot contain a bracket; a deeply nested body would overflow the JSON parser's
+# recursion (RecursionError, a 500), so anything past this count of '{' / '[' is refused first.
+MAX_CONTAINERS = 64
+
+
 @bp.before_request
 def _require_json():
-    if request.method == "POST" and not request.is_json:
+    if request.method != "POST":
+        return None
+    if not request.is_json:
         return error_response(400, "expected a JSON object body (Content-Type: application/json)")
+    data = request.get_data(cache=True)  # over MAX_CONTENT_LENGTH: 413
+    if data.count(b"[") + data.count(b"{") > MAX_CONTAINERS:
+        return error_response(400, "malformed JSON body: too deeply nested for a job request")
     return None
 
 
-def accepted(job_id: str):
+def accepted(job_id: str) -> tuple[dict, int, dict]:
+    """A view's 202 answer (serialised by its `@bp.output(JobAccepted, status_code=202)`)."""
     url = status_url(job_id)
-    response = jsonify({"job_id": job_id, "status_url": url})
-    response.status_code = 202
-    response.headers["Location"] = url
+    return {"job_id": job_id, "status_url": url}, 202, {"Location": url}
+
+
+def accepted_response(job_id: str) -> Response:
+    """The same 202 from a view whose `@bp.output` describes its 200 answer (documented there as
+    `responses={202: ACCEPTED_DOC}`): serialised through JobAccepted here."""
+    body, status, headers = accepted(job_id)
+    response = jsonify(JobAccepted().dump(body))
+    response.status_code = status
+    response.headers.update(headers)
     return response
+
+
+ACCEPTED_DOC = {"description": "Still running: poll status_url (also in Location)",
+                "content": {"application/json": {"schema": JobAccepted}}}
 
 
 @bp.post("/jobs")
@@ -43,7 +66,8 @@ def create_job(body):
 @bp.input(BatchJobIn, location="json", arg_name="body")
 @bp.output(JobAccepted, status_code=202, description="Job queued; poll status_url")
 @bp.doc(summary="Queue a batch recommendation job",
-        responses={400: "Invalid input (or more than max_batch ids)", 503: "Redis down"})
+        responses={400: "Invalid input (or more than max_batch ids)", 413: "Body over 1 MiB",
+                   503: "Redis down"})
 def create_batch_job(body):
     max_batch = get_settings().max_batch
     if len(body["customer_ids"]) > max_batch:
@@ -72,7 +96,7 @@ def get_job(job_id: str, query):
     view = describe(job_id, record)
     if query["wait"] > 0 and view["state"] not in FINISHED:
         view = wait(job_id, record, query["wait"])
-    return jsonify(view)
+    return view
 
 
 def _wait_too_long(wait_s: float):

@@ -9,6 +9,7 @@ from apiflask.validators import Length, Range, Regexp
 from marshmallow import RAISE, ValidationError
 
 from ml.config import Settings
+from tasks.errors import CODES
 
 MAX_TOP = Settings.max_top
 CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}\Z"
@@ -81,48 +82,75 @@ class CustomersQuery(StrictSchema):
     limit = QueryInteger(load_default=20, validate=Range(1, 1000))
 
 
-# ---- responses (documentation) ----
+# ---- responses ----
+# Views return plain dicts and APIFlask serialises them through these schemas (`@bp.output`), so an
+# answer carries exactly the documented fields; `required=True` marks what every answer has, so the
+# OpenAPI document says what is true (tests/test_hostile_input.py checks answers against it).
 
 class JobAccepted(Schema):
-    job_id = String()
-    status_url = String()
+    job_id = String(required=True)
+    status_url = String(required=True)
 
 
 class Item(Schema):
-    product_id = String()
-    score = Float()
-    predicted_rating = Float(allow_none=True, metadata={"description": "null for cold-start (popularity) items"})
-    title = String()
-    image = String()
-    image_url = String(allow_none=True)
-    cold_start = Boolean()
-    strategy = String()
-    path = String(metadata={"enum": ["exact", "two_stage", "candidates", "popularity"],
-                            "description": "which scoring path served the item"})
+    product_id = String(required=True)
+    score = Float(required=True, metadata={"description": "ranking score (higher ranks first)"})
+    predicted_rating = Float(required=True, allow_none=True, metadata={
+        "description": "1-5; null for cold-start (popularity) items"})
+    title = String(required=True)
+    image_url = String(required=True, allow_none=True, metadata={
+        "description": "http(s) URL, or /media/... for an image stored with the service; null "
+                       "when there is none"})
+    cold_start = Boolean(required=True)
+    strategy = String(required=True, metadata={"enum": ["hybrid", "popularity"]})
+    path = String(required=True, metadata={
+        "enum": ["exact", "two_stage", "candidates", "popularity"],
+        "description": "which scoring path served the item"})
 
 
-class Recommendations(Schema):
-    job_id = String()
-    customer_id = String()
-    top = Integer()
-    items = List(Nested(Item))
-    model_version = String()
-    cold_start = Boolean()
+class CustomerResult(Schema):
+    customer_id = String(required=True)
+    items = List(Nested(Item), required=True)
+    cold_start = Boolean(required=True)
+
+
+class Recommendations(CustomerResult):
+    job_id = String(required=True)
+    top = Integer(required=True)
+    model_version = String(required=True)
+
+
+class JobResult(Schema):
+    """One schema for the three kinds of job (no field is present in all of them)."""
+    customer_id = String(metadata={"description": "kind recommend"})
+    items = List(Nested(Item), metadata={"description": "kind recommend"})
+    cold_start = Boolean(metadata={"description": "kind recommend"})
+    results = List(Nested(CustomerResult), metadata={"description": "kind batch: one per id"})
+    count = Integer(metadata={"description": "kind batch"})
+    customers = List(String(), metadata={"description": "kind customers"})
+    top = Integer(metadata={"description": "kinds recommend and batch"})
+    model_version = String(metadata={"description": "every kind"})
+
+
+ERROR_CODES = list(CODES)
 
 
 class JobStatus(Schema):
-    job_id = String()
-    kind = String(metadata={"enum": ["recommend", "batch"]})
-    state = String(metadata={"enum": ["queued", "started", "succeeded", "failed"]})
-    result = Dict(metadata={"description": "present when state is succeeded"})
+    job_id = String(required=True)
+    kind = String(required=True, metadata={"enum": ["recommend", "batch", "customers"]})
+    state = String(required=True, metadata={"enum": ["queued", "started", "succeeded", "failed"]})
+    model_version = String(required=True, allow_none=True)
+    result = Nested(JobResult, metadata={"description": "present when state is succeeded"})
     error = String(metadata={"description": "present when state is failed"})
-    model_version = String(allow_none=True)
-    status_url = String()
+    error_code = String(metadata={
+        "enum": ERROR_CODES,
+        "description": "present when state is failed: invalid_input is the client's fault; "
+                       "model_unavailable, timeout, internal and expired are not"})
 
 
 class CustomersOut(Schema):
-    customers = List(String())
-    model_version = String(allow_none=True)
+    customers = List(String(), required=True)
+    model_version = String(required=True, allow_none=True)
 
 
 class Health(Schema):
@@ -137,6 +165,12 @@ class Ready(Schema):
 
 
 class Error(Schema):
-    error = String()
-    status = Integer()
-    detail = Dict()
+    """Every error answer (APIFlask's HTTP_ERROR_SCHEMA and VALIDATION_ERROR_SCHEMA)."""
+    error = String(required=True)
+    status = Integer(required=True)
+    detail = Dict(metadata={"description": "what was wrong with the input, by location and field"})
+    code = String(metadata={"enum": ERROR_CODES, "description": "a failed job's error code"})
+    job_id = String()
+    status_url = String()
+    reason = String()
+    ready = Boolean()

@@ -11,6 +11,7 @@ from celery import states
 from flask import url_for
 from kombu.exceptions import OperationalError
 
+from tasks import errors as codes
 from web import get_celery, get_redis, get_settings
 from web.errors import ServiceUnavailable
 from web.job_store import JobStore
@@ -55,13 +56,6 @@ def submit(task_name: str, args: list[Any], kind: str, **meta: Any) -> str:
     return job_id
 
 
-def _error_text(result: Any) -> str:
-    if isinstance(result, BaseException):
-        message = str(result)
-        return f"{type(result).__name__}: {message}" if message else type(result).__name__
-    return str(result) if result is not None else "job failed"
-
-
 def describe(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
     """The public view of a job: state, result or error, model_version."""
     res = get_celery().AsyncResult(job_id)
@@ -75,13 +69,14 @@ def describe(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
         if isinstance(result, dict):
             out["model_version"] = result.get("model_version")
     elif state == "failed":
-        out["error"] = _error_text(res.result)
-        out["error_type"] = type(res.result).__name__ if isinstance(res.result, BaseException) else None
+        # The worker's code and client-safe message (tasks.errors), never the exception's class.
+        out["error"] = codes.failure_message(res.result)
+        out["error_code"] = codes.failure_code(res.result)
     elif celery_state == states.PENDING:
         age = time.time() - float(record.get("submitted_at", time.time()))
         if age > get_settings().result_expires_s:
             # Results are kept result_expires_s; the id registry lives longer.
-            out.update(state="failed", error="result expired", error_type="Expired")
+            out.update(state="failed", error="result expired", error_code=codes.EXPIRED)
     return out
 
 
@@ -139,14 +134,21 @@ def image_url(image: Any) -> str | None:
     return url_for("ui.media", filename=rel.as_posix())
 
 
+def public_item(item: Any) -> Any:
+    """An item as clients see it: `image_url` instead of the worker's `image` (a server path)."""
+    if not isinstance(item, dict):
+        return item
+    public = {k: v for k, v in item.items() if k != "image"}
+    public["image_url"] = image_url(item.get("image"))
+    return public
+
+
 def with_image_urls(result: Any) -> Any:
-    """Add `image_url` to every item of a recommend / recommend_batch result."""
+    """Every item of a recommend / recommend_batch result with `image_url` and without `image`."""
     if not isinstance(result, dict):
         return result
     if isinstance(result.get("items"), list):
-        result = {**result, "items": [
-            {**item, "image_url": image_url(item.get("image"))} if isinstance(item, dict) else item
-            for item in result["items"]]}
+        result = {**result, "items": [public_item(item) for item in result["items"]]}
     if isinstance(result.get("results"), list):
         result = {**result, "results": [with_image_urls(r) for r in result["results"]]}
     return result
