@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.baselines import BiasBaseline, GlobalMean, MatrixFactorization, Popularity, Scorer
+from ml.baselines import (EASE, BiasBaseline, ContentKNN, GlobalMean, ItemKNN, MatrixFactorization, Popularity, Scorer,
+                          validation_split)
 from ml.metrics import rmse
 
 
@@ -137,3 +138,103 @@ def test_bias_leave_one_out_takes_fitted_ratings_only():
     b = BiasBaseline().fit(train, 3, 2)
     with pytest.raises(ValueError):
         b.leave_one_out(np.array([2]), np.array([0]), np.array([4.0]))
+
+
+# ---------------------------------------------------------------- EASE, item-kNN, content-kNN
+
+
+def _implicit(seed=0, n_users=40, n_items=12, per_user=4):
+    """A tiny implicit-feedback frame (item 11 never rated) with ratings 1-5 and recency t."""
+    rng = np.random.default_rng(seed)
+    u = np.repeat(np.arange(n_users), per_user)
+    i = np.concatenate([rng.choice(n_items - 1, per_user, replace=False) for _ in range(n_users)])
+    r = rng.integers(1, 6, len(u)).astype(float)
+    return pd.DataFrame({"u": u, "i": i, "rating": r, "t": rng.permutation(len(u))}), n_users, n_items
+
+
+def _dense(frame, n_users, n_items):
+    x = np.zeros((n_users, n_items))
+    x[frame.u, frame.i] = 1.0
+    return x
+
+
+def test_ease_equals_per_item_ridge_regressions_with_zero_diagonal():
+    """EASE's closed form is, column by column, ridge regression of item j on all other items."""
+    frame, nu, ni = _implicit()
+    lam = 3.0
+    m = EASE(lambdas=(lam,)).fit(frame, nu, ni)
+    x = _dense(frame, nu, ni)
+    b = np.zeros((ni, ni))
+    for j in range(ni):
+        others = [k for k in range(ni) if k != j]
+        xo = x[:, others]
+        b[others, j] = np.linalg.solve(xo.T @ xo + lam * np.eye(ni - 1), xo.T @ x[:, j])
+    users = np.array([0, 5, 39])
+    np.testing.assert_allclose(m.score(users), x[users] @ b, atol=1e-5)
+    assert np.all(m.score(users)[:, 11] == 0)  # never-rated item
+    assert np.all(m.score(np.array([-1, 40])) == 0)  # unknown customers
+    assert m.predict(users, users) is None
+
+
+def test_item_knn_equals_brute_force_shrunk_cosine():
+    frame, nu, ni = _implicit(seed=1)
+    shrink = 2.0
+    m = ItemKNN(shrinks=(shrink,)).fit(frame, nu, ni)
+    x = _dense(frame, nu, ni)
+    sim = np.zeros((ni, ni))
+    for a in range(ni):
+        for b in range(ni):
+            if a != b and x[:, a].sum() and x[:, b].sum():
+                sim[a, b] = (x[:, a] * x[:, b]).sum() / (np.sqrt(x[:, a].sum() * x[:, b].sum()) + shrink)
+    users = np.arange(nu)
+    np.testing.assert_allclose(m.score(users), x @ sim, atol=1e-12)
+    assert np.all(m.score(np.array([-3, 99])) == 0)
+
+
+def test_content_knn_cosine_to_well_rated_products():
+    content = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])  # product 3 has no content
+    train = pd.DataFrame({"u": [0, 0, 1, 1], "i": [0, 1, 1, 2], "rating": [5.0, 2.0, 1.0, 3.0]})
+    m = ContentKNN(content).fit(train, 3, 4)
+    s = m.score(np.array([0, 1, 2]))
+    # customer 0: only product 0 is well rated (>= 4), so the profile is (1, 0)
+    np.testing.assert_allclose(s[0], [1.0, 0.0, np.sqrt(0.5), -2.0])
+    # customer 1 rated nothing well: the mean of all their products, (0.5, 1)
+    prof = np.array([0.5, 1.0]) / np.linalg.norm([0.5, 1.0])
+    np.testing.assert_allclose(s[1, :3], _unit_rows(content[:3]) @ prof)
+    assert np.all(s[2, :3] == 0)  # no ratings, no profile
+    with pytest.raises(ValueError):
+        ContentKNN(np.zeros((4, 0))).fit(train, 3, 4)
+
+
+def _unit_rows(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_validation_split_holds_out_each_customers_latest_rating_by_t():
+    frame = pd.DataFrame({"u": [0, 0, 0, 1, 2, 2], "i": [0, 1, 2, 0, 3, 4], "rating": [5.0] * 6,
+                          "t": [5, 9, 1, 0, 3, 2]})
+    fit, val = validation_split(frame)
+    assert sorted(zip(val.u, val.i)) == [(0, 1), (2, 3)]  # customer 1 has one rating: kept for fitting
+    assert len(fit) + len(val) == len(frame)
+    _, by_row_order = validation_split(frame.drop(columns="t"))
+    assert sorted(zip(by_row_order.u, by_row_order.i)) == [(0, 2), (2, 4)]
+
+
+def test_hyper_parameters_are_chosen_on_the_validation_split_only():
+    """The chosen λ / shrinkage is the grid value with the best validation NDCG, and a different test
+    set (rows never passed to fit) cannot change it."""
+    frame, nu, ni = _implicit(seed=2, n_users=60)
+    for model in (EASE(lambdas=(0.5, 5.0, 500.0)), ItemKNN(shrinks=(0.0, 3.0, 300.0))):
+        model.fit(frame, nu, ni)
+        chosen = model.lambda_ if isinstance(model, EASE) else model.shrink_
+        assert set(model.validation_) == set(model.lambdas if isinstance(model, EASE) else model.shrinks)
+        assert model.validation_[chosen] == max(model.validation_.values())
+        assert len(set(np.round(list(model.validation_.values()), 12))) > 1  # the grid matters here
+
+
+def test_ranking_only_baselines_follow_the_protocol_and_reject_bad_input():
+    bad = pd.DataFrame({"u": [0, 5], "i": [0, 1], "rating": [4.0, 3.0]})
+    for m in (EASE(), ItemKNN(), ContentKNN(np.ones((2, 3)))):
+        assert isinstance(m, Scorer)
+        with pytest.raises(ValueError):
+            m.fit(bad, 2, 2)
