@@ -69,6 +69,26 @@ class Settings:
     # After a model version failed to load, a worker keeps serving the old one and retries the new
     # one no sooner than this many seconds later.
     model_retry_s: float = 30.0
+    # Fault handling (docs/SERVICE.md, "Faults"):
+    # Redis broker visibility timeout: a message a worker took but did not acknowledge (acks_late:
+    # until the task has run) goes back to its queue this many seconds after delivery when no ack
+    # came, e.g. because the worker's main process was killed. It must be longer than any task can
+    # run on a live worker (the hard limit task_time_limit_s; training is acknowledged on receipt),
+    # or a running task is delivered a second time (celery #5935). celery_config refuses a shorter one.
+    broker_visibility_timeout_s: int = 300
+    # How often each worker sweeps the unacked index for messages past their visibility timeout
+    # (kombu's unacked_restore_interval with throttle 1): the delay after the timeout.
+    broker_restore_interval_s: int = 5
+    # The embedded Redis (scripts/procs.start_redis): append-only file under var/redis/, fsync
+    # "always" (a 202 is answered after the job's message is on disk: a crash loses no accepted
+    # job) or "everysec" (faster; a crash can lose the last second of accepted jobs).
+    redis_appendfsync: str = "always"
+    # The embedded Redis password, generated at the first run, kept in this file (mode 0600); the
+    # launcher puts it into the REDIS_URL its children get.
+    redis_password_file: Path = REPO_ROOT / "var" / "redis" / "password"
+    # The worker re-writes the published-model key (names.CUSTOMERS_KEY, what /readyz reads) at
+    # most this often while it serves, so a Redis that lost it (no persistence) gets it back.
+    model_announce_s: float = 60.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -102,6 +122,11 @@ class Settings:
             retrieval_k=int(_env("RECSYS_RETRIEVAL_K", "1000")),
             exact_max_products=int(_env("RECSYS_EXACT_MAX_PRODUCTS", "20000")),
             model_retry_s=float(_env("RECSYS_MODEL_RETRY_S", "30")),
+            broker_visibility_timeout_s=int(_env("RECSYS_BROKER_VISIBILITY_TIMEOUT_S", "300")),
+            broker_restore_interval_s=int(_env("RECSYS_BROKER_RESTORE_INTERVAL_S", "5")),
+            redis_appendfsync=_env("RECSYS_REDIS_APPENDFSYNC", "always"),
+            redis_password_file=_path("RECSYS_REDIS_PASSWORD_FILE", var_dir / "redis" / "password"),
+            model_announce_s=float(_env("RECSYS_MODEL_ANNOUNCE_S", "60")),
         )
 
 

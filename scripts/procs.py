@@ -3,13 +3,14 @@ waiting for things to come up, and stopping whole process groups."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse, urlunparse
 
 import redis
 
@@ -52,12 +53,68 @@ def redis_reachable(url: str, timeout_s: float = 1.0) -> bool:
         client.close()
 
 
-def start_redis(port: int, data_dir: Path, host: str = "127.0.0.1",
-                log_file: Path | None = None) -> subprocess.Popen:
-    """Start the embedded redis-server in its own process group (no persistence)."""
+def redis_password(path: Path) -> str:
+    """The embedded Redis password: read from `path`, or generated there at the first run (the file
+    is created with mode 0600, its folder 0700; an existing file is tightened to 0600)."""
+    path = Path(path)
+    if path.is_file():
+        os.chmod(path, 0o600)
+        password = path.read_text().strip()
+        if password:
+            return password
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    password = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+    return password
+
+
+def url_with_password(url: str, password: str) -> str:
+    """`url` with `password` as its credentials (redis://:PASSWORD@host:port/db)."""
+    parsed = urlparse(url)
+    host = parsed.hostname or "127.0.0.1"
+    netloc = f":{quote(password, safe='')}@{host}" + (f":{parsed.port}" if parsed.port else "")
+    return urlunparse(parsed._replace(netloc=netloc))
+
+
+def masked_url(url: str) -> str:
+    """`url` with its password replaced by ***, for logs and banners."""
+    parsed = urlparse(url)
+    if not parsed.password:
+        return url
+    user = parsed.username or ""
+    host = parsed.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parsed.port}" if parsed.port else "")
+    return urlunparse(parsed._replace(netloc=netloc))
+
+
+APPENDFSYNC = ("always", "everysec", "no")
+
+
+def start_redis(port: int, data_dir: Path, host: str = "127.0.0.1", log_file: Path | None = None,
+                password: str | None = None, appendfsync: str = "always") -> subprocess.Popen:
+    """Start the embedded redis-server in its own process group, bound to `host` (127.0.0.1), with
+    its data persisted in `data_dir` (append-only file, fsync `appendfsync`; started again on the
+    same folder it reloads it) and, with `password`, requiring it.
+
+    The settings are in `data_dir/redis.conf` (mode 0600), so the password never shows on a command
+    line (ps) or in the log."""
+    if appendfsync not in APPENDFSYNC:
+        raise ValueError(f"appendfsync must be one of {APPENDFSYNC}, got {appendfsync!r}")
     data_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [str(redis_server_binary()), "--port", str(port), "--bind", host, "--dir", str(data_dir),
-           "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no"]
+    lines = [f"port {port}", f"bind {host}", f'dir "{data_dir}"', "protected-mode yes",
+             "daemonize no", 'save ""', "appendonly yes", f"appendfsync {appendfsync}",
+             'appendfilename "appendonly.aof"']
+    if password:
+        lines.append(f"requirepass {password}")
+    conf = data_dir / "redis.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.chmod(conf, 0o600)
+    cmd = [str(redis_server_binary()), str(conf)]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     try:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -18,8 +18,26 @@ from tasks import names
 TASK_MODULES = ("tasks.recommend", "tasks.training")
 
 
+def check_visibility_timeout(settings: Settings) -> int:
+    """The broker visibility timeout, refused when a task could still be running after it.
+
+    With the Redis transport an unacknowledged message goes back to its queue once it is older than
+    the visibility timeout, whether or not the worker that took it is alive: a task that runs longer
+    than the timeout is delivered and run a second time (celery #5935). Inference tasks are
+    acknowledged after they ran (acks_late) and end at the hard limit at the latest; training is
+    acknowledged on receipt, so its hour-long limit does not count here."""
+    timeout = int(settings.broker_visibility_timeout_s)
+    if timeout <= settings.task_time_limit_s:
+        raise ValueError(
+            f"RECSYS_BROKER_VISIBILITY_TIMEOUT_S={timeout} must be longer than the hard task time "
+            f"limit RECSYS_TASK_HARD_LIMIT_S={settings.task_time_limit_s}: a task still running at "
+            "the visibility timeout is delivered again")
+    return timeout
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings (lower-case, new-style names) derived from `settings`."""
+    visibility_timeout = check_visibility_timeout(settings)
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,
@@ -29,13 +47,30 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "event_serializer": "json",
-        # At-least-once: the message is acknowledged after the task ran, and requeued if the pool
-        # child dies mid-task (OOM, hard time limit kill).
+        # At-least-once (docs/SERVICE.md, "Faults"): the message is acknowledged after the task
+        # ran. A pool child that dies mid-task (kill -9, OOM) has its message requeued at once
+        # (reject_on_worker_lost; without it acks_late does not cover a lost child, celery #6178).
+        # A worker whose main process dies acknowledges nothing: its unacked message goes back
+        # after the visibility timeout, swept by any live worker (celery #4984).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A redelivered message whose job already succeeded (the main process died between the
+        # stored result and the ack) is acknowledged without running again: one result per job.
+        "worker_deduplicate_successful_tasks": True,
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            # sweep every broker_restore_interval_s (kombu scans on every Nth sweep; N = 1)
+            "unacked_restore_interval": max(1, int(settings.broker_restore_interval_s)),
+            "unacked_restore_throttle": 1,
+        },
         "worker_prefetch_multiplier": 1,
         "task_track_started": True,
         "result_expires": settings.result_expires_s,
+        # A result stored while Redis restarts is retried (backoff up to 2 s, about a minute in
+        # all) instead of being lost after the task ran.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 40,
+        "result_backend_max_sleep_between_retries_ms": 2000,
         "result_extended": True,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,
@@ -44,8 +79,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             names.TRAIN: {
                 "soft_time_limit": settings.train_soft_time_limit_s,
                 "time_limit": settings.train_time_limit_s,
-                # A training run that kills its process (OOM) must not be redelivered forever.
+                # A training run that kills its process (OOM) must not be redelivered forever, and
+                # it is acknowledged on receipt: an hour-long run must not outlive the visibility
+                # timeout unacknowledged (it would be delivered again while running, celery #5935).
                 "reject_on_worker_lost": False,
+                "acks_late": False,
             },
         },
         "task_queues": (
@@ -75,7 +113,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": True,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A task running when the broker connection drops finishes (its result store is retried);
+        # its message, not acknowledged on the lost connection, comes back after the visibility
+        # timeout and is acknowledged without running again (worker_deduplicate_successful_tasks).
+        # Cancelling it instead terminates the pool child: every Redis blip would cost a model
+        # reload per busy child.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
 
 

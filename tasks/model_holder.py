@@ -7,8 +7,11 @@
   version, loads that one and swaps it in; the old model keeps serving if the new one fails to load,
   and the failed version is tried again after `Settings.model_retry_s` (RECSYS_MODEL_RETRY_S).
 
-On every load the worker publishes the known customer ids to Redis (`names.CUSTOMERS_KEY`), so the
-web front end can list them without loading TensorFlow.
+On every load the worker publishes the known customer ids and the model version to Redis
+(`names.CUSTOMERS_KEY`), so the web front end can list them without loading TensorFlow, and
+`GET /readyz` says ready only once a worker has loaded a model, naming that version. The worker writes
+it again at most every `Settings.model_announce_s` while it serves tasks: a Redis restarted without
+its data gets it back with the next task.
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ class ModelHolder:
         self._loaded: Loaded | None = None
         self._failed: dict[str, float] = {}
         self._pid = os.getpid()
+        self._announced: tuple[str, float] | None = None  # (version, monotonic time) last published
 
     @property
     def settings(self) -> Settings:
@@ -84,6 +88,7 @@ class ModelHolder:
                 f"no model published in {self.settings.models_dir} "
                 "(train one: python -m ml train --data DIR)")
         if loaded is not None and loaded.version == current:
+            self._maybe_announce(loaded)
             return loaded
         with self._lock:
             loaded = self._loaded
@@ -114,8 +119,15 @@ class ModelHolder:
         self._publish_customers(loaded)
         return loaded
 
+    def _maybe_announce(self, loaded: Loaded) -> None:
+        announced = self._announced
+        if (announced is None or announced[0] != loaded.version
+                or time.monotonic() - announced[1] >= self.settings.model_announce_s):
+            self._publish_customers(loaded)
+
     def _publish_customers(self, loaded: Loaded) -> None:
-        """Best effort: write the known customer ids to Redis for GET /customers."""
+        """Best effort: write the known customer ids and the version to Redis (GET /customers,
+        GET /readyz)."""
         try:
             import redis
 
@@ -132,6 +144,7 @@ class ModelHolder:
                 client.set(names.CUSTOMERS_KEY, json.dumps(payload))
             finally:
                 client.close()
+            self._announced = (loaded.version, time.monotonic())
         except Exception:  # never let this break serving
             log.warning("could not publish the customer list to Redis", exc_info=True)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,18 +14,34 @@ from dataclasses import replace
 from pathlib import Path
 
 from ml.config import REPO_ROOT, Settings
-from scripts.procs import free_port, redis_reachable, start_redis, stop_group, wait_until
+from scripts.procs import (free_port, redis_password, redis_reachable, start_redis, stop_group,
+                           url_with_password, wait_until)
 
 WORKER_START_TIMEOUT_S = 240.0
 
 
 class RedisServer:
-    def __init__(self, tmp: Path, name: str = "redis") -> None:
+    """The embedded redis-server as the launcher runs it: 127.0.0.1, a password generated into a
+    0600 file, an append-only file in its folder. `kill()` crashes it (SIGKILL), `start()` runs it
+    again on the same port and folder (it reloads its data)."""
+
+    def __init__(self, tmp: Path, name: str = "redis", appendfsync: str = "everysec") -> None:
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = tmp / name
-        self.proc = start_redis(self.port, self.dir, log_file=tmp / f"{name}.log")
+        self.log_file = tmp / f"{name}.log"
+        self.appendfsync = appendfsync
+        self.password = redis_password(self.dir / "password")
+        self.url = url_with_password(f"redis://127.0.0.1:{self.port}/0", self.password)
+        self.start()
+
+    def start(self) -> None:
+        self.proc = start_redis(self.port, self.dir, log_file=self.log_file, password=self.password,
+                                appendfsync=self.appendfsync)
         wait_until(lambda: redis_reachable(self.url, 0.5), 15, proc=self.proc, what="redis-server")
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, nothing flushed beyond what appendfsync already wrote."""
+        stop_group(self.proc, timeout_s=5, sig=signal.SIGKILL)
 
     def stop(self) -> None:
         stop_group(self.proc, timeout_s=5)
@@ -33,10 +50,11 @@ class RedisServer:
 class Worker:
     """`celery -A tasks.celery_app:app worker` in its own process group, logging to a file."""
 
-    def __init__(self, env: dict[str, str], log_file: Path, name: str, pool: str = "prefork") -> None:
+    def __init__(self, env: dict[str, str], log_file: Path, name: str, pool: str = "prefork",
+                 app: str = "tasks.celery_app:app") -> None:
         self.log_file = log_file
         self.hostname = f"{name}@{os.uname().nodename}"
-        cmd = [sys.executable, "-m", "celery", "-A", "tasks.celery_app:app", "worker",
+        cmd = [sys.executable, "-m", "celery", "-A", app, "worker",
                "-Q", "inference,training", "-P", pool, "-c", "1", "-n", self.hostname,
                "--without-gossip", "--without-mingle", "-l", "INFO"]
         with open(log_file, "ab") as out:
@@ -60,6 +78,20 @@ class Worker:
     def stop(self) -> None:
         stop_group(self.proc, timeout_s=20)
 
+    def pool_children(self) -> list[int]:
+        """The pids of the prefork pool's children (the processes that run the tasks)."""
+        import psutil
+
+        try:
+            return [child.pid for child in psutil.Process(self.proc.pid).children()]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill_main(self) -> None:
+        """kill -9 the worker's main process only (its pool children are left as they are)."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
 
 def worker_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
@@ -70,6 +102,9 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "RECSYS_CACHE_DIR": str(settings.cache_dir),
         "RECSYS_TASK_SOFT_LIMIT_S": str(settings.task_soft_time_limit_s),
         "RECSYS_TASK_HARD_LIMIT_S": str(settings.task_time_limit_s),
+        "RECSYS_BROKER_VISIBILITY_TIMEOUT_S": str(settings.broker_visibility_timeout_s),
+        "RECSYS_BROKER_RESTORE_INTERVAL_S": str(settings.broker_restore_interval_s),
+        "RECSYS_MODEL_ANNOUNCE_S": str(settings.model_announce_s),
         "PYTHONUNBUFFERED": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     })

@@ -1,4 +1,5 @@
-"""GET /healthz (the process is up) and GET /readyz (Redis reachable and a worker answers)."""
+"""GET /healthz (the process is up) and GET /readyz (Redis reachable, a worker answers, and a worker
+has loaded a model: the version it published under `names.CUSTOMERS_KEY` is the one that serves)."""
 from __future__ import annotations
 
 import json
@@ -25,7 +26,8 @@ def healthz():
 
 @bp.get("/readyz")
 @bp.output(Ready)
-@bp.doc(summary="Readiness: Redis reachable and at least one worker answers a ping",
+@bp.doc(summary="Readiness: Redis reachable, a worker answers a ping and a model is loaded "
+                "(its version is given)",
         responses={503: "Not ready (reason given)"})
 def readyz():
     timeout = get_settings().readyz_timeout_s
@@ -43,10 +45,19 @@ def readyz():
     if not workers:
         return error_response(503, "not ready", ready=False,
                               reason=f"no Celery worker answered a ping within {timeout:g}s")
-    model_version = None
     try:
         raw = get_redis().get(names.CUSTOMERS_KEY)
-        model_version = json.loads(raw).get("model_version") if raw else None
-    except (redis.RedisError, ValueError):
-        pass
+    except redis.RedisError as exc:
+        return error_response(503, "not ready", ready=False,
+                              reason=f"redis unreachable: {str(exc)[:200]}")
+    try:
+        published = json.loads(raw) if raw else {}
+        model_version = published.get("model_version") if isinstance(published, dict) else None
+    except ValueError:
+        model_version = None
+    if not model_version:
+        # workers answer, but none has loaded a model yet (still loading, or none is published)
+        return error_response(503, "not ready", ready=False,
+                              reason=f"{len(workers)} worker(s) answer, but none has loaded a model "
+                                     "yet (loading, or none is published)")
     return jsonify({"ready": True, "workers": workers, "model_version": model_version})
