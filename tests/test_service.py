@@ -14,7 +14,9 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
+import redis as redis_lib
 import requests
 
 from support import empty_service, worker_env
@@ -80,11 +82,12 @@ def assert_json_error(response, status: int) -> dict:
 
 # ---------------------------------------------------------------- the happy path over HTTP
 
-def test_readyz(live, worker):
+def test_readyz(live, worker, models_dir):
     response = live.get("/readyz")
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["ready"] is True and worker.hostname in body["workers"]
+    assert body["model_version"] == ModelRegistry(models_dir).current_version()  # which version serves
 
 
 def test_post_job_then_poll_until_succeeded(live, wait_job, known_customers, models_dir):
@@ -106,7 +109,9 @@ def test_post_job_then_poll_until_succeeded(live, wait_job, known_customers, mod
         assert item["image_url"], item
         picture = live.get(item["image_url"])
         assert picture.status_code == 200 and picture.headers["Content-Type"].startswith("image/")
-        assert picture.content == Path(item["image"]).read_bytes()
+        assert "image" not in item  # the server path stays on the server (issue 14, item 7)
+        on_disk = live.settings.var_dir / item["image_url"].removeprefix("/media/")
+        assert picture.content == on_disk.read_bytes()
 
 
 def test_unknown_customer_gets_cold_start_recommendations(live, wait_job):
@@ -291,6 +296,15 @@ def no_model(tmp_path_factory, base_settings):
         yield service
 
 
+def test_readyz_is_503_while_no_worker_has_loaded_a_model(make_app, no_model):
+    """A worker answers pings, but there is no model: not ready (issue 16: it used to say 200)."""
+    empty, client, worker = no_model
+    replies = client.control.ping(timeout=1.0) or []
+    assert any(worker.hostname in reply for reply in replies)  # the worker is up
+    body = assert_json_error(make_app(empty).test_client().get("/readyz"), 503)
+    assert body["ready"] is False and "none has loaded a model" in body["reason"]
+
+
 def test_no_model_published_is_a_clear_error(make_app, no_model, wait_job):
     empty, _, _ = no_model
     client = make_app(empty).test_client()
@@ -368,6 +382,37 @@ def test_run_stack_starts_everything_and_ctrl_c_stops_it(tmp_path, base_settings
             for pid in _processes_with(marker) if Path(f"/proc/{pid}/cmdline").exists())
         started = _processes_with(marker)
         assert len(started) >= 5  # launcher, redis, worker (+ child), gunicorn (+ worker), flower
+
+        # the embedded Redis: 127.0.0.1 only, a password from a 0600 file that nothing printed
+        password_file = tmp_path / "var" / "redis" / "password"
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        redis_password = password_file.read_text().strip()
+        assert len(redis_password) >= 24
+        with pytest.raises(redis_lib.AuthenticationError):
+            redis_lib.Redis(port=redis_port, socket_timeout=5).ping()
+        assert redis_lib.Redis(port=redis_port, password=redis_password, socket_timeout=5).ping()
+        logs = out_file.read_text() + "".join(
+            p.read_text(errors="replace") for p in (tmp_path / "var" / "logs").glob("*.log"))
+        assert redis_password not in logs
+        assert text.count("s3cret-pw") == 1  # the Flower credentials, shown once by the launcher
+        redis_pid = next(pid for pid in started if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        assert redis_password not in Path(f"/proc/{redis_pid}/cmdline").read_bytes().decode(errors="replace")
+        listening = {c.laddr.ip for c in psutil.Process(redis_pid).net_connections() if c.status == "LISTEN"}
+        assert listening == {"127.0.0.1"}
+
+        # a supervisor: Redis killed -9 is started again with its data, the rest keeps running
+        db = redis_lib.Redis(port=redis_port, password=redis_password, socket_timeout=5)
+        db.set("recsys:test:survives", "1")
+        others = {pid for pid in started if pid != redis_pid and pid != proc.pid}
+        os.kill(redis_pid, signal.SIGKILL)
+        wait_until(lambda: "redis is back" in out_file.read_text(), 30, proc=proc, what="redis restart")
+        assert db.get("recsys:test:survives") == b"1"
+        wait_until(lambda: requests.get(f"{base}/readyz", timeout=10).status_code == 200, 30,
+                   interval_s=0.5, proc=proc, what="/readyz after the Redis restart")
+        response = requests.get(f"{base}/recommendation",
+                                params={"customer_id": match.group(1), "top": 3}, timeout=60)
+        assert response.status_code == 200 and len(response.json()["items"]) == 3
+        assert others <= set(_processes_with(marker))  # web, worker, Flower: the same processes
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does
         try:
