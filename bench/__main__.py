@@ -6,6 +6,7 @@
   (bench/quality.py; too slow for `make test`); exit status 1 when one fails;
 - `catalog`: serving against catalog size (10k-1M SYNTHETIC products), exact and two-stage (bench/catalog.py);
 - `two_stage`: two-stage against exact serving on the REAL data, leave-last-out, with intervals (bench/two_stage.py);
+- `faults`: worker kill -9 (pool child, main process) and a Redis crash with 100 jobs, 10k jobs of bounded state (bench/faults.py);
 - `serving`: latency of N sequential recommendations three ways on one catalog and machine:
   in-process `Recommender.recommend`, Celery alone (apply_async + get through Redis), and the
   whole HTTP path three ways: POST /jobs then poll GET /jobs/<id> every 5 ms; POST /jobs then
@@ -242,8 +243,15 @@ def bench_two_stage() -> dict:
     return run()
 
 
+def bench_faults() -> dict:
+    """Worker kills, a Redis crash and 10k jobs of bounded state (bench/faults.py)."""
+    from bench.faults import bench_faults as run
+
+    return run()
+
+
 BENCHES = {"encoders": bench_encoders, "train": bench_train, "serving": bench_serving, "catalog": bench_catalog,
-           "quality": bench_quality, "two_stage": bench_two_stage}
+           "quality": bench_quality, "two_stage": bench_two_stage, "faults": bench_faults}
 
 
 def main(argv: list[str] | None = None) -> int:
