@@ -2,12 +2,23 @@
 
 Encoders are loaded only when something needs encoding, so a ratings-only data set (no text, no
 images) never loads TensorFlow models it does not use.
+
+Cache keys are content hashes: an image is keyed by the SHA-1 of its file's bytes, a text by the
+SHA-1 of the text. So a product whose photo or text did not change is never embedded again (whatever
+its id or file path), a photo or text shared by many products or reviews is embedded once (the
+distinct contents go to the encoder, the rows are scattered back), and an edited text or a new
+photo under the same id is embedded afresh. Image files are read, hashed and checked in a thread
+pool; the image encoder decodes and resizes its next batches in threads while the network runs.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-from dataclasses import dataclass
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +26,17 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
+IMAGE_KEY_PREFIX = "sha1:"  # image cache keys: "sha1:<hex of the file's bytes>"
+TEXT_KEY_PREFIX = "sha1:"  # text cache keys: "sha1:<hex of the UTF-8 text>"
+_IO_THREADS = 8  # file reads + hashes + header checks (I/O bound; PIL releases the GIL)
+
 
 def _digest(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def text_key(text: str) -> str:
+    return TEXT_KEY_PREFIX + hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 def review_text(title: pd.Series, text: pd.Series) -> pd.Series:
@@ -41,23 +60,63 @@ class Embeddings:
     review_text: np.ndarray | None  # (R, 384) for the given reviews
     has_review_text: np.ndarray  # (R,) bool
     encoders: dict  # modality -> "name-version"
+    # what embedding did: seconds per stage, rows, distinct contents and how many were encoded now
+    stats: dict = field(default_factory=dict)
+
+
+def _image_key(ref: str) -> str:
+    """The cache key of a local image file ("" when it is missing or not a readable image)."""
+    from PIL import Image
+
+    if not ref or "://" in ref:
+        return ""
+    try:
+        data = Path(ref).read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+    except FileNotFoundError:
+        return ""
+    except Exception as exc:  # a corrupt file is a missing modality, not a failure
+        log.warning("unreadable image %s: %s", ref, exc)
+        return ""
+    return IMAGE_KEY_PREFIX + hashlib.sha1(data).hexdigest()
+
+
+def image_keys(refs: list[str]) -> list[str]:
+    """Content keys of image references, read and checked in a thread pool ("" = no usable image)."""
+    if len(refs) < 64:
+        return [_image_key(r) for r in refs]
+    with ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="image-key") as pool:
+        return list(pool.map(_image_key, refs, chunksize=64))
 
 
 def _readable_images(paths: list[str]) -> np.ndarray:
     """Which image references are local files PIL can open (URLs must be localised first)."""
-    from PIL import Image
+    return np.array([bool(k) for k in image_keys(paths)], dtype=bool)
 
-    ok = np.zeros(len(paths), bool)
-    for k, ref in enumerate(paths):
-        if not ref or "://" in ref or not Path(ref).is_file():
-            continue
-        try:
-            with Image.open(ref) as im:
-                im.verify()
-            ok[k] = True
-        except Exception as exc:  # a corrupt file is a missing modality, not a failure
-            log.warning("unreadable image %s: %s", ref, exc)
-    return ok
+
+def _embed_unique(cache, enc, keys: list[str], items: list, progress: bool, desc: str,
+                  out: np.ndarray, stats: dict) -> None:
+    """out[k] = embedding of items[k] for every k with a key; each distinct key is encoded at most
+    once (and not at all when cached). Rows without a key are left as they are (zeros)."""
+    first: dict[str, int] = {}  # distinct key -> its position among the distinct keys
+    first_row: list[int] = []  # the row where each distinct key occurs first
+    inverse = np.full(len(keys), -1, np.int64)
+    for k, key in enumerate(keys):
+        if key:
+            pos = first.setdefault(key, len(first))
+            if pos == len(first_row):
+                first_row.append(k)
+            inverse[k] = pos
+    rows = np.flatnonzero(inverse >= 0)
+    stats.update(rows=int(len(rows)), distinct=len(first))
+    if not first:
+        return
+    uniq_keys = list(first)
+    uniq_items = [items[k] for k in first_row]
+    vecs = cache.embed(enc, uniq_keys, uniq_items, progress=progress, desc=desc)
+    stats["encoded"] = int(cache.last_computed)
+    out[rows] = vecs[inverse[rows]]
 
 
 def embed_dataset(
@@ -68,48 +127,52 @@ def embed_dataset(
     use_text: bool = True,
     progress: bool = True,
 ) -> Embeddings:
-    """Embeddings for every product and for the given (training) reviews."""
-    encoders: dict = {}
-    p_ids = products["product_id"].astype(str).tolist()
+    """Embeddings for every product and for the given (training) reviews.
 
+    `products["image"]` must hold local paths (URLs are localised by `ml.data.images.fetch_images`
+    before this; a URL left here counts as no image)."""
+    from ml.encoders.cache import EmbeddingCache
+
+    encoders: dict = {}
+    stats: dict = {"seconds": {}}
+    p_ids = products["product_id"].astype(str).tolist()
+    cache = EmbeddingCache(cache_dir)
+
+    t0 = time.perf_counter()
     image_refs = products["image"].fillna("").astype(str).tolist() if use_images else [""] * len(p_ids)
-    has_image = _readable_images(image_refs)
+    keys = image_keys(image_refs)
+    has_image = np.array([bool(k) for k in keys], dtype=bool)
     image_vecs = None
+    stats["images"] = {"rows": int(has_image.sum())}
     if has_image.any():
-        from ml.encoders.cache import EmbeddingCache
         from ml.encoders.image import ImageEncoder
 
-        cache = EmbeddingCache(cache_dir)
         enc = ImageEncoder()
-        idx = np.flatnonzero(has_image)
-        keys = [f"{p_ids[k]}|{_digest(image_refs[k])}" for k in idx]
-        vecs = cache.embed(enc, keys, [image_refs[k] for k in idx], progress=progress, desc="product images")
-        image_vecs = np.zeros((len(p_ids), vecs.shape[1]), np.float32)
-        image_vecs[idx] = vecs
+        image_vecs = np.zeros((len(p_ids), enc.dim), np.float32)
+        _embed_unique(cache, enc, keys, image_refs, progress, "embed images", image_vecs, stats["images"])
         encoders["image"] = f"{enc.name}-{enc.version}"
+        del enc
+    stats["seconds"]["embed_images"] = round(time.perf_counter() - t0, 2)
 
+    t0 = time.perf_counter()
     ptext = product_text(products).tolist() if use_text else [""] * len(p_ids)
     rtext = review_text(reviews["title"], reviews["text"]).tolist() if use_text else [""] * len(reviews)
-    has_ptext = np.array([bool(t) for t in ptext])
+    has_ptext = np.array([bool(t) for t in ptext], dtype=bool)
     has_rtext = np.array([bool(t) for t in rtext], dtype=bool)
     ptext_vecs = rtext_vecs = None
     if has_ptext.any() or has_rtext.any():
-        from ml.encoders.cache import EmbeddingCache
         from ml.encoders.text import TextEncoder
 
-        cache = EmbeddingCache(cache_dir)
         enc = TextEncoder()
         encoders["text"] = f"{enc.name}-{enc.version}"
-
-        def run(ids: list[str], texts: list[str], mask: np.ndarray, desc: str) -> np.ndarray:
-            out = np.zeros((len(texts), enc.dim), np.float32)
-            idx = np.flatnonzero(mask)
-            if len(idx):
-                keys = [f"{ids[k]}|{_digest(texts[k])}" for k in idx]
-                out[idx] = cache.embed(enc, keys, [texts[k] for k in idx], progress=progress, desc=desc)
-            return out
-
-        ptext_vecs = run(p_ids, ptext, has_ptext, "product texts")
-        r_ids = (reviews["customer_id"].astype(str) + "|" + reviews["product_id"].astype(str)).tolist()
-        rtext_vecs = run(r_ids, rtext, has_rtext, "review texts")
-    return Embeddings(image_vecs, has_image, ptext_vecs, has_ptext, rtext_vecs, has_rtext, encoders)
+        # one pass over the distinct texts of products and reviews together, then scattered
+        texts = ptext + rtext
+        both = np.zeros((len(texts), enc.dim), np.float32)
+        stats["texts"] = {}
+        _embed_unique(cache, enc, [text_key(t) if t else "" for t in texts], texts, progress, "embed texts",
+                      both, stats["texts"])
+        ptext_vecs, rtext_vecs = both[: len(ptext)], both[len(ptext):]
+        del enc
+    stats["seconds"]["embed_texts"] = round(time.perf_counter() - t0, 2)
+    log.info("embeddings: images %s, texts %s, seconds %s", stats["images"], stats.get("texts"), stats["seconds"])
+    return Embeddings(image_vecs, has_image, ptext_vecs, has_ptext, rtext_vecs, has_rtext, encoders, stats)

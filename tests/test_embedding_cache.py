@@ -185,3 +185,124 @@ def test_writers_in_parallel_share_results(tmp_path):
     out = EmbeddingCache(tmp_path).embed(enc, keys, keys, progress=False)
     assert enc.n_encoded == 0
     np.testing.assert_array_equal(out, expected(enc, keys))
+
+
+# ---------------------------------------------------------------- ml.embed over the cache
+
+PHOTOS_DIR = __import__("ml.config", fromlist=["REPO_ROOT"]).REPO_ROOT.parent / "shared" / "data" / \
+    "fashion-product-images-small-subset" / "images"
+
+
+def _photos(n: int) -> list:
+    photos = sorted(PHOTOS_DIR.glob("*.jpg"))[:n]
+    if len(photos) < n:
+        pytest.skip(f"real photos not present: {PHOTOS_DIR}")
+    return photos
+
+
+class FakeImageEncoder(FakeEncoder):
+    """Stands in for ImageEncoder in ml.embed: a 'vector' per file content, records what it got."""
+
+    instances: list = []
+
+    def __init__(self):
+        super().__init__(name="fake-image", dim=6)
+        FakeImageEncoder.instances.append(self)
+
+    def vector(self, item) -> np.ndarray:
+        return super().vector(hashlib.sha256(open(item, "rb").read()).hexdigest())
+
+
+class FakeTextEncoder(FakeEncoder):
+    instances: list = []
+
+    def __init__(self):
+        super().__init__(name="fake-text", dim=5)
+        FakeTextEncoder.instances.append(self)
+
+
+@pytest.fixture
+def fake_encoders(monkeypatch):
+    import ml.encoders.image
+    import ml.encoders.text
+
+    FakeImageEncoder.instances, FakeTextEncoder.instances = [], []
+    monkeypatch.setattr(ml.encoders.image, "ImageEncoder", FakeImageEncoder)
+    monkeypatch.setattr(ml.encoders.text, "TextEncoder", FakeTextEncoder)
+    return FakeImageEncoder.instances, FakeTextEncoder.instances
+
+
+def _frames(images, ptitles, rtexts):
+    import pandas as pd
+
+    products = pd.DataFrame({"product_id": [f"P{k}" for k in range(len(images))], "title": ptitles,
+                             "text": "", "image": [str(p) for p in images]})
+    reviews = pd.DataFrame({"customer_id": [f"C{k}" for k in range(len(rtexts))],
+                            "product_id": [f"P{k % len(images)}" for k in range(len(rtexts))],
+                            "title": "", "text": rtexts})
+    return products, reviews
+
+
+def test_embed_dataset_encodes_each_distinct_content_once_and_scatters(tmp_path, fake_encoders):
+    import shutil
+
+    from ml.embed import embed_dataset
+
+    img_encs, txt_encs = fake_encoders
+    a, b = _photos(2)
+    copy = tmp_path / "copy-of-a.jpg"  # the same photo under another path (another product)
+    shutil.copy(a, copy)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    images = [a, b, copy, broken, ""]
+    ptitles = ["red dress", "blue jeans", "red dress", "", "hat"]
+    rtexts = ["Great fit."] * 25 + ["Too small."] * 10 + ["", "red dress"]
+    products, reviews = _frames(images, ptitles, rtexts)
+    emb = embed_dataset(products, reviews, tmp_path / "cache", progress=False)
+
+    # images: two distinct files among three readable ones; the broken one and "" are missing
+    assert emb.has_image.tolist() == [True, True, True, False, False]
+    assert [len(c) for c in img_encs[0].calls] == [2]
+    ienc = img_encs[0]
+    np.testing.assert_array_equal(emb.product_image[0], ienc.vector(a))
+    np.testing.assert_array_equal(emb.product_image[2], ienc.vector(a))
+    np.testing.assert_array_equal(emb.product_image[1], ienc.vector(b))
+    assert not emb.product_image[3:].any()
+    # texts: 36 review rows and 4 product rows with text, 5 distinct non-empty texts, each encoded once
+    tenc = txt_encs[0]
+    assert sorted(x for c in tenc.calls for x in c) == sorted({"red dress", "blue jeans", "hat", "Great fit",
+                                                              "Too small"})  # review_text drops the final "."
+    assert emb.has_product_text.tolist() == [True, True, True, False, True]
+    assert emb.has_review_text.sum() == 36
+    for k, t in enumerate(rtexts):
+        np.testing.assert_array_equal(emb.review_text[k], tenc.vector(t.rstrip(".")) if t else np.zeros(5, np.float32))
+    np.testing.assert_array_equal(emb.product_text[2], tenc.vector("red dress"))
+    assert emb.stats["texts"] == {"rows": 40, "distinct": 5, "encoded": 5}
+    assert emb.stats["images"] == {"rows": 3, "distinct": 2, "encoded": 2}
+
+    # Second run, one product's text edited and one photo replaced: only those are encoded.
+    c = _photos(3)[2]
+    products2, reviews2 = _frames([a, b, c, broken, ""], ["red dress", "blue jeans!", "red dress", "", "hat"],
+                                  rtexts)
+    emb2 = embed_dataset(products2, reviews2, tmp_path / "cache", progress=False)
+    assert img_encs[1].calls == [[str(c)]]
+    assert txt_encs[1].calls == [["blue jeans!"]]
+    np.testing.assert_array_equal(emb2.review_text, emb.review_text)
+    np.testing.assert_array_equal(emb2.product_image[:2], emb.product_image[:2])
+    assert emb2.stats["images"]["encoded"] == 1 and emb2.stats["texts"]["encoded"] == 1
+
+
+def test_image_batches_decoded_in_threads_match_the_sequential_path():
+    from ml.encoders.image import ImageEncoder
+
+    photos = _photos(11)
+    enc = ImageEncoder.__new__(ImageEncoder)  # no network needed for the input pipeline
+    enc.batch_size = 4
+    enc.loader_threads = 0
+    sequential = list(enc._batches(photos))
+    enc.loader_threads = 2
+    threaded = list(enc._batches(photos))
+    assert [len(b) for b in threaded] == [4, 4, 3]
+    for x, y in zip(sequential, threaded):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(threaded[0][0], threaded[0][1])

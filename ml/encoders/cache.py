@@ -159,6 +159,7 @@ class EmbeddingCache:
         self.max_parts = max(1, int(max_parts))
         self._stores: dict[str, _Store] = {}
         self._stores_lock = threading.Lock()
+        self.last_computed = 0  # how many keys the last `embed` call had to encode
 
     def folder(self, encoder: Any) -> Path:
         """Where `encoder`'s embeddings are stored."""
@@ -202,6 +203,7 @@ class EmbeddingCache:
             for key, item in zip(keys, items):
                 if key not in store.vectors and key not in missing:
                     missing[key] = item
+            self.last_computed = len(missing)
             if missing:
                 self._compute(encoder, store, missing, progress, desc)
             out = np.empty((len(keys), dim), dtype=np.float32)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Union
 
@@ -158,10 +160,11 @@ class ImageEncoder:
     dim = effnet.HEAD_CHANNELS
 
     def __init__(self, weights_path: str | os.PathLike | None = None, batch_size: int = 32,
-                 random_init: bool = False, seed: int = 0) -> None:
+                 random_init: bool = False, seed: int = 0, loader_threads: int = 2) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.batch_size = int(batch_size)
+        self.loader_threads = max(0, int(loader_threads))
         self.random_init = bool(random_init)
         self._model = effnet.build_efficientnet_lite0()
         if self.random_init:
@@ -193,10 +196,30 @@ class ImageEncoder:
         """The Keras model: normalised (n, 224, 224, 3) -> [features (n, 1280), logits (n, 1000)]."""
         return self._model
 
+    def _load_batch(self, chunk: Sequence[ImageInput]) -> np.ndarray:
+        return preprocess(np.stack([load_image(item) for item in chunk]))
+
     def _batches(self, images: Sequence[ImageInput]) -> Iterable[np.ndarray]:
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            yield preprocess(np.stack([load_image(item) for item in chunk]))
+        """Preprocessed batches in order. With `loader_threads` > 0 the next batches are decoded and
+        resized in a small thread pool (PIL releases the GIL) while the network runs on this one."""
+        chunks = [images[s:s + self.batch_size] for s in range(0, len(images), self.batch_size)]
+        if self.loader_threads <= 0 or len(chunks) == 1:
+            for chunk in chunks:
+                yield self._load_batch(chunk)
+            return
+        ahead = self.loader_threads + 1  # batches decoded or decoding ahead of the model
+        with ThreadPoolExecutor(max_workers=self.loader_threads, thread_name_prefix="image-decode") as pool:
+            pending: deque = deque()
+            try:
+                for chunk in chunks:
+                    pending.append(pool.submit(self._load_batch, chunk))
+                    if len(pending) > ahead:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for fut in pending:
+                    fut.cancel()
 
     def features_and_logits(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
         """(features float32 (n, 1280), logits float32 (n, 1000)) in one pass."""
