@@ -4,12 +4,18 @@ Splits: leave-last-out per customer (`metrics.json`) and, when the data has time
 time split (`metrics_time.json`). Rating metrics (RMSE, MAE) over every test rating; ranking metrics
 (Recall@10, NDCG@10) over all products the customer did not rate in train. Synthetic worlds that ship
 `truth/cold_ratings.jsonl` also get a cold-start check: ranking never-rated products by content.
+
+Baselines: global mean, user+item biases, MF, popularity, and the strongest simple top-N models,
+EASE and item-kNN (their hyper-parameter chosen on a validation split carved from the training
+ratings, never the test rows), and content-kNN on the hybrid's own product content vectors (when the
+data has any). Every model is fitted on the same training rows and ranked on the same test rows.
 """
 from __future__ import annotations
 
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +30,51 @@ from ml.split import has_timestamps, split_reviews
 from ml.train import TrainConfig, fit_artifact, is_synthetic
 
 log = logging.getLogger(__name__)
-MODEL_NAMES = ("hybrid", "global_mean", "bias", "mf", "popularity")
+MODEL_NAMES = ("hybrid", "global_mean", "bias", "mf", "popularity", "ease", "item_knn", "content_knn")
 
 
-def _baseline_models() -> dict:
-    return {
+def _baseline_models(content: np.ndarray) -> dict:
+    """The baselines, unfitted; content-kNN only when products have content vectors."""
+    models = {
         "global_mean": baselines.GlobalMean(),
         "bias": baselines.BiasBaseline(),
         "mf": baselines.MatrixFactorization(),
         "popularity": baselines.Popularity(),
+        "ease": baselines.EASE(),
+        "item_knn": baselines.ItemKNN(),
     }
+    if content.shape[1]:
+        models["content_knn"] = baselines.ContentKNN(content)
+    return models
+
+
+def _fit_all(models: dict, frame: pd.DataFrame, n_c: int, n_p: int) -> dict:
+    """Fit every model on the same training frame; returns what each chose and how long it took."""
+    info = {}
+    for name, m in models.items():
+        started = time.time()
+        m.fit(frame, n_c, n_p)
+        info[name] = {"fit_seconds": round(time.time() - started, 1)}
+        for attr in ("lambda_", "shrink_"):
+            if hasattr(m, attr):
+                info[name][attr.rstrip("_")] = getattr(m, attr)
+                info[name]["validation_ndcg@10"] = {str(k): v for k, v in m.validation_.items()}
+    return info
+
+
+def _training_frame(train: pd.DataFrame, u: np.ndarray, i: np.ndarray) -> pd.DataFrame:
+    """u, i, rating and t (recency rank: timestamp, then file order) of the training rows."""
+    ts = train["timestamp"].fillna(-np.inf).to_numpy() if "timestamp" in train else np.zeros(len(train))
+    order = train["order"].to_numpy() if "order" in train else np.arange(len(train))
+    return pd.DataFrame({"u": u, "i": i, "rating": train["rating"].to_numpy(np.float64),
+                         "t": np.lexsort((order, ts)).argsort()})
+
+
+def _tables_frame(tables) -> pd.DataFrame:
+    """The training ratings an artifact's feature tables hold, as a baseline training frame."""
+    counts = np.diff(tables.rated_indptr)
+    return pd.DataFrame({"u": np.repeat(np.arange(tables.n_customers), counts),
+                         "i": tables.rated_indices.astype(np.int64), "rating": tables.rated_rating.astype(np.float64)})
 
 
 def _clean(x):
@@ -63,9 +104,10 @@ def _ndcg_random(gains: np.ndarray, k: int) -> np.ndarray:
 def cold_start_report(data_dir: Path, rec: Recommender, k: int = 10, seed: int = 0) -> dict | None:
     """Rank the never-rated products for each customer; graded relevance = true expected rating - 1.
 
-    The comparison is a random order (its exact expected NDCG): popularity cannot tell never-rated
-    products apart, so "popularity" here would be a random order under another name. The margin
-    comes with a paired-bootstrap 95% interval over customers."""
+    Comparisons: a random order (its exact expected NDCG; popularity cannot tell never-rated
+    products apart, so "popularity" here would be a random order under another name) and
+    content-kNN on the hybrid's own product content vectors, fitted on the artifact's training
+    ratings. Each margin comes with a paired-bootstrap 95% interval over customers."""
     truth_file = Path(data_dir) / "truth" / "cold_ratings.jsonl"
     if not truth_file.is_file():
         return None
@@ -80,16 +122,22 @@ def cold_start_report(data_dir: Path, rec: Recommender, k: int = 10, seed: int =
     items = np.sort(truth.i.unique())
     gains = np.zeros((len(users), len(items)))
     gains[np.searchsorted(users, truth.u), np.searchsorted(items, truth.i)] = truth.rating.to_numpy() - 1.0
-    hybrid = _ndcg_graded(rec.score_customers(users)[:, items], gains, k)
-    random = _ndcg_random(gains, k)
-    ok = np.isfinite(hybrid) & np.isfinite(random)
-    return {
+    ndcg = {"hybrid": _ndcg_graded(rec.score_customers(users)[:, items], gains, k), "random": _ndcg_random(gains, k)}
+    content = rec.tables.prod_content
+    if content.shape[1]:
+        knn = baselines.ContentKNN(content).fit(_tables_frame(rec.tables), rec.tables.n_customers, rec.tables.n_products)
+        ndcg["content_knn"] = _ndcg_graded(knn.score(users)[:, items], gains, k)
+    ok = np.logical_and.reduce([np.isfinite(v) for v in ndcg.values()])
+    out = {
         "n_customers": int(ok.sum()),
         "n_products": int(len(items)),
         "relevance": "true expected rating - 1 (graded), ranking among never-rated products only",
-        f"ndcg@{k}": {"hybrid": float(hybrid[ok].mean()), "random": float(random[ok].mean())},
-        "hybrid_minus_random": paired_bootstrap(hybrid[ok], random[ok], seed=seed),
+        f"ndcg@{k}": {name: float(v[ok].mean()) for name, v in ndcg.items()},
     }
+    for name in ndcg:
+        if name != "hybrid":
+            out[f"hybrid_minus_{name}"] = paired_bootstrap(ndcg["hybrid"][ok], ndcg[name][ok], seed=seed)
+    return out
 
 
 def _rmse_stat(squared_errors: np.ndarray) -> np.ndarray:
@@ -135,8 +183,8 @@ def evaluate_split(dataset, split: str, artifact: Path | None, config: TrainConf
     y = test["rating"].to_numpy(np.float64)
     n_c, n_p = rec.tables.n_customers, rec.tables.n_products
 
-    frame = pd.DataFrame({"u": tu, "i": ti, "rating": train["rating"].to_numpy(np.float64)})
-    models = {name: m.fit(frame, n_c, n_p) for name, m in _baseline_models().items()}
+    models = _baseline_models(rec.tables.prod_content)
+    fitted = _fit_all(models, _training_frame(train, tu, ti), n_c, n_p)
     known = su >= 0
     eval_users = np.unique(su[known])
     exclude = csr_from_pairs(tu, ti, n_c)
@@ -167,8 +215,11 @@ def evaluate_split(dataset, split: str, artifact: Path | None, config: TrainConf
         "n_ranked_customers": int(len(eval_users)),
         "models": results,
         "hybrid_minus": compare(units, "hybrid", seed=config.seed),
+        "baselines": fitted,
         "model_version": rec.version,
     }
+    if "content_knn" not in models:
+        metrics["baselines"]["content_knn"] = {"skipped": "no product content (image/text) in this data"}
     if units_file is not None:
         np.savez(units_file, **{f"{name}/{key}": values for name, per in units.items() for key, values in per.items()})
     history = json.loads((Path(artifact) / "history.json").read_text())
@@ -181,7 +232,7 @@ def _plots(report_dir: Path, name: str, metrics: dict, history: dict, k: int) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for key in ("loss", "val_loss"):
         if key in history:
             axes[0].plot(history[key], label=key)
@@ -195,13 +246,25 @@ def _plots(report_dir: Path, name: str, metrics: dict, history: dict, k: int) ->
         for j, mk in enumerate(metric_keys):
             vals = [metrics["models"][n].get(mk) for n in names]
             ax.bar(np.arange(len(names)) + j * width, [v if v is not None else 0 for v in vals], width, label=mk)
-        ax.set_xticks(np.arange(len(names)) + width / 2, names, rotation=20)
+        ax.set_xticks(np.arange(len(names)) + width / 2, names, rotation=30)
         ax.set_title(title)
         ax.legend()
+    _margin_panel(axes[3], metrics["hybrid_minus"], f"ndcg@{k}")
     fig.suptitle(metrics["data"] + " — " + metrics["split"], fontsize=9)
     fig.tight_layout()
     fig.savefig(report_dir / f"{name}.png", dpi=110)
     plt.close(fig)
+
+
+def _margin_panel(ax, margins: dict, key: str) -> None:
+    """Hybrid minus each baseline on `key`, with its 95% paired-bootstrap interval as error bars."""
+    names = [n for n, m in margins.items() if m.get(key, {}).get("diff") is not None]
+    diff = np.array([margins[n][key]["diff"] for n in names])
+    lo_hi = np.array([margins[n][key]["ci95"] for n in names]).reshape(-1, 2)
+    ax.barh(np.arange(len(names)), diff, xerr=np.abs(lo_hi.T - diff), color="tab:green", capsize=3)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(np.arange(len(names)), names)
+    ax.set_title(f"hybrid minus baseline, {key} (95% CI)")
 
 
 def evaluate(data, report_dir: str | Path, model_dir: str | Path | None = None, config: TrainConfig | None = None,

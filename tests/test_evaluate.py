@@ -46,6 +46,14 @@ def test_metrics_json_shape(report, world_dir):
     assert vs_bias["rmse"]["diff"] == pytest.approx(m["models"]["hybrid"]["rmse"] - m["models"]["bias"]["rmse"])
     assert vs_bias["rmse"]["ci95"][0] <= vs_bias["rmse"]["diff"] <= vs_bias["rmse"]["ci95"][1]
     assert "rmse" not in m["hybrid_minus"]["popularity"] and "ndcg@10" in m["hybrid_minus"]["popularity"]
+    # ranking-only baselines: their hyper-parameter comes from the grid, chosen on validation NDCG
+    for name in ("ease", "item_knn", "content_knn"):
+        assert m["models"][name]["rmse"] is None and "rmse" not in m["hybrid_minus"][name]
+        margin = m["hybrid_minus"][name]["ndcg@10"]
+        assert margin["diff"] == pytest.approx(m["models"]["hybrid"]["ndcg@10"] - m["models"][name]["ndcg@10"])
+    for name, key in (("ease", "lambda"), ("item_knn", "shrink")):
+        chosen = m["baselines"][name]
+        assert chosen["validation_ndcg@10"][str(chosen[key])] == max(chosen["validation_ndcg@10"].values())
 
 
 def test_time_split_and_plots(report):
@@ -57,11 +65,12 @@ def test_time_split_and_plots(report):
 def test_cold_start_section_on_synthetic_data(report):
     cold = json.loads((report / "metrics.json").read_text())["cold_start"]
     assert cold["n_products"] > 0 and cold["n_customers"] > 0
-    assert set(cold["ndcg@10"]) == {"hybrid", "random"}
-    margin = cold["hybrid_minus_random"]
-    assert margin["n"] == cold["n_customers"]
-    assert margin["diff"] == pytest.approx(cold["ndcg@10"]["hybrid"] - cold["ndcg@10"]["random"])
-    assert margin["ci95"][0] <= margin["diff"] <= margin["ci95"][1]
+    assert set(cold["ndcg@10"]) == {"hybrid", "random", "content_knn"}
+    for other in ("random", "content_knn"):
+        margin = cold[f"hybrid_minus_{other}"]
+        assert margin["n"] == cold["n_customers"]
+        assert margin["diff"] == pytest.approx(cold["ndcg@10"]["hybrid"] - cold["ndcg@10"][other])
+        assert margin["ci95"][0] <= margin["diff"] <= margin["ci95"][1]
 
 
 @pytest.fixture(scope="module")
