@@ -61,16 +61,18 @@ import gzip
 import json
 import math
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 __all__ = [
     "generate_world",
+    "with_image_urls",
     "find_fashion_mnist",
     "REVIEWS_FILE",
     "META_FILE",
@@ -838,6 +840,36 @@ def _readme(params: dict[str, Any], source: str, n_cold: int, n_reviews: int,
         "noise), 1, 5). Customers review products chosen partly by taste and partly by popularity. "
         "See the module docstring of `ml/synthetic.py`.\n"
     )
+
+
+def with_image_urls(world_dir: str | Path, out_dir: str | Path, base_url: str,
+                    url_for: Callable[[str, str], str] | None = None) -> Path:
+    """A copy of the world in `world_dir` whose meta lines give each product's photo as an URL, as
+    a real Amazon 2023 meta file does, and that has no `images/` folder (a local picture would win).
+
+    The URL is `base_url/<file name>` (the file in `world_dir/images/`), or `url_for(parent_asin,
+    file_name)` when given (a test points some products at failing URLs). Reviews, SYNTHETIC.md and
+    truth/ are copied unchanged. Serve `world_dir/images/` at `base_url` to train on it."""
+    src, out = Path(world_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (REVIEWS_FILE, README_FILE):
+        shutil.copyfile(src / name, out / name)
+    if (src / TRUTH_DIR).is_dir():
+        shutil.copytree(src / TRUTH_DIR, out / TRUTH_DIR, dirs_exist_ok=True)
+    base = base_url.rstrip("/")
+    lines = []
+    for line in (src / META_FILE).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        meta = json.loads(line)
+        for entry in meta.get("images") or []:
+            for field in ("thumb", "large", "hi_res"):
+                if entry.get(field):
+                    name = Path(entry[field]).name
+                    entry[field] = url_for(meta["parent_asin"], name) if url_for else f"{base}/{name}"
+        lines.append(meta)
+    _write_jsonl(out / META_FILE, lines)
+    return out
 
 
 # ----------------------------------------------------------------------------- writing

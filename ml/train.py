@@ -258,12 +258,14 @@ def is_synthetic(dataset) -> bool:
 
 def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfig, split: str,
                  settings: Settings | None = None, embeddings: Embeddings | None = None,
-                 retrieval: RetrievalConfig | None = None) -> dict:
+                 retrieval: RetrievalConfig | None = None, timings: dict | None = None) -> dict:
     """Train on `train` (rows of dataset.reviews) and write the artifact directory `out_dir`.
 
     `embeddings`: precomputed (products, and `train`'s reviews in order) instead of running the
     encoders (the catalog benchmark generates content vectors for a million products).
-    `retrieval`: two-tower/index settings, when the retriever is built (`TrainConfig.retriever`)."""
+    `retrieval`: two-tower/index settings, when the retriever is built (`TrainConfig.retriever`).
+    `timings`: seconds of stages before this call (`load`), recorded with fetch, embed_images,
+    embed_texts and fit (everything after embedding) in the manifest's `stages_s`."""
     settings = settings or Settings.from_env()
     started = time.time()
     out_dir = Path(out_dir)
@@ -281,14 +283,31 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
     rating = train["rating"].to_numpy(np.float32)
 
     log.info("embedding %d products and %d training reviews", len(products), len(train))
-    emb = embeddings or embed_dataset(products, train, settings.cache_dir, config.use_images, config.use_text,
-                                      config.progress)
+    stages = dict(timings or {})
+    image_report: dict = {}
+    if embeddings is None:
+        # Photos given as URLs are localised into the image cache first; a failed one is a missing photo.
+        t0 = time.time()
+        local = products
+        if config.use_images:
+            from ml.data.images import fetch_images
+
+            local, image_report = fetch_images(products, settings.cache_dir, progress=config.progress)
+        stages["fetch"] = round(time.time() - t0, 2)
+        emb = embed_dataset(local, train, settings.cache_dir, config.use_images, config.use_text, config.progress)
+        stages.update(emb.stats.get("seconds", {}))
+        del local
+    else:
+        emb = embeddings
+    fit_started = time.time()
     if emb.review_text is not None:
         review_vecs = reduce_block(emb.review_text, emb.has_review_text, config.pca_dim, config.seed)
     else:
         review_vecs = np.zeros((len(train), 0), np.float32)
     content = product_content(emb.product_image, emb.has_image, emb.product_text, emb.has_product_text,
                               config.pca_dim, config.seed)
+    if embeddings is None:  # the raw vectors are reduced now: keep no copy of them through the fit
+        emb.product_image = emb.product_text = emb.review_text = None
     ts = train["timestamp"].fillna(-np.inf).to_numpy() if "timestamp" in train else np.zeros(len(train))
     order_col = train["order"].to_numpy() if "order" in train else np.arange(len(train))
     recency = np.lexsort((order_col, ts)).argsort()
@@ -330,6 +349,7 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
             },
             "split": split,
             "encoders": emb.encoders,
+            "images": {"with_photo": int(np.count_nonzero(emb.has_image)), **image_report},
             "config": {**asdict(config), "hidden": list(config.hidden)},
             "spec": spec.to_dict(),
             "metrics": metrics,
@@ -343,6 +363,7 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
         if wants_retriever(config, len(products), settings):
             manifest["retrieval"] = write_retriever(tmp, model, tables, retrieval or RetrievalConfig(seed=config.seed))
         manifest["training_seconds"] = round(time.time() - started, 1)
+        manifest["stages_s"] = {**stages, "fit": round(time.time() - fit_started, 1)}
         _write_json(tmp / "manifest.json", manifest)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         if out_dir.exists():
@@ -377,6 +398,8 @@ def train_model(data, out_dir: str | Path, config: TrainConfig | None = None, sp
     """Load `data` (a path, or a loaded Dataset), split it, train and write the artifact; returns the manifest."""
     from ml.data import load_dataset
 
+    t0 = time.time()
     dataset = load_dataset(data) if isinstance(data, (str, Path)) else data
     train, _ = split_reviews(dataset.reviews, split)
-    return fit_artifact(dataset, train, Path(out_dir), config or TrainConfig(), split, settings)
+    return fit_artifact(dataset, train, Path(out_dir), config or TrainConfig(), split, settings,
+                        timings={"load": round(time.time() - t0, 2)})

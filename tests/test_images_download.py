@@ -9,6 +9,7 @@ large in bytes or in pixels.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import socket
 import threading
@@ -26,19 +27,26 @@ from ml.data.images import FetchResult, ImageDownloader, fetch_images, localize_
 PHOTOS_DIR = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small-subset" / "images"
 
 
-def _photos() -> list[Path]:
-    photos = sorted(PHOTOS_DIR.glob("*.jpg"))
+@functools.lru_cache(maxsize=None)
+def _photo_files() -> tuple[Path, ...]:
+    return tuple(sorted(PHOTOS_DIR.glob("*.jpg")))
+
+
+def _photos() -> tuple[Path, ...]:
+    photos = _photo_files()
     if len(photos) < 40:
         pytest.skip(f"real photos not present: {PHOTOS_DIR}")
     return photos
 
 
+@functools.lru_cache(maxsize=None)
 def _photo_bytes(name: str) -> bytes:
     """A real photo chosen by `name` (stable), as served."""
     photos = _photos()
     return photos[sum(name.encode()) % len(photos)].read_bytes()
 
 
+@functools.lru_cache(maxsize=None)
 def _huge_png() -> bytes:
     """A 3,000 x 3,000 PNG: a few KB on the wire, 9 Mpx once decoded."""
     buf = io.BytesIO()
@@ -60,6 +68,7 @@ class _State:
         self.release = threading.Event()
         # /busy/ requests wait for each other in groups: answered only with that much concurrency
         self.busy = threading.Barrier(BUSY_CONCURRENCY, timeout=20)
+        self.files_dir: Path | None = None  # /file/<name> serves files from here
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -83,6 +92,11 @@ class _Handler(BaseHTTPRequestHandler):
         name = path.split("?")[0]
         if path.startswith("/ok/"):
             return 200, _photo_bytes(name), "image/jpeg", None
+        if path.startswith("/file/") and st.files_dir is not None:
+            f = st.files_dir / Path(name).name
+            if f.is_file():
+                return 200, f.read_bytes(), "image/png" if f.suffix == ".png" else "image/jpeg", None
+            return 404, b"", "text/plain", None
         if path.startswith("/missing"):
             return 404, b"not found", "text/plain", None
         if path.startswith("/flaky"):
@@ -328,7 +342,8 @@ def expected_failures() -> dict[str, int]:
 def test_failure_report_counts_what_the_server_failed_and_resumes(tmp_path, server):
     base, st = server
     products = catalog(base)
-    kw = dict(timeout_s=0.5, retries=1, backoff_s=0.01, concurrency=8, progress=False, max_pixels=1_000_000)
+    # only /slow/ never answers in time (it waits for the release below); the rest answer at once
+    kw = dict(timeout_s=1.5, retries=1, backoff_s=0.01, concurrency=8, progress=False, max_pixels=1_000_000)
     out, report = fetch_images(products, tmp_path, **kw)
     assert report["failed_by_reason"] == expected_failures()
     n_failed = sum(FAULTS.values())
@@ -348,3 +363,47 @@ def test_failure_report_counts_what_the_server_failed_and_resumes(tmp_path, serv
     failed2 = expected_failures()
     del failed2["timeout"]
     assert report2["failed_by_reason"] == failed2
+
+
+@pytest.mark.slow
+def test_training_fetches_photos_and_reports_failures_in_the_manifest(tmp_path, server, monkeypatch):
+    """`train` on a world whose photos are URLs: the failed ones are missing photos, the counts by
+    reason in the manifest are what the server was told to fail, and a second run fetches nothing."""
+    from dataclasses import replace
+
+    import ml.data.images as images
+    from ml.config import Settings
+    from ml.synthetic import generate_world, with_image_urls
+    from ml.train import TrainConfig, train_model
+
+    base, st = server
+    generate_world(tmp_path / "w", n_customers=30, n_products=24, seed=5)
+    st.files_dir = tmp_path / "w" / "images"
+    faults = {"missing": 2, "short": 1, "liar": 1, "html": 1, "huge": 1}  # the 6 first products
+    plan = [kind for kind, n in faults.items() for _ in range(n)]
+    asins: dict[str, int] = {}  # product -> its rank in the meta file
+
+    def url_for(asin: str, name: str) -> str:
+        k = asins.setdefault(asin, len(asins))
+        return f"{base}/{plan[k]}/{k}.jpg" if k < len(plan) else f"{base}/file/{name}"
+
+    data = with_image_urls(tmp_path / "w", tmp_path / "urls", base, url_for)
+    assert not (data / "images").exists()
+    settings = replace(Settings.from_env(), cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(images, "DEFAULT_MAX_PIXELS", 1_000_000)  # the 3,000 x 3,000 /huge photo is huge here
+    cfg = TrainConfig(epochs=1, use_text=False, verbose=0, progress=False)
+    m1 = train_model(data, tmp_path / "m1", cfg, settings=settings)
+    want = {"http_404": 2, "truncated": 1, "not_image": 2, "too_many_pixels": 1}
+    assert m1["images"] == {"with_photo": 24 - 6, "urls": 24, "fetched": 18, "cached": 0, "failed": 6,
+                            "failed_by_reason": want, "local": 0, "none": 0, "seconds": m1["images"]["seconds"]}
+    # what a second `train` would find: the 18 photos cached, the 6 failures asked again (and failing)
+    from ml.data import load_dataset
+
+    _, again = images.fetch_images(load_dataset(data).products, settings.cache_dir, progress=False)
+    assert again["fetched"] == 0 and again["cached"] == 18 and again["failed_by_reason"] == want
+    assert set(m1["stages_s"]) == {"load", "fetch", "embed_images", "embed_texts", "fit"}
+    assert m1["encoders"].keys() == {"image"}
+    # products.json keeps the source URLs (what a client can show), not the cache paths
+    import json
+    shown = json.loads((tmp_path / "m1" / "products.json").read_text())
+    assert all(p["image"].startswith(base) for p in shown)

@@ -104,10 +104,11 @@ def is_url(value: str) -> bool:
     return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
 
 
-def check_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+def check_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> None:
     """Raise `_Failure` unless `path` is a complete image of at most `max_pixels` pixels."""
     from PIL import Image, UnidentifiedImageError
 
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with Image.open(path) as im:
             w, h = im.size
@@ -137,7 +138,7 @@ class ImageDownloader:
         concurrency: int = DEFAULT_CONCURRENCY,
         progress: bool = True,
         max_bytes: int = DEFAULT_MAX_BYTES,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int | None = None,
         check_content: bool = True,
     ):
         self.cache_dir = Path(cache_dir)
@@ -147,7 +148,7 @@ class ImageDownloader:
         self.concurrency = max(1, int(concurrency))
         self.progress = progress
         self.max_bytes = int(max_bytes)
-        self.max_pixels = int(max_pixels)
+        self.max_pixels = int(DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
         self.check_content = bool(check_content)
         self._local = threading.local()
 
