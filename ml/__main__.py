@@ -1,4 +1,4 @@
-"""Command line: `python -m ml {train,evaluate,demo-data,describe} ...`.
+"""Command line: `python -m ml {train,evaluate,demo-data,describe,fetch-images} ...`.
 
 Bad input (missing path, unknown format, bad option) prints one clear line and exits non-zero;
 it never prints a stack trace.
@@ -53,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("describe", help="load a data set and print its counts")
     s.add_argument("--data", required=True)
+
+    f = sub.add_parser("fetch-images", help="download every product photo given as an URL into the image cache "
+                                            "(what `train` does first); prints the report")
+    f.add_argument("--data", required=True)
+    f.add_argument("--concurrency", type=_positive, help="downloads in flight (default 16)")
+    f.add_argument("--timeout", type=float, help="seconds per request (default 10)")
+    f.add_argument("--retries", type=int, help="retries after an error, a timeout or a 5xx (default 3)")
+    f.add_argument("--report", help="also write the report (JSON) here")
+    f.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -81,6 +90,24 @@ def _run(args) -> int:
         from ml.data import describe, load_dataset
 
         print(json.dumps(describe(load_dataset(args.data)), indent=2, default=str))
+        return 0
+    if args.command == "fetch-images":
+        from ml.data import load_dataset
+        from ml.data.images import fetch_images
+        from ml.embed import image_keys
+
+        kw = {k: v for k, v in (("concurrency", args.concurrency), ("timeout_s", args.timeout),
+                                ("retries", args.retries)) if v is not None}
+        products = load_dataset(args.data).products
+        local, report = fetch_images(products, settings.cache_dir, progress=not args.no_progress, **kw)
+        report = {"products": int(len(products)),
+                  "with_photo": sum(1 for k in image_keys(local["image"].fillna("").astype(str).tolist()) if k),
+                  **report, "cache_dir": str(settings.cache_dir / "images")}
+        text = json.dumps(report, indent=2)
+        if args.report:
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.report).write_text(text + "\n")
+        print(text)
         return 0
     if args.command == "train":
         from ml.registry import ModelRegistry
