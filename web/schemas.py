@@ -87,12 +87,22 @@ class CustomersQuery(StrictSchema):
 # answer carries exactly the documented fields; `required=True` marks what every answer has, so the
 # OpenAPI document says what is true (tests/test_hostile_input.py checks answers against it).
 
-class JobAccepted(Schema):
+class Out(Schema):
+    """A response schema over the dicts the views return: a field is read as a key only. (By default
+    marshmallow falls back to getattr, so a result without "items" would serialise dict.items.)"""
+
+    def get_attribute(self, obj, attr, default):
+        if isinstance(obj, dict):
+            return obj.get(attr, default)
+        return super().get_attribute(obj, attr, default)
+
+
+class JobAccepted(Out):
     job_id = String(required=True)
     status_url = String(required=True)
 
 
-class Item(Schema):
+class Item(Out):
     product_id = String(required=True)
     score = Float(required=True, metadata={"description": "ranking score (higher ranks first)"})
     predicted_rating = Float(required=True, allow_none=True, metadata={
@@ -108,7 +118,7 @@ class Item(Schema):
         "description": "which scoring path served the item"})
 
 
-class CustomerResult(Schema):
+class CustomerResult(Out):
     customer_id = String(required=True)
     items = List(Nested(Item), required=True)
     cold_start = Boolean(required=True)
@@ -120,7 +130,7 @@ class Recommendations(CustomerResult):
     model_version = String(required=True)
 
 
-class JobResult(Schema):
+class JobResult(Out):
     """One schema for the three kinds of job (no field is present in all of them)."""
     customer_id = String(metadata={"description": "kind recommend"})
     items = List(Nested(Item), metadata={"description": "kind recommend"})
@@ -135,7 +145,7 @@ class JobResult(Schema):
 ERROR_CODES = list(CODES)
 
 
-class JobStatus(Schema):
+class JobStatus(Out):
     job_id = String(required=True)
     kind = String(required=True, metadata={"enum": ["recommend", "batch", "customers"]})
     state = String(required=True, metadata={"enum": ["queued", "started", "succeeded", "failed"]})
@@ -148,23 +158,23 @@ class JobStatus(Schema):
                        "model_unavailable, timeout, internal and expired are not"})
 
 
-class CustomersOut(Schema):
+class CustomersOut(Out):
     customers = List(String(), required=True)
     model_version = String(required=True, allow_none=True)
 
 
-class Health(Schema):
+class Health(Out):
     status = String()
 
 
-class Ready(Schema):
+class Ready(Out):
     ready = Boolean()
     reason = String()
     workers = List(String())
     model_version = String(allow_none=True)
 
 
-class Error(Schema):
+class Error(Out):
     """Every error answer (APIFlask's HTTP_ERROR_SCHEMA and VALIDATION_ERROR_SCHEMA)."""
     error = String(required=True)
     status = Integer(required=True)
