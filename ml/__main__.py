@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--customers", type=_positive, default=400)
     d.add_argument("--products", type=_positive, default=240)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--image-format", choices=("png", "jpg"), default="png")
+    d.add_argument("--image-variation", choices=("auto", "per-product", "jitter"), default="auto",
+                   help="auto: a picture per product up to 2,000 products, cheap variants of shared pictures above")
 
     s = sub.add_parser("describe", help="load a data set and print its counts")
     s.add_argument("--data", required=True)
@@ -83,7 +86,8 @@ def _run(args) -> int:
     if args.command == "demo-data":
         from ml.synthetic import generate_world
 
-        summary = generate_world(args.out, n_customers=args.customers, n_products=args.products, seed=args.seed)
+        summary = generate_world(args.out, n_customers=args.customers, n_products=args.products, seed=args.seed,
+                                 image_format=args.image_format, image_variation=args.image_variation)
         print(json.dumps(summary, indent=2, default=str))
         return 0
     if args.command == "describe":

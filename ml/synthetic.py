@@ -12,7 +12,7 @@ matrix factorisation -- in particular on products nobody has rated yet.
 - `meta_Amazon_Fashion.jsonl`  one line per product (main_category, title, average_rating,
                                rating_number, features, description, price, images, videos, store,
                                categories, details, parent_asin, bought_together); the image is a
-                               path relative to `out_dir`: `images/<parent_asin>.png`;
+                               path relative to `out_dir`: `images/<parent_asin>.png` (or .jpg);
 - `images/<parent_asin>.png`   an RGB picture of the product: a garment drawn with PIL (default) or,
                                when Debian's `dataset-fashion-mnist` is installed, a Fashion-MNIST
                                picture of the same garment class, upscaled and tinted;
@@ -89,6 +89,11 @@ GENERATOR_VERSION = "1"
 REVIEWS_FILE = "Amazon_Fashion.jsonl"
 META_FILE = "meta_Amazon_Fashion.jsonl"
 IMAGES_DIR = "images"
+# Above this many products, `image_variation="auto"` makes one picture per garment/colour/pattern and
+# cheap per-product variants of it (a 10,000-product world in seconds instead of minutes).
+VARY_ABOVE = 2000
+# The cold-start truth file holds at most this many (customer, product) pairs (~100 bytes each).
+TRUTH_MAX_PAIRS = 2_000_000
 TRUTH_DIR = "truth"
 COLD_RATINGS_FILE = "cold_ratings.jsonl"
 WORLD_FILE = "world.json"
@@ -332,12 +337,20 @@ def generate_world(
     image_size: int = 224,
     image_source: str = "auto",
     fashion_mnist_dir: str | Path | None = None,
+    image_format: str = "png",
+    image_variation: str = "auto",
+    truth_max_pairs: int = TRUTH_MAX_PAIRS,
 ) -> dict[str, Any]:
     """Write a synthetic Amazon_Fashion (2023 format) world into `out_dir`; return a summary.
 
     `image_source`: "auto" (Fashion-MNIST when installed, else drawn), "rendered" or
     "fashion-mnist" (raises FileNotFoundError when the files are missing). `fashion_mnist_dir`
-    overrides where to look for the idx files.
+    overrides where to look for the idx files. `image_format`: "png" or "jpg" (JPEG, quality 90).
+    `image_variation`: "per-product" (each picture made from scratch, ~10-25 ms each), "jitter"
+    (one picture per garment/colour/pattern, each product a cheap variant of it: flipped, shifted
+    and lightened or darkened, so every product still has its own picture) or "auto" (per-product
+    up to VARY_ABOVE products). `truth_max_pairs`: the cold-start truth covers every customer x
+    cold product pair up to this many; above it, the first customers (in id order) that fit.
     """
     n_customers, n_products, seed, image_size = int(n_customers), int(n_products), int(seed), int(image_size)
     lo, hi = (int(v) for v in reviews_per_customer)
@@ -366,6 +379,12 @@ def generate_world(
                 "Fashion-MNIST not found (install Debian's dataset-fashion-mnist or pass fashion_mnist_dir)"
             )
     source = "fashion-mnist" if fm_dir is not None else "rendered"
+    if image_format not in ("png", "jpg"):
+        raise ValueError("image_format must be 'png' or 'jpg'")
+    if image_variation not in ("auto", "per-product", "jitter"):
+        raise ValueError("image_variation must be 'auto', 'per-product' or 'jitter'")
+    variation = image_variation if image_variation != "auto" else (
+        "jitter" if n_products > VARY_ABOVE else "per-product")
 
     out = Path(out_dir)
     images_dir = out / IMAGES_DIR
@@ -473,13 +492,15 @@ def generate_world(
             avail = last_ms - int(rng_time.integers(0, 20 * DAY_MS))
         else:
             avail = int(first_review_ms[j]) - int(rng_time.integers(DAY_MS, 120 * DAY_MS))
-        metas.append(_meta_line(products, j, rs, avail))
+        metas.append(_meta_line(products, j, rs, avail, image_format))
 
     # --- images --------------------------------------------------------------------------------
-    wanted = {f"{a}.png" for a in asins}
-    for stale in images_dir.glob("*.png"):
+    wanted = {f"{a}.{image_format}" for a in asins}
+    for stale in [*images_dir.glob("*.png"), *images_dir.glob("*.jpg")]:
         if stale.name not in wanted:
             stale.unlink()
+    save_kw = {"format": "PNG"} if image_format == "png" else {"format": "JPEG", "quality": 90}
+    bases: dict[tuple[int, int, int], np.ndarray] = {}
     if source == "fashion-mnist":
         assert fm_dir is not None
         fm_images, fm_labels = _load_fashion_mnist(fm_dir)
@@ -488,27 +509,33 @@ def generate_world(
         g = GARMENTS[cat[j]]
         rgb = COLOURS[col[j]][1]
         pattern = PATTERNS[pat[j]]
-        img_rng = np.random.default_rng([seed, 7, j])  # per product: stable whatever the source
-        if source == "fashion-mnist":
-            pick = by_label[g.fmnist_label]
-            pic = fm_images[int(pick[img_rng.integers(len(pick))])]
-            img = _tint_fashion_mnist(pic, rgb, pattern, image_size, img_rng)
+        key = (int(cat[j]), int(col[j]), int(pat[j]))
+        if variation == "jitter" and key in bases:
+            img = _jitter(bases[key], np.random.default_rng([seed, 8, j]))
         else:
-            img = _render_garment(g.key, rgb, pattern, image_size, img_rng)
-        img.save(images_dir / f"{asins[j]}.png", format="PNG")
+            # per product (or per garment/colour/pattern for "jitter"): stable whatever the source
+            img_rng = np.random.default_rng([seed, 7, j])
+            if source == "fashion-mnist":
+                pick = by_label[g.fmnist_label]
+                pic = fm_images[int(pick[img_rng.integers(len(pick))])]
+                img = _tint_fashion_mnist(pic, rgb, pattern, image_size, img_rng)
+            else:
+                img = _render_garment(g.key, rgb, pattern, image_size, img_rng)
+            if variation == "jitter":
+                bases[key] = np.asarray(img.convert("RGB"))
+        img.save(images_dir / f"{asins[j]}.{image_format}", **save_kw)
 
     # --- truth ---------------------------------------------------------------------------------
     cold_idx = np.flatnonzero(products["cold"])
-    expected = _expected_rating(latent)
-    truth_lines = []
-    for u in range(n_customers):
-        for j in cold_idx:
-            truth_lines.append({
-                "user_id": user_ids[u],
-                "parent_asin": asins[j],
-                "rating": round(float(expected[u, j]), 4),
-                "latent": round(float(latent[u, j]), 4),
-            })
+    truth_customers = n_customers if len(cold_idx) * n_customers <= truth_max_pairs else \
+        max(1, int(truth_max_pairs) // max(len(cold_idx), 1))
+    expected = _expected_rating(latent[:truth_customers][:, cold_idx]) if len(cold_idx) else None
+    truth_chunks = []
+    for u in range(truth_customers if len(cold_idx) else 0):
+        truth_chunks.append("".join(
+            json.dumps({"user_id": user_ids[u], "parent_asin": asins[j], "rating": round(float(e), 4),
+                        "latent": round(float(x), 4)}) + "\n"
+            for j, e, x in zip(cold_idx, expected[u], latent[u, cold_idx])))
 
     hist = {str(k): 0 for k in range(1, 6)}
     for rv in reviews:
@@ -522,11 +549,18 @@ def generate_world(
         "reviews_per_customer": [lo, hi],
         "image_size": image_size,
     }
+    # parameters beyond the original ones are recorded only when they change the files
+    if image_format != "png":
+        params["image_format"] = image_format
+    if variation != "per-product":
+        params["image_variation"] = variation
+    if truth_customers < n_customers:
+        params["truth_customers"] = truth_customers
     world = _world_json(params, source, products, customers, parts_keys=list(parts), mu=mu)
 
     _write_jsonl(out / REVIEWS_FILE, reviews)
     _write_jsonl(out / META_FILE, metas)
-    _write_jsonl(truth_dir / COLD_RATINGS_FILE, truth_lines)
+    _write_text(truth_dir / COLD_RATINGS_FILE, "".join(truth_chunks))
     _write_text(truth_dir / WORLD_FILE, json.dumps(world, indent=1, sort_keys=True) + "\n")
     _write_text(out / README_FILE, _readme(params, source, n_cold, len(reviews), hist, mean_rating))
 
@@ -652,7 +686,8 @@ def _review_text(rng: np.random.Generator, r: int, products: dict[str, Any], j: 
     return title, text
 
 
-def _meta_line(products: dict[str, Any], j: int, ratings: list[float], avail_ms: int) -> dict[str, Any]:
+def _meta_line(products: dict[str, Any], j: int, ratings: list[float], avail_ms: int,
+               image_format: str = "png") -> dict[str, Any]:
     g = GARMENTS[products["cat"][j]]
     w = _attr_words(products, j)
     tr = products["text_rng"][j]
@@ -689,7 +724,7 @@ def _meta_line(products: dict[str, Any], j: int, ratings: list[float], avail_ms:
         "Material": material_t,
         "Date First Available": f"{avail:%B} {avail.day}, {avail.year}",
     }
-    image_rel = f"{IMAGES_DIR}/{products['parent_asin'][j]}.png"
+    image_rel = f"{IMAGES_DIR}/{products['parent_asin'][j]}.{image_format}"
     return {
         "main_category": "AMAZON FASHION",
         "title": title,
@@ -811,6 +846,8 @@ def _readme(params: dict[str, Any], source: str, n_cold: int, n_reviews: int,
         if source == "fashion-mnist"
         else "garments drawn with PIL in the product's colour and pattern"
     )
+    jitter = ("; one picture per garment type, colour and pattern, each product showing its own variant "
+              "of it (mirrored, shifted, lighter or darker)" if params.get("image_variation") == "jitter" else "")
     return (
         "# SYNTHETIC DATA - not real customers, products or reviews\n\n"
         "Everything in this folder is synthetic. It was generated by `ml.synthetic.generate_world` "
@@ -825,8 +862,9 @@ def _readme(params: dict[str, Any], source: str, n_cold: int, n_reviews: int,
         f"mean {mean_rating}).\n"
         f"- `{META_FILE}`: {params['n_products']} products in the Amazon Reviews 2023 meta format; "
         f"{n_cold} of them (\"new arrivals\") have no reviews at all.\n"
-        f"- `{IMAGES_DIR}/<parent_asin>.png`: one {params['image_size']}x{params['image_size']} RGB picture "
-        f"per product: {img}.\n"
+        f"- `{IMAGES_DIR}/<parent_asin>.{params.get('image_format', 'png')}`: one "
+        f"{params['image_size']}x{params['image_size']} RGB picture per product: {img}"
+        f"{jitter}.\n"
         f"- `{TRUTH_DIR}/{COLD_RATINGS_FILE}`: for every customer and every never-rated product, the "
         "noise-free expected rating (`rating`, the expectation of the rounded, clipped rating) and the "
         "unrounded latent score (`latent`) - the ground truth for evaluating cold-start ranking.\n"
@@ -870,6 +908,18 @@ def with_image_urls(world_dir: str | Path, out_dir: str | Path, base_url: str,
         lines.append(meta)
     _write_jsonl(out / META_FILE, lines)
     return out
+
+
+def _jitter(base: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """A cheap variant of a picture (about 1 ms): mirrored or not, shifted by up to 1/28 of its size
+    (edges repeated), lightened or darkened by up to 8%."""
+    a = base[:, ::-1] if rng.random() < 0.5 else base
+    h, w = a.shape[:2]
+    m = max(1, w // 28)
+    dy, dx = (int(v) for v in rng.integers(-m, m + 1, size=2))
+    a = np.pad(a, ((m, m), (m, m), (0, 0)), mode="edge")[m + dy:m + dy + h, m + dx:m + dx + w]
+    gain = 1.0 + float(rng.uniform(-0.08, 0.08))
+    return Image.fromarray(np.clip(a.astype(np.float32) * gain, 0, 255).astype(np.uint8))
 
 
 # ----------------------------------------------------------------------------- writing

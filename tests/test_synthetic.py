@@ -14,6 +14,7 @@ from ml.synthetic import (
     COLD_RATINGS_FILE,
     COLOURS,
     GARMENTS,
+    IMAGES_DIR,
     META_FILE,
     README_FILE,
     REVIEWS_FILE,
@@ -315,3 +316,33 @@ def test_fashion_mnist_pictures(tmp_path):
     assert (tmp_path / "a" / REVIEWS_FILE).read_bytes() == (tmp_path / "c" / REVIEWS_FILE).read_bytes()
     assert rendered["rating_histogram"] == a["rating_histogram"]
 
+
+
+def test_jitter_variation_jpeg_and_truth_cap(tmp_path):
+    """The large-world options on a small world: JPEG pictures, one base picture per garment/colour/
+    pattern with a distinct cheap variant per product, and the cold truth capped to whole customers."""
+    import hashlib
+
+    from PIL import Image
+
+    out = tmp_path / "w"
+    s = generate_world(out, **{**SMALL, "image_size": 64}, image_format="jpg", image_variation="jitter",
+                       truth_max_pairs=100)
+    metas = read_jsonl(out / META_FILE)
+    files = sorted((out / IMAGES_DIR).iterdir())
+    assert {f.suffix for f in files} == {".jpg"} and len(files) == SMALL["n_products"]
+    for m in metas:
+        rel = m["images"][0]["large"]
+        assert rel == f"{IMAGES_DIR}/{m['parent_asin']}.jpg"
+        with Image.open(out / rel) as im:
+            assert im.format == "JPEG" and im.size == (64, 64)
+    assert len({hashlib.sha1(f.read_bytes()).hexdigest() for f in files}) == len(files)  # all distinct
+    assert s["image_variation"] == "jitter" and s["image_format"] == "jpg"
+    truth = read_jsonl(out / TRUTH_DIR / COLD_RATINGS_FILE)
+    n_cold = s["n_cold_products"]
+    assert s["truth_customers"] == 100 // n_cold and len(truth) == s["truth_customers"] * n_cold
+    assert "variant" in (out / "SYNTHETIC.md").read_text()
+    # same seed and options, same bytes
+    generate_world(tmp_path / "again", **{**SMALL, "image_size": 64}, image_format="jpg",
+                   image_variation="jitter", truth_max_pairs=100)
+    assert all_files(out) == all_files(tmp_path / "again")
