@@ -4,6 +4,8 @@
 - `train`: wall time of `python -m ml train` on the real 2023 ratings (issue: <= 10 minutes);
 - `quality`: the README's claims on the REAL data sets, each against its paired-bootstrap interval
   (bench/quality.py; too slow for `make test`); exit status 1 when one fails;
+- `training`: training wall time, peak RSS and stage breakdown at 1,000 and 10,000 SYNTHETIC products,
+  photos fetched from a local HTTP server, cold and warm cache (bench/training.py);
 - `catalog`: serving against catalog size (10k-1M SYNTHETIC products), exact and two-stage (bench/catalog.py);
 - `two_stage`: two-stage against exact serving on the REAL data, leave-last-out, with intervals (bench/two_stage.py);
 - `faults`: worker kill -9 (pool child, main process) and a Redis crash with 100 jobs, 10k jobs of bounded state (bench/faults.py);
@@ -250,8 +252,15 @@ def bench_faults() -> dict:
     return run()
 
 
+def bench_training() -> dict:
+    """Training at 1,000 and 10,000 products, photos over local HTTP, cold and warm cache (bench/training.py)."""
+    from bench.training import run
+
+    return run([1000, 10000])
+
+
 BENCHES = {"encoders": bench_encoders, "train": bench_train, "serving": bench_serving, "catalog": bench_catalog,
-           "quality": bench_quality, "two_stage": bench_two_stage, "faults": bench_faults}
+           "quality": bench_quality, "two_stage": bench_two_stage, "faults": bench_faults, "training": bench_training}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -350,6 +350,7 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
             "split": split,
             "encoders": emb.encoders,
             "images": {"with_photo": int(np.count_nonzero(emb.has_image)), **image_report},
+            "embedding": {k: v for k, v in emb.stats.items() if k != "seconds"},
             "config": {**asdict(config), "hidden": list(config.hidden)},
             "spec": spec.to_dict(),
             "metrics": metrics,
