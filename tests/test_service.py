@@ -395,7 +395,9 @@ def test_run_stack_starts_everything_and_ctrl_c_stops_it(tmp_path, base_settings
             p.read_text(errors="replace") for p in (tmp_path / "var" / "logs").glob("*.log"))
         assert redis_password not in logs
         assert text.count("s3cret-pw") == 1  # the Flower credentials, shown once by the launcher
-        redis_pid = next(pid for pid in started if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        # redis-server retitles itself ("redis-server 127.0.0.1:PORT") over its argv and environ
+        redis_pid = next(p.pid for p in psutil.process_iter(["cmdline"])
+                         if f"redis-server 127.0.0.1:{redis_port}" in " ".join(p.info["cmdline"] or []))
         assert redis_password not in Path(f"/proc/{redis_pid}/cmdline").read_bytes().decode(errors="replace")
         listening = {c.laddr.ip for c in psutil.Process(redis_pid).net_connections() if c.status == "LISTEN"}
         assert listening == {"127.0.0.1"}
