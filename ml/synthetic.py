@@ -421,9 +421,13 @@ def generate_world(
     logits = ALPHA * (affinity[:, warm_idx] + products["quality"][None, warm_idx]) \
         + BETA * products["log_pop"][None, warm_idx]
     k_per_user = rng_sel.integers(min(lo, n_warm), min(hi, n_warm) + 1, size=n_customers)
-    perturbed = logits + rng_sel.gumbel(size=logits.shape)
+    # (U, P) matrices are large for catalog-size worlds: built in place, freed as soon as they are used
+    perturbed = rng_sel.gumbel(size=logits.shape)
+    perturbed += logits
+    del logits, affinity
     order = np.argsort(-perturbed, axis=1, kind="stable")
     chosen: list[list[int]] = [list(warm_idx[order[u, : k_per_user[u]]]) for u in range(n_customers)]
+    del order
     # Every warm product gets at least one review: give it to the customer most likely to pick it
     # among those still under `hi` reviews (anyone, if nobody is).
     counts = np.zeros(n_products, dtype=np.int64)
@@ -440,8 +444,11 @@ def generate_world(
     # --- the offset MU: calibrated on the reviewed pairs, so every world has a similar mean ------
     pair_u = np.concatenate([np.full(len(items), u) for u, items in enumerate(chosen)])
     pair_j = np.concatenate([np.asarray(items, dtype=np.int64) for items in chosen])
+    del perturbed
     mu = _calibrate_mu(latent0[pair_u, pair_j], TARGET_MEAN)
-    latent = mu + latent0
+    latent = latent0
+    latent += mu
+    del latent0
 
     # --- ratings, times, texts -----------------------------------------------------------------
     user_ids = customers["user_id"]
