@@ -129,10 +129,14 @@ class Bench:
         customers = list(self.rec.customers(50)) + ["cold-start-1"]
         return [(customers[k % len(customers)], 1 + k % 10) for k in range(n)]
 
-    def hold_running(self):
+    def hold_running(self, then=None):
+        """Send the holding job (then `then()`, e.g. queue jobs behind it) and return it once its
+        first run has started."""
         from tasks import names
 
         res = self.celery.send_task(HOLD, args=[HOLD_S], queue=names.INFERENCE_QUEUE)
+        if then is not None:
+            then()
         deadline = time.monotonic() + 600
         while res.state != "STARTED":
             assert time.monotonic() < deadline, "the holding job never started"
@@ -183,8 +187,8 @@ class Bench:
 
     def kill_child(self, n: int) -> dict:
         worker = self.workers[-1]
-        held = self.hold_running()
-        jobs = self.send(n)
+        jobs: dict = {}
+        held = self.hold_running(lambda: jobs.update(self.send(n)))  # queued behind it, kill at once
         (child,) = worker.pool_children()
         os.kill(child, signal.SIGKILL)
         recovery = self.wait([held.id, *jobs], 900)
@@ -194,8 +198,8 @@ class Bench:
 
     def kill_main(self, n: int) -> dict:
         old = self.workers[-1]
-        held = self.hold_running()
-        jobs = self.send(n)
+        jobs: dict = {}
+        held = self.hold_running(lambda: jobs.update(self.send(n)))
         old.kill_main()
         started = time.monotonic()
         self.start_worker()
