@@ -122,6 +122,8 @@ def json_error(response, status: int) -> dict:
 def test_a_2_mb_body_is_413_json(idle_web, path):
     body = json.dumps({"customer_id": "a" * (2 * 1024 * 1024)})
     json_error(idle_web.post(path, data=body, content_type="application/json"), 413)
+    spec = idle_web.get("/openapi.json").get_json()
+    assert "413" in spec["paths"][path]["post"]["responses"]  # documented
 
 
 @pytest.mark.parametrize("body", [

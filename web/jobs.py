@@ -55,7 +55,8 @@ ACCEPTED_DOC = {"description": "Still running: poll status_url (also in Location
 @bp.post("/jobs")
 @bp.input(JobIn, location="json", arg_name="body")
 @bp.output(JobAccepted, status_code=202, description="Job queued; poll status_url")
-@bp.doc(summary="Queue a recommendation job", responses={400: "Invalid input", 503: "Redis down"})
+@bp.doc(summary="Queue a recommendation job",
+        responses={400: "Invalid input", 413: "Body over 1 MiB", 503: "Redis down"})
 def create_job(body):
     job_id = submit(names.RECOMMEND, [body["customer_id"], body["top"]], "recommend",
                     customer_id=body["customer_id"])
