@@ -114,7 +114,15 @@ def _embed_unique(cache, enc, keys: list[str], items: list, progress: bool, desc
         return
     uniq_keys = list(first)
     uniq_items = [items[k] for k in first_row]
-    vecs = cache.embed(enc, uniq_keys, uniq_items, progress=progress, desc=desc)
+    if all(isinstance(x, str) for x in uniq_items):
+        # texts go to the encoder in chunks (EmbeddingCache.chunk_size): sorted by length, each chunk
+        # pads its batches to similar lengths (the encoder sorts only within what it is given)
+        by_len = sorted(range(len(uniq_items)), key=lambda k: len(uniq_items[k]))
+        vecs = np.empty((len(uniq_items), out.shape[1]), np.float32)
+        vecs[by_len] = cache.embed(enc, [uniq_keys[k] for k in by_len], [uniq_items[k] for k in by_len],
+                                   progress=progress, desc=desc)
+    else:
+        vecs = cache.embed(enc, uniq_keys, uniq_items, progress=progress, desc=desc)
     stats["encoded"] = int(cache.last_computed)
     out[rows] = vecs[inverse[rows]]
 
