@@ -246,7 +246,7 @@ def _plots(report_dir: Path, name: str, metrics: dict, history: dict, k: int) ->
         for j, mk in enumerate(metric_keys):
             vals = [metrics["models"][n].get(mk) for n in names]
             ax.bar(np.arange(len(names)) + j * width, [v if v is not None else 0 for v in vals], width, label=mk)
-        ax.set_xticks(np.arange(len(names)) + width / 2, names, rotation=30)
+        ax.set_xticks(np.arange(len(names)) + width / 2, names, rotation=30, ha="right")
         ax.set_title(title)
         ax.legend()
     _margin_panel(axes[3], metrics["hybrid_minus"], f"ndcg@{k}")
