@@ -64,6 +64,21 @@ class Embeddings:
     stats: dict = field(default_factory=dict)
 
 
+class _LazyEncoder:
+    """An encoder built on its first `encode` call: with everything cached (a warm run), the
+    networks are never loaded. `name`, `version`, `dim` (what keys the cache) come from the class."""
+
+    def __init__(self, cls):
+        self._cls = cls
+        self.name, self.version, self.dim = cls.name, cls.version, int(cls.dim)
+        self._encoder = None
+
+    def encode(self, items):
+        if self._encoder is None:
+            self._encoder = self._cls()
+        return self._encoder.encode(items)
+
+
 def _image_key(ref: str) -> str:
     """The cache key of a local image file ("" when it is missing or not a readable image)."""
     from PIL import Image
@@ -155,7 +170,7 @@ def embed_dataset(
     if has_image.any():
         from ml.encoders.image import ImageEncoder
 
-        enc = ImageEncoder()
+        enc = _LazyEncoder(ImageEncoder)
         image_vecs = np.zeros((len(p_ids), enc.dim), np.float32)
         _embed_unique(cache, enc, keys, image_refs, progress, "embed images", image_vecs, stats["images"])
         encoders["image"] = f"{enc.name}-{enc.version}"
@@ -171,7 +186,7 @@ def embed_dataset(
     if has_ptext.any() or has_rtext.any():
         from ml.encoders.text import TextEncoder
 
-        enc = TextEncoder()
+        enc = _LazyEncoder(TextEncoder)
         encoders["text"] = f"{enc.name}-{enc.version}"
         # one pass over the distinct texts of products and reviews together, then scattered
         texts = ptext + rtext

@@ -203,6 +203,7 @@ def _photos(n: int) -> list:
 class FakeImageEncoder(FakeEncoder):
     """Stands in for ImageEncoder in ml.embed: a 'vector' per file content, records what it got."""
 
+    name, version, dim = "fake-image", "1", 6  # ml.embed reads these from the class
     instances: list = []
 
     def __init__(self):
@@ -214,6 +215,7 @@ class FakeImageEncoder(FakeEncoder):
 
 
 class FakeTextEncoder(FakeEncoder):
+    name, version, dim = "fake-text", "1", 5
     instances: list = []
 
     def __init__(self):
@@ -290,6 +292,12 @@ def test_embed_dataset_encodes_each_distinct_content_once_and_scatters(tmp_path,
     np.testing.assert_array_equal(emb2.review_text, emb.review_text)
     np.testing.assert_array_equal(emb2.product_image[:2], emb.product_image[:2])
     assert emb2.stats["images"]["encoded"] == 1 and emb2.stats["texts"]["encoded"] == 1
+
+    # Third run, nothing changed: the encoders are never even built (a warm run loads no network).
+    emb3 = embed_dataset(products2, reviews2, tmp_path / "cache", progress=False)
+    assert len(img_encs) == 2 and len(txt_encs) == 2
+    np.testing.assert_array_equal(emb3.product_image, emb2.product_image)
+    assert emb3.encoders == emb2.encoders == {"image": "fake-image-1", "text": "fake-text-1"}
 
 
 def test_image_batches_decoded_in_threads_match_the_sequential_path():
