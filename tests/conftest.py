@@ -18,6 +18,18 @@ from ml.registry import ModelRegistry
 from scripts.procs import free_port
 from support import WORKER_START_TIMEOUT_S, RedisServer, Worker, result_of, worker_env
 
+import jax_probe
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """The backend tests run last; their JAX subprocess starts now and overlaps everything before them."""
+    if not config.option.collectonly:
+        jax_probe.schedule(config, items)
+
+
+def pytest_unconfigure(config) -> None:
+    jax_probe.stop(config)
+
 WORLD = {"n_customers": 60, "n_products": 40, "seed": 1}
 
 

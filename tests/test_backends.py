@@ -2,12 +2,12 @@
 
 The GPU stack runs Keras on JAX; the tests and the CPU service run TensorFlow. A Keras process
 cannot switch backends, so the JAX side runs in a subprocess (`KERAS_BACKEND=jax`, `jax[cpu]`
-from requirements/dev.txt): this file run as `python -m tests.test_backends REQUEST.json`, while this
-process computes the same things under TensorFlow. It
+from requirements/dev.txt; tests/jax_probe.py), started when the session begins so that its minutes of
+CPU overlap the other tests; these tests run last and compare. The subprocess
 
-(a) loads the session's small model (tests/conftest.py, trained under TensorFlow) and scores it through the public serving API
-    (`Recommender.score_customers`, `predict`) AND through the raw Keras model (`rec.model` on
-    `ml.features.model_inputs`), so a numpy serving path cannot hide a backend difference;
+(a) loads the session's small model (tests/conftest.py, trained under TensorFlow) and scores it through
+    the public serving API (`Recommender.score_customers`, `predict`) AND through the raw Keras model
+    (`rec.model` on `ml.features.model_inputs`), so a numpy serving path cannot hide a backend difference;
 (b) trains a tiny model under JAX, saves it, loads it back and scores it; this process then loads
     that artifact under TensorFlow and scores it too;
 (c) runs the text and image encoders on JAX (texts from tests/data/minilm_reference.json; product
@@ -22,102 +22,19 @@ below leave margin above those.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = Path(__file__).resolve().parent / "data" / "minilm_reference.json"
-PHOTOS = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small-subset" / "images"
-N_TEXTS, N_IMAGES, N_CUSTOMERS, N_PAIRS = 8, 4, 6, 64
-# Generous limits against hangs only (no timing is asserted): on the shared 2-core box under load
-# the subprocess took 9 minutes of wall time for 2.6 minutes of CPU.
-PROBE_TIMEOUT_S = 1200
+from jax_probe import PROBE_TIMEOUT_S, REFERENCE, both, pairs_for
 
 MAX_SCORE_DIFF = 1e-4       # ranking scores in [0, 1] and predicted ratings (1-5)
 MAX_RAW_DIFF = 1e-4         # raw Keras heads: rating and pick logit
 MIN_TEXT_COSINE = 0.99999
 MIN_IMAGE_COSINE = 0.9999
 
-# Training under JAX: one epoch, without the image and text encoders (those are compared on their own
-# below; loading them twice would double the subprocess time).
-JAX_TRAINING = {"epochs": 1, "use_images": False, "use_text": False, "verbose": 0, "progress": False}
-
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(PROBE_TIMEOUT_S + 600)]
-
-
-# ----------------------------------------------------------------------------- the JAX side
-
-
-def scores(rec, customers: list[int], pair_u: list[int], pair_i: list[int]) -> dict:
-    """Public-API scores of `rec`: ranking scores per customer and predicted ratings per pair."""
-    return {
-        "score_customers": rec.score_customers(np.asarray(customers)).tolist(),
-        "predict": rec.predict(np.asarray(pair_u), np.asarray(pair_i)).tolist(),
-    }
-
-
-def raw_heads(rec, pair_u: list[int], pair_i: list[int]) -> dict:
-    """The Keras model itself on the training input dict: rating and pick logit per pair."""
-    from keras import ops
-
-    from ml.features import model_inputs
-
-    out = rec.model(model_inputs(rec.tables, np.asarray(pair_u), np.asarray(pair_i)), training=False)
-    return {k: np.asarray(ops.convert_to_numpy(out[k])).reshape(-1).tolist() for k in ("rating", "interact")}
-
-
-def probe(request: dict) -> dict:
-    """Everything the JAX side computes for the test (runs under KERAS_BACKEND=jax)."""
-    import keras
-
-    from ml.encoders.image import ImageEncoder
-    from ml.encoders.text import TextEncoder
-    from ml.recommender import Recommender
-    from ml.train import TrainConfig, train_model
-
-    def both(rec) -> dict:
-        return {**scores(rec, request["customers"], request["predict_u"], request["predict_i"]),
-                "raw": raw_heads(rec, request["pair_u"], request["pair_i"])}
-
-    result = {"backend": keras.backend.backend(), "seconds": {}}
-    with timed(result["seconds"], "tf_model"):
-        result["tf_model"] = both(Recommender.load(request["artifact"]))
-    with timed(result["seconds"], "train"):
-        train_model(request["world"], request["jax_artifact"], TrainConfig(**JAX_TRAINING))
-    with timed(result["seconds"], "jax_model"):
-        result["jax_model"] = both(Recommender.load(request["jax_artifact"]))
-    with timed(result["seconds"], "text"):
-        result["text"] = TextEncoder().encode(request["texts"]).tolist()
-    with timed(result["seconds"], "image"):
-        result["image"] = ImageEncoder().encode(request["images"]).tolist()
-    return result
-
-
-@contextlib.contextmanager
-def timed(record: dict, step: str):
-    """Wall and CPU seconds of a step, kept in `record` and logged (the log shows where a slow run is)."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    yield
-    record[step] = {"wall": round(time.perf_counter() - wall, 1), "cpu": round(time.process_time() - cpu, 1)}
-    print(f"jax probe: {step}: {record[step]}", file=sys.stderr, flush=True)
-
-
-def main(argv: list[str]) -> None:
-    """`python -m tests.test_backends REQUEST.json`: run `probe`, write the JSON result it names."""
-    (request_path,) = argv
-    request = json.loads(Path(request_path).read_text())
-    Path(request["result"]).write_text(json.dumps(probe(request)))
-
-
-# ----------------------------------------------------------------------------- fixtures (TF side)
 
 
 @pytest.fixture(scope="module")
@@ -138,91 +55,20 @@ def tf_rec(tf_artifact):
     return Recommender.load(tf_artifact)
 
 
-def sample_images(out_dir: Path) -> list[str]:
-    """A few real product photos, or generated pictures (stripes and a disc) where there are none."""
-    photos = sorted(PHOTOS.glob("*.jpg"))[:N_IMAGES] if PHOTOS.is_dir() else []
-    if len(photos) == N_IMAGES:
-        return [str(p) for p in photos]
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(0)
-    paths = []
-    for k in range(N_IMAGES):
-        img = Image.new("RGB", (160 + 20 * k, 200), tuple(int(c) for c in rng.integers(0, 256, 3)))
-        draw = ImageDraw.Draw(img)
-        for x in range(0, img.width, 12 + 4 * k):
-            draw.rectangle([x, 0, x + 5, img.height], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-        draw.ellipse([30, 40, 130, 140], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-        path = out_dir / f"generated-{k}.png"
-        img.save(path)
-        paths.append(str(path))
-    return paths
-
-
-def sample_texts() -> list[str]:
-    """N_TEXTS reference texts spread over the length range: the empty one and the longest included."""
-    texts = sorted(json.loads(REFERENCE.read_text(encoding="utf-8"))["texts"], key=len)
-    step = max(1, len(texts) // (N_TEXTS - 1))
-    return texts[::step][: N_TEXTS - 1] + [texts[-1]]
-
-
 @pytest.fixture(scope="module")
-def request_doc(world_dir, tf_artifact, tf_rec, tmp_path_factory) -> dict:
-    """What both backends compute: customers, pairs (predict with unknown ids too), texts, pictures."""
-    tmp = tmp_path_factory.mktemp("backends")
-    rng = np.random.default_rng(7)
-    pair_u = rng.integers(0, tf_rec.tables.n_customers, N_PAIRS).tolist()
-    pair_i = rng.integers(0, tf_rec.n_products, N_PAIRS).tolist()
-    return {
-        "artifact": str(tf_artifact),
-        "jax_artifact": str(tmp / "jax-model"),
-        "world": str(world_dir),
-        "customers": list(range(min(N_CUSTOMERS, tf_rec.tables.n_customers))),
-        "pair_u": pair_u,
-        "pair_i": pair_i,
-        "predict_u": pair_u + [0, -1],  # an unknown product and an unknown customer
-        "predict_i": pair_i + [-1, 0],
-        "texts": sample_texts(),
-        "images": sample_images(tmp),
-        "result": str(tmp / "result.json"),
-    }
-
-
-def tf_compute(rec, request: dict) -> dict:
-    """The TensorFlow side of what `probe` computes for the TF-trained model and the encoders."""
+def sides(request, tf_artifact, tf_rec) -> tuple[dict, dict]:
+    """(TensorFlow, JAX) results: this process computes the TensorFlow side while the probe (started
+    at session start by conftest.py) finishes on the session's model."""
     from ml.encoders.image import ImageEncoder
     from ml.encoders.text import TextEncoder
 
-    return {
-        **scores(rec, request["customers"], request["predict_u"], request["predict_i"]),
-        "raw": raw_heads(rec, request["pair_u"], request["pair_i"]),
-        "text": TextEncoder().encode(request["texts"]),
-        "image": ImageEncoder().encode(request["images"]),
-    }
-
-
-@pytest.fixture(scope="module")
-def sides(request_doc, tf_rec) -> tuple[dict, dict]:
-    """(TensorFlow, JAX) results. The JAX subprocess (this file under KERAS_BACKEND=jax) runs while
-    this process computes the TensorFlow side."""
-    request_path = Path(request_doc["result"]).with_name("request.json")
-    request_path.write_text(json.dumps(request_doc))
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.test_backends", str(request_path)], cwd=REPO_ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        tf = tf_compute(tf_rec, request_doc)
-        tf_seconds = time.perf_counter() - started
-        log, _ = proc.communicate(timeout=PROBE_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, f"JAX subprocess failed (exit {proc.returncode}):\n{log[-6000:]}"
-    jax = json.loads(Path(request_doc["result"]).read_text())
-    print(f"\nTF side {tf_seconds:.1f}s; JAX subprocess {time.perf_counter() - started:.1f}s: {jax['seconds']}")
-    return tf, jax
+    probe = request.config.jax_probe
+    pairs = pairs_for(tf_rec.tables.n_customers, tf_rec.n_products)
+    tf = {**both(tf_rec, pairs), "pairs": pairs, "text": TextEncoder().encode(probe.start["texts"]),
+          "image": ImageEncoder().encode(probe.start["images"])}
+    jax = probe.finish(str(tf_artifact), pairs)
+    print(f"\nJAX subprocess steps: {jax['seconds']}")
+    return tf, {**jax, "start": probe.start}
 
 
 @pytest.fixture(scope="module")
@@ -273,28 +119,27 @@ def test_raw_keras_model_agrees_across_backends(tf_side, jax_side):
     assert max(diffs.values()) < MAX_RAW_DIFF, diffs
 
 
-def test_model_trained_under_jax_saves_loads_and_scores(request_doc, tf_rec, jax_side):
+def test_model_trained_under_jax_saves_loads_and_scores(jax_side):
     from ml.recommender import Recommender
 
-    d, jax = request_doc, jax_side["jax_model"]
+    jax = jax_side["jax_model"]
+    pairs = jax["pairs"]
     grid = np.asarray(jax["score_customers"])
-    assert grid.shape == (len(d["customers"]), tf_rec.n_products)
+    rec = Recommender.load(jax_side["start"]["jax_artifact"])  # what JAX wrote, loaded under TensorFlow
+    assert grid.shape == (len(pairs["customers"]), rec.n_products)
     assert np.isfinite(grid).all() and (grid >= 0).all() and (grid <= 1).all()
     ratings = np.asarray(jax["predict"])
-    assert ratings.shape == (len(d["predict_u"]),) and ((ratings >= 1) & (ratings <= 5)).all()
-    # the artifact JAX wrote loads under TensorFlow and scores the same
-    rec = Recommender.load(d["jax_artifact"])
-    tf = scores(rec, d["customers"], d["predict_u"], d["predict_i"])
-    tf_raw = raw_heads(rec, d["pair_u"], d["pair_i"])
+    assert ratings.shape == (len(pairs["predict_u"]),) and ((ratings >= 1) & (ratings <= 5)).all()
+    tf = both(rec, pairs)
     score_diff = max(max_diff(tf["score_customers"], grid), max_diff(tf["predict"], ratings))
-    raw_diff = max(max_diff(tf_raw[k], jax["raw"][k]) for k in ("rating", "interact"))
+    raw_diff = max(max_diff(tf["raw"][k], jax["raw"][k]) for k in ("rating", "interact"))
     print(f"\nJAX-trained model, TF vs JAX: max |score or rating| diff {score_diff:.2e}, raw heads {raw_diff:.2e}")
     assert np.ptp(grid) > 1e-3
     assert score_diff < MAX_SCORE_DIFF and raw_diff < MAX_RAW_DIFF
 
 
-def test_text_encoder_agrees_across_backends(request_doc, tf_side, jax_side):
-    texts = request_doc["texts"]
+def test_text_encoder_agrees_across_backends(tf_side, jax_side):
+    texts = jax_side["start"]["texts"]
     tf, jax = tf_side["text"], np.asarray(jax_side["text"], np.float32)
     cosine = row_cosines(tf, jax)
     reference = json.loads(REFERENCE.read_text(encoding="utf-8"))
@@ -307,8 +152,8 @@ def test_text_encoder_agrees_across_backends(request_doc, tf_side, jax_side):
     assert vs_reference.min() >= MIN_TEXT_COSINE
 
 
-def test_image_encoder_agrees_across_backends(request_doc, tf_side, jax_side):
-    images = request_doc["images"]
+def test_image_encoder_agrees_across_backends(tf_side, jax_side):
+    images = jax_side["start"]["images"]
     tf, jax = tf_side["image"], np.asarray(jax_side["image"], np.float32)
     cosine = row_cosines(tf, jax)
     print(f"\nEfficientNet-Lite0 on {len(images)} pictures: JAX vs TF min cosine {cosine.min():.8f}, "
@@ -316,6 +161,3 @@ def test_image_encoder_agrees_across_backends(request_doc, tf_side, jax_side):
     assert jax.shape == (len(images), 1280) and np.isfinite(jax).all()
     assert cosine.min() >= MIN_IMAGE_COSINE
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
