@@ -111,6 +111,16 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def outcome(res, timeout_s: float) -> tuple[str, object]:
+    """(state, result or exception) once the task finished, by polling the result backend (no pub/sub
+    subscription, which would outlive a test's Redis); fails the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not res.ready():
+        assert time.monotonic() < deadline, f"task {res.id} still {res.state}"
+        time.sleep(0.1)
+    return res.state, res.result
+
+
 def result_of(res, timeout_s: float = 60.0):
     """Like `res.get(timeout)`, by polling the result backend: no pub/sub subscription is left
     behind (one would try to unsubscribe when collected, after the test Redis has stopped)."""

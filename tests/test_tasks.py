@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from support import result_of
+from support import outcome, result_of
 from ml.config import REPO_ROOT
 from ml.registry import ModelRegistry
 from tasks import errors, names
@@ -309,19 +309,10 @@ def test_train_task_with_missing_data_fails_cleanly(worker, celery_client, tmp_p
 
 # ---------------------------------------------------------------- a worker with no model published
 
-def _outcome(res, timeout_s: float):
-    """Poll a result (no pub/sub subscription, which would outlive this module's Redis)."""
-    deadline = time.monotonic() + timeout_s
-    while not res.ready():
-        assert time.monotonic() < deadline, f"task {res.id} still {res.state}"
-        time.sleep(0.1)
-    return res.state, res.result
-
-
 # The module's own worker runs with short limits, so expiry, time limits and the load back-off can be
-# watched happening (every other test only sees these values in the configuration). The hard limit
-# is not watched: Celery's prefork pool arms the hard timer only once the soft one fired, and every
-# real task stops at its soft limit (SoftTimeLimitExceeded), so none reaches the hard kill.
+# watched happening (every other test only sees these values in the configuration). Every real task
+# stops at its soft limit (SoftTimeLimitExceeded), so none reaches the hard kill: tests/test_time_limits.py
+# watches the hard limit with a task that ignores its soft one.
 SHORT = {"result_expires_s": 4, "job_registry_ttl_s": 8, "train_soft_time_limit_s": 1,
          "train_time_limit_s": 3, "model_retry_s": 4.0}
 SHORT_ENV = {"RECSYS_RESULT_EXPIRES_S": "4", "RECSYS_JOB_TTL_S": "8", "RECSYS_TRAIN_SOFT_LIMIT_S": "1",
@@ -351,7 +342,7 @@ def _serving(service, models_dir: Path, first_version: str, customer: str) -> st
     if registry.current_version() is None:
         shutil.copytree(models_dir / first_version, empty.models_dir / first_version)
         registry.publish(first_version)
-    state, result = _outcome(client.send_task(names.RECOMMEND, args=[customer, 2]), 240)
+    state, result = outcome(client.send_task(names.RECOMMEND, args=[customer, 2]), 240)
     assert state == "SUCCESS", result
     return result["model_version"]
 
@@ -359,7 +350,7 @@ def _serving(service, models_dir: Path, first_version: str, customer: str) -> st
 @pytest.mark.service
 def test_no_model_published_is_a_clear_task_failure(empty_service):
     _, client, _ = empty_service
-    state, error = _outcome(client.send_task(names.RECOMMEND, args=["anyone", 3]), 60)
+    state, error = outcome(client.send_task(names.RECOMMEND, args=["anyone", 3]), 60)
     assert state == "FAILURE"
     assert errors.failure_code(error) == errors.MODEL_UNAVAILABLE
     message = errors.failure_message(error)
@@ -375,7 +366,7 @@ def test_worker_picks_up_a_model_published_after_it_started(empty_service, model
     assert ModelRegistry(empty.models_dir).current_version() is None
     shutil.copytree(models_dir / first_version, empty.models_dir / first_version)
     ModelRegistry(empty.models_dir).publish(first_version)
-    state, result = _outcome(client.send_task(names.RECOMMEND, args=[known_customers[0], 3]), 120)
+    state, result = outcome(client.send_task(names.RECOMMEND, args=[known_customers[0], 3]), 120)
     assert state == "SUCCESS", result
     assert result["model_version"] == first_version and len(result["items"]) == 3
     assert proc.proc.poll() is None
@@ -462,7 +453,7 @@ def test_swap_to_a_corrupt_artifact_under_traffic(empty_service, models_dir, fir
     registry.publish(bad)
 
     def request(k: int):
-        return _outcome(client.send_task(names.RECOMMEND, args=[known_customers[k % 5], 3]), 120)
+        return outcome(client.send_task(names.RECOMMEND, args=[known_customers[k % 5], 3]), 120)
 
     with ThreadPoolExecutor(4) as pool:
         outcomes = list(pool.map(request, range(24)))
@@ -499,7 +490,7 @@ def test_training_over_its_soft_time_limit_fails_cleanly(empty_service, world_di
     registry = ModelRegistry(empty.models_dir)
     _serving(empty_service, models_dir, first_version, known_customers[0])
     current, before = registry.current_version(), {p.name for p in empty.models_dir.iterdir()}
-    state, error = _outcome(client.send_task(names.TRAIN, args=[str(world_dir)]), 120)
+    state, error = outcome(client.send_task(names.TRAIN, args=[str(world_dir)]), 120)
     assert state == "FAILURE" and type(error).__name__ == "SoftTimeLimitExceeded", repr(error)
     assert registry.current_version() == current
     assert _left_behind(empty.models_dir, before) == set()

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import pytest
 import redis
-from support import RedisServer, result_of, worker_env
+from support import RedisServer, outcome, result_of, worker_env
 from time_limit_app import RUNS_KEY, STUBBORN
 
 from ml.config import REPO_ROOT
@@ -50,21 +49,13 @@ def stubborn_worker(tmp_path, base_settings):
         server.stop()
 
 
-def _finished(res, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while not res.ready():
-        assert time.monotonic() < deadline, f"task {res.id} still {res.state}"
-        time.sleep(0.1)
-    return res.state, res.result
-
-
 def test_a_task_past_its_hard_limit_is_killed_failed_once_and_the_worker_serves_on(stubborn_worker):
     client, db, log = stubborn_worker
     before = result_of(client.send_task(STUBBORN, args=[0.1], queue="inference"), 60)  # pid of the pool child
     db.delete(RUNS_KEY)
 
     res = client.send_task(STUBBORN, args=[60], queue="inference", soft_time_limit=SOFT_S, time_limit=HARD_S)
-    state, error = _finished(res, 60)
+    state, error = outcome(res, 60)
     assert state == "FAILURE" and type(error).__name__ == "TimeLimitExceeded", repr(error)
 
     after = result_of(client.send_task(STUBBORN, args=[0.1], queue="inference"), 60)
