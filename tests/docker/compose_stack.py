@@ -82,6 +82,12 @@ class Stack:
             f"RECSYS_IMAGE={IMAGE_NAME}",
             f"RECSYS_BASE_IMAGE={base_image}",
             f"REDIS_IMAGE={redis_image}",
+            # Redelivery of a killed worker's jobs in seconds, not the production 600 s: short task
+            # limits, and a visibility timeout above the hard limit and a model load here.
+            "RECSYS_TASK_SOFT_LIMIT_S=20",
+            "RECSYS_TASK_HARD_LIMIT_S=30",
+            "RECSYS_BROKER_VISIBILITY_TIMEOUT_S=90",
+            "RECSYS_BROKER_RESTORE_INTERVAL_S=2",
         ]) + "\n")
         self.env_file.chmod(0o600)
         self.web = Http(f"http://127.0.0.1:{self.web_port}")
