@@ -30,6 +30,8 @@ class Settings:
     models_dir: Path = REPO_ROOT / "var" / "models"
     # Embedding cache, converted weights, downloaded images.
     cache_dir: Path = REPO_ROOT / "var" / "cache"
+    # Cached embedding rows re-encoded per modality and run to check the cache (0: trust it blindly).
+    cache_verify_sample: int = 4
     # The demo "fashion world" (synthetic) built by `make run` when no data is given.
     demo_data_dir: Path = REPO_ROOT / "var" / "demo-world"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -99,6 +101,7 @@ class Settings:
             var_dir=var_dir,
             models_dir=_path("RECSYS_MODELS_DIR", var_dir / "models"),
             cache_dir=_path("RECSYS_CACHE_DIR", var_dir / "cache"),
+            cache_verify_sample=int(_env("RECSYS_CACHE_VERIFY_SAMPLE", "4")),
             demo_data_dir=_path("RECSYS_DEMO_DATA_DIR", var_dir / "demo-world"),
             redis_url=_env("REDIS_URL", "redis://127.0.0.1:6379/0"),
             result_expires_s=int(_env("RECSYS_RESULT_EXPIRES_S", "3600")),

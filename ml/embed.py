@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml.config import Settings
+
 log = logging.getLogger(__name__)
 
 IMAGE_KEY_PREFIX = "sha1:"  # image cache keys: "sha1:<hex of the file's bytes>"
@@ -139,6 +141,9 @@ def _embed_unique(cache, enc, keys: list[str], items: list, progress: bool, desc
     else:
         vecs = cache.embed(enc, uniq_keys, uniq_items, progress=progress, desc=desc)
     stats["encoded"] = int(cache.last_computed)
+    stats["verified"] = int(cache.last_verified)  # cached rows re-encoded to check the cache
+    if cache.last_corrupt:
+        stats["cache_corrupt"] = True
     out[rows] = vecs[inverse[rows]]
 
 
@@ -149,17 +154,19 @@ def embed_dataset(
     use_images: bool = True,
     use_text: bool = True,
     progress: bool = True,
+    verify_sample: int = Settings.cache_verify_sample,
 ) -> Embeddings:
     """Embeddings for every product and for the given (training) reviews.
 
     `products["image"]` must hold local paths (URLs are localised by `ml.data.images.fetch_images`
-    before this; a URL left here counts as no image)."""
+    before this; a URL left here counts as no image). `verify_sample` cached rows per modality are
+    re-encoded to check the cache (see `ml.encoders.cache`)."""
     from ml.encoders.cache import EmbeddingCache
 
     encoders: dict = {}
     stats: dict = {"seconds": {}}
     p_ids = products["product_id"].astype(str).tolist()
-    cache = EmbeddingCache(cache_dir)
+    cache = EmbeddingCache(cache_dir, verify_sample=verify_sample)
 
     t0 = time.perf_counter()
     image_refs = products["image"].fillna("").astype(str).tolist() if use_images else [""] * len(p_ids)

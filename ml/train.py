@@ -294,7 +294,8 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
 
             local, image_report = fetch_images(products, settings.cache_dir, progress=config.progress)
         stages["fetch"] = round(time.time() - t0, 2)
-        emb = embed_dataset(local, train, settings.cache_dir, config.use_images, config.use_text, config.progress)
+        emb = embed_dataset(local, train, settings.cache_dir, config.use_images, config.use_text, config.progress,
+                            verify_sample=settings.cache_verify_sample)
         stages.update(emb.stats.get("seconds", {}))
         del local
     else:

@@ -260,7 +260,7 @@ def test_embed_dataset_encodes_each_distinct_content_once_and_scatters(tmp_path,
     ptitles = ["red dress", "blue jeans", "red dress", "", "hat"]
     rtexts = ["Great fit."] * 25 + ["Too small."] * 10 + ["", "red dress"]
     products, reviews = _frames(images, ptitles, rtexts)
-    emb = embed_dataset(products, reviews, tmp_path / "cache", progress=False)
+    emb = embed_dataset(products, reviews, tmp_path / "cache", progress=False, verify_sample=0)
 
     # images: two distinct files among three readable ones; the broken one and "" are missing
     assert emb.has_image.tolist() == [True, True, True, False, False]
@@ -279,14 +279,14 @@ def test_embed_dataset_encodes_each_distinct_content_once_and_scatters(tmp_path,
     for k, t in enumerate(rtexts):
         np.testing.assert_array_equal(emb.review_text[k], tenc.vector(t.rstrip(".")) if t else np.zeros(5, np.float32))
     np.testing.assert_array_equal(emb.product_text[2], tenc.vector("red dress"))
-    assert emb.stats["texts"] == {"rows": 40, "distinct": 5, "encoded": 5}
-    assert emb.stats["images"] == {"rows": 3, "distinct": 2, "encoded": 2}
+    assert emb.stats["texts"] == {"rows": 40, "distinct": 5, "encoded": 5, "verified": 0}
+    assert emb.stats["images"] == {"rows": 3, "distinct": 2, "encoded": 2, "verified": 0}
 
     # Second run, one product's text edited and one photo replaced: only those are encoded.
     c = _photos(3)[2]
     products2, reviews2 = _frames([a, b, c, broken, ""], ["red dress", "blue jeans!", "red dress", "", "hat"],
                                   rtexts)
-    emb2 = embed_dataset(products2, reviews2, tmp_path / "cache", progress=False)
+    emb2 = embed_dataset(products2, reviews2, tmp_path / "cache", progress=False, verify_sample=0)
     assert img_encs[1].calls == [[str(c)]]
     assert txt_encs[1].calls == [["blue jeans!"]]
     np.testing.assert_array_equal(emb2.review_text, emb.review_text)
@@ -294,7 +294,7 @@ def test_embed_dataset_encodes_each_distinct_content_once_and_scatters(tmp_path,
     assert emb2.stats["images"]["encoded"] == 1 and emb2.stats["texts"]["encoded"] == 1
 
     # Third run, nothing changed: the encoders are never even built (a warm run loads no network).
-    emb3 = embed_dataset(products2, reviews2, tmp_path / "cache", progress=False)
+    emb3 = embed_dataset(products2, reviews2, tmp_path / "cache", progress=False, verify_sample=0)
     assert len(img_encs) == 2 and len(txt_encs) == 2
     np.testing.assert_array_equal(emb3.product_image, emb2.product_image)
     assert emb3.encoders == emb2.encoders == {"image": "fake-image-1", "text": "fake-text-1"}
@@ -314,3 +314,63 @@ def test_image_batches_decoded_in_threads_match_the_sequential_path():
     for x, y in zip(sequential, threaded):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(threaded[0][0], threaded[0][1])
+
+
+def _poison(cache_dir, enc: FakeEncoder, keys: list[str], items: list[str]) -> None:
+    """Store rows under `keys` that belong to other items: what a caller pairing keys with the wrong
+    items leaves behind (the 2018 texts of session 4: every row another text's, cos ~0.35)."""
+    from ml.encoders.cache import _Store
+
+    store = _Store(EmbeddingCache(cache_dir).folder(enc), enc.dim)
+    store.write_part(keys, expected(enc, items[1:] + items[:1]))
+
+
+def test_a_poisoned_cache_is_detected_quarantined_and_recomputed(tmp_path):
+    enc = FakeEncoder()
+    keys = [f"sha1:{k}" for k in range(6)]
+    items = [f"text {k}" for k in range(6)]
+    _poison(tmp_path, enc, keys, items)
+    assert not np.allclose(EmbeddingCache(tmp_path).embed(enc, keys, items, progress=False), expected(enc, items))
+
+    cache = EmbeddingCache(tmp_path, verify_sample=2)
+    out = cache.embed(enc, keys, items, progress=False)
+    np.testing.assert_array_equal(out, expected(enc, items))
+    assert cache.last_corrupt and cache.last_verified >= 1 and cache.last_computed == 6
+    folder = cache.folder(enc)
+    assert len(list((folder / "quarantine").glob("*/part-*.npz"))) == 1  # kept aside, never read again
+    # a fresh reader (another process) gets the recomputed rows and finds them right
+    again = EmbeddingCache(tmp_path, verify_sample=6)
+    np.testing.assert_array_equal(again.embed(enc, keys, items, progress=False), expected(enc, items))
+    assert not again.last_corrupt and again.last_verified == 6 and again.last_computed == 0
+
+
+def test_verification_encodes_only_a_sample_and_tolerates_numeric_noise(tmp_path):
+    enc = FakeEncoder()
+    keys = [f"k{k}" for k in range(50)]
+    items = [f"item {k}" for k in range(50)]
+    from ml.encoders.cache import _Store
+
+    noisy = expected(enc, items) * (1 + 1e-4 * np.random.default_rng(0).standard_normal((50, 1)))
+    _Store(EmbeddingCache(tmp_path).folder(enc), enc.dim).write_part(keys, noisy.astype(np.float32))
+    cache = EmbeddingCache(tmp_path, verify_sample=3)
+    out = cache.embed(enc, keys, items, progress=False)
+    assert [len(c) for c in enc.calls] == [3]  # three rows re-encoded, nothing recomputed
+    assert not cache.last_corrupt and cache.last_computed == 0
+    np.testing.assert_array_equal(out, noisy.astype(np.float32))
+    assert not (cache.folder(enc) / "quarantine").exists()
+
+
+def test_embed_dataset_does_not_serve_rows_stored_under_the_wrong_text(tmp_path, fake_encoders):
+    from ml.embed import embed_dataset, text_key
+
+    _, txt_encs = fake_encoders
+    rtexts = ["Great fit", "Too small", "Runs large", "Love it"]
+    products, reviews = _frames([""], ["hat"], rtexts)
+    texts = ["hat"] + rtexts
+    _poison(tmp_path / "cache", FakeEncoder(name="fake-text", dim=5), [text_key(t) for t in texts], texts)
+
+    emb = embed_dataset(products, reviews, tmp_path / "cache", progress=False, verify_sample=1)
+    tenc = txt_encs[0]
+    for k, t in enumerate(rtexts):
+        np.testing.assert_array_equal(emb.review_text[k], tenc.vector(t))
+    assert emb.stats["texts"]["cache_corrupt"] is True and emb.stats["texts"]["encoded"] == 5

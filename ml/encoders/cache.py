@@ -10,11 +10,21 @@ then the merged parts are removed); a reader that loses a part in that race resc
 
 The key is the caller's choice: a product id, or an id plus a content hash when the content
 may change under the same id.
+
+A cached row is trusted only as far as it is checked. With content-hash keys a wrong row (written by
+a caller that paired keys with the wrong items, a half-converted weight file, a bit flip) would be
+served forever, so an `embed` call answered from the cache can re-encode a small random sample of
+the rows it serves (`verify_sample`; training passes `Settings.cache_verify_sample`, 4) and compare
+them with what is stored.
+A mismatch moves the folder's parts aside into `quarantine/` (kept for inspection, never read) and
+recomputes every row of the call. The cost is loading the encoder on a warm run and encoding a few
+items; 0 turns the check off.
 """
 from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import tempfile
 import threading
@@ -29,6 +39,12 @@ log = logging.getLogger(__name__)
 
 PART_PREFIX = "part-"
 PART_SUFFIX = ".npz"
+QUARANTINE_DIR = "quarantine"
+# A re-encoded sample row matches its cached row when the cosine is at least this and the norms
+# differ by at most NORM_TOL (relative): far above backend/batching noise (JAX vs TensorFlow agree
+# to cos 0.999998), far below any wrong row (a row of another text has cos < 0.9).
+VERIFY_MIN_COS = 0.99
+VERIFY_NORM_TOL = 0.02
 
 
 def _safe_dirname(text: str) -> str:
@@ -112,6 +128,19 @@ class _Store:
         self.parts.add(name)
         return name
 
+    def quarantine(self) -> Path:
+        """Move every part this store has read into `quarantine/<time>/` and forget their rows."""
+        dest = self.folder / QUARANTINE_DIR / f"{time.time_ns():020d}-{os.getpid()}"
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in sorted(self.parts):
+            try:
+                os.replace(self.folder / name, dest / name)
+            except FileNotFoundError:  # merged or moved away by another process meanwhile
+                pass
+        self.parts.clear()
+        self.vectors.clear()
+        return dest
+
     def compact(self, max_parts: int) -> None:
         """Merge all loaded parts into one when there are more than `max_parts`."""
         names = [n for n in self._list_parts() if n in self.parts]
@@ -151,6 +180,7 @@ class EmbeddingCache:
         chunk_size: int = 256,
         flush_rows: int = 8192,
         max_parts: int = 16,
+        verify_sample: int = 0,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.root = self.cache_dir / "embeddings"
@@ -159,7 +189,10 @@ class EmbeddingCache:
         self.max_parts = max(1, int(max_parts))
         self._stores: dict[str, _Store] = {}
         self._stores_lock = threading.Lock()
+        self.verify_sample = max(0, int(verify_sample))
         self.last_computed = 0  # how many keys the last `embed` call had to encode
+        self.last_verified = 0  # how many cached rows the last `embed` call re-encoded to check
+        self.last_corrupt = False  # whether that check found a wrong row (and recomputed the call)
 
     def folder(self, encoder: Any) -> Path:
         """Where `encoder`'s embeddings are stored."""
@@ -199,17 +232,46 @@ class EmbeddingCache:
         store = self._store(encoder)
         with store.lock:
             store.refresh()
-            missing: dict[str, Any] = {}
+            first_items: dict[str, Any] = {}  # key -> its first item, in the order of `keys`
             for key, item in zip(keys, items):
-                if key not in store.vectors and key not in missing:
-                    missing[key] = item
+                first_items.setdefault(key, item)
+            missing = {k: v for k, v in first_items.items() if k not in store.vectors}
+            hits = [k for k in first_items if k not in missing]
             self.last_computed = len(missing)
             if missing:
                 self._compute(encoder, store, missing, progress, desc)
+            self.last_verified, self.last_corrupt = 0, False
+            if hits and self.verify_sample and not self._verify(encoder, store, hits, first_items):
+                self.last_corrupt = True
+                moved = store.quarantine()
+                log.error(
+                    "embedding cache: cached %s rows do not match a fresh encoding; parts moved to %s, "
+                    "recomputing the %d rows of this call", encoder.name, moved, len(first_items),
+                )
+                self.last_computed = len(first_items)
+                self._compute(encoder, store, first_items, progress, desc)
             out = np.empty((len(keys), dim), dtype=np.float32)
             for i, key in enumerate(keys):
                 out[i] = store.vectors[key]
         return out
+
+    def _verify(self, encoder: Any, store: _Store, hits: list[str], items: dict[str, Any]) -> bool:
+        """Re-encode a random sample of the cached rows `hits` and compare with the stored rows."""
+        sample = random.sample(hits, min(self.verify_sample, len(hits)))
+        fresh = np.asarray(encoder.encode([items[k] for k in sample]), dtype=np.float32)
+        self.last_verified = len(sample)
+        for key, new in zip(sample, fresh):
+            old = store.vectors[key]
+            n_old, n_new = float(np.linalg.norm(old)), float(np.linalg.norm(new))
+            if n_old == 0.0 or n_new == 0.0:
+                ok = n_old == n_new
+            else:
+                ok = (float(old @ new) / (n_old * n_new) >= VERIFY_MIN_COS
+                      and abs(n_old - n_new) <= VERIFY_NORM_TOL * max(n_old, n_new))
+            if not ok:
+                log.warning("embedding cache: %s row %s differs from a fresh encoding", encoder.name, key)
+                return False
+        return True
 
     def _compute(
         self, encoder: Any, store: _Store, missing: dict[str, Any], progress: bool, desc: str
