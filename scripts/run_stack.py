@@ -38,6 +38,7 @@ from typing import Callable
 
 from ml.config import REPO_ROOT, Settings
 from ml.registry import ModelRegistry, read_manifest
+from tasks import names
 from scripts.procs import (masked_url, port_in_use, redis_address, redis_password, redis_reachable,
                            start_redis, stop_group, url_with_password, wait_until)
 
@@ -64,7 +65,7 @@ def say(message: str = "") -> None:
 
 def worker_command(settings: Settings, hostname: str = "recsys@%h") -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "tasks.celery_app:app", "worker",
-            "-Q", "inference,training", "-P", settings.worker_pool,
+            "-Q", names.ALL_QUEUES, "-P", settings.worker_pool,
             "-c", str(settings.worker_concurrency), "-n", hostname, "-l", "INFO"]
 
 
@@ -113,11 +114,9 @@ class Stack:
     children: list[Child] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({"REDIS_URL": self.settings.redis_url, "PYTHONUNBUFFERED": "1",
-                    "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")})
-        env.update(extra)
-        return env
+        """The launcher's settings (REDIS_URL with the embedded Redis's password among them) for a child."""
+        return {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1",
+                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **extra}
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Child:
         log = self.log_dir / f"{name}.log"

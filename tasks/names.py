@@ -8,6 +8,8 @@ TRAIN = "recsys.train"
 
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
+# What a worker that serves and trains consumes (`celery worker -Q`).
+ALL_QUEUES = f"{INFERENCE_QUEUE},{TRAINING_QUEUE}"
 
 # Redis key the worker writes on every model load: {"model_version", "customers": [...], ...}.
 CUSTOMERS_KEY = "recsys:customers"

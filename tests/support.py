@@ -16,6 +16,7 @@ from pathlib import Path
 from ml.config import REPO_ROOT, Settings
 from scripts.procs import (free_port, redis_password, redis_reachable, start_redis, stop_group,
                            url_with_password, wait_until)
+from tasks import names
 
 WORKER_START_TIMEOUT_S = 240.0
 
@@ -55,7 +56,7 @@ class Worker:
         self.log_file = log_file
         self.hostname = f"{name}@{os.uname().nodename}"
         cmd = [sys.executable, "-m", "celery", "-A", app, "worker",
-               "-Q", "inference,training", "-P", pool, "-c", "1", "-n", self.hostname,
+               "-Q", names.ALL_QUEUES, "-P", pool, "-c", "1", "-n", self.hostname,
                "--without-gossip", "--without-mingle", "-l", "INFO"]
         with open(log_file, "ab") as out:
             self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out,
@@ -94,21 +95,8 @@ class Worker:
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "REDIS_URL": settings.redis_url,
-        "RECSYS_VAR_DIR": str(settings.var_dir),
-        "RECSYS_MODELS_DIR": str(settings.models_dir),
-        "RECSYS_CACHE_DIR": str(settings.cache_dir),
-        "RECSYS_TASK_SOFT_LIMIT_S": str(settings.task_soft_time_limit_s),
-        "RECSYS_TASK_HARD_LIMIT_S": str(settings.task_time_limit_s),
-        "RECSYS_BROKER_VISIBILITY_TIMEOUT_S": str(settings.broker_visibility_timeout_s),
-        "RECSYS_BROKER_RESTORE_INTERVAL_S": str(settings.broker_restore_interval_s),
-        "RECSYS_MODEL_ANNOUNCE_S": str(settings.model_announce_s),
-        "PYTHONUNBUFFERED": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    })
-    return env
+    """The environment of a worker or web child process: every setting (`Settings.to_env`)."""
+    return {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def outcome(res, timeout_s: float) -> tuple[str, object]:

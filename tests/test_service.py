@@ -29,10 +29,7 @@ pytestmark = pytest.mark.service
 
 
 def web_env(settings: Settings) -> dict[str, str]:
-    env = worker_env(settings)
-    env.update({"RECSYS_SYNC_WAIT_S": str(settings.sync_wait_s),
-                "RECSYS_WEB_HOST": settings.web_host, "RECSYS_WEB_PORT": str(settings.web_port)})
-    return env
+    return worker_env(settings)  # every setting, the web's port and sync wait among them
 
 
 class Live:

@@ -19,6 +19,7 @@ from time_limit_app import RUNS_KEY, STUBBORN
 
 from ml.config import REPO_ROOT
 from scripts.procs import stop_group, wait_until
+from tasks import names
 
 pytestmark = pytest.mark.service
 SOFT_S, HARD_S = 1, 2
@@ -34,7 +35,7 @@ def stubborn_worker(tmp_path, base_settings):
     client = make_celery(settings)
     log = tmp_path / "worker.log"
     hostname = f"stubborn-{tmp_path.name}@localhost"
-    cmd = [sys.executable, "-m", "celery", "-A", "tests.time_limit_app:app", "worker", "-Q", "inference",
+    cmd = [sys.executable, "-m", "celery", "-A", "tests.time_limit_app:app", "worker", "-Q", names.INFERENCE_QUEUE,
            "-P", "prefork", "-c", "1", "-n", hostname, "--without-gossip", "--without-mingle", "-l", "INFO"]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=worker_env(settings), stdout=out, stderr=subprocess.STDOUT,
@@ -51,14 +52,14 @@ def stubborn_worker(tmp_path, base_settings):
 
 def test_a_task_past_its_hard_limit_is_killed_failed_once_and_the_worker_serves_on(stubborn_worker):
     client, db, log = stubborn_worker
-    before = result_of(client.send_task(STUBBORN, args=[0.1], queue="inference"), 60)  # pid of the pool child
+    before = result_of(client.send_task(STUBBORN, args=[0.1], queue=names.INFERENCE_QUEUE), 60)  # pid of the pool child
     db.delete(RUNS_KEY)
 
-    res = client.send_task(STUBBORN, args=[60], queue="inference", soft_time_limit=SOFT_S, time_limit=HARD_S)
+    res = client.send_task(STUBBORN, args=[60], queue=names.INFERENCE_QUEUE, soft_time_limit=SOFT_S, time_limit=HARD_S)
     state, error = outcome(res, 60)
     assert state == "FAILURE" and type(error).__name__ == "TimeLimitExceeded", repr(error)
 
-    after = result_of(client.send_task(STUBBORN, args=[0.1], queue="inference"), 60)
+    after = result_of(client.send_task(STUBBORN, args=[0.1], queue=names.INFERENCE_QUEUE), 60)
     assert after != before  # the overrunning child was killed and replaced
     assert int(db.get(RUNS_KEY)) == 2  # the killed task ran once (not redelivered), then the last one
     text = log.read_text(errors="replace")
