@@ -16,6 +16,8 @@ from typing import Any
 
 # The client sent something the worker refuses (bad id or top that slipped past the web's checks).
 INVALID_INPUT = "invalid_input"
+# The request names something the live model does not hold (an unknown product id).
+NOT_FOUND = "not_found"
 # No model is published, or the published one cannot be loaded (broken or half-written artifact).
 MODEL_UNAVAILABLE = "model_unavailable"
 # The task ran past its soft time limit.
@@ -25,7 +27,7 @@ INTERNAL = "internal"
 # Set by the web (not a worker): the result is gone (older than result_expires_s).
 EXPIRED = "expired"
 
-CODES = (INVALID_INPUT, MODEL_UNAVAILABLE, TIMEOUT, INTERNAL, EXPIRED)
+CODES = (INVALID_INPUT, NOT_FOUND, MODEL_UNAVAILABLE, TIMEOUT, INTERNAL, EXPIRED)
 
 
 class TaskFailure(Exception):

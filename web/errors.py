@@ -1,7 +1,7 @@
 """Every error is JSON: `{"error": message, "status": code[, "detail": ...]}` (never an HTML page).
 
 A failed job's HTTP status comes from the code its worker set (`tasks.errors`), mapped here and
-nowhere else (`STATUS_FOR_CODE`): only `invalid_input` is the client's fault.
+nowhere else (`STATUS_FOR_CODE`): only `invalid_input` and `not_found` are the client's.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tasks import errors as codes
 
 STATUS_FOR_CODE = {
     codes.INVALID_INPUT: 400,
+    codes.NOT_FOUND: 404,
     codes.MODEL_UNAVAILABLE: 503,
     codes.TIMEOUT: 503,
     codes.EXPIRED: 410,
