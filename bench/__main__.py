@@ -9,6 +9,9 @@
 - `catalog`: serving against catalog size (10k-1M SYNTHETIC products), exact and two-stage (bench/catalog.py);
 - `two_stage`: two-stage against exact serving on the REAL data, leave-last-out, with intervals (bench/two_stage.py);
 - `faults`: worker kill -9 (pool child, main process) and a Redis crash with 100 jobs, 10k jobs of bounded state (bench/faults.py);
+- `load`: N concurrent HTTP clients for D seconds against the whole stack on the demo catalog, errors,
+  throughput, latency percentiles (bench/load.py; `python -m bench load --clients 50 --seconds 60
+  --workers 1 --json PATH`);
 - `serving`: latency of N sequential recommendations three ways on one catalog and machine:
   in-process `Recommender.recommend`, Celery alone (apply_async + get through Redis), and the
   whole HTTP path three ways: POST /jobs then poll GET /jobs/<id> every 5 ms; POST /jobs then
@@ -252,6 +255,13 @@ def bench_faults() -> dict:
     return run()
 
 
+def bench_load() -> dict:
+    """50 concurrent clients for 60 s against the whole stack (bench/load.py; options: python -m bench load -h)."""
+    from bench.load import bench_load as run
+
+    return run()
+
+
 def bench_training() -> dict:
     """Training at 1,000 and 10,000 products, photos over local HTTP, cold and warm cache (bench/training.py)."""
     from bench.training import run
@@ -260,10 +270,16 @@ def bench_training() -> dict:
 
 
 BENCHES = {"encoders": bench_encoders, "train": bench_train, "serving": bench_serving, "catalog": bench_catalog,
-           "quality": bench_quality, "two_stage": bench_two_stage, "faults": bench_faults, "training": bench_training}
+           "quality": bench_quality, "two_stage": bench_two_stage, "faults": bench_faults, "training": bench_training,
+           "load": bench_load}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["load"]:  # its own options (--clients, --seconds, --workers, --json)
+        from bench.load import main as load_main
+
+        return load_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("what", nargs="*", choices=list(BENCHES), default=list(BENCHES))
     p.add_argument("--sizes", default="10000,100000,1000000", help="catalog: product counts, comma-separated")
