@@ -254,8 +254,8 @@ def _get_json(base_url: str, path: str) -> tuple[int | None, dict | None]:
 def serve(models: Path, tmp: Path, workers: int = 1, base: Settings | None = None, redis_url: str | None = None):
     """The stack as `make run` starts it (scripts/run_stack: `ensure_redis`, `worker_command`,
     `web_command`, `wait_ready`; no Flower), on free loopback ports, `workers` Celery worker processes,
-    serving the registry `models`; child logs in `tmp/logs/`. Yields (settings, base URL) once
-    GET /readyz is 200. With `redis_url` (a Redis that answers, whose workers already serve, e.g.
+    serving the registry `models`; child logs in `tmp/logs/`. Yields (settings, base URL, the
+    launcher's `Stack`) once GET /readyz is 200. With `redis_url` (a Redis that answers, whose workers already serve, e.g.
     the tests' session Redis and worker) and `workers=0`, only the web app is started."""
     from scripts.procs import free_port
     from scripts.run_stack import Stack, ensure_redis, wait_ready, web_command, worker_command
@@ -277,7 +277,7 @@ def serve(models: Path, tmp: Path, workers: int = 1, base: Settings | None = Non
         stack.spawn("web", web_command(stack.settings))
         base_url = f"http://127.0.0.1:{stack.settings.web_port}"
         wait_ready(stack, base_url, timeout_s=600)
-        yield stack.settings, base_url
+        yield stack.settings, base_url, stack
     finally:
         stack.stop_all()
 
@@ -302,6 +302,29 @@ def warm_up(base_url: str, customers: list[str], n: int = WARMUP_REQUESTS) -> No
         client.close()
 
 
+def cpu_seconds(stack) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each child of the stack, its process tree included
+    (a worker's pool children, gunicorn's workers)."""
+    import psutil
+
+    out = {}
+    for child in stack.children:
+        try:
+            root = psutil.Process(child.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        out[child.name] = total
+    return out
+
+
 def _catalog(models: Path) -> dict:
     from ml.registry import ModelRegistry, read_manifest
 
@@ -320,12 +343,17 @@ def bench_load(clients: int = 50, seconds: float = 60.0, workers: int = 1, job_s
         tmp = Path(name)
         models = _model_dir(base, tmp)
         catalog = _catalog(models)
-        with serve(models, tmp, workers, base) as (settings, url):
+        with serve(models, tmp, workers, base) as (settings, url, stack):
             customers, version = known_customers(url)
             warm_up(url, customers)
             load_before = [round(x, 2) for x in os.getloadavg()]
+            cpu_before = cpu_seconds(stack)
             result = run_clients(url, customers, clients, seconds, job_share, poll_s)
+            cpu_after = cpu_seconds(stack)
             load_after = [round(x, 2) for x in os.getloadavg()]
+        # cores each part of the stack kept busy during the run (CPU seconds / wall seconds)
+        cores = {name: round((cpu_after[name] - cpu_before[name]) / result["wall_s"], 2)
+                 for name in cpu_before if name in cpu_after}
     return {
         **result,
         "all_hold": result["errors"]["total"] == 0,  # `python -m bench` exits 1 when this is False
@@ -333,7 +361,9 @@ def bench_load(clients: int = 50, seconds: float = 60.0, workers: int = 1, job_s
                   "worker_concurrency": settings.worker_concurrency,
                   "pool_processes_total": workers * settings.worker_concurrency,
                   "web": f"gunicorn gthread -w {settings.web_workers} --threads {settings.web_threads}",
-                  "sync_wait_s": settings.sync_wait_s, "redis_appendfsync": settings.redis_appendfsync},
+                  "sync_wait_s": settings.sync_wait_s, "redis_appendfsync": settings.redis_appendfsync,
+                  "cores_busy_during_run": {**cores, "load_clients": round(result["client_process_cpu_s"]
+                                                                           / result["wall_s"], 2)}},
         "catalog": {**catalog, "model_version": version},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "load_avg_before": load_before, "load_avg_after": load_after},

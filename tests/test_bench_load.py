@@ -113,7 +113,7 @@ ACCESS_KIND = {"GET /recommendation?": "recommendation", "POST /jobs ": "post_jo
 
 @pytest.mark.service
 def test_four_clients_for_three_seconds(tmp_path, settings, worker, models_dir, known_customers):
-    with load.serve(models_dir, tmp_path, workers=0, base=settings, redis_url=settings.redis_url) as (_, url):
+    with load.serve(models_dir, tmp_path, workers=0, base=settings, redis_url=settings.redis_url) as (_, url, _stack):
         out = load.run_clients(url, known_customers, clients=4, seconds=3.0, job_share=0.4, poll_s=0.02)
     assert out["errors"] == {"total": 0, "by_kind_status": {}}, out
     by_kind = out["requests"]["by_kind"]
