@@ -278,6 +278,68 @@ class HnswIndex:
 INDEXES = {ExactIndex.kind: ExactIndex, HnswIndex.kind: HnswIndex}
 
 
+class CosineIndex(ExactIndex):
+    """Brute-force cosine top-k over rows that are not normalised: scores are (X q) / |x|, with the
+    inverse norms kept instead of a unit copy of X (at 10^6 products the content matrix is
+    hundreds of MB). Zero rows (no content) never come back."""
+
+    kind = "exact_cosine"
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        super().__init__(vectors)
+        norms = np.linalg.norm(self.vectors, axis=1)
+        self.inv_norm = np.where(norms > 0, 1.0 / np.maximum(norms, 1e-30), 0.0).astype(np.float32)
+        self.empty = np.flatnonzero(norms == 0)
+
+    def scores(self, q: np.ndarray) -> np.ndarray:
+        """Cosine of every row with `q` (any norm); -inf for zero rows."""
+        norm = float(np.linalg.norm(q))
+        out = (self.vectors @ (q / norm if norm > 0 else q)) * self.inv_norm
+        out[self.empty] = -np.inf
+        return out
+
+    def search(self, q: np.ndarray, k: int) -> np.ndarray:
+        scores = self.scores(q)
+        k = min(k, len(scores) - len(self.empty))
+        if k <= 0:
+            return np.zeros(0, np.int64)
+        top = np.argpartition(-scores, k - 1)[:k]
+        return top[np.lexsort((top, -scores[top]))]
+
+
+class ContentIndex:
+    """Nearest products by content (the image/text blocks the hybrid is given), cosine similarity:
+    the serving side of "similar products". Exact below `hnsw_min` rows (`CosineIndex`); from there
+    an `HnswIndex` over the unit rows (inner product of unit vectors = cosine), as for retrieval."""
+
+    def __init__(self, content: np.ndarray, hnsw_min: int | None = None, cfg: RetrievalConfig | None = None) -> None:
+        self.exact = CosineIndex(content)
+        self.index = self.exact
+        if hnsw_min is not None and len(content) >= hnsw_min:
+            cfg = cfg or RetrievalConfig()
+            unit = self.exact.vectors * self.exact.inv_norm[:, None]
+            self.index = HnswIndex.build(unit, cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.hnsw_ef_factor, cfg.seed)
+
+    @property
+    def kind(self) -> str:
+        return self.index.kind
+
+    def has_content(self, i: int) -> bool:
+        return bool(self.exact.inv_norm[i] > 0)
+
+    def neighbours(self, i: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, cosine similarities) of the `k` products nearest to product `i`, best first
+        (ties by position), never `i` itself nor a product without content; empty when `i` has none."""
+        if not self.has_content(i) or k <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        q = self.exact.vectors[i] * self.exact.inv_norm[i]
+        found = np.asarray(self.index.search(q, k + 1), np.int64)
+        found = found[(found != i) & (self.exact.inv_norm[found] > 0)][:k]
+        sims = (self.exact.vectors[found] @ q) * self.exact.inv_norm[found]
+        order = np.lexsort((found, -sims))
+        return found[order], sims[order].astype(np.float32)
+
+
 def build_index(vectors: np.ndarray, cfg: RetrievalConfig):
     """The ANN index for a catalog of at least `cfg.index_min_products`, else exact top-k."""
     if len(vectors) < cfg.index_min_products:
