@@ -17,18 +17,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml.catalog import Catalog, Filters, read_attributes
 from ml.features import (FeatureTables, customer_features, customer_history, customer_prior, pair_features,
                          pair_grid, product_features, product_id_input, product_prior)
 from ml.config import Settings
 from ml.model import ModelSpec, build_model, ranking_score
 from ml.registry import read_manifest
-from ml.retrieval import Retriever
+from ml.retrieval import ContentIndex, Retriever
 from ml.scoring import HEADS, Heads, ProductPart, ScoringNet
 
 COLD_START_DOC = (
     "Unknown customers get the most popular products (training-rating count, ties broken by mean "
     "rating), flagged cold_start=true and strategy='popularity'."
 )
+REASONS = 2  # rated products named as an item's reasons, at most
+REASON_MIN_RATING = 3.0  # a product the customer rated lower does not support a recommendation
+REASON_METHOD = "content_similarity"  # `because`: the customer's rated products nearest by content
+SIMILAR_METHOD = "content_cosine"
 PASS_ROWS = 65_536  # (customer, product) rows per forward pass: bounds the hidden activations' memory
 MAX_ROWS = 400_000  # customers x products scored per chunk of recommend_many (bounds its memory)
 
@@ -47,12 +52,31 @@ class ServingPath:
         return cls(settings.retrieval_k, settings.exact_max_products)
 
 
+def popular_reason() -> dict:
+    """`because` of a cold-start (popularity) item."""
+    return {"method": "popular", "products": []}
+
+
+class UnknownProduct(LookupError):
+    """A product id the model's catalog does not hold."""
+
+
+def content_modalities(manifest: dict, content: np.ndarray) -> list[str]:
+    """Which embeddings the content vectors hold ("image", "text"): `ml.features.product_content`
+    writes each modality's block followed by its 0/1 mask column, image first."""
+    if content.shape[1] == 0:
+        return []
+    masks = int(np.all((content == 0) | (content == 1), axis=0).sum())
+    image = bool(manifest.get("images", {}).get("with_photo")) and manifest.get("config", {}).get("use_images", True)
+    return (["image"] if image else []) + (["text"] if masks > int(image) else [])
+
+
 class Recommender:
     """Top-N recommendations from a trained hybrid model artifact."""
 
     def __init__(self, path: Path, manifest: dict, tables: FeatureTables, model, seen_u: np.ndarray,
                  seen_i: np.ndarray, products: list[dict], retriever: Retriever | None = None,
-                 serving: ServingPath = ServingPath()) -> None:
+                 serving: ServingPath = ServingPath(), catalog: Catalog | None = None) -> None:
         self.path = path
         self.retriever = retriever
         self.serving = serving
@@ -76,6 +100,12 @@ class Recommender:
         all_i = np.arange(tables.n_products)
         mean_rating = tables.prod_rating_sum / np.maximum(tables.prod_count, 1)
         self._popular = np.lexsort((all_i, -mean_rating, -tables.prod_count))
+        self._popular_rank = np.empty(tables.n_products, np.int64)
+        self._popular_rank[self._popular] = all_i
+        self.catalog = catalog or Catalog([""] * tables.n_products, np.full(tables.n_products, np.nan), "none")
+        # similar products and reasons: cosine over the content vectors the hybrid is given
+        self.content = ContentIndex(tables.prod_content)
+        self.modalities = content_modalities(manifest, tables.prod_content)
 
     @classmethod
     def load(cls, path: str | Path, settings: Settings | None = None) -> "Recommender":
@@ -91,7 +121,8 @@ class Recommender:
         products = json.loads((path / "products.json").read_text())
         retriever = Retriever.load(path) if Retriever.exists(path) else None
         serving = ServingPath.from_settings(settings or Settings.from_env())
-        return cls(path, manifest, tables, model, seen_u, seen_i, products, retriever, serving)
+        catalog = read_attributes(products, manifest.get("data", {}))
+        return cls(path, manifest, tables, model, seen_u, seen_i, products, retriever, serving, catalog)
 
     # -- lookups -------------------------------------------------------------------------------
     @property
@@ -100,6 +131,9 @@ class Recommender:
 
     def has_customer(self, customer_id: str) -> bool:
         return customer_id in self._customer_index
+
+    def has_product(self, product_id: str) -> bool:
+        return product_id in self._product_index
 
     def customers(self, limit: int = 20) -> list[str]:
         """Known customers, most active first (useful to try the API)."""
@@ -114,6 +148,14 @@ class Recommender:
         tests compare exact and two-stage on one load."""
         other = copy.copy(self)
         other.serving = serving
+        return other
+
+    def with_catalog(self, catalog: Catalog) -> "Recommender":
+        """The same loaded model filtering by other catalog attributes (benchmarks, tests)."""
+        if catalog.n_products != self.n_products:
+            raise ValueError("the catalog must describe every product of the model")
+        other = copy.copy(self)
+        other.catalog = catalog
         return other
 
     @property
@@ -203,7 +245,8 @@ class Recommender:
         return np.concatenate(chunks) if chunks else np.zeros((0, self.n_products), np.float32)
 
     # -- serving -------------------------------------------------------------------------------
-    def _item(self, i: int, score: float, rating: float | None, cold: bool, strategy: str, path: str) -> dict:
+    def _item(self, i: int, score: float, rating: float | None, cold: bool, strategy: str, path: str,
+              because: dict | None = None) -> dict:
         return {
             "product_id": str(self.tables.product_ids[i]),
             "score": round(float(score), 6),
@@ -213,12 +256,83 @@ class Recommender:
             "cold_start": cold,
             "strategy": strategy,
             "path": path,
+            **({} if because is None else {"because": because}),
         }
 
-    def _popular_items(self, top: int) -> list[dict]:
+    def _popular_items(self, top: int, allowed: np.ndarray | None = None) -> list[dict]:
+        """The `top` most popular products (of `allowed`, sorted positions, when given)."""
+        if allowed is None:
+            pos = self._popular[:top]
+        else:
+            k = min(top, len(allowed))
+            rank = self._popular_rank[allowed]
+            part = np.argpartition(rank, k - 1)[:k] if 0 < k < len(allowed) else np.arange(k)
+            pos = allowed[part[np.argsort(rank[part])]]
         counts = self.tables.prod_count
-        return [self._item(int(i), counts[i], None, True, "popularity", "popularity") for i in self._popular[:top]]
+        return [self._item(int(i), counts[i], None, True, "popularity", "popularity", popular_reason())
+                for i in pos]
 
+    # -- reasons -------------------------------------------------------------------------------
+    def _unit_content(self, i: np.ndarray) -> np.ndarray:
+        """Rows `i` of the content vectors at unit length (zero rows stay zero)."""
+        c = self.content.exact
+        return c.vectors[i] * c.inv_norm[i, None]
+
+    def because(self, u: int, items: np.ndarray) -> list[dict]:
+        """`because` of each item (positions) for customer position `u`: up to REASONS of the products
+        the customer rated at least REASON_MIN_RATING in training, most similar to the item by content
+        (cosine of the content vectors), best first; an item is never its own reason, and a rated
+        product with similarity <= 0 supports nothing. One (rated x items) matrix product."""
+        t = self.tables
+        a, b = t.rated_indptr[u], t.rated_indptr[u + 1]
+        rated, stars = t.rated_indices[a:b].astype(np.int64), t.rated_rating[a:b]
+        liked = stars >= REASON_MIN_RATING
+        rated, stars = rated[liked], stars[liked]
+        items = np.asarray(items, np.int64)
+        if not len(rated) or not len(items):
+            return [{"method": REASON_METHOD, "products": []} for _ in items]
+        sim = self._unit_content(rated) @ self._unit_content(items).T  # (R, k)
+        sim[rated[:, None] == items[None, :]] = -np.inf
+        k = min(REASONS, len(rated))
+        best = np.argpartition(-sim, k - 1, axis=0)[:k] if k < len(rated) else \
+            np.broadcast_to(np.arange(len(rated))[:, None], sim.shape)
+        vals = np.take_along_axis(sim, best, 0)
+        order = np.lexsort((rated[best], -vals), axis=0)
+        best, vals = np.take_along_axis(best, order, 0), np.take_along_axis(vals, order, 0)
+        out = []
+        for col in range(len(items)):
+            out.append({"method": REASON_METHOD, "products": [
+                {"product_id": str(t.product_ids[rated[r]]), "title": self._titles[rated[r]],
+                 "similarity": round(float(v), 4), "rating": float(stars[r])}
+                for r, v in zip(best[:, col], vals[:, col]) if v > 0]})
+        return out
+
+    # -- filters -------------------------------------------------------------------------------
+    def _filtered_candidates(self, u: int, allowed: np.ndarray, top: int, exclude_seen: bool) -> tuple[np.ndarray, str]:
+        """What to score for customer `u` within `allowed` (sorted positions) and the path it is:
+        every allowed product ("exact") when serving is exact or they are at most exact_max_products;
+        else the retriever's candidates ("two_stage"), asked for k x n_products / len(allowed) so
+        that about k pass the filter (k = max(retrieval_k, top)), and every allowed product when
+        fewer than `top` do. Seen products are removed when `exclude_seen` (the retriever's before
+        its cut)."""
+        if self.two_stage and len(allowed) > self.serving.exact_max_products:
+            k = max(self.serving.retrieval_k, top)
+            ask = int(min(self.n_products, np.ceil(k * self.n_products / len(allowed))))
+            cand = self.retriever.candidates(u, ask, self.seen(u) if exclude_seen else None)
+            at = np.minimum(np.searchsorted(allowed, cand), len(allowed) - 1)
+            kept = cand[allowed[at] == cand][:k]
+            if len(kept) >= top:
+                return kept, "two_stage"
+        if exclude_seen:
+            allowed = allowed[~np.isin(allowed, self.seen(u))]
+        return allowed, "exact"
+
+    def allowed(self, filters: Filters | None) -> np.ndarray | None:
+        """Sorted positions of the products `filters` keep, None for every product (see ml.catalog).
+        Raises ml.catalog.UnknownCategory for a category no product is under."""
+        return self.catalog.allowed(filters)
+
+    # -- ranking -------------------------------------------------------------------------------
     def _ranking(self, heads: Heads) -> np.ndarray:
         """Ranking scores from the heads; with rating weight 0 the rating head is not needed
         (any rating gives the factor 1), so it may be None."""
@@ -235,9 +349,10 @@ class Recommender:
                 at = np.minimum(np.searchsorted(items, seen), len(items) - 1)
                 score[row, at[items[at] == seen]] = -np.inf
 
-    def _top(self, u: np.ndarray, items: np.ndarray | None, top: int, exclude_seen: bool, path: str) -> list[list[dict]]:
+    def _top(self, u: np.ndarray, items: np.ndarray | None, top: int, exclude_seen: bool, path: str,
+             reasons: bool = True) -> list[list[dict]]:
         """Best `top` of `items` (sorted unique positions; None = catalog) for each known customer
-        row of `u`, best first, ties by product position."""
+        row of `u`, best first, ties by product position; with their `because` when `reasons`."""
         pos = np.arange(self.n_products) if items is None else items
         k = min(top, len(pos))
         if k == 0:
@@ -261,55 +376,83 @@ class Recommender:
         else:
             rating = heads.rating[rows, cols[keep]]
         rating = np.clip(rating, 1.0, 5.0)
-        out: list[list[dict]] = [[] for _ in u]
-        for r, i, s, rt in zip(rows, best, vals[keep], rating):
-            out[r].append(self._item(int(i), s, rt, False, "hybrid", path))
+        vals, bounds = vals[keep], np.searchsorted(rows, np.arange(len(u) + 1))
+        out: list[list[dict]] = []
+        for r in range(len(u)):
+            a, b = bounds[r], bounds[r + 1]
+            why = self.because(int(u[r]), best[a:b]) if reasons else [None] * (b - a)
+            out.append([self._item(int(i), s, rt, False, "hybrid", path, w)
+                        for i, s, rt, w in zip(best[a:b], vals[a:b], rating[a:b], why)])
         return out
 
     def recommend(self, customer_id: str, top: int = 10, exclude_seen: bool = True,
-                  candidates: np.ndarray | None = None) -> list[dict]:
+                  candidates: np.ndarray | None = None, filters: Filters | None = None,
+                  reasons: bool = True) -> list[dict]:
         """Top `top` products for `customer_id`, best first. See COLD_START_DOC for unknown customers.
 
         `candidates`: product positions to rank; None ranks the retriever's candidates when serving is
         two-stage (`two_stage`), else the whole catalog. Seen products are removed before the cut.
-        Each item's `path` says which served it: "exact" (whole catalog), "two_stage" (retrieval +
-        rerank), "candidates" (given by the caller) or "popularity" (cold start)."""
+        `filters` (ml.catalog.Filters) keep products under a category / up to a price, applied before
+        the cut, so `top` items come back when that many pass. Each item's `path` says which served
+        it: "exact" (the whole, or the whole filtered, catalog), "two_stage" (retrieval + rerank),
+        "candidates" (given by the caller) or "popularity" (cold start); its `because` why (see
+        `because`; `reasons=False` leaves it out of the ranked items, for benchmarks)."""
         if top < 1:
             raise ValueError("top must be at least 1")
+        allowed = self.allowed(filters)
         if customer_id not in self._customer_index:
-            return self._popular_items(top)
+            return self._popular_items(top, allowed)
         u = int(self._customer_index.get_loc(customer_id))
         path = "candidates"
-        if candidates is None and self.two_stage:
-            candidates, path = self.retrieve(u, top, exclude_seen), "two_stage"
-        items = None if candidates is None else np.unique(self._check_items(candidates))
-        if items is not None and len(items) and items[0] < 0:
-            raise ValueError("candidates must be product positions (>= 0)")
-        return self._top(np.array([u]), items, top, exclude_seen, "exact" if items is None else path)[0]
+        if candidates is not None:
+            items = np.unique(self._check_items(candidates))
+            if len(items) and items[0] < 0:
+                raise ValueError("candidates must be product positions (>= 0)")
+            if allowed is not None:
+                items = items[np.isin(items, allowed, assume_unique=True)]
+        elif allowed is not None:
+            items, path = self._filtered_candidates(u, allowed, top, exclude_seen)
+            items = np.sort(items) if path == "two_stage" else items
+        elif self.two_stage:
+            items, path = np.unique(self.retrieve(u, top, exclude_seen)), "two_stage"
+        else:
+            items, path = None, "exact"
+        return self._top(np.array([u]), items, top, exclude_seen, path, reasons)[0]
 
-    def recommend_many(self, customer_ids: list[str], top: int = 10, exclude_seen: bool = True) -> list[list[dict]]:
+    def recommend_many(self, customer_ids: list[str], top: int = 10, exclude_seen: bool = True,
+                       filters: Filters | None = None, reasons: bool = True) -> list[list[dict]]:
         """`recommend` for many customers, the known ones scored as matrices in chunks of
         customers (chunk x n_products <= MAX_ROWS, or x retrieval_k when two-stage); unknown
-        customers get the popularity list."""
+        customers get the popularity list. `filters` as in `recommend`, the same for every customer."""
         if top < 1:
             raise ValueError("top must be at least 1")
-        out: list[list[dict]] = [self._popular_items(top) if c not in self._customer_index else []
+        allowed = self.allowed(filters)
+        out: list[list[dict]] = [self._popular_items(top, allowed) if c not in self._customer_index else []
                                  for c in customer_ids]
         known = [k for k, c in enumerate(customer_ids) if c in self._customer_index]
         u = np.array([self._customer_index.get_loc(customer_ids[k]) for k in known], np.int64)
-        width = max(self.serving.retrieval_k, top) if self.two_stage else self.n_products
+        shared = allowed is not None and (not self.two_stage or len(allowed) <= self.serving.exact_max_products)
+        if shared:
+            width = len(allowed)
+        else:
+            width = max(self.serving.retrieval_k, top) if self.two_stage else self.n_products
         step = max(1, MAX_ROWS // max(width, 1))
         for s in range(0, len(known), step):
             uu = u[s:s + step]
-            if self.two_stage:
-                lists = self._top_of_candidates(uu, [self.retrieve(int(x), top, exclude_seen) for x in uu], top)
+            if shared:
+                lists = self._top(uu, allowed, top, exclude_seen, "exact", reasons)
+            elif self.two_stage:
+                picked = [self._filtered_candidates(int(x), allowed, top, exclude_seen) if allowed is not None
+                          else (self.retrieve(int(x), top, exclude_seen), "two_stage") for x in uu]
+                lists = self._top_of_candidates(uu, [c for c, _ in picked], top, [p for _, p in picked], reasons)
             else:
-                lists = self._top(uu, None, top, exclude_seen, "exact")
+                lists = self._top(uu, None, top, exclude_seen, "exact", reasons)
             for k, items in zip(known[s:s + step], lists):
                 out[k] = items
         return out
 
-    def _top_of_candidates(self, u: np.ndarray, candidates: list[np.ndarray], top: int) -> list[list[dict]]:
+    def _top_of_candidates(self, u: np.ndarray, candidates: list[np.ndarray], top: int,
+                           paths: list[str] | None = None, reasons: bool = True) -> list[list[dict]]:
         """Best `top` of each customer's own candidates (seen ones already removed), all customers in
         one aligned-rows forward pass (`score_pairs`): the batch form of the two-stage path."""
         lengths = np.array([len(c) for c in candidates])
@@ -325,8 +468,33 @@ class Recommender:
             self.score_pairs(rows[best], items[best], heads=("rating",)).rating
         rating = np.clip(rating, 1.0, 5.0)
         out, at = [], 0
-        for sel in picked:
-            out.append([self._item(int(items[j]), score[j], rating[at + n], False, "hybrid", "two_stage")
+        for row, sel in enumerate(picked):
+            why = self.because(int(u[row]), items[sel]) if reasons else [None] * len(sel)
+            path = "two_stage" if paths is None else paths[row]
+            out.append([self._item(int(items[j]), score[j], rating[at + n], False, "hybrid", path, why[n])
                         for n, j in enumerate(sel)])
             at += len(sel)
         return out
+
+    # -- similar products ----------------------------------------------------------------------
+    @property
+    def similarity(self) -> dict:
+        """How `similar` measures: cosine of the content vectors, which modalities they hold, the index."""
+        return {"method": SIMILAR_METHOD, "modalities": list(self.modalities), "index": self.content.kind}
+
+    def title(self, product_id: str) -> str:
+        """A product's title ("" when it has none). Raises UnknownProduct."""
+        if not isinstance(product_id, str) or product_id not in self._product_index:
+            raise UnknownProduct(f"unknown product {str(product_id)[:80]!r}")
+        return self._titles[int(self._product_index.get_loc(product_id))]
+
+    def similar(self, product_id: str, top: int = 10) -> list[dict]:
+        """The `top` products nearest to `product_id` by content (cosine of the image/text vectors
+        the hybrid is given), most similar first; never the product itself, nor one without content
+        (a product without content has no neighbours). Raises UnknownProduct."""
+        if top < 1:
+            raise ValueError("top must be at least 1")
+        self.title(product_id)  # known?
+        pos, sims = self.content.neighbours(int(self._product_index.get_loc(product_id)), top)
+        return [{"product_id": str(self.tables.product_ids[i]), "similarity": round(float(v), 4),
+                 "title": self._titles[i], "image": self._images[i]} for i, v in zip(pos, sims)]

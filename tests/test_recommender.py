@@ -35,7 +35,7 @@ def test_top_n_distinct_unseen_sorted(rec):
     expected_rating = rec.predict(np.full(len(ids), u), positions)
     for x, rating in zip(items, expected_rating):
         assert set(x) == {"product_id", "score", "predicted_rating", "title", "image", "cold_start", "strategy",
-                          "path"}
+                          "path", "because"}
         assert x["cold_start"] is False and x["strategy"] == "hybrid" and x["path"] == "exact"
         assert x["predicted_rating"] == pytest.approx(float(rating), abs=1e-4)  # the pair path agrees
         assert x["title"]
@@ -108,3 +108,186 @@ def test_an_artifact_of_another_format_is_refused_with_a_hint(models_dir, tmp_pa
     (old / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
     with pytest.raises(ValueError, match="train the model again"):
         Recommender.load(old)
+
+
+# ---------------------------------------------------------------- reasons (issue 15 item 3)
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+
+
+def _expected_reasons(rec: Recommender, u: int, item: int) -> list[str]:
+    """The customer's training products rated >= 3 most similar to `item` by cosine of the content
+    vectors, computed here from the tables (not through the recommender), best two, similarity > 0."""
+    t = rec.tables
+    a, b = t.rated_indptr[u], t.rated_indptr[u + 1]
+    rated = t.rated_indices[a:b][t.rated_rating[a:b] >= 3]
+    rated = rated[rated != item]
+    unit = _unit(t.prod_content.astype(np.float64))
+    sims = unit[rated] @ unit[item]
+    order = np.lexsort((rated, -sims))[:2]
+    return [str(t.product_ids[rated[k]]) for k in order if sims[k] > 0]
+
+
+def test_every_item_says_which_of_the_customers_own_products_support_it(rec):
+    products = pd.Index(rec.tables.product_ids)
+    checked = 0
+    for cid in rec.customers(8):
+        u = _position(rec, cid)
+        t = rec.tables
+        rated = dict(zip(t.product_ids[t.rated_indices[t.rated_indptr[u]:t.rated_indptr[u + 1]]],
+                         t.rated_rating[t.rated_indptr[u]:t.rated_indptr[u + 1]]))
+        for x in rec.recommend(cid, top=5):
+            because = x["because"]
+            assert because["method"] == "content_similarity"
+            ids = [p["product_id"] for p in because["products"]]
+            assert ids == _expected_reasons(rec, u, products.get_loc(x["product_id"]))
+            assert set(ids) <= set(rated) and x["product_id"] not in ids  # their own, never the item
+            sims = [p["similarity"] for p in because["products"]]
+            assert sims == sorted(sims, reverse=True) and all(0 < s <= 1 for s in sims)
+            for p in because["products"]:
+                assert p["rating"] == rated[p["product_id"]] >= 3
+                assert p["title"] == rec._titles[products.get_loc(p["product_id"])]
+            checked += len(ids)
+    assert checked >= 20  # most items do name two products: the test looked at real reasons
+
+
+def test_cold_start_items_say_popular_and_reasons_can_be_left_out(rec):
+    for x in rec.recommend("AUNKNOWNCUSTOMERXXXXXXXXXXXX", top=3):
+        assert x["because"] == {"method": "popular", "products": []}
+    cid = rec.customers(1)[0]
+    on, off = rec.recommend(cid, top=5), rec.recommend(cid, top=5, reasons=False)
+    assert [x["product_id"] for x in on] == [x["product_id"] for x in off]
+    assert all("because" not in x for x in off)
+
+
+def test_batch_items_carry_the_same_reasons(rec):
+    ids = rec.customers(4) + ["nobody-at-all"]
+    batch = rec.recommend_many(ids, top=4)
+    assert batch == [rec.recommend(c, top=4) for c in ids]
+
+
+# ---------------------------------------------------------------- filters (issue 15 item 4)
+
+def _best(rec: Recommender, u: int, allowed: np.ndarray, top: int) -> list[str]:
+    """The best `top` unseen products among `allowed` by the ranking score over the whole catalog."""
+    scores = rec.score_customers(np.array([u]))[0]
+    scores[rec.seen(u)] = -np.inf
+    keep = np.zeros(rec.n_products, bool)
+    keep[allowed] = True
+    scores[~keep] = -np.inf
+    order = np.argsort(-scores, kind="stable")
+    return [str(rec.tables.product_ids[i]) for i in order[:top] if np.isfinite(scores[i])]
+
+
+def _category_outside_the_top(rec: Recommender, cid: str, top: int) -> str:
+    """A category prefix that holds enough unseen products but misses some of the unfiltered top."""
+    from ml.catalog import Filters
+
+    u = _position(rec, cid)
+    unfiltered = {x["product_id"] for x in rec.recommend(cid, top=top)}
+    for prefix, count in sorted(rec.catalog.prefixes().items(), key=lambda kv: kv[1]):
+        allowed = rec.allowed(Filters(category=prefix))
+        inside = {str(p) for p in rec.tables.product_ids[allowed]}
+        if len(set(allowed) - set(rec.seen(u))) >= top and unfiltered - inside:
+            return prefix
+    raise AssertionError("no category prefix of the test world excludes part of the top")
+
+
+def test_the_session_model_has_categories_and_prices(rec):
+    assert rec.catalog.source == "training data meta"
+    assert len(rec.catalog.prefixes()) > 5 and np.isfinite(rec.catalog.prices).all()
+
+
+def test_category_filter_applies_before_the_cut(rec):
+    from ml.catalog import Filters
+
+    top = 5
+    for cid in rec.customers(3):
+        prefix = _category_outside_the_top(rec, cid, top)
+        items = rec.recommend(cid, top=top, filters=Filters(category=prefix.upper()))
+        assert len(items) == top
+        paths = dict(zip(rec.tables.product_ids, rec.catalog.paths(np.arange(rec.n_products))))
+        assert all((paths[x["product_id"]] + " > ").startswith(prefix + " > ") for x in items)
+        assert [x["product_id"] for x in items] == _best(rec, _position(rec, cid),
+                                                         rec.allowed(Filters(category=prefix)), top)
+        assert all(x["because"]["method"] == "content_similarity" for x in items)
+
+
+def test_max_price_filter_applies_before_the_cut(rec):
+    from ml.catalog import Filters
+
+    cid = rec.customers(1)[0]
+    u = _position(rec, cid)
+    unfiltered = rec.recommend(cid, top=5)
+    prices = dict(zip(rec.tables.product_ids, rec.catalog.prices))
+    limit = float(np.median([prices[x["product_id"]] for x in unfiltered]))  # cuts part of the top
+    assert any(prices[x["product_id"]] > limit for x in unfiltered)
+    items = rec.recommend(cid, top=5, filters=Filters(max_price=limit))
+    assert len(items) == 5 and all(prices[x["product_id"]] <= limit for x in items)
+    assert [x["product_id"] for x in items] == _best(rec, u, rec.allowed(Filters(max_price=limit)), 5)
+    assert rec.recommend(cid, top=5, filters=Filters(max_price=0.5)) == []  # nothing that cheap
+
+
+def test_filters_for_unknown_customers_and_batches(rec):
+    from ml.catalog import Filters, UnknownCategory
+
+    prefix = _category_outside_the_top(rec, rec.customers(1)[0], 5)
+    wanted = Filters(category=prefix, max_price=float(np.nanmax(rec.catalog.prices)))
+    allowed = rec.allowed(wanted)
+    cold = rec.recommend("nobody-at-all", top=3, filters=wanted)
+    expected = [i for i in rec._popular if i in set(allowed)][:3]
+    assert [x["product_id"] for x in cold] == [str(rec.tables.product_ids[i]) for i in expected]
+    ids = rec.customers(3) + ["nobody-at-all"]
+    assert rec.recommend_many(ids, top=4, filters=wanted) == [rec.recommend(c, top=4, filters=wanted) for c in ids]
+    with pytest.raises(UnknownCategory):
+        rec.recommend(ids[0], top=3, filters=Filters(category="No Such > Category"))
+    with pytest.raises(UnknownCategory):
+        rec.recommend_many(ids, top=3, filters=Filters(category="No Such > Category"))
+
+
+def test_filters_on_the_two_stage_path(rec):
+    """Forced two-stage (the session model has a retriever): a filter keeping more products than
+    exact_max_products goes through the retriever's candidates, a smaller one is scored exactly;
+    either way every item passes the filter and `top` come back."""
+    from ml.catalog import Filters
+    from ml.recommender import ServingPath
+
+    two = rec.with_serving(ServingPath(retrieval_k=8, exact_max_products=5))
+    assert two.two_stage
+    cid = rec.customers(1)[0]
+    wide = Filters(max_price=float(np.nanmax(rec.catalog.prices)))  # every product: above 5
+    prefix = min(rec.catalog.prefixes(), key=lambda p: abs(rec.catalog.prefixes()[p] - 4))
+    narrow = Filters(category=prefix)  # about 4 products: at most 5, scored exactly
+    for wanted, path in ((wide, "two_stage"), (narrow, "exact")):
+        allowed = {str(p) for p in rec.tables.product_ids[rec.allowed(wanted)]}
+        items = two.recommend(cid, top=3, filters=wanted)
+        assert items and {x["path"] for x in items} == {path}
+        assert {x["product_id"] for x in items} <= allowed
+        assert len(items) == min(3, len(allowed - set(rec.tables.product_ids[rec.seen(_position(rec, cid))])))
+        batch = two.recommend_many([cid], top=3, filters=wanted)[0]  # aligned-rows pass: scores to ~1e-6
+        assert [(x["product_id"], x["path"], x["because"]) for x in batch] == \
+            [(x["product_id"], x["path"], x["because"]) for x in items]
+
+
+# ---------------------------------------------------------------- similar products (issue 15 item 2)
+
+def test_similar_products_are_the_nearest_by_content(rec):
+    from ml.recommender import UnknownProduct
+
+    unit = _unit(rec.tables.prod_content.astype(np.float64))
+    assert rec.similarity == {"method": "content_cosine", "modalities": ["image", "text"], "index": "exact_cosine"}
+    for i in (0, 7, rec.n_products - 1):
+        pid = str(rec.tables.product_ids[i])
+        items = rec.similar(pid, top=5)
+        ids = [x["product_id"] for x in items]
+        assert len(ids) == 5 and pid not in ids
+        sims = unit @ unit[i]
+        sims[i] = -np.inf
+        assert ids == [str(p) for p in rec.tables.product_ids[np.lexsort((np.arange(rec.n_products), -sims))[:5]]]
+        got = [x["similarity"] for x in items]
+        assert got == sorted(got, reverse=True)
+        np.testing.assert_allclose(got, np.sort(sims)[::-1][:5], atol=1e-4)
+        assert {"product_id", "similarity", "title", "image"} == set(items[0])
+    with pytest.raises(UnknownProduct):
+        rec.similar("NO-SUCH-PRODUCT", top=3)
