@@ -4,6 +4,7 @@ imports the worker code paths that load TensorFlow) and the worker."""
 RECOMMEND = "recsys.recommend"
 RECOMMEND_BATCH = "recsys.recommend_batch"
 CUSTOMERS = "recsys.customers"
+SIMILAR = "recsys.similar"
 TRAIN = "recsys.train"
 
 INFERENCE_QUEUE = "inference"

@@ -1,8 +1,12 @@
 """Inference tasks (queue `inference`): thin adapters over `ml.recommender.Recommender`.
 
 Every result is a JSON-able dict that names the `model_version` that produced it. Every failure is a
-`tasks.errors.TaskFailure` with a code (`invalid_input`, `model_unavailable`, `timeout`, `internal`)
-and a client-safe message; the details stay in the worker log.
+`tasks.errors.TaskFailure` with a code (`invalid_input`, `not_found`, `model_unavailable`, `timeout`,
+`internal`) and a client-safe message; the details stay in the worker log.
+
+Recommendations take optional `filters` ({"category": path prefix, "max_price": number}, applied
+before the top is cut; an unknown category is `invalid_input`) and every item carries `because` (the
+customer's rated products nearest to it by content, or "popular"), computed here in the worker.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any, Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from ml.catalog import Filters, UnknownCategory
 from tasks import errors, names
 from tasks.celery_app import app
 from tasks.model_holder import Loaded, NoModelPublished, holder
@@ -22,6 +27,9 @@ from tasks.model_holder import Loaded, NoModelPublished, holder
 log = logging.getLogger(__name__)
 
 CUSTOMER_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# product ids come from the data (any text): at most 128 characters, none of them a control character
+PRODUCT_ID_RE = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
+MAX_CATEGORY_CHARS = 200
 ITEM_FIELDS = ("product_id", "score", "predicted_rating", "title", "image", "cold_start", "strategy")
 
 
@@ -53,6 +61,32 @@ def check_top(top: Any, max_top: int) -> int:
     if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= max_top:
         raise errors.invalid_input(f"top must be an integer in 1..{max_top}, got {str(top)[:20]!r}")
     return top
+
+
+def check_product_id(product_id: Any) -> str:
+    if not isinstance(product_id, str) or not PRODUCT_ID_RE.fullmatch(product_id):
+        raise errors.invalid_input(f"invalid product_id: {str(product_id)[:80]!r} (1-128 characters, "
+                                   "no control characters)")
+    return product_id
+
+
+def check_filters(filters: Any) -> Filters | None:
+    """{"category": str, "max_price": number >= 0} (either may be absent or null) -> Filters, or
+    None when there is nothing to filter; anything else is `invalid_input`."""
+    if filters is None:
+        return None
+    if not isinstance(filters, dict) or set(filters) - {"category", "max_price"}:
+        raise errors.invalid_input("filters must be an object with category and/or max_price")
+    category, max_price = filters.get("category"), filters.get("max_price")
+    if category is not None and (not isinstance(category, str) or not 1 <= len(category) <= MAX_CATEGORY_CHARS):
+        raise errors.invalid_input(f"category must be a string of 1..{MAX_CATEGORY_CHARS} characters")
+    if max_price is not None and (isinstance(max_price, bool) or not isinstance(max_price, (int, float))):
+        raise errors.invalid_input("max_price must be a number")
+    try:
+        found = Filters(category, None if max_price is None else float(max_price))
+    except ValueError as exc:
+        raise errors.invalid_input(str(exc)) from None
+    return found or None
 
 
 def live_model() -> Loaded:
@@ -101,35 +135,67 @@ def customer_result(model: Any, customer_id: str, items: list[dict]) -> dict[str
     return {"customer_id": customer_id, "items": items, "cold_start": cold}
 
 
-def recommend_one(model: Any, customer_id: str, top: int) -> dict[str, Any]:
-    return customer_result(model, customer_id, model.recommend(customer_id, top=top, exclude_seen=True))
+def recommend_one(model: Any, customer_id: str, top: int, filters: Filters | None = None) -> dict[str, Any]:
+    try:
+        items = model.recommend(customer_id, top=top, exclude_seen=True, filters=filters)
+    except UnknownCategory as exc:
+        raise errors.invalid_input(str(exc)) from None
+    return customer_result(model, customer_id, items)
+
+
+def _with_filters(result: dict[str, Any], filters: Filters | None) -> dict[str, Any]:
+    return {**result, "filters": filters.to_dict()} if filters else result
 
 
 @app.task(name=names.RECOMMEND)
 @coded
-def recommend(customer_id: str, top: int = 10) -> dict[str, Any]:
-    """Top-`top` products for one customer."""
+def recommend(customer_id: str, top: int = 10, filters: dict | None = None) -> dict[str, Any]:
+    """Top-`top` products for one customer (of those `filters` keep)."""
     settings = holder.settings
     customer_id = check_customer_id(customer_id)
     top = check_top(top, settings.max_top)
+    wanted = check_filters(filters)
     loaded = live_model()
-    result = recommend_one(loaded.model, customer_id, top)
-    return {**result, "top": top, "model_version": loaded.version}
+    result = recommend_one(loaded.model, customer_id, top, wanted)
+    return _with_filters({**result, "top": top, "model_version": loaded.version}, wanted)
 
 
 @app.task(name=names.RECOMMEND_BATCH)
 @coded
-def recommend_batch(customer_ids: list[str], top: int = 10) -> dict[str, Any]:
-    """Top-`top` products for each customer, all from the same model version."""
+def recommend_batch(customer_ids: list[str], top: int = 10, filters: dict | None = None) -> dict[str, Any]:
+    """Top-`top` products for each customer (of those `filters` keep), all from the same model version."""
     settings = holder.settings
     if not isinstance(customer_ids, list) or not 1 <= len(customer_ids) <= settings.max_batch:
         raise errors.invalid_input(f"customer_ids must be a list of 1..{settings.max_batch} ids")
     ids = [check_customer_id(c) for c in customer_ids]
     top = check_top(top, settings.max_top)
+    wanted = check_filters(filters)
     loaded = live_model()
-    lists = loaded.model.recommend_many(ids, top=top, exclude_seen=True)  # customers scored as matrices
+    try:  # customers scored as matrices
+        lists = loaded.model.recommend_many(ids, top=top, exclude_seen=True, filters=wanted)
+    except UnknownCategory as exc:
+        raise errors.invalid_input(str(exc)) from None
     results = [customer_result(loaded.model, cid, items) for cid, items in zip(ids, lists)]
-    return {"results": results, "count": len(results), "top": top, "model_version": loaded.version}
+    return _with_filters({"results": results, "count": len(results), "top": top,
+                          "model_version": loaded.version}, wanted)
+
+
+@app.task(name=names.SIMILAR)
+@coded
+def similar(product_id: str, top: int = 10) -> dict[str, Any]:
+    """The `top` products nearest to `product_id` by content; an unknown product is `not_found`."""
+    from ml.recommender import UnknownProduct  # the worker's model module (TensorFlow) is loaded already
+
+    settings = holder.settings
+    product_id = check_product_id(product_id)
+    top = check_top(top, settings.max_top)
+    loaded = live_model()
+    try:
+        items, title = loaded.model.similar(product_id, top), loaded.model.title(product_id)
+    except UnknownProduct:
+        raise errors.TaskFailure(errors.NOT_FOUND, f"unknown product: {product_id[:80]!r}") from None
+    return jsonable({"product_id": product_id, "title": title, "items": items, **loaded.model.similarity,
+                     "top": top, "model_version": loaded.version})
 
 
 @app.task(name=names.CUSTOMERS)

@@ -227,13 +227,13 @@ def test_good_top_is_accepted(idle_web):
 def _stored_job(web, backend, kind: str, result, state: str = "SUCCESS") -> str:
     body = {"recommend": ("/jobs", {"customer_id": "C0001"}),
             "batch": ("/jobs/batch", {"customer_ids": ["C0001", "C0002"]})}
-    if kind == "customers":
+    if kind in ("customers", "similar"):
         from web.job_store import JobStore
         import uuid
 
         job_id = str(uuid.uuid4())
         with web.application.app_context():
-            JobStore(web.application.extensions["redis"], 60).add(job_id, "customers")
+            JobStore(web.application.extensions["redis"], 60).add(job_id, kind)
     else:
         job_id = web.post(body[kind][0], json=body[kind][1]).get_json()["job_id"]
     backend.store_result(job_id, result, state)
@@ -249,8 +249,11 @@ def test_job_views_of_every_kind_match_the_schema(idle_web, base_settings, idle_
     celery = make_celery(replace(base_settings, redis_url=idle_redis.url))
     item = {"product_id": "P1", "score": 0.25, "predicted_rating": None, "title": "t",
             "image": str(base_settings.var_dir / "pics" / "p1.png"), "cold_start": True,
-            "strategy": "popularity", "path": "popularity"}
+            "strategy": "popularity", "path": "popularity", "because": {"method": "popular", "products": []}}
     one = {"customer_id": "C0001", "items": [item], "cold_start": True}
+    similar = {"product_id": "P2", "title": "u", "method": "content_cosine", "modalities": ["image"],
+               "index": "exact_cosine", "top": 1, "model_version": "v1",
+               "items": [{"product_id": "P1", "similarity": 0.5, "title": "t", "image": item["image"]}]}
     jobs = {
         "recommend": _stored_job(idle_web, celery.backend, "recommend",
                                  {**one, "top": 1, "model_version": "v1"}),
@@ -259,6 +262,7 @@ def test_job_views_of_every_kind_match_the_schema(idle_web, base_settings, idle_
                               "top": 1, "model_version": "v1"}),
         "customers": _stored_job(idle_web, celery.backend, "customers",
                                  {"customers": ["C0001"], "model_version": "v1"}),
+        "similar": _stored_job(idle_web, celery.backend, "similar", similar),
         "failed": _stored_job(idle_web, celery.backend, "recommend",
                               errors.TaskFailure(errors.MODEL_UNAVAILABLE, "no model"), "FAILURE"),
     }
@@ -275,6 +279,7 @@ def test_job_views_of_every_kind_match_the_schema(idle_web, base_settings, idle_
     assert views["recommend"]["result"]["items"][0]["image_url"] == "/media/pics/p1.png"
     assert "image" not in views["recommend"]["result"]["items"][0]
     assert views["customers"]["result"] == {"customers": ["C0001"], "model_version": "v1"}
+    assert views["similar"]["result"]["items"][0]["image_url"] == "/media/pics/p1.png"
     assert (views["failed"]["state"], views["failed"]["error_code"]) == ("failed", "model_unavailable")
 
 
@@ -408,7 +413,7 @@ def test_a_worker_exception_is_500_with_the_internal_code(faulty, make_app):
     app = make_app(empty)
     with app.app_context():
         store = JobStore(app.extensions["redis"], 60)
-        res = celery.send_task(names.RECOMMEND, args=["C0001", 3, "unexpected"])
+        res = celery.send_task(names.RECOMMEND, args=["C0001", 3, None, "unexpected"])
         store.add(res.id, "recommend")
     client = app.test_client()
     view = client.get(f"/jobs/{res.id}?wait=30").get_json()

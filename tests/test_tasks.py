@@ -18,7 +18,7 @@ from ml.registry import ModelRegistry
 from tasks import errors, names
 from tasks.celery_app import make_celery
 from tasks.model_holder import ModelHolder, NoModelPublished
-from tasks.recommend import check_customer_id, check_top, jsonable, recommend_one
+from tasks.recommend import check_customer_id, check_filters, check_product_id, check_top, jsonable, recommend_one
 
 
 # ---------------------------------------------------------------- configuration (no worker)
@@ -42,7 +42,7 @@ def test_celery_config_is_json_only_and_reliable(settings):
 
 @pytest.mark.parametrize("task, queue", [
     (names.RECOMMEND, "inference"), (names.RECOMMEND_BATCH, "inference"),
-    (names.CUSTOMERS, "inference"), (names.TRAIN, "training"),
+    (names.CUSTOMERS, "inference"), (names.SIMILAR, "inference"), (names.TRAIN, "training"),
 ])
 def test_routes(settings, task, queue):
     route = make_celery(settings).amqp.router.route({}, task)
@@ -83,6 +83,29 @@ def test_check_customer_id_rejects(bad):
 def test_check_top_rejects(bad):
     with pytest.raises(errors.TaskFailure) as caught:
         check_top(bad, 100)
+    assert caught.value.code == errors.INVALID_INPUT
+
+
+@pytest.mark.parametrize("bad", ["x", [], {"colour": "red"}, {"category": ""}, {"category": " > "},
+                                 {"category": 5}, {"category": "x" * 201}, {"max_price": "10"},
+                                 {"max_price": True}, {"max_price": -1}, {"max_price": float("nan")}])
+def test_check_filters_rejects(bad):
+    with pytest.raises(errors.TaskFailure) as caught:
+        check_filters(bad)
+    assert caught.value.code == errors.INVALID_INPUT
+
+
+def test_check_filters_accepts():
+    assert check_filters(None) is None and check_filters({}) is None
+    assert check_filters({"category": None, "max_price": None}) is None
+    found = check_filters({"category": "A > B", "max_price": 20})
+    assert (found.category, found.max_price) == ("A > B", 20.0)
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 129, "a\nb", "a\x00", None, 3])
+def test_check_product_id_rejects(bad):
+    with pytest.raises(errors.TaskFailure) as caught:
+        check_product_id(bad)
     assert caught.value.code == errors.INVALID_INPUT
 
 
@@ -227,6 +250,62 @@ def test_recommend_batch_task(worker, celery_client, known_customers):
 def test_customers_task(worker, celery_client, known_customers):
     result = result_of(celery_client.send_task(names.CUSTOMERS, args=[5]), 60)
     assert result["customers"] == known_customers[:5]
+
+
+def _shoes(world_dir: Path) -> tuple[str, set[str]]:
+    """A category prefix of the session's world and its products, read from the world's meta file."""
+    inside = set()
+    for line in (world_dir / "meta_Amazon_Fashion.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["categories"][:2] == ["Clothing, Shoes & Jewelry", "Shoes"]:
+            inside.add(rec["parent_asin"])
+    assert inside, "the test world has shoes"
+    return "Clothing, Shoes & Jewelry > Shoes", inside
+
+
+@pytest.mark.service
+def test_recommend_tasks_filter_and_give_reasons(worker, celery_client, world_dir, known_customers):
+    category, shoes = _shoes(world_dir)
+    filters = {"category": category, "max_price": 1000}
+    result = result_of(celery_client.send_task(names.RECOMMEND, args=[known_customers[0], 3, filters]), 60)
+    assert result["filters"] == filters and len(result["items"]) == 3
+    assert {x["product_id"] for x in result["items"]} <= shoes
+    assert all(x["because"]["method"] == "content_similarity" for x in result["items"])
+    ids = [known_customers[1], "brand-new-customer"]
+    batch = result_of(celery_client.send_task(names.RECOMMEND_BATCH, args=[ids, 2, filters]), 60)
+    assert batch["filters"] == filters
+    for r in batch["results"]:
+        assert len(r["items"]) == 2 and {x["product_id"] for x in r["items"]} <= shoes
+    assert [x["because"]["method"] for x in batch["results"][1]["items"]] == ["popular", "popular"]
+    plain = result_of(celery_client.send_task(names.RECOMMEND, args=[known_customers[0], 3]), 60)
+    assert "filters" not in plain and all("because" in x for x in plain["items"])
+
+
+@pytest.mark.service
+def test_similar_task(worker, celery_client, known_customers, models_dir):
+    from ml.recommender import Recommender
+
+    rec = Recommender.load(ModelRegistry(models_dir).current_path())
+    pid = str(rec.tables.product_ids[3])
+    result = result_of(celery_client.send_task(names.SIMILAR, args=[pid, 4]), 60)
+    assert result["product_id"] == pid and result["title"] == rec.title(pid)
+    assert result["method"] == "content_cosine" and result["modalities"] == ["image", "text"]
+    assert [x["product_id"] for x in result["items"]] == [x["product_id"] for x in rec.similar(pid, 4)]
+    assert result["top"] == 4 and result["model_version"] == rec.version
+
+
+@pytest.mark.service
+@pytest.mark.parametrize("task, args, code", [
+    (names.SIMILAR, ["NO-SUCH-PRODUCT", 3], errors.NOT_FOUND),
+    (names.RECOMMEND, ["someone", 3, {"category": "No Such > Category"}], errors.INVALID_INPUT),
+    (names.RECOMMEND_BATCH, [["someone"], 3, {"category": "No Such > Category"}], errors.INVALID_INPUT),
+    (names.RECOMMEND, ["someone", 3, {"max_price": "cheap"}], errors.INVALID_INPUT),
+])
+def test_unknown_product_or_category_fails_with_its_code(worker, celery_client, task, args, code):
+    res = celery_client.send_task(task, args=args)
+    with pytest.raises(Exception) as caught:
+        result_of(res, 60)
+    assert errors.failure_code(caught.value) == code
 
 
 @pytest.mark.service

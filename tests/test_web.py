@@ -170,6 +170,55 @@ def test_get_recommendation_rejects_bad_query(web, query):
     assert_json_error(web.get(f"/recommendation?{query}"), 400)
 
 
+BAD_FILTERS = [
+    ({"category": ""}, "category="), ({"category": " > "}, "category=%20%3E%20"),
+    ({"category": "x" * 201}, "category=" + "x" * 201), ({"category": "a\u0007b"}, "category=a%07b"),
+    ({"max_price": -1}, "max_price=-1"), ({"max_price": "10"}, "max_price=1e1"),
+    ({"max_price": True}, "max_price=true"), ({"max_price": None}, "max_price="),
+    ({"category": 3}, "max_price=nan"), ({"category": ["A"]}, "max_price=inf"),
+]
+
+
+@pytest.mark.parametrize("body, query", BAD_FILTERS, ids=[q for _, q in BAD_FILTERS])
+def test_invalid_filters_are_400_on_every_route(web, body, query):
+    assert_json_error(web.post("/jobs", json={"customer_id": "abc", **body}), 400)
+    assert_json_error(web.post("/jobs/batch", json={"customer_ids": ["abc"], **body}), 400)
+    assert_json_error(web.get(f"/recommendation?customer_id=abc&{query}"), 400)
+
+
+def test_filters_reach_the_task_only_when_given(web, rdb):
+    web.post("/jobs", json={"customer_id": "abc", "top": 4, "category": "Shoes > Boots", "max_price": 25})
+    message = json.loads(rdb.lindex(names.INFERENCE_QUEUE, 0))
+    assert message["headers"]["argsrepr"] == "['abc', 4, {'category': 'Shoes > Boots', 'max_price': 25.0}]"
+    web.post("/jobs/batch", json={"customer_ids": ["a", "b"], "max_price": 9.5})
+    message = json.loads(rdb.lindex(names.INFERENCE_QUEUE, 0))
+    assert message["headers"]["argsrepr"] == "[['a', 'b'], 10, {'max_price': 9.5}]"
+    web.get("/recommendation?customer_id=abc&top=2&category=Shoes")
+    message = json.loads(rdb.lindex(names.INFERENCE_QUEUE, 0))
+    assert message["headers"]["argsrepr"] == "['abc', 2, {'category': 'Shoes'}]"
+
+
+@pytest.mark.parametrize("query", ["top=0", "top=101", "top=x", "top=1.5", "top=3&x=1"])
+def test_similar_rejects_a_bad_top(web, query):
+    assert_json_error(web.get(f"/products/B0X/similar?{query}"), 400)
+
+
+@pytest.mark.parametrize("product_id", ["x" * 129, "a%07b", "%00"])
+def test_similar_of_an_impossible_product_id_is_404_without_a_job(web, rdb, product_id):
+    before = rdb.llen(names.INFERENCE_QUEUE)
+    assert_json_error(web.get(f"/products/{product_id}/similar"), 404)
+    assert rdb.llen(names.INFERENCE_QUEUE) == before
+
+
+def test_similar_answers_202_when_the_job_is_not_done_in_time(web, rdb):
+    response = web.get("/products/B0X%20Y/similar?top=3")
+    assert response.status_code == 202
+    message = json.loads(rdb.lindex(names.INFERENCE_QUEUE, 0))
+    assert message["headers"]["task"] == names.SIMILAR and message["headers"]["argsrepr"] == "['B0X Y', 3]"
+    job = web.get(response.get_json()["status_url"]).get_json()
+    assert job["kind"] == "similar" and job["state"] == "queued"
+
+
 @pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=x", "limit=5&x=1"])
 def test_get_customers_rejects_bad_query(web, query):
     assert_json_error(web.get(f"/customers?{query}"), 400)
@@ -242,7 +291,7 @@ def test_openapi_matches_the_routes(web_app, web):
     for path, methods in routes.items():
         assert methods == documented[path], path
     for path in ("/jobs", "/jobs/batch", "/jobs/{job_id}", "/recommendation", "/customers",
-                 "/healthz", "/readyz"):
+                 "/healthz", "/readyz", "/products/{product_id}/similar"):
         assert path in spec["paths"]
     assert "requestBody" in spec["paths"]["/jobs"]["post"]
 
@@ -279,7 +328,7 @@ def test_image_urls_are_added_to_results(web_app, web_settings):
     assert not [i for i in items if "image" in i]  # the server path never reaches a client
 
 
-@pytest.mark.parametrize("code, status", [("invalid_input", 400), ("model_unavailable", 503),
+@pytest.mark.parametrize("code, status", [("invalid_input", 400), ("not_found", 404), ("model_unavailable", 503),
                                           ("timeout", 503), ("expired", 410), ("internal", 500),
                                           (None, 500), ("no-such-code", 500)])
 def test_a_failed_job_answers_the_status_of_its_code(web_app, code, status):

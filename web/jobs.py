@@ -8,7 +8,7 @@ from marshmallow import RAISE
 from tasks import names
 from web import get_settings
 from web.errors import error_response
-from web.schemas import BatchJobIn, JobAccepted, JobIn, JobQuery, JobStatus
+from web.schemas import BatchJobIn, JobAccepted, JobIn, JobQuery, JobStatus, filters_of
 from web.service import FINISHED, describe, job_store, status_url, submit, wait
 
 bp = APIBlueprint("jobs", __name__, tag="Jobs")
@@ -55,18 +55,24 @@ ACCEPTED_DOC = {"description": "Still running: poll status_url (also in Location
 @bp.post("/jobs")
 @bp.input(JobIn, location="json", arg_name="body")
 @bp.output(JobAccepted, status_code=202, description="Job queued; poll status_url")
-@bp.doc(summary="Queue a recommendation job",
+@bp.doc(summary="Queue a recommendation job (optionally filtered by category and max_price)",
         responses={400: "Invalid input", 413: "Body over 1 MiB", 503: "Redis down"})
 def create_job(body):
-    job_id = submit(names.RECOMMEND, [body["customer_id"], body["top"]], "recommend",
+    job_id = submit(names.RECOMMEND, recommend_args([body["customer_id"], body["top"]], body), "recommend",
                     customer_id=body["customer_id"])
     return accepted(job_id)
+
+
+def recommend_args(args: list, request_data: dict) -> list:
+    """The recommend tasks' arguments: [id(s), top], then the filters when the request has any."""
+    filters = filters_of(request_data)
+    return [*args, filters] if filters else args
 
 
 @bp.post("/jobs/batch")
 @bp.input(BatchJobIn, location="json", arg_name="body")
 @bp.output(JobAccepted, status_code=202, description="Job queued; poll status_url")
-@bp.doc(summary="Queue a batch recommendation job",
+@bp.doc(summary="Queue a batch recommendation job (the same filters for every customer)",
         responses={400: "Invalid input (or more than max_batch ids)", 413: "Body over 1 MiB",
                    503: "Redis down"})
 def create_batch_job(body):
@@ -74,7 +80,7 @@ def create_batch_job(body):
     if len(body["customer_ids"]) > max_batch:
         return error_response(400, "Invalid input", {"json": {"customer_ids": [
             f"at most {max_batch} customer ids per batch"]}})
-    job_id = submit(names.RECOMMEND_BATCH, [body["customer_ids"], body["top"]], "batch",
+    job_id = submit(names.RECOMMEND_BATCH, recommend_args([body["customer_ids"], body["top"]], body), "batch",
                     count=len(body["customer_ids"]))
     return accepted(job_id)
 

@@ -11,7 +11,7 @@ from web import get_redis, get_settings
 from web.errors import ServiceUnavailable, job_failed
 from web.schemas import CustomersOut, CustomersQuery, RecommendationQuery, Recommendations
 from web.service import status_url, submit, wait
-from web.jobs import ACCEPTED_DOC, accepted_response
+from web.jobs import ACCEPTED_DOC, accepted_response, recommend_args
 
 bp = APIBlueprint("recommendations", __name__, tag="Recommendations")
 
@@ -19,13 +19,14 @@ bp = APIBlueprint("recommendations", __name__, tag="Recommendations")
 @bp.get("/recommendation")
 @bp.input(RecommendationQuery, location="query", arg_name="query", unknown=RAISE)
 @bp.output(Recommendations, description="The recommendations (the job finished in time)")
-@bp.doc(summary="Recommendations for one customer (waits up to sync_wait_s)",
-        responses={202: ACCEPTED_DOC, 400: "Invalid input (or the worker refused it)",
+@bp.doc(summary="Recommendations for one customer (waits up to sync_wait_s), optionally filtered",
+        responses={202: ACCEPTED_DOC, 400: "Invalid input (or the worker refused it: an unknown category)",
                    500: "The job failed in the worker",
                    503: "Redis down, or no usable model (none published, or a broken artifact)"})
 def get_recommendation(query):
     customer_id, top = query["customer_id"], query["top"]
-    job_id = submit(names.RECOMMEND, [customer_id, top], "recommend", customer_id=customer_id)
+    job_id = submit(names.RECOMMEND, recommend_args([customer_id, top], query), "recommend",
+                    customer_id=customer_id)
     # The record was just written: no need to read it back (one Redis round trip less).
     view = wait(job_id, {"kind": "recommend", "customer_id": customer_id}, get_settings().sync_wait_s)
     if view["state"] == "succeeded":

@@ -14,6 +14,9 @@ from tasks.errors import CODES
 MAX_TOP = Settings.max_top
 CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}\Z"
 CUSTOMER_ID_RE = re.compile(CUSTOMER_ID_PATTERN)
+# the worker's own check (tasks.recommend.PRODUCT_ID_RE): product ids come from the data
+PRODUCT_ID_RE = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
+MAX_CATEGORY_CHARS = 200
 
 
 def customer_id_field(**kwargs):
@@ -50,6 +53,44 @@ class QuerySeconds(Float):
         return float(value)
 
 
+class StrictNumber(Float):
+    """A JSON number (integer or not): rejects booleans, strings ("10"), NaN and infinities."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValidationError("Not a valid number.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class QueryNumber(Float):
+    """A number in a query string: decimal digits with an optional fraction ("25", "19.99")."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,6})?", value):
+            raise ValidationError("Not a valid number (e.g. 25 or 19.99).")
+        return float(value)
+
+
+def _category_path(value: str) -> None:
+    """At least one segment that is not blank, no control characters."""
+    if re.search(r"[\x00-\x1f\x7f]", value) or not re.search(r"[^\s>]", value):
+        raise ValidationError("A category path: segments separated by '>', e.g. "
+                              "'Clothing, Shoes & Jewelry > Shoes'; no control characters.")
+
+
+CATEGORY_DOC = {"description": "Keep products whose category path starts with this one, segment by "
+                               "segment ('>'-separated, case and spaces ignored); a category no "
+                               "product is under is a 400 (for a queued job: a failed job, code "
+                               "invalid_input)",
+                "example": "Clothing, Shoes & Jewelry > Shoes"}
+MAX_PRICE_DOC = {"description": "Keep products priced at most this (a product of unknown price is "
+                                "never kept)", "example": 50}
+
+
+def category_field():
+    return String(validate=[Length(min=1, max=MAX_CATEGORY_CHARS), _category_path], metadata=CATEGORY_DOC)
+
+
 class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -58,15 +99,30 @@ class StrictSchema(Schema):
 class JobIn(StrictSchema):
     customer_id = customer_id_field(required=True)
     top = StrictInteger(load_default=10, validate=Range(1, MAX_TOP))
+    category = category_field()
+    max_price = StrictNumber(validate=Range(min=0), metadata=MAX_PRICE_DOC)
 
 
 class BatchJobIn(StrictSchema):
     customer_ids = List(customer_id_field(), required=True, validate=Length(min=1))
     top = StrictInteger(load_default=10, validate=Range(1, MAX_TOP))
+    category = category_field()
+    max_price = StrictNumber(validate=Range(min=0), metadata=MAX_PRICE_DOC)
 
 
 class RecommendationQuery(StrictSchema):
     customer_id = customer_id_field(required=True)
+    top = QueryInteger(load_default=10, validate=Range(1, MAX_TOP))
+    category = category_field()
+    max_price = QueryNumber(validate=Range(min=0), metadata=MAX_PRICE_DOC)
+
+
+def filters_of(data: dict) -> dict:
+    """The filters of a validated request ({} when none): what the recommend tasks take."""
+    return {k: data[k] for k in ("category", "max_price") if data.get(k) is not None}
+
+
+class SimilarQuery(StrictSchema):
     top = QueryInteger(load_default=10, validate=Range(1, MAX_TOP))
 
 
@@ -102,6 +158,30 @@ class JobAccepted(Out):
     status_url = String(required=True)
 
 
+class ReasonProduct(Out):
+    product_id = String(required=True)
+    title = String(required=True)
+    similarity = Float(required=True, metadata={
+        "description": "cosine of the two products' content vectors (image + text embeddings)"})
+    rating = Float(required=True, metadata={"description": "the customer's own rating of it (1-5)"})
+
+
+class Because(Out):
+    method = String(required=True, metadata={
+        "enum": ["content_similarity", "popular"],
+        "description": "content_similarity: the customer's own rated products (rated 3 or more) "
+                       "nearest to the item by content; popular: a cold-start item, picked by "
+                       "popularity (products is empty)"})
+    products = List(Nested(ReasonProduct), required=True, metadata={
+        "description": "up to two, most similar first; empty when none of the customer's rated "
+                       "products is similar at all"})
+
+
+class FiltersOut(Out):
+    category = String()
+    max_price = Float()
+
+
 class Item(Out):
     product_id = String(required=True)
     score = Float(required=True, metadata={"description": "ranking score (higher ranks first)"})
@@ -116,6 +196,7 @@ class Item(Out):
     path = String(required=True, metadata={
         "enum": ["exact", "two_stage", "candidates", "popularity"],
         "description": "which scoring path served the item"})
+    because = Nested(Because, required=True, metadata={"description": "why the item is recommended"})
 
 
 class CustomerResult(Out):
@@ -128,17 +209,66 @@ class Recommendations(CustomerResult):
     job_id = String(required=True)
     top = Integer(required=True)
     model_version = String(required=True)
+    filters = Nested(FiltersOut, metadata={"description": "present when the request filtered"})
+
+
+SIMILARITY_DOC = {"description": "cosine of the content vectors (1 = the same content)"}
+
+
+class SimilarItem(Out):
+    product_id = String(required=True)
+    similarity = Float(required=True, metadata=SIMILARITY_DOC)
+    title = String(required=True)
+    image_url = String(required=True, allow_none=True)
+
+
+class SimilarProducts(Out):
+    job_id = String(required=True)
+    product_id = String(required=True)
+    title = String(required=True)
+    method = String(required=True, metadata={
+        "enum": ["content_cosine"],
+        "description": "cosine similarity of the products' content vectors: the PCA-reduced image "
+                       "and product-text embeddings the model is given (see modalities)"})
+    modalities = List(String(metadata={"enum": ["image", "text"]}), required=True, metadata={
+        "description": "which embeddings the content vectors hold"})
+    index = String(required=True, metadata={"description": "the index that found them (ml.retrieval)"})
+    items = List(Nested(SimilarItem), required=True, metadata={
+        "description": "most similar first; never the product itself; empty when it has no content"})
+    top = Integer(required=True)
+    model_version = String(required=True)
+
+
+class JobItem(Out):
+    """An item of a job's result: a recommendation (kinds recommend) or a similar product (kind similar)."""
+    product_id = String(required=True)
+    title = String(required=True)
+    image_url = String(required=True, allow_none=True)
+    score = Float(metadata={"description": "recommendations"})
+    predicted_rating = Float(allow_none=True, metadata={"description": "recommendations"})
+    cold_start = Boolean(metadata={"description": "recommendations"})
+    strategy = String(metadata={"enum": ["hybrid", "popularity"], "description": "recommendations"})
+    path = String(metadata={"enum": ["exact", "two_stage", "candidates", "popularity"],
+                            "description": "recommendations"})
+    because = Nested(Because, metadata={"description": "recommendations"})
+    similarity = Float(metadata={"description": "similar products: " + SIMILARITY_DOC["description"]})
 
 
 class JobResult(Out):
-    """One schema for the three kinds of job (no field is present in all of them)."""
+    """One schema for the four kinds of job (no field is present in all of them)."""
     customer_id = String(metadata={"description": "kind recommend"})
-    items = List(Nested(Item), metadata={"description": "kind recommend"})
+    product_id = String(metadata={"description": "kind similar"})
+    title = String(metadata={"description": "kind similar"})
+    method = String(metadata={"description": "kind similar"})
+    modalities = List(String(), metadata={"description": "kind similar"})
+    index = String(metadata={"description": "kind similar"})
+    items = List(Nested(JobItem), metadata={"description": "kinds recommend and similar"})
     cold_start = Boolean(metadata={"description": "kind recommend"})
     results = List(Nested(CustomerResult), metadata={"description": "kind batch: one per id"})
     count = Integer(metadata={"description": "kind batch"})
     customers = List(String(), metadata={"description": "kind customers"})
-    top = Integer(metadata={"description": "kinds recommend and batch"})
+    filters = Nested(FiltersOut, metadata={"description": "kinds recommend and batch, when filtered"})
+    top = Integer(metadata={"description": "kinds recommend, batch and similar"})
     model_version = String(metadata={"description": "every kind"})
 
 
@@ -147,7 +277,7 @@ ERROR_CODES = list(CODES)
 
 class JobStatus(Out):
     job_id = String(required=True)
-    kind = String(required=True, metadata={"enum": ["recommend", "batch", "customers"]})
+    kind = String(required=True, metadata={"enum": ["recommend", "batch", "customers", "similar"]})
     state = String(required=True, metadata={"enum": ["queued", "started", "succeeded", "failed"]})
     model_version = String(required=True, allow_none=True)
     result = Nested(JobResult, metadata={"description": "present when state is succeeded"})
