@@ -34,6 +34,7 @@ REASONS = 2  # rated products named as an item's reasons, at most
 REASON_MIN_RATING = 3.0  # a product the customer rated lower does not support a recommendation
 REASON_METHOD = "content_similarity"  # `because`: the customer's rated products nearest by content
 SIMILAR_METHOD = "content_cosine"
+FILTER_SCAN_SHARE = 0.25  # two-stage with a filter keeping at most this share: scan their vectors
 PASS_ROWS = 65_536  # (customer, product) rows per forward pass: bounds the hidden activations' memory
 MAX_ROWS = 400_000  # customers x products scored per chunk of recommend_many (bounds its memory)
 
@@ -309,22 +310,26 @@ class Recommender:
 
     # -- filters -------------------------------------------------------------------------------
     def _filtered_candidates(self, u: int, allowed: np.ndarray, top: int, exclude_seen: bool) -> tuple[np.ndarray, str]:
-        """What to score for customer `u` within `allowed` (sorted positions) and the path it is:
-        every allowed product ("exact") when serving is exact or they are at most exact_max_products;
-        else the retriever's candidates ("two_stage"), asked for k x n_products / len(allowed) so
-        that about k pass the filter (k = max(retrieval_k, top)), and every allowed product when
-        fewer than `top` do. Seen products are removed when `exclude_seen` (the retriever's before
-        its cut)."""
-        if self.two_stage and len(allowed) > self.serving.exact_max_products:
-            k = max(self.serving.retrieval_k, top)
+        """What to score for customer `u` within `allowed` (sorted positions) and the path it is.
+        Exact serving, or at most k = max(retrieval_k, top) allowed products: all of them ("exact").
+        Two-stage ("two_stage"), k candidates that pass the filter: at most a FILTER_SCAN_SHARE of the
+        catalog allowed, by one pass over their retrieval vectors (`Retriever.candidates_in`); more,
+        from the index asked for k x n_products / len(allowed) (at most k / FILTER_SCAN_SHARE), and
+        all allowed products when fewer than `top` of those pass. Seen products are removed when
+        `exclude_seen` (the retriever's before its cut)."""
+        seen = self.seen(u) if exclude_seen else None
+        k = max(self.serving.retrieval_k, top)
+        if self.two_stage and len(allowed) > k:
+            if len(allowed) <= FILTER_SCAN_SHARE * self.n_products:
+                return self.retriever.candidates_in(u, k, allowed, seen), "two_stage"
             ask = int(min(self.n_products, np.ceil(k * self.n_products / len(allowed))))
-            cand = self.retriever.candidates(u, ask, self.seen(u) if exclude_seen else None)
+            cand = self.retriever.candidates(u, ask, seen)
             at = np.minimum(np.searchsorted(allowed, cand), len(allowed) - 1)
             kept = cand[allowed[at] == cand][:k]
             if len(kept) >= top:
                 return kept, "two_stage"
-        if exclude_seen:
-            allowed = allowed[~np.isin(allowed, self.seen(u))]
+        if seen is not None:
+            allowed = allowed[~np.isin(allowed, seen)]
         return allowed, "exact"
 
     def allowed(self, filters: Filters | None) -> np.ndarray | None:
@@ -431,7 +436,7 @@ class Recommender:
                                  for c in customer_ids]
         known = [k for k, c in enumerate(customer_ids) if c in self._customer_index]
         u = np.array([self._customer_index.get_loc(customer_ids[k]) for k in known], np.int64)
-        shared = allowed is not None and (not self.two_stage or len(allowed) <= self.serving.exact_max_products)
+        shared = allowed is not None and (not self.two_stage or len(allowed) <= max(self.serving.retrieval_k, top))
         if shared:
             width = len(allowed)
         else:

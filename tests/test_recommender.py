@@ -249,28 +249,37 @@ def test_filters_for_unknown_customers_and_batches(rec):
 
 
 def test_filters_on_the_two_stage_path(models_dir, first_version):
-    """Forced two-stage (the session's first model has a retriever): a filter keeping more products
-    than exact_max_products goes through the retriever's candidates, a smaller one is scored
-    exactly; either way every item passes the filter and `top` come back."""
+    """Forced two-stage (the session's first model has a retriever), k = max(retrieval_k, top) = 4:
+    a filter keeping at most k products scores them all ("exact"); one keeping at most a quarter
+    of the catalog gets the k best allowed by the retriever's vectors, by a scan of theirs; a wider
+    one asks the index. Every item passes the filter and `top` come back."""
     from ml.catalog import Filters
     from ml.recommender import ServingPath
 
     rec = Recommender.load(ModelRegistry(models_dir).path_for(first_version))
-    two = rec.with_serving(ServingPath(retrieval_k=8, exact_max_products=5))
+    two = rec.with_serving(ServingPath(retrieval_k=4, exact_max_products=5))
     assert two.two_stage
     cid = rec.customers(1)[0]
-    wide = Filters(max_price=float(np.nanmax(rec.catalog.prices)))  # every product: above 5
-    prefix = min(rec.catalog.prefixes(), key=lambda p: abs(rec.catalog.prefixes()[p] - 4))
-    narrow = Filters(category=prefix)  # about 4 products: at most 5, scored exactly
-    for wanted, path in ((wide, "two_stage"), (narrow, "exact")):
+    u = _position(rec, cid)
+    seen = set(rec.tables.product_ids[rec.seen(u)])
+    counts = rec.catalog.prefixes()
+    narrow = Filters(category=next(p for p, n in counts.items() if 3 <= n <= 4))
+    mid = Filters(category=next(p for p, n in counts.items() if 6 <= n <= rec.n_products // 4))
+    wide = Filters(max_price=float(np.nanmax(rec.catalog.prices)))  # every product
+    for wanted, path in ((narrow, "exact"), (mid, "two_stage"), (wide, "two_stage")):
         allowed = {str(p) for p in rec.tables.product_ids[rec.allowed(wanted)]}
         items = two.recommend(cid, top=3, filters=wanted)
-        assert items and {x["path"] for x in items} == {path}
-        assert {x["product_id"] for x in items} <= allowed
-        assert len(items) == min(3, len(allowed - set(rec.tables.product_ids[rec.seen(_position(rec, cid))])))
+        assert len(items) == min(3, len(allowed - seen)) and {x["path"] for x in items} == {path}
+        assert {x["product_id"] for x in items} <= allowed - seen
         batch = two.recommend_many([cid], top=3, filters=wanted)[0]  # aligned-rows pass: scores to ~1e-6
         assert [(x["product_id"], x["path"], x["because"]) for x in batch] == \
             [(x["product_id"], x["path"], x["because"]) for x in items]
+    # the scan is the retriever's exact top-k among the allowed unseen products (no safety net at
+    # k = 4: it takes k // 10 products)
+    allowed, r = rec.allowed(mid), rec.retriever
+    rest = np.setdiff1d(allowed, rec.seen(u))
+    scores = r.product_vecs[rest] @ r.customer_vecs[u]
+    assert list(r.candidates_in(u, 4, allowed, rec.seen(u))) == list(rest[np.lexsort((rest, -scores))][:4])
 
 
 # ---------------------------------------------------------------- similar products (issue 15 item 2)
