@@ -23,7 +23,7 @@ from ml.features import (FeatureTables, customer_features, customer_history, cus
 from ml.config import Settings
 from ml.model import ModelSpec, build_model, ranking_score
 from ml.registry import read_manifest
-from ml.retrieval import ContentIndex, Retriever
+from ml.retrieval import ContentIndex, Retriever, without_positions
 from ml.scoring import HEADS, Heads, ProductPart, ScoringNet
 
 COLD_START_DOC = (
@@ -328,9 +328,7 @@ class Recommender:
             kept = cand[allowed[at] == cand][:k]
             if len(kept) >= top:
                 return kept, "two_stage"
-        if seen is not None:
-            allowed = allowed[~np.isin(allowed, seen)]
-        return allowed, "exact"
+        return without_positions(allowed, seen), "exact"
 
     def allowed(self, filters: Filters | None) -> np.ndarray | None:
         """Sorted positions of the products `filters` keep, None for every product (see ml.catalog).

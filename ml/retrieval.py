@@ -349,6 +349,24 @@ def build_index(vectors: np.ndarray, cfg: RetrievalConfig):
 
 # -- serving object -----------------------------------------------------------------------------
 
+def positions_in(sorted_positions: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of each of `values` in `sorted_positions` (sorted, unique), -1 where absent: a binary
+    search per value, so a few values against a large filter cost microseconds."""
+    values = np.asarray(values, np.int64)
+    if not len(sorted_positions):
+        return np.full(len(values), -1, np.int64)
+    at = np.minimum(np.searchsorted(sorted_positions, values), len(sorted_positions) - 1)
+    return np.where(sorted_positions[at] == values, at, -1)
+
+
+def without_positions(sorted_positions: np.ndarray, values: np.ndarray | None) -> np.ndarray:
+    """`sorted_positions` without `values` (few)."""
+    if values is None or not len(values):
+        return sorted_positions
+    at = positions_in(sorted_positions, values)
+    return np.delete(sorted_positions, np.unique(at[at >= 0]))
+
+
 class Retriever:
     """Customer vector -> top-k candidate product positions (seen/excluded ones removed before the cut)."""
 
@@ -393,14 +411,13 @@ class Retriever:
         pass over their vectors instead of the index: for a filter that keeps a small share of the
         catalog, cheaper than asking the index for enough candidates that k pass. The same safety
         net (the allowed ones among the top products by bias) comes first."""
-        if exclude is not None and len(exclude):
-            allowed = allowed[~np.isin(allowed, exclude)]
+        allowed = without_positions(allowed, exclude)
         k = int(min(k, len(allowed)))
         if k <= 0:
             return np.zeros(0, np.int64)
-        net = self.bias_net[np.isin(self.bias_net, allowed)][: k // 10]
-        rest = allowed[~np.isin(allowed, net)]
-        scores = self.product_vecs[rest] @ self.customer_vecs[u]
+        net = self.bias_net[positions_in(allowed, self.bias_net) >= 0][: k // 10]
+        rest = without_positions(allowed, net)
+        scores = np.take(self.product_vecs, rest, axis=0) @ self.customer_vecs[u]
         m = k - len(net)
         best = np.argpartition(-scores, m - 1)[:m] if 0 < m < len(rest) else np.arange(min(m, len(rest)))
         best = best[np.lexsort((rest[best], -scores[best]))]

@@ -102,3 +102,13 @@ def test_content_index_through_hnsw_finds_the_same_neighbours():
     assert graph.kind == "hnswlib_hnsw_l2" and exact.kind == "exact_cosine"
     found = [len(set(exact.neighbours(i, 10)[0]) & set(graph.neighbours(i, 10)[0])) for i in range(0, 2000, 40)]
     assert np.mean(found) / 10 >= 0.95
+
+
+def test_position_lookups_in_a_sorted_filter():
+    from ml.retrieval import positions_in, without_positions
+
+    allowed = np.array([2, 5, 9, 40])
+    assert positions_in(allowed, np.array([9, 3, 2, 41])).tolist() == [2, -1, 0, -1]
+    assert without_positions(allowed, np.array([5, 40, 7, 5])).tolist() == [2, 9]
+    assert without_positions(allowed, None) is allowed
+    assert positions_in(np.zeros(0, np.int64), np.array([1])).tolist() == [-1]
