@@ -250,9 +250,10 @@ def test_filters_for_unknown_customers_and_batches(rec):
 
 def test_filters_on_the_two_stage_path(models_dir, first_version):
     """Forced two-stage (the session's first model has a retriever), k = max(retrieval_k, top) = 4:
-    a filter keeping at most k products scores them all ("exact"); one keeping at most a quarter
-    of the catalog gets the k best allowed by the retriever's vectors, by a scan of theirs; a wider
-    one asks the index. Every item passes the filter and `top` come back."""
+    a filter keeping at most k products scores them all ("exact"); one keeping m products with
+    m^2 <= FILTER_SCAN_COST x k x P (here m <= 33) gets the k best allowed by the retriever's
+    vectors, by a scan of theirs; a wider one asks the index. Every item passes the filter and
+    `top` come back."""
     from ml.catalog import Filters
     from ml.recommender import ServingPath
 
@@ -264,7 +265,7 @@ def test_filters_on_the_two_stage_path(models_dir, first_version):
     seen = set(rec.tables.product_ids[rec.seen(u)])
     counts = rec.catalog.prefixes()
     narrow = Filters(category=next(p for p, n in counts.items() if 3 <= n <= 4))
-    mid = Filters(category=next(p for p, n in counts.items() if 6 <= n <= rec.n_products // 4))
+    mid = Filters(category=next(p for p, n in counts.items() if 6 <= n <= 30))
     wide = Filters(max_price=float(np.nanmax(rec.catalog.prices)))  # every product
     for wanted, path in ((narrow, "exact"), (mid, "two_stage"), (wide, "two_stage")):
         allowed = {str(p) for p in rec.tables.product_ids[rec.allowed(wanted)]}
