@@ -12,6 +12,9 @@
 - `load`: N concurrent HTTP clients for D seconds against the whole stack on the demo catalog, errors,
   throughput, latency percentiles (bench/load.py; `python -m bench load --clients 50 --seconds 60
   --workers 1 --json PATH`);
+- `similar`: similar products on REAL photos: share of the top-5 content neighbours with the same
+  articleType against random neighbours, and query cost against catalog size (bench/similar.py);
+- `reasons`: in-process latency with reasons and filters on vs off, interleaved (bench/reasons.py);
 - `serving`: latency of N sequential recommendations three ways on one catalog and machine:
   in-process `Recommender.recommend`, Celery alone (apply_async + get through Redis), and the
   whole HTTP path three ways: POST /jobs then poll GET /jobs/<id> every 5 ms; POST /jobs then
@@ -262,6 +265,20 @@ def bench_load() -> dict:
     return run()
 
 
+def bench_similar() -> dict:
+    """Similar products on the real photos, and their query cost (bench/similar.py)."""
+    from bench.similar import bench_similar as run
+
+    return run()
+
+
+def bench_reasons() -> dict:
+    """Latency with reasons and filters on vs off (bench/reasons.py)."""
+    from bench.reasons import bench_reasons as run
+
+    return run()
+
+
 def bench_training() -> dict:
     """Training at 1,000 and 10,000 products, photos over local HTTP, cold and warm cache (bench/training.py)."""
     from bench.training import run
@@ -271,7 +288,7 @@ def bench_training() -> dict:
 
 BENCHES = {"encoders": bench_encoders, "train": bench_train, "serving": bench_serving, "catalog": bench_catalog,
            "quality": bench_quality, "two_stage": bench_two_stage, "faults": bench_faults, "training": bench_training,
-           "load": bench_load}
+           "load": bench_load, "similar": bench_similar, "reasons": bench_reasons}
 
 
 def main(argv: list[str] | None = None) -> int:
