@@ -23,7 +23,7 @@ from ml.features import (FeatureTables, customer_features, customer_history, cus
 from ml.config import Settings
 from ml.model import ModelSpec, build_model, ranking_score
 from ml.registry import read_manifest
-from ml.retrieval import ContentIndex, Retriever, without_positions
+from ml.retrieval import ContentIndex, Retriever, positions_in, without_positions
 from ml.scoring import HEADS, Heads, ProductPart, ScoringNet
 
 COLD_START_DOC = (
@@ -327,8 +327,7 @@ class Recommender:
                 return self.retriever.candidates_in(u, k, allowed, seen), "two_stage"
             ask = int(min(self.n_products, np.ceil(k * self.n_products / len(allowed))))
             cand = self.retriever.candidates(u, ask, seen)
-            at = np.minimum(np.searchsorted(allowed, cand), len(allowed) - 1)
-            kept = cand[allowed[at] == cand][:k]
+            kept = cand[positions_in(allowed, cand) >= 0][:k]
             if len(kept) >= top:
                 return kept, "two_stage"
         return without_positions(allowed, seen), "exact"
