@@ -224,7 +224,11 @@ class Recommender:
             uu, ii = u[s:s + PASS_ROWS], i[s:s + PASS_ROWS]
             p = {h: ProductPart(v.q[:, None, :], v.bias[:, None]) for h, v in self._product_part(ii).items()}
             pair = pair_features(self.tables, uu, ii)[:, None, :]
-            res = self.net.forward(self._customer_part(uu, heads), p, pair, heads)
+            # a customer's half once however many of its rows there are (a batch's rows repeat each
+            # customer once per candidate): the towers and the history mean are the costly part
+            once, row_of = np.unique(uu, return_inverse=True)
+            c = {h: v.take(row_of) for h, v in self._customer_part(once, heads).items()}
+            res = self.net.forward(c, p, pair, heads)
             for h, v in zip(HEADS, res):
                 if v is not None:
                     out[h][s:s + PASS_ROWS] = v[:, 0]

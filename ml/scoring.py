@@ -115,6 +115,9 @@ class CustomerPart:
     base: np.ndarray
     bias: np.ndarray
 
+    def take(self, rows: np.ndarray) -> "CustomerPart":
+        return CustomerPart(self.c[rows], self.base[rows], self.bias[rows])
+
 
 @dataclass
 class ProductPart:
