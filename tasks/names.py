@@ -1,5 +1,6 @@
 """Task names and queues: the contract between the web front end (which sends tasks by name and never
 imports the worker code paths that load TensorFlow) and the worker."""
+import re
 
 RECOMMEND = "recsys.recommend"
 RECOMMEND_BATCH = "recsys.recommend_batch"
@@ -16,3 +17,11 @@ ALL_QUEUES = f"{INFERENCE_QUEUE},{TRAINING_QUEUE}"
 CUSTOMERS_KEY = "recsys:customers"
 # How many customer ids the worker publishes there (GET /customers?limit= is capped by it).
 PUBLISHED_CUSTOMERS = 1000
+
+# Identifier rules, checked on both sides (the web answers 400 before a task is sent; the worker
+# fails invalid_input for a task sent by other means). Use with fullmatch.
+CUSTOMER_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+CUSTOMER_ID_RE = re.compile(CUSTOMER_ID_PATTERN)
+# product ids come from the data (any text): at most 128 characters, none of them a control character
+PRODUCT_ID_RE = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
+MAX_CATEGORY_CHARS = 200

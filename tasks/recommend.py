@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import re
 from pathlib import PurePath
 from typing import Any, Callable
 
@@ -26,10 +25,6 @@ from tasks.model_holder import Loaded, NoModelPublished, holder
 
 log = logging.getLogger(__name__)
 
-CUSTOMER_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# product ids come from the data (any text): at most 128 characters, none of them a control character
-PRODUCT_ID_RE = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
-MAX_CATEGORY_CHARS = 200
 ITEM_FIELDS = ("product_id", "score", "predicted_rating", "title", "image", "cold_start", "strategy")
 
 
@@ -51,7 +46,7 @@ def jsonable(value: Any) -> Any:
 
 
 def check_customer_id(customer_id: Any) -> str:
-    if not isinstance(customer_id, str) or not CUSTOMER_ID_RE.fullmatch(customer_id):
+    if not isinstance(customer_id, str) or not names.CUSTOMER_ID_RE.fullmatch(customer_id):
         raise errors.invalid_input(
             f"invalid customer_id: {str(customer_id)[:80]!r} (1-64 characters of A-Z a-z 0-9 _ -)")
     return customer_id
@@ -64,7 +59,7 @@ def check_top(top: Any, max_top: int) -> int:
 
 
 def check_product_id(product_id: Any) -> str:
-    if not isinstance(product_id, str) or not PRODUCT_ID_RE.fullmatch(product_id):
+    if not isinstance(product_id, str) or not names.PRODUCT_ID_RE.fullmatch(product_id):
         raise errors.invalid_input(f"invalid product_id: {str(product_id)[:80]!r} (1-128 characters, "
                                    "no control characters)")
     return product_id
@@ -78,8 +73,9 @@ def check_filters(filters: Any) -> Filters | None:
     if not isinstance(filters, dict) or set(filters) - {"category", "max_price"}:
         raise errors.invalid_input("filters must be an object with category and/or max_price")
     category, max_price = filters.get("category"), filters.get("max_price")
-    if category is not None and (not isinstance(category, str) or not 1 <= len(category) <= MAX_CATEGORY_CHARS):
-        raise errors.invalid_input(f"category must be a string of 1..{MAX_CATEGORY_CHARS} characters")
+    max_chars = names.MAX_CATEGORY_CHARS
+    if category is not None and (not isinstance(category, str) or not 1 <= len(category) <= max_chars):
+        raise errors.invalid_input(f"category must be a string of 1..{max_chars} characters")
     if max_price is not None and (isinstance(max_price, bool) or not isinstance(max_price, (int, float))):
         raise errors.invalid_input("max_price must be a number")
     try:

@@ -9,14 +9,14 @@ from apiflask.validators import Length, Range, Regexp
 from marshmallow import RAISE, ValidationError
 
 from ml.config import Settings
+from tasks import names
 from tasks.errors import CODES
 
-MAX_TOP = Settings.max_top
-CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}\Z"
-CUSTOMER_ID_RE = re.compile(CUSTOMER_ID_PATTERN)
-# the worker's own check (tasks.recommend.PRODUCT_ID_RE): product ids come from the data
-PRODUCT_ID_RE = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
-MAX_CATEGORY_CHARS = 200
+# the one reader of RECSYS_MAX_TOP is ml.config; the worker checks the same bound
+MAX_TOP = Settings.from_env().max_top
+# the identifier rules are the worker's (tasks.names), checked here too so a bad id never becomes a task
+CUSTOMER_ID_PATTERN = rf"^(?:{names.CUSTOMER_ID_PATTERN})\Z"
+PRODUCT_ID_RE, MAX_CATEGORY_CHARS = names.PRODUCT_ID_RE, names.MAX_CATEGORY_CHARS
 
 
 def customer_id_field(**kwargs):
