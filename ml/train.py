@@ -2,7 +2,7 @@
 
 An artifact directory holds `manifest.json` (version, data fingerprint, encoder names, split, config,
 metrics, created time), `model.weights.h5`, `tables.npz` (feature sums/counts), `interactions.npz`
-(training pairs, for "exclude seen"), `products.json` (title and image per product), `history.json` and
+(training pairs, for "exclude seen"), `products.json` (title, image, category path and price per product), `history.json` and
 `retrieval/` (two-tower vectors and ANN index, ml.retrieval).
 It is written to a temporary sibling and renamed into place, so a reader never sees half of one.
 """
@@ -251,6 +251,15 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def product_records(products: pd.DataFrame) -> list[dict]:
+    """products.json: what serving shows (title, image) and filters on (category path, price; an unknown
+    price is null), so a worker needs no training data files to filter (ml.catalog.read_attributes)."""
+    records = products[["product_id", "title", "image", "categories"]].fillna("").to_dict("records")
+    for record, price in zip(records, pd.to_numeric(products["price"], errors="coerce")):
+        record["price"] = float(price) if np.isfinite(price) and price >= 0 else None
+    return records
+
+
 def is_synthetic(dataset) -> bool:
     p = Path(dataset.path)
     return (p / "SYNTHETIC.md").is_file() if p.is_dir() else False
@@ -337,7 +346,7 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
         model.save_weights(tmp / "model.weights.h5")
         tables.save(tmp / "tables.npz")
         np.savez_compressed(tmp / "interactions.npz", u=u.astype(np.int32), i=i.astype(np.int32))
-        _write_json(tmp / "products.json", products[["product_id", "title", "image"]].fillna("").to_dict("records"))
+        _write_json(tmp / "products.json", product_records(products))
         _write_json(tmp / "history.json", hist)
         manifest = {
             "format": ARTIFACT_FORMAT,

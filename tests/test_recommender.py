@@ -196,8 +196,16 @@ def _category_outside_the_top(rec: Recommender, cid: str, top: int) -> str:
 
 
 def test_the_session_model_has_categories_and_prices(rec):
-    assert rec.catalog.source == "training data meta"
+    from ml.catalog import read_attributes
+
+    assert rec.catalog.source == "artifact"  # products.json carries them (ml.train.product_records)
     assert len(rec.catalog.prefixes()) > 5 and np.isfinite(rec.catalog.prices).all()
+    # the same as an older artifact reads from the training data's meta files
+    bare = [{"product_id": str(p)} for p in rec.tables.product_ids]
+    from_meta = read_attributes(bare, rec.manifest["data"])
+    assert from_meta.source == "training data meta"
+    np.testing.assert_array_equal(from_meta.prices, rec.catalog.prices)
+    assert from_meta.prefixes() == rec.catalog.prefixes()
 
 
 def test_category_filter_applies_before_the_cut(rec):

@@ -51,6 +51,23 @@ def test_artifact_has_manifest_and_files(artifact, world_dir):
     assert not list(out.parent.glob(".v1.*")), "temporary directory left behind"
 
 
+def test_products_json_carries_what_serving_filters_on(artifact, world_dir):
+    """Category path and price per product, as the training data's meta has them (an unknown price is
+    null), so a worker filters without the data folder."""
+    out, _ = artifact
+    records = {r["product_id"]: r for r in json.loads((out / "products.json").read_text())}
+    products = load_dataset(world_dir).products.set_index("product_id")
+    assert set(records) == set(products.index.astype(str))
+    for pid, row in products.iterrows():
+        record = records[str(pid)]
+        assert record["categories"] == (row["categories"] or "")
+        if np.isfinite(row["price"]):
+            assert record["price"] == pytest.approx(float(row["price"]))
+        else:
+            assert record["price"] is None
+    assert any(r["categories"] for r in records.values()) and any(r["price"] for r in records.values())
+
+
 def test_no_training_data_is_a_clear_error(world_dir, tmp_path):
     ds = load_dataset(world_dir)
     ds.reviews = ds.reviews.iloc[0:0]
