@@ -100,6 +100,12 @@ class Settings:
     # The worker re-writes the published-model key (names.CUSTOMERS_KEY, what /readyz reads) at
     # most this often while it serves, so a Redis that lost it (no persistence) gets it back.
     model_announce_s: float = _setting("RECSYS_MODEL_ANNOUNCE_S", 60.0)
+    # Model management (POST/GET /models, POST /models/<version>/publish): the bearer token an
+    # operator sends; empty (the default): those routes are off and answer 503.
+    admin_token: str = _setting("RECSYS_ADMIN_TOKEN", "")
+    # POST /models trains only from data under this directory or the demo world's; a relative
+    # data_path is taken under it (Settings.training_data_path).
+    data_dir: Path = _setting("RECSYS_DATA_DIR", REPO_ROOT / "var" / "data", under_var="data")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -119,6 +125,18 @@ class Settings:
             except ValueError:
                 raise ValueError(f"{f.metadata['env']}={raw!r}: expected {_KIND[f.type]}") from None
         return cls(**values)
+
+    def training_data_path(self, raw: str) -> Path:
+        """Where a training request's `data_path` points: relative to data_dir, or absolute; after
+        resolving `..` and links it must lie in data_dir or demo_data_dir (ValueError otherwise), so
+        an API client cannot make a worker read arbitrary files. Whether it exists is not checked."""
+        if not isinstance(raw, str) or not raw.strip() or "\x00" in raw or len(raw) > 1024:
+            raise ValueError("data_path must be a non-empty path of at most 1024 characters")
+        path = (self.data_dir / Path(raw).expanduser()).resolve()
+        roots = [Path(self.data_dir).resolve(), Path(self.demo_data_dir).resolve()]
+        if not any(path == root or root in path.parents for root in roots):
+            raise ValueError(f"data_path must lie under {self.data_dir} or {self.demo_data_dir}")
+        return path
 
     def to_env(self) -> dict[str, str]:
         """Every setting as the environment variable that gives it back (`from_env(s.to_env()) == s`):

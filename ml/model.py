@@ -207,6 +207,19 @@ class HybridModel(keras.Model):
         return cls(ModelSpec.from_dict(config["spec"]))
 
 
+class EpochReport(keras.callbacks.Callback):
+    """Calls `report({"stage": "fit", "epoch": n, "epochs": m})` after each epoch: how a training job
+    tells its client how far it is (early stopping can end it before epoch m)."""
+
+    def __init__(self, report, epochs: int) -> None:
+        super().__init__()
+        self.report = report
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.report({"stage": "fit", "epoch": epoch + 1, "epochs": self.epochs})
+
+
 class BestPerHead(keras.callbacks.Callback):
     """Early stopping per head: keeps each head's weights from its own best validation epoch and
     stops when neither head has improved by more than `min_delta` for `patience` epochs (on the

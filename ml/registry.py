@@ -69,3 +69,21 @@ class ModelRegistry:
         if not self.models_dir.is_dir():
             return []
         return sorted(p.name for p in self.models_dir.iterdir() if (p / "manifest.json").is_file())
+
+    def summary(self, version: str) -> dict:
+        """What an operator needs to pick a version: created time, the data it was trained on (path,
+        fingerprint, counts), its metrics, and whether this code can serve it (`servable`, with the
+        reason when not). FileNotFoundError when `version` is no artifact here."""
+        path = self.path_for(version)
+        try:
+            manifest, servable, problem = read_manifest(path), True, None
+        except ValueError as exc:  # an artifact format this code does not read
+            manifest = json.loads((path / "manifest.json").read_text())
+            servable, problem = False, str(exc).replace(str(path), version)
+        out = {"version": version, "created": manifest.get("created"), "format": manifest.get("format"),
+               "data": manifest.get("data", {}), "metrics": manifest.get("metrics", {}),
+               "training_seconds": manifest.get("training_seconds"), "servable": servable,
+               "current": version == self.current_version()}
+        if problem:
+            out["problem"] = problem
+        return out

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -26,12 +27,15 @@ from ml.config import Settings
 from ml.embed import Embeddings, embed_dataset
 from ml.features import (Exclusion, FeatureTables, build_tables, model_inputs, product_content, product_prior,
                          reduce_block)
-from ml.model import ARCHITECTURE_FIELDS, BestPerHead, ModelSpec, build_model, interact_bce, masked_mse, ranking_score
+from ml.model import ARCHITECTURE_FIELDS, BestPerHead, EpochReport, ModelSpec, build_model, interact_bce, masked_mse, ranking_score
 from ml.registry import ARTIFACT_FORMAT
 from ml.retrieval import RetrievalConfig, build_retriever, teacher_from_recommender
 from ml.split import split_reviews
 
 log = logging.getLogger(__name__)
+
+# Told how far a training run is: {"stage": ...} dicts (fit_artifact says which), JSON-able.
+Report = Callable[[dict], None]
 
 
 @dataclass
@@ -179,8 +183,9 @@ def _take(d: dict, mask: np.ndarray) -> dict:
     return {k: v[mask] for k, v in d.items()}
 
 
-def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig):
-    """Fit the Keras model with a validation split and per-head early stopping; returns (model, spec, history)."""
+def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, report: Report | None = None):
+    """Fit the Keras model with a validation split and per-head early stopping; returns (model, spec, history).
+    `report`: told each finished epoch (ml.model.EpochReport)."""
     import keras
 
     keras.utils.set_random_seed(config.seed)
@@ -198,6 +203,8 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig):
     train_m, val_m = ~rows.is_val, rows.is_val
     has_val = bool(val_m.any())
     callbacks = [BestPerHead(config.patience, config.min_delta)] if has_val else []
+    if report is not None:
+        callbacks.append(EpochReport(report, config.epochs))
     history = model.fit(
         _take(rows.inputs, train_m), _take(rows.targets, train_m),
         validation_data=(_take(rows.inputs, val_m), _take(rows.targets, val_m)) if has_val else None,
@@ -267,15 +274,18 @@ def is_synthetic(dataset) -> bool:
 
 def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfig, split: str,
                  settings: Settings | None = None, embeddings: Embeddings | None = None,
-                 retrieval: RetrievalConfig | None = None, timings: dict | None = None) -> dict:
+                 retrieval: RetrievalConfig | None = None, timings: dict | None = None,
+                 report: Report | None = None) -> dict:
     """Train on `train` (rows of dataset.reviews) and write the artifact directory `out_dir`.
 
     `embeddings`: precomputed (products, and `train`'s reviews in order) instead of running the
     encoders (the catalog benchmark generates content vectors for a million products).
     `retrieval`: two-tower/index settings, when the retriever is built (`TrainConfig.retriever`).
     `timings`: seconds of stages before this call (`load`), recorded with fetch, embed_images,
-    embed_texts and fit (everything after embedding) in the manifest's `stages_s`."""
+    embed_texts and fit (everything after embedding) in the manifest's `stages_s`.
+    `report`: told each stage as it starts ({"stage": "embed" | "fit" | "finish"}) and each epoch."""
     settings = settings or Settings.from_env()
+    report = report or (lambda _: None)
     started = time.time()
     out_dir = Path(out_dir)
     if len(train) == 0:
@@ -292,6 +302,7 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
     rating = train["rating"].to_numpy(np.float32)
 
     log.info("embedding %d products and %d training reviews", len(products), len(train))
+    report({"stage": "embed", "products": len(products), "reviews": len(train)})
     stages = dict(timings or {})
     image_report: dict = {}
     if embeddings is None:
@@ -332,7 +343,9 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
                           prior.b_u_, prior.b_i_)
     rows = build_training_rows(tables, u, i, rating, review_vecs, emb.has_review_text, config, val_rows,
                                loo_prior=prior.leave_one_out(u, i, rating))
-    model, spec, hist = fit_model(tables, rows, config)
+    report({"stage": "fit", "epoch": 0, "epochs": config.epochs})
+    model, spec, hist = fit_model(tables, rows, config, report)
+    report({"stage": "finish"})  # validation metrics, rating weight, retriever, writing
 
     val = rows.is_val & (rows.targets["rating"][:, 1] > 0)
     metrics: dict = {"epochs_run": len(hist.get("loss", []))}
@@ -405,7 +418,7 @@ def write_retriever(artifact: Path, model, tables: FeatureTables, cfg: Retrieval
 
 
 def train_model(data, out_dir: str | Path, config: TrainConfig | None = None, split: str = "none",
-                settings: Settings | None = None) -> dict:
+                settings: Settings | None = None, report: Report | None = None) -> dict:
     """Load `data` (a path, or a loaded Dataset), split it, train and write the artifact; returns the manifest."""
     from ml.data import load_dataset
 
@@ -413,4 +426,4 @@ def train_model(data, out_dir: str | Path, config: TrainConfig | None = None, sp
     dataset = load_dataset(data) if isinstance(data, (str, Path)) else data
     train, _ = split_reviews(dataset.reviews, split)
     return fit_artifact(dataset, train, Path(out_dir), config or TrainConfig(), split, settings,
-                        timings={"load": round(time.time() - t0, 2)})
+                        timings={"load": round(time.time() - t0, 2)}, report=report)

@@ -7,6 +7,8 @@ RECOMMEND_BATCH = "recsys.recommend_batch"
 CUSTOMERS = "recsys.customers"
 SIMILAR = "recsys.similar"
 TRAIN = "recsys.train"
+MODELS = "recsys.models"
+PUBLISH = "recsys.publish"
 
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
@@ -17,6 +19,9 @@ ALL_QUEUES = f"{INFERENCE_QUEUE},{TRAINING_QUEUE}"
 CUSTOMERS_KEY = "recsys:customers"
 # How many customer ids the worker publishes there (GET /customers?limit= is capped by it).
 PUBLISHED_CUSTOMERS = 1000
+
+# The state a training task reports while it runs (its meta: ml.train's {"stage", "epoch", "epochs"}).
+PROGRESS_STATE = "PROGRESS"
 
 # Identifier rules, checked on both sides (the web answers 400 before a task is sent; the worker
 # fails invalid_input for a task sent by other means). Use with fullmatch.

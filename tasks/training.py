@@ -1,56 +1,98 @@
-"""Training task (queue `training`): build a new model version with `ml.train` and publish it.
+"""Model management tasks: train a new version (queue `training`), list the versions, publish one.
 
-Serving workers notice the new CURRENT pointer on their next task and swap models without a restart.
+Serving workers notice a new CURRENT pointer on their next task and swap models without a restart,
+so publishing an older version is a rollback. Every failure a client can cause is a coded
+`tasks.errors.TaskFailure` (a bad or missing data path, an unknown version); the rest is `internal`.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
-from tasks import names
+from tasks import errors, names
 from tasks.celery_app import app
 from tasks.model_holder import holder
 from tasks.recommend import jsonable
 
 log = logging.getLogger(__name__)
 
+MAX_EPOCHS = 1000
 
-def train_and_publish(data_path: str, epochs: int | None = None, *, publish: bool = True) -> dict[str, Any]:
+
+def check_epochs(epochs: Any) -> int | None:
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                               or not 1 <= epochs <= MAX_EPOCHS):
+        raise errors.invalid_input(f"epochs must be an integer in 1..{MAX_EPOCHS}, got {str(epochs)[:20]!r}")
+    return epochs
+
+
+def training_data(data_path: Any) -> Path:
+    """The request's data path, inside the allowed data directories (Settings.training_data_path)
+    and present; `invalid_input` / `not_found` otherwise (the message names the path as given)."""
+    try:
+        path = holder.settings.training_data_path(data_path)
+    except ValueError as exc:
+        raise errors.invalid_input(str(exc)) from None
+    if not path.exists():
+        raise errors.TaskFailure(errors.NOT_FOUND, f"no training data at {str(data_path)[:200]!r}")
+    return path
+
+
+def train_and_publish(data_path: str, epochs: int | None = None, *, publish: bool = True,
+                      report=None) -> dict[str, Any]:
+    """Train a version from `data_path` (checked by `training_data`), publish it when `publish`;
+    `report` is told how far the run is (ml.train.Report)."""
     # Imported here: ml.train pulls in TensorFlow, which must never load in the worker's parent.
     from ml.train import TrainConfig, train_model
 
-    if not isinstance(data_path, str) or not data_path:
-        raise ValueError("data_path must be a non-empty string")
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    if not Path(data_path).exists():
-        raise FileNotFoundError(f"no training data at {data_path}")
+    path, epochs = training_data(data_path), check_epochs(epochs)
     registry = holder.registry
     version = registry.new_version()
     out_dir = registry.path_for(version)
     config = TrainConfig() if epochs is None else TrainConfig(epochs=epochs)
-    log.info("training model %s from %s", version, data_path)
-    extra = {"settings": holder.settings} if "settings" in inspect.signature(train_model).parameters else {}
+    log.info("training model %s from %s", version, path)
     try:
-        manifest = train_model(data_path, out_dir, config=config, **extra)
+        manifest = train_model(path, out_dir, config=config, settings=holder.settings, report=report)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)  # never leave a half-written version behind
         raise
     if publish:
         registry.publish(version)
         log.info("published model %s", version)
-    return {
-        "model_version": version,
-        "published": publish,
-        "path": str(out_dir),
-        "manifest": jsonable(manifest or {}),
-    }
+    return {"model_version": version, "published": publish, "manifest": jsonable(manifest or {})}
 
 
-@app.task(name=names.TRAIN)
-def train(data_path: str, epochs: int | None = None) -> dict[str, Any]:
-    """Train a new model version from `data_path` and make it the live one."""
-    return train_and_publish(data_path, epochs)
+@app.task(name=names.TRAIN, bind=True)
+def train(self, data_path: str, epochs: int | None = None) -> dict[str, Any]:
+    """Train a new model version from `data_path` and make it the live one; the job's state is
+    PROGRESS with {"stage", "epoch", "epochs"} while it runs."""
+    def report(progress: dict) -> None:
+        self.update_state(state=names.PROGRESS_STATE, meta=jsonable(progress))
+
+    return train_and_publish(data_path, epochs, report=report)
+
+
+@app.task(name=names.MODELS)
+def models() -> dict[str, Any]:
+    """Every version in the registry, newest first (ml.registry.ModelRegistry.summary)."""
+    registry = holder.registry
+    versions = [registry.summary(v) for v in reversed(registry.versions())]
+    return {"models": jsonable(versions), "current": registry.current_version()}
+
+
+@app.task(name=names.PUBLISH)
+def publish(version: Any) -> dict[str, Any]:
+    """Make `version` the live model (a rollback when it is an older one). An unknown version is
+    `not_found`; one this code cannot serve (another artifact format) is `invalid_input`."""
+    registry = holder.registry
+    if not isinstance(version, str) or version not in registry.versions():
+        raise errors.TaskFailure(errors.NOT_FOUND, f"unknown model version: {str(version)[:80]!r}")
+    summary = registry.summary(version)
+    if not summary["servable"]:
+        raise errors.invalid_input(f"model {version} cannot be served: {summary['problem']}")
+    previous = registry.current_version()
+    registry.publish(version)
+    log.info("published model %s (was %s)", version, previous)
+    return {"model_version": version, "previous": previous}

@@ -40,6 +40,8 @@ SECRETS = {
     "FLOWER_PASSWORD": "t3st-flower-Pw-77c2",
 }
 REQUIRED = tuple(SECRETS)
+# Secrets the stack runs without (a feature is off while empty); rendered with a value here.
+SECRETS["RECSYS_ADMIN_TOKEN"] = "t3st-admin-T0ken-5e1d"
 APP_SERVICES = ("web", "worker", "flower", "train")
 LONG_RUNNING = ("redis", "web", "worker", "flower")
 
@@ -277,6 +279,16 @@ def test_train_is_one_shot_and_shares_the_model_volume(which, request):
     cmd = " ".join(as_list(train["command"]))
     assert "train.sh" in cmd or "ml train" in cmd
     assert "TRAIN_DATA" in env_of(train)
+
+
+@needs_compose
+def test_only_the_web_gets_the_admin_token_and_workers_can_train_from_the_data_dir(base):
+    services = base["services"]
+    assert env_of(services["web"])["RECSYS_ADMIN_TOKEN"] == SECRETS["RECSYS_ADMIN_TOKEN"]
+    for name in ("worker", "flower", "train"):
+        assert "RECSYS_ADMIN_TOKEN" not in env_of(services[name]), name
+    # the web checks a training request's data_path against the same directory the workers read
+    assert env_of(services["web"])["RECSYS_DATA_DIR"] == env_of(services["worker"])["RECSYS_DATA_DIR"]
 
 
 @needs_compose

@@ -47,3 +47,22 @@ def test_a_value_that_does_not_parse_names_its_variable(name, raw, kind):
 
 def test_empty_means_default():
     assert Settings.from_env({"RECSYS_WEB_PORT": "", "REDIS_URL": ""}) == Settings()
+
+
+@pytest.mark.parametrize("raw", ["/etc", "../outside", "world/../../outside", "", "  ", "a\x00b", "x" * 1025])
+def test_training_data_paths_outside_the_data_directories_are_refused(tmp_path, raw):
+    s = Settings.from_env({"RECSYS_VAR_DIR": str(tmp_path)})
+    with pytest.raises(ValueError, match="data_path"):
+        s.training_data_path(raw)
+
+
+def test_training_data_paths_inside_are_resolved(tmp_path):
+    s = Settings.from_env({"RECSYS_VAR_DIR": str(tmp_path)})
+    assert s.data_dir == tmp_path / "data" and s.demo_data_dir == tmp_path / "demo-world"
+    assert s.training_data_path("shop/2026") == tmp_path / "data" / "shop" / "2026"
+    assert s.training_data_path("shop/../other") == tmp_path / "data" / "other"
+    assert s.training_data_path(str(tmp_path / "demo-world")) == tmp_path / "demo-world"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "link").symlink_to("/etc")  # a link out of the directory is out
+    with pytest.raises(ValueError):
+        s.training_data_path("link")

@@ -33,10 +33,13 @@ from ml.registry import ModelRegistry
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 
-# Cases per operation: 10 operations (every route but /openapi.json itself); the ones without
+# Cases per operation, for every operation (every route but /openapi.json itself); the ones without
 # parameters (/healthz, /readyz, /, /docs) give hypothesis little to vary, so the total is counted,
 # not assumed (test_generated_cases_cover_every_operation).
 EXAMPLES_PER_OPERATION = 140
+# Model management is on, with a token no generated case carries: its routes must answer 401 (they
+# must never start a training run from generated input); tests/test_web_models.py covers the rest.
+ADMIN_TOKEN = "generated-cases-never-know-this"
 MIN_GENERATED_CASES = 1000
 GENERATED: Counter[str] = Counter()
 STATUSES: Counter[tuple[str, int]] = Counter()
@@ -52,7 +55,7 @@ def _spec_app():
     from web import create_app
 
     return create_app({"TESTING": True, "SETTINGS": replace(
-        Settings(), redis_url="redis://127.0.0.1:1/0", max_batch=5)})
+        Settings(), redis_url="redis://127.0.0.1:1/0", max_batch=5, admin_token=ADMIN_TOKEN)})
 
 
 schema = schemathesis.openapi.from_wsgi("/openapi.json", _spec_app())
@@ -65,7 +68,8 @@ def generated_app(settings, worker):
     from web import create_app
 
     return create_app({"TESTING": True, "SETTINGS": replace(
-        settings, sync_wait_s=0.5, job_wait_max_s=0.5, readyz_timeout_s=0.5, max_batch=5)})
+        settings, sync_wait_s=0.5, job_wait_max_s=0.5, readyz_timeout_s=0.5, max_batch=5,
+        admin_token=ADMIN_TOKEN)})
 
 
 @pytest.mark.service

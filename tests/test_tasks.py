@@ -361,28 +361,22 @@ def test_model_loads_in_the_pool_child_not_in_the_parent(worker):
     assert loads and all(f"(pid {parent})" not in line for line in loads)
 
 
-@pytest.mark.service
-def test_train_task_builds_and_publishes_a_version(worker, celery_client, world_dir, models_dir,
-                                                   known_customers):
-    registry = ModelRegistry(models_dir)
-    before = registry.current_version()
-    result = result_of(celery_client.send_task(names.TRAIN, args=[str(world_dir), 1]), 300)
-    assert result["published"] is True and result["model_version"] != before
-    assert registry.current_version() == result["model_version"]
-    assert (registry.path_for(result["model_version"]) / "manifest.json").is_file()
-    # the serving worker swaps to it on its next task, without a restart
-    pid = worker.proc.pid
-    served = result_of(celery_client.send_task(names.RECOMMEND, args=[known_customers[0], 3]), 120)
-    assert served["model_version"] == result["model_version"]
-    assert worker.proc.pid == pid and worker.proc.poll() is None
+# Training, listing and publishing through the API (and the swap without a restart):
+# tests/test_web_models.py.
 
 
 @pytest.mark.service
-def test_train_task_with_missing_data_fails_cleanly(worker, celery_client, tmp_path, models_dir):
+@pytest.mark.parametrize("data_path, code", [
+    ("nope", errors.NOT_FOUND),  # under the data directory, but nothing there
+    ("../../etc", errors.INVALID_INPUT),  # outside every allowed directory
+    ("/etc", errors.INVALID_INPUT),
+    ("", errors.INVALID_INPUT),
+])
+def test_train_task_refuses_bad_data_paths_cleanly(worker, celery_client, models_dir, data_path, code):
     before = ModelRegistry(models_dir).versions()
-    res = celery_client.send_task(names.TRAIN, args=[str(tmp_path / "nope")])
-    with pytest.raises(FileNotFoundError):
-        result_of(res, 60)
+    with pytest.raises(Exception) as caught:
+        result_of(celery_client.send_task(names.TRAIN, args=[data_path]), 60)
+    assert errors.failure_code(caught.value) == code, repr(caught.value)
     assert ModelRegistry(models_dir).versions() == before
 
 

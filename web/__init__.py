@@ -71,6 +71,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
         JSON_SORT_KEYS=False,
         SYNC_WAIT_S=settings.sync_wait_s,
         MAX_CONTENT_LENGTH=1024 * 1024,
+        # the model-management routes (web.models): Authorization: Bearer <RECSYS_ADMIN_TOKEN>
+        SECURITY_SCHEMES={"AdminToken": {"type": "http", "scheme": "bearer"}},
     )
     app.json.sort_keys = False
     # "/media//etc/x.png" is a 404, not a 308 redirect (HTML) to a merged path
@@ -80,12 +82,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     celery_init_app(app)
     app.extensions["redis"] = make_redis(settings.redis_url)
 
-    from web import errors, health, jobs, products, recommendations, ui
+    from web import errors, health, jobs, models, products, recommendations, ui
 
     errors.register(app)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(recommendations.bp)
     app.register_blueprint(products.bp)
+    app.register_blueprint(models.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(ui.bp)
 

@@ -134,6 +134,17 @@ class JobQuery(StrictSchema):
         "example": 10})
 
 
+class ModelIn(StrictSchema):
+    data_path = String(required=True, validate=Length(min=1, max=1024), metadata={
+        "description": "training data (Amazon 2023 reviews + meta JSONL, or the other formats "
+                       "ml.data reads): relative to RECSYS_DATA_DIR, or an absolute path inside it "
+                       "or inside the demo world's directory",
+        "example": "amazon-fashion"})
+    epochs = StrictInteger(validate=Range(1, 1000), metadata={
+        "description": "at most this many epochs (early stopping may end sooner); default: the "
+                       "training default"})
+
+
 class CustomersQuery(StrictSchema):
     limit = QueryInteger(load_default=20, validate=Range(1, 1000))
 
@@ -255,7 +266,7 @@ class JobItem(Out):
 
 
 class JobResult(Out):
-    """One schema for the four kinds of job (no field is present in all of them)."""
+    """One schema for every kind of job (no field is present in all of them)."""
     customer_id = String(metadata={"description": "kind recommend"})
     product_id = String(metadata={"description": "kind similar"})
     title = String(metadata={"description": "kind similar"})
@@ -267,6 +278,12 @@ class JobResult(Out):
     results = List(Nested(CustomerResult), metadata={"description": "kind batch: one per id"})
     count = Integer(metadata={"description": "kind batch"})
     customers = List(String(), metadata={"description": "kind customers"})
+    models = List(Nested(lambda: ModelSummary()), metadata={"description": "kind models, newest first"})
+    current = String(allow_none=True, metadata={"description": "kind models: the live version"})
+    previous = String(allow_none=True, metadata={"description": "kind publish: the version it replaced"})
+    published = Boolean(metadata={"description": "kind train: the new version is the live one"})
+    manifest = Dict(metadata={"description": "kind train: the new version's manifest (data, "
+                                            "metrics, timings)"})
     filters = Nested(FiltersOut, metadata={"description": "kinds recommend and batch, when filtered"})
     top = Integer(metadata={"description": "kinds recommend, batch and similar"})
     model_version = String(metadata={"description": "every kind"})
@@ -275,17 +292,56 @@ class JobResult(Out):
 ERROR_CODES = list(CODES)
 
 
+class Progress(Out):
+    stage = String(required=True, metadata={
+        "enum": ["embed", "fit", "finish"],
+        "description": "embed: encoding photos and texts; fit: training (epoch of epochs; early "
+                       "stopping can end it sooner); finish: validation, ranking weight, retriever, "
+                       "writing the version"})
+    epoch = Integer(metadata={"description": "stage fit: epochs finished"})
+    epochs = Integer(metadata={"description": "stage fit: the most it will run"})
+    products = Integer(metadata={"description": "stage embed"})
+    reviews = Integer(metadata={"description": "stage embed: training reviews"})
+
+
 class JobStatus(Out):
     job_id = String(required=True)
-    kind = String(required=True, metadata={"enum": ["recommend", "batch", "customers", "similar"]})
+    kind = String(required=True, metadata={"enum": [
+        "recommend", "batch", "customers", "similar", "train", "models", "publish"]})
     state = String(required=True, metadata={"enum": ["queued", "started", "succeeded", "failed"]})
     model_version = String(required=True, allow_none=True)
+    progress = Nested(Progress, metadata={"description": "kind train, while it runs"})
     result = Nested(JobResult, metadata={"description": "present when state is succeeded"})
     error = String(metadata={"description": "present when state is failed"})
     error_code = String(metadata={
         "enum": ERROR_CODES,
         "description": "present when state is failed: invalid_input is the client's fault; "
                        "model_unavailable, timeout, internal and expired are not"})
+
+
+class ModelSummary(Out):
+    version = String(required=True)
+    created = String(required=True, allow_none=True, metadata={"description": "UTC, ISO 8601"})
+    format = Integer(required=True, allow_none=True, metadata={"description": "artifact format"})
+    data = Dict(required=True, metadata={
+        "description": "what it was trained on: path, source, fingerprint, counts, synthetic"})
+    metrics = Dict(required=True, metadata={"description": "validation metrics of the training run"})
+    training_seconds = Float(required=True, allow_none=True)
+    servable = Boolean(required=True, metadata={"description": "this code can load it"})
+    problem = String(metadata={"description": "why it cannot be served (when servable is false)"})
+    current = Boolean(required=True, metadata={"description": "the live version"})
+
+
+class ModelsOut(Out):
+    job_id = String(required=True)
+    models = List(Nested(ModelSummary), required=True, metadata={"description": "newest first"})
+    current = String(required=True, allow_none=True, metadata={"description": "the live version"})
+
+
+class Published(Out):
+    job_id = String(required=True)
+    model_version = String(required=True, metadata={"description": "now the live version"})
+    previous = String(required=True, allow_none=True, metadata={"description": "the one it replaced"})
 
 
 class CustomersOut(Out):

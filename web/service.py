@@ -12,6 +12,7 @@ from flask import url_for
 from kombu.exceptions import OperationalError
 
 from tasks import errors as codes
+from tasks import names
 from web import get_celery, get_redis, get_settings
 from web.errors import ServiceUnavailable
 from web.job_store import JobStore
@@ -21,6 +22,7 @@ STATE_NAMES = {
     states.RECEIVED: "queued",
     states.STARTED: "started",
     states.RETRY: "started",
+    names.PROGRESS_STATE: "started",  # a training job telling how far it is (`progress`)
     states.SUCCESS: "succeeded",
     states.FAILURE: "failed",
     states.REVOKED: "failed",
@@ -72,6 +74,8 @@ def describe(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
         # The worker's code and client-safe message (tasks.errors), never the exception's class.
         out["error"] = codes.failure_message(res.result)
         out["error_code"] = codes.failure_code(res.result)
+    elif celery_state == names.PROGRESS_STATE and isinstance(res.info, dict):
+        out["progress"] = res.info
     elif celery_state == states.PENDING:
         age = time.time() - float(record.get("submitted_at", time.time()))
         if age > get_settings().result_expires_s:
