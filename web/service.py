@@ -60,22 +60,23 @@ def submit(task_name: str, args: list[Any], kind: str, **meta: Any) -> str:
 
 def describe(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
     """The public view of a job: state, result or error, model_version."""
-    res = get_celery().AsyncResult(job_id)
-    celery_state = res.state
+    # One read of the stored meta: the state and its result together. (AsyncResult.state and .info
+    # are two reads: a job that finished between them paired PROGRESS with the final result.)
+    meta = get_celery().backend.get_task_meta(job_id)
+    celery_state, result = meta.get("status", states.PENDING), meta.get("result")
     state = STATE_NAMES.get(celery_state, "queued")
     out: dict[str, Any] = {"job_id": job_id, "kind": record.get("kind"), "state": state,
                            "model_version": None}
     if state == "succeeded":
-        result = res.result
         out["result"] = with_image_urls(result)
         if isinstance(result, dict):
             out["model_version"] = result.get("model_version")
     elif state == "failed":
         # The worker's code and client-safe message (tasks.errors), never the exception's class.
-        out["error"] = codes.failure_message(res.result)
-        out["error_code"] = codes.failure_code(res.result)
-    elif celery_state == names.PROGRESS_STATE and isinstance(res.info, dict):
-        out["progress"] = res.info
+        out["error"] = codes.failure_message(result)
+        out["error_code"] = codes.failure_code(result)
+    elif celery_state == names.PROGRESS_STATE and isinstance(result, dict):
+        out["progress"] = result
     elif celery_state == states.PENDING:
         age = time.time() - float(record.get("submitted_at", time.time()))
         if age > get_settings().result_expires_s:
