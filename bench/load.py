@@ -39,6 +39,7 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
+from ml.argtypes import number, positive_int
 from ml.config import REPO_ROOT, Settings
 
 OUT = REPO_ROOT / "var" / "bench" / "load.json"
@@ -372,34 +373,9 @@ def bench_load(clients: int = 50, seconds: float = 60.0, workers: int = 1, job_s
 
 # ---------------------------------------------------------------- command line
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (value > 0 and value <= 3600):
-        raise argparse.ArgumentTypeError(f"must be above 0 and at most 3600, got {text}")
-    return value
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+_positive_int = positive_int
+_positive_seconds = number(float, above=0, high=3600, what="a number of seconds")
+_share = number(float, 0, 1, what="a fraction")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

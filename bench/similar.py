@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 

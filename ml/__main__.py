@@ -11,17 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from ml.argtypes import positive_int
 from ml.config import Settings
-
-
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
-    return n
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="artifact directory; default: a new version in the model registry, published as CURRENT")
     t.add_argument("--split", default="none", choices=("none", "last", "time"),
                    help="hold out test ratings before training (for `evaluate`); default none")
-    t.add_argument("--epochs", type=_positive)
+    t.add_argument("--epochs", type=positive_int)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-images", action="store_true", help="ignore product images")
     t.add_argument("--no-text", action="store_true", help="ignore review and product text")
@@ -43,12 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--model", help="a model directory (its config is reused; retrained on the split if it saw test data)")
     e.add_argument("--report", required=True, help="report folder")
     e.add_argument("--split", choices=("last", "time"), action="append", help="default: last, plus time when timestamps exist")
-    e.add_argument("--epochs", type=_positive)
+    e.add_argument("--epochs", type=positive_int)
 
     d = sub.add_parser("demo-data", help="generate the SYNTHETIC fashion world (2023 format)")
     d.add_argument("--out", required=True)
-    d.add_argument("--customers", type=_positive, default=400)
-    d.add_argument("--products", type=_positive, default=240)
+    d.add_argument("--customers", type=positive_int, default=400)
+    d.add_argument("--products", type=positive_int, default=240)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--image-format", choices=("png", "jpg"), default="png")
     d.add_argument("--image-variation", choices=("auto", "per-product", "jitter"), default="auto",
@@ -60,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch-images", help="download every product photo given as an URL into the image cache "
                                             "(what `train` does first); prints the report")
     f.add_argument("--data", required=True)
-    f.add_argument("--concurrency", type=_positive, help="downloads in flight (default 16)")
+    f.add_argument("--concurrency", type=positive_int, help="downloads in flight (default 16)")
     f.add_argument("--timeout", type=float, help="seconds per request (default 10)")
     f.add_argument("--retries", type=int, help="retries after an error, a timeout or a 5xx (default 3)")
     f.add_argument("--report", help="also write the report (JSON) here")

@@ -96,7 +96,8 @@ def test_summary_counts_and_orders_percentiles():
     (["--seconds", "abc"], "expected a number of seconds"),
     (["--seconds", "-1"], "must be above 0"),
     (["--workers", "1.5"], "expected a whole number"),
-    (["--job-share", "2"], "between 0 and 1"),
+    (["--job-share", "2"], "--job-share: must be at most 1"),
+    (["--job-share", "nan"], "expected a finite number"),
 ])
 def test_bad_options_are_a_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

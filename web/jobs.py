@@ -7,7 +7,7 @@ from marshmallow import RAISE
 
 from tasks import names
 from web import get_settings
-from web.errors import error_response
+from web.errors import error_response, job_failed
 from web.schemas import BatchJobIn, JobAccepted, JobIn, JobQuery, JobStatus, filters_of
 from web.service import FINISHED, describe, job_store, status_url, submit, wait
 
@@ -21,7 +21,7 @@ MAX_CONTAINERS = 64
 
 
 @bp.before_request
-def _require_json():
+def require_json_body():
     if request.method != "POST":
         return None
     if not request.is_json:
@@ -50,6 +50,20 @@ def accepted_response(job_id: str) -> Response:
 
 ACCEPTED_DOC = {"description": "Still running: poll status_url (also in Location)",
                 "content": {"application/json": {"schema": JobAccepted}}}
+
+
+def answer_within_wait(task: str, args: list, kind: str, **meta):
+    """A synchronous route's answer: send the task, wait up to sync_wait_s for it, and return
+    {"job_id", **result} (serialised by the view's `@bp.output`), the failed job's error answer, or
+    a 202 pointing at the job when it is still running."""
+    job_id = submit(task, args, kind, **meta)
+    # The record was just written: no need to read it back (one Redis round trip less).
+    view = wait(job_id, {"kind": kind, **meta}, get_settings().sync_wait_s)
+    if view["state"] == "succeeded":
+        return {"job_id": job_id, **view["result"]}
+    if view["state"] == "failed":
+        return job_failed(view)
+    return accepted_response(job_id)
 
 
 @bp.post("/jobs")

@@ -13,14 +13,13 @@ import re
 
 from apiflask import APIBlueprint
 from flask import request
-from marshmallow import RAISE
 
 from tasks import names
 from web import get_settings
-from web.errors import error_response, job_failed
-from web.jobs import ACCEPTED_DOC, accepted, accepted_response
+from web.errors import error_response
+from web.jobs import ACCEPTED_DOC, accepted, answer_within_wait
 from web.schemas import JobAccepted, ModelIn, ModelsOut, Published
-from web.service import submit, wait
+from web.service import submit
 
 bp = APIBlueprint("models", __name__, tag="Models")
 
@@ -56,17 +55,6 @@ def create_model(body):
     return accepted(submit(names.TRAIN, args, "train", data_path=body["data_path"][:200]))
 
 
-def _answer(task: str, args: list, kind: str, **meta):
-    """Send a short task and answer with its result within the sync wait budget (else 202)."""
-    job_id = submit(task, args, kind, **meta)
-    view = wait(job_id, {"kind": kind, **meta}, get_settings().sync_wait_s)
-    if view["state"] == "succeeded":
-        return {"job_id": job_id, **view["result"]}
-    if view["state"] == "failed":
-        return job_failed(view)
-    return accepted_response(job_id)
-
-
 @bp.get("/models")
 @bp.output(ModelsOut, description="Every version in the registry, newest first")
 @bp.doc(summary="Model versions: created, data fingerprint, metrics, which one serves", security="AdminToken",
@@ -74,7 +62,7 @@ def _answer(task: str, args: list, kind: str, **meta):
 def list_models():
     if request.args:
         return error_response(400, "Invalid input", {"query": {k: ["Unknown field."] for k in request.args}})
-    return _answer(names.MODELS, [], "models")
+    return answer_within_wait(names.MODELS, [], "models")
 
 
 @bp.post("/models/<version>/publish")
@@ -85,4 +73,4 @@ def list_models():
 def publish_model(version: str):
     if not VERSION_RE.fullmatch(version):
         return error_response(404, f"unknown model version: {version[:80]!r}")
-    return _answer(names.PUBLISH, [version], "publish", model_version=version)
+    return answer_within_wait(names.PUBLISH, [version], "publish", model_version=version)

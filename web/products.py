@@ -5,11 +5,9 @@ from apiflask import APIBlueprint
 from marshmallow import RAISE
 
 from tasks import names
-from web import get_settings
-from web.errors import error_response, job_failed
-from web.jobs import ACCEPTED_DOC, accepted_response
+from web.errors import error_response
+from web.jobs import ACCEPTED_DOC, answer_within_wait
 from web.schemas import PRODUCT_ID_RE, SimilarProducts, SimilarQuery
-from web.service import submit, wait
 
 bp = APIBlueprint("products", __name__, tag="Products")
 
@@ -27,10 +25,4 @@ bp = APIBlueprint("products", __name__, tag="Products")
 def get_similar(product_id: str, query):
     if not PRODUCT_ID_RE.fullmatch(product_id):  # no product has such an id
         return error_response(404, f"unknown product: {product_id[:80]!r}")
-    job_id = submit(names.SIMILAR, [product_id, query["top"]], "similar", product_id=product_id)
-    view = wait(job_id, {"kind": "similar", "product_id": product_id}, get_settings().sync_wait_s)
-    if view["state"] == "succeeded":
-        return {"job_id": job_id, **view["result"]}
-    if view["state"] == "failed":
-        return job_failed(view)
-    return accepted_response(job_id)
+    return answer_within_wait(names.SIMILAR, [product_id, query["top"]], "similar", product_id=product_id)

@@ -11,7 +11,7 @@ from web import get_redis, get_settings
 from web.errors import ServiceUnavailable, job_failed
 from web.schemas import CustomersOut, CustomersQuery, RecommendationQuery, Recommendations
 from web.service import status_url, submit, wait
-from web.jobs import ACCEPTED_DOC, accepted_response, recommend_args
+from web.jobs import ACCEPTED_DOC, answer_within_wait, recommend_args
 
 bp = APIBlueprint("recommendations", __name__, tag="Recommendations")
 
@@ -25,15 +25,8 @@ bp = APIBlueprint("recommendations", __name__, tag="Recommendations")
                    503: "Redis down, or no usable model (none published, or a broken artifact)"})
 def get_recommendation(query):
     customer_id, top = query["customer_id"], query["top"]
-    job_id = submit(names.RECOMMEND, recommend_args([customer_id, top], query), "recommend",
-                    customer_id=customer_id)
-    # The record was just written: no need to read it back (one Redis round trip less).
-    view = wait(job_id, {"kind": "recommend", "customer_id": customer_id}, get_settings().sync_wait_s)
-    if view["state"] == "succeeded":
-        return {"job_id": job_id, **view["result"]}
-    if view["state"] == "failed":
-        return job_failed(view)
-    return accepted_response(job_id)
+    return answer_within_wait(names.RECOMMEND, recommend_args([customer_id, top], query), "recommend",
+                              customer_id=customer_id)
 
 
 @bp.get("/customers")
