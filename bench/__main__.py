@@ -15,6 +15,8 @@
 - `similar`: similar products on REAL photos: share of the top-5 content neighbours with the same
   articleType against random neighbours, and query cost against catalog size (bench/similar.py);
 - `reasons`: in-process latency with reasons and filters on vs off, interleaved (bench/reasons.py);
+- `feedback`: POST /feedback to a recommendation that reflects it, p50 over 100 trials, two workers
+  (bench/feedback.py);
 - `serving`: latency of N sequential recommendations three ways on one catalog and machine:
   in-process `Recommender.recommend`, Celery alone (apply_async + get through Redis), and the
   whole HTTP path three ways: POST /jobs then poll GET /jobs/<id> every 5 ms; POST /jobs then
@@ -286,9 +288,16 @@ def bench_training() -> dict:
     return run([1000, 10000])
 
 
+def bench_feedback() -> dict:
+    """Live feedback: POST /feedback to a recommendation that reflects it, 2 workers (bench/feedback.py)."""
+    from bench.feedback import run
+
+    return run()
+
+
 BENCHES = {"encoders": bench_encoders, "train": bench_train, "serving": bench_serving, "catalog": bench_catalog,
            "quality": bench_quality, "two_stage": bench_two_stage, "faults": bench_faults, "training": bench_training,
-           "load": bench_load, "similar": bench_similar, "reasons": bench_reasons}
+           "load": bench_load, "similar": bench_similar, "reasons": bench_reasons, "feedback": bench_feedback}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-images", action="store_true", help="ignore product images")
     t.add_argument("--no-text", action="store_true", help="ignore review and product text")
+    t.add_argument("--with-feedback", action="store_true",
+                   help="also train on the live feedback the service received (RECSYS_FEEDBACK_FILE)")
 
     e = sub.add_parser("evaluate", help="evaluate against baselines; writes metrics.json and plots")
     e.add_argument("--data", required=True)
@@ -110,7 +112,8 @@ def _run(args) -> int:
 
         registry = ModelRegistry(settings.models_dir)
         out = Path(args.out) if args.out else registry.path_for(registry.new_version())
-        manifest = train_model(args.data, out, _config(args), split=args.split, settings=settings)
+        manifest = train_model(args.data, out, _config(args), split=args.split, settings=settings,
+                               feedback_file=settings.feedback_file if args.with_feedback else None)
         if not args.out:
             registry.publish(out.name)
             print(f"published model version {out.name} in {settings.models_dir}")

@@ -106,6 +106,11 @@ class Settings:
     # POST /models trains only from data under this directory or the demo world's; a relative
     # data_path is taken under it (Settings.training_data_path).
     data_dir: Path = _setting("RECSYS_DATA_DIR", REPO_ROOT / "var" / "data", under_var="data")
+    # Live feedback (POST /feedback): every rating is appended here (JSON lines), and training reads
+    # it with its data; the Redis stream the workers fold in from keeps about this many entries.
+    feedback_file: Path = _setting("RECSYS_FEEDBACK_FILE", REPO_ROOT / "var" / "feedback" / "feedback.jsonl",
+                                   under_var="feedback/feedback.jsonl")
+    feedback_stream_max: int = _setting("RECSYS_FEEDBACK_STREAM_MAX", 1_000_000)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -13,10 +13,12 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ml import feedback
 from ml.catalog import Catalog, Filters, read_attributes
 from ml.features import (FeatureTables, customer_features, customer_history, customer_prior, pair_features,
                          pair_grid, product_features, product_id_input, product_prior)
@@ -25,6 +27,9 @@ from ml.model import ModelSpec, build_model, ranking_score
 from ml.registry import read_manifest
 from ml.retrieval import ContentIndex, Retriever, positions_in, without_positions
 from ml.scoring import HEADS, Heads, ProductPart, ScoringNet
+
+if TYPE_CHECKING:
+    from ml.feedback import Rating
 
 COLD_START_DOC = (
     "Unknown customers get the most popular products (training-rating count, ties broken by mean "
@@ -146,6 +151,31 @@ class Recommender:
 
     def seen(self, u: int) -> np.ndarray:
         return self._seen_i[self._seen_start[u]: self._seen_start[u + 1]]
+
+    def add_ratings(self, ratings: "Sequence[Rating]") -> int:
+        """Fold feedback into the loaded model without retraining (ml.feedback says what changes at
+        once and what waits for training): an unknown customer becomes a known one, the product is
+        seen. Ratings of products this model does not have are skipped. Returns how many were applied."""
+        applied = 0
+        for r in ratings:
+            i = self._product_index.get_indexer([r.product_id])[0]
+            if i < 0:
+                continue
+            u = self._customer_index.get_indexer([r.customer_id])[0]
+            if u < 0:
+                u = feedback.add_customer(self.tables, r.customer_id)
+                self._customer_index = pd.Index(self.tables.customer_ids)
+                self._seen_start = np.append(self._seen_start, self._seen_start[-1])
+                if self.retriever is not None:  # candidates by the product-bias part of the index
+                    row = np.zeros((1, self.retriever.customer_vecs.shape[1]), np.float32)
+                    row[0, -1] = 1.0
+                    self.retriever.customer_vecs = np.concatenate([self.retriever.customer_vecs, row])
+            if feedback.fold_in(self.tables, int(u), int(i), r.rating):
+                at = self._seen_start[u + 1]
+                self._seen_i = np.insert(self._seen_i, at, i)
+                self._seen_start[u + 1:] += 1
+            applied += 1
+        return applied
 
     def with_serving(self, serving: ServingPath) -> "Recommender":
         """The same loaded model served by another path (shares every array): benchmarks and

@@ -275,7 +275,7 @@ def is_synthetic(dataset) -> bool:
 def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfig, split: str,
                  settings: Settings | None = None, embeddings: Embeddings | None = None,
                  retrieval: RetrievalConfig | None = None, timings: dict | None = None,
-                 report: Report | None = None) -> dict:
+                 report: Report | None = None, feedback: dict | None = None) -> dict:
     """Train on `train` (rows of dataset.reviews) and write the artifact directory `out_dir`.
 
     `embeddings`: precomputed (products, and `train`'s reviews in order) instead of running the
@@ -283,7 +283,9 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
     `retrieval`: two-tower/index settings, when the retriever is built (`TrainConfig.retriever`).
     `timings`: seconds of stages before this call (`load`), recorded with fetch, embed_images,
     embed_texts and fit (everything after embedding) in the manifest's `stages_s`.
-    `report`: told each stage as it starts ({"stage": "embed" | "fit" | "finish"}) and each epoch."""
+    `report`: told each stage as it starts ({"stage": "embed" | "fit" | "finish"}) and each epoch.
+    `feedback`: what live feedback `train` holds (ml.feedback.merge_into's report), for the manifest:
+    a worker replays the feedback stream after its `last_id`."""
     settings = settings or Settings.from_env()
     report = report or (lambda _: None)
     started = time.time()
@@ -379,6 +381,8 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
             "metrics": metrics,
             "training_seconds": round(time.time() - started, 1),
         }
+        if feedback is not None:
+            manifest["feedback"] = feedback
         _write_json(tmp / "manifest.json", manifest)
         # whole-catalog scoring of validation customers: bounded to ~5e7 rows on large catalogs
         rank_customers = int(min(2000, max(50, 50_000_000 // max(len(products), 1))))
@@ -418,12 +422,22 @@ def write_retriever(artifact: Path, model, tables: FeatureTables, cfg: Retrieval
 
 
 def train_model(data, out_dir: str | Path, config: TrainConfig | None = None, split: str = "none",
-                settings: Settings | None = None, report: Report | None = None) -> dict:
-    """Load `data` (a path, or a loaded Dataset), split it, train and write the artifact; returns the manifest."""
+                settings: Settings | None = None, report: Report | None = None,
+                feedback_file: str | Path | None = None) -> dict:
+    """Load `data` (a path, or a loaded Dataset), split it, train and write the artifact; returns the manifest.
+    `feedback_file`: live feedback (ml.feedback.FeedbackFile) to train on with the data: its ratings
+    of the catalog's products join the reviews (a customer's latest rating of a product wins)."""
     from ml.data import load_dataset
 
     t0 = time.time()
     dataset = load_dataset(data) if isinstance(data, (str, Path)) else data
+    held = None
+    if feedback_file is not None:
+        from ml.feedback import FeedbackFile, merge_into
+
+        products = pd.Index(dataset.products["product_id"].astype(str))
+        dataset.reviews, held = merge_into(dataset.reviews, products, FeedbackFile(feedback_file).read())
+        log.info("live feedback: %s", held)
     train, _ = split_reviews(dataset.reviews, split)
     return fit_artifact(dataset, train, Path(out_dir), config or TrainConfig(), split, settings,
-                        timings={"load": round(time.time() - t0, 2)}, report=report)
+                        timings={"load": round(time.time() - t0, 2)}, report=report, feedback=held)

@@ -15,7 +15,7 @@ from kombu import Queue
 from ml.config import Settings, get_settings
 from tasks import names
 
-TASK_MODULES = ("tasks.recommend", "tasks.training")
+TASK_MODULES = ("tasks.recommend", "tasks.training", "tasks.feedback")
 
 
 def check_visibility_timeout(settings: Settings) -> int:

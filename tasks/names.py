@@ -9,6 +9,7 @@ SIMILAR = "recsys.similar"
 TRAIN = "recsys.train"
 MODELS = "recsys.models"
 PUBLISH = "recsys.publish"
+FEEDBACK = "recsys.feedback"
 
 INFERENCE_QUEUE = "inference"
 TRAINING_QUEUE = "training"
@@ -17,6 +18,8 @@ ALL_QUEUES = f"{INFERENCE_QUEUE},{TRAINING_QUEUE}"
 
 # Redis key the worker writes on every model load: {"model_version", "customers": [...], ...}.
 CUSTOMERS_KEY = "recsys:customers"
+# Redis stream of live feedback (tasks/feedback.py): every worker folds it in before serving.
+FEEDBACK_STREAM = "recsys:feedback"
 # How many customer ids the worker publishes there (GET /customers?limit= is capped by it).
 PUBLISHED_CUSTOMERS = 1000
 

@@ -86,10 +86,11 @@ def check_filters(filters: Any) -> Filters | None:
 
 
 def live_model() -> Loaded:
-    """The holder's model, or a `model_unavailable` failure (no CURRENT, or an artifact that does
-    not load: whatever the loader raised, a ValueError included, is a server fault)."""
+    """The holder's model with the live feedback folded in, or a `model_unavailable` failure (no
+    CURRENT, or an artifact that does not load: whatever the loader raised, a ValueError included,
+    is a server fault)."""
     try:
-        return holder.get()
+        loaded = holder.get()
     except NoModelPublished as exc:
         log.warning("%s", exc)
         raise errors.TaskFailure(errors.MODEL_UNAVAILABLE,
@@ -100,6 +101,13 @@ def live_model() -> Loaded:
         raise errors.TaskFailure(errors.MODEL_UNAVAILABLE,
                                  "the published model could not be loaded "
                                  "(broken or incomplete artifact); see the worker log") from None
+    from tasks.feedback import catch_up  # (tasks.feedback imports this module)
+
+    try:
+        catch_up(loaded)  # live feedback from any worker, before serving (tasks/feedback.py)
+    except Exception:
+        log.warning("could not catch up on live feedback; serving without the newest", exc_info=True)
+    return loaded
 
 
 def coded(task: Callable[..., Any]) -> Callable[..., Any]:

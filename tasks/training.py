@@ -42,8 +42,8 @@ def training_data(data_path: Any) -> Path:
 
 def train_and_publish(data_path: str, epochs: int | None = None, *, publish: bool = True,
                       report=None) -> dict[str, Any]:
-    """Train a version from `data_path` (checked by `training_data`), publish it when `publish`;
-    `report` is told how far the run is (ml.train.Report)."""
+    """Train a version from `data_path` (checked by `training_data`) and the live feedback so far,
+    publish it when `publish`; `report` is told how far the run is (ml.train.Report)."""
     # Imported here: ml.train pulls in TensorFlow, which must never load in the worker's parent.
     from ml.train import TrainConfig, train_model
 
@@ -54,7 +54,8 @@ def train_and_publish(data_path: str, epochs: int | None = None, *, publish: boo
     config = TrainConfig() if epochs is None else TrainConfig(epochs=epochs)
     log.info("training model %s from %s", version, path)
     try:
-        manifest = train_model(path, out_dir, config=config, settings=holder.settings, report=report)
+        manifest = train_model(path, out_dir, config=config, settings=holder.settings, report=report,
+                               feedback_file=holder.settings.feedback_file)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)  # never leave a half-written version behind
         raise

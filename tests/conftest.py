@@ -113,6 +113,7 @@ def base_settings(service_root) -> Settings:
         var_dir=service_root,
         models_dir=service_root / "models",
         data_dir=service_root,  # training requests may name the session world (service_root/world)
+        feedback_file=service_root / "feedback" / "feedback.jsonl",
         cache_dir=Settings.from_env().cache_dir,  # share converted weights / embeddings across runs
         redis_url="redis://127.0.0.1:1/0",
         sync_wait_s=30.0,

@@ -2,6 +2,7 @@
 Redis no worker consumes from; training, listing and publishing run on the session's real worker."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 
@@ -113,7 +114,7 @@ def _train(admin, epochs: int) -> tuple[dict, list[dict]]:
 
 
 @pytest.mark.service
-def test_train_list_publish_and_roll_back(admin, worker, models_dir, known_customers):
+def test_train_list_publish_and_roll_back(admin, worker, models_dir, known_customers, settings):
     """Train through the API (with progress), see the version listed and served, roll back to the
     one before, and the same worker process serves each in turn without a restart."""
     registry, pid = ModelRegistry(models_dir), worker.proc.pid
@@ -125,6 +126,11 @@ def test_train_list_publish_and_roll_back(admin, worker, models_dir, known_custo
     new = view["result"]["model_version"]
     assert view["result"]["published"] is True and view["model_version"] == new != before
     assert view["result"]["manifest"]["data"]["fingerprint"]
+    # the live feedback received so far was trained on (tests/test_web_feedback.py sends some)
+    sent = settings.feedback_file.read_text().splitlines() if settings.feedback_file.is_file() else []
+    held = view["result"]["manifest"]["feedback"]
+    assert held["records"] == len(sent)
+    assert held["last_id"] == (json.loads(sent[-1])["feedback_id"] if sent else None)
     stages = [p["stage"] for p in progress]
     assert stages and set(stages) <= {"embed", "fit", "finish"}
     assert stages == sorted(stages, key=["embed", "fit", "finish"].index)  # never goes back

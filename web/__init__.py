@@ -82,13 +82,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     celery_init_app(app)
     app.extensions["redis"] = make_redis(settings.redis_url)
 
-    from web import errors, health, jobs, models, products, recommendations, ui
+    from web import errors, feedback, health, jobs, models, products, recommendations, ui
 
     errors.register(app)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(recommendations.bp)
     app.register_blueprint(products.bp)
     app.register_blueprint(models.bp)
+    app.register_blueprint(feedback.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(ui.bp)
 

@@ -134,6 +134,16 @@ class JobQuery(StrictSchema):
         "example": 10})
 
 
+class FeedbackIn(StrictSchema):
+    customer_id = customer_id_field(required=True)
+    product_id = String(required=True, validate=[Length(min=1, max=128), Regexp(
+        rf"^(?:{names.PRODUCT_ID_RE.pattern})\Z", error="1-128 characters, no control characters")],
+        metadata={"description": "a product of the live model's catalog (404 otherwise)"})
+    rating = StrictNumber(required=True, validate=Range(1, 5), metadata={"example": 5})
+    text = String(validate=Length(max=5000), metadata={
+        "description": "review text: kept for the next training (not embedded at serving time)"})
+
+
 class ModelIn(StrictSchema):
     data_path = String(required=True, validate=Length(min=1, max=1024), metadata={
         "description": "training data (Amazon 2023 reviews + meta JSONL, or the other formats "
@@ -282,6 +292,9 @@ class JobResult(Out):
     current = String(allow_none=True, metadata={"description": "kind models: the live version"})
     previous = String(allow_none=True, metadata={"description": "kind publish: the version it replaced"})
     published = Boolean(metadata={"description": "kind train: the new version is the live one"})
+    feedback_id = String(metadata={"description": "kind feedback"})
+    rating = Float(metadata={"description": "kind feedback"})
+    known_customer = Boolean(metadata={"description": "kind feedback"})
     manifest = Dict(metadata={"description": "kind train: the new version's manifest (data, "
                                             "metrics, timings)"})
     filters = Nested(FiltersOut, metadata={"description": "kinds recommend and batch, when filtered"})
@@ -307,7 +320,7 @@ class Progress(Out):
 class JobStatus(Out):
     job_id = String(required=True)
     kind = String(required=True, metadata={"enum": [
-        "recommend", "batch", "customers", "similar", "train", "models", "publish"]})
+        "recommend", "batch", "customers", "similar", "train", "models", "publish", "feedback"]})
     state = String(required=True, metadata={"enum": ["queued", "started", "succeeded", "failed"]})
     model_version = String(required=True, allow_none=True)
     progress = Nested(Progress, metadata={"description": "kind train, while it runs"})
@@ -317,6 +330,18 @@ class JobStatus(Out):
         "enum": ERROR_CODES,
         "description": "present when state is failed: invalid_input is the client's fault; "
                        "model_unavailable, timeout, internal and expired are not"})
+
+
+class FeedbackAccepted(Out):
+    job_id = String(required=True)
+    status_url = String(required=True)
+    feedback_id = String(metadata={"description": "its id in the feedback stream; present once a "
+                                                 "worker has recorded it (within the sync wait)"})
+    customer_id = String()
+    product_id = String()
+    rating = Float()
+    known_customer = Boolean(metadata={"description": "the customer is now known to the model"})
+    model_version = String()
 
 
 class ModelSummary(Out):
