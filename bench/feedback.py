@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -42,8 +43,17 @@ def _trial(client, customer: str) -> dict:
         gets += 1
         if status == 200 and product not in {x["product_id"] for x in body["items"]}:
             return {"ms": (time.perf_counter() - started) * 1000, "post_ms": (recorded - started) * 1000,
-                    "gets": gets}
+                    "gets": gets, "jobs": (posted["job_id"], body["job_id"])}
     raise RuntimeError(f"feedback of {customer} on {product} not reflected after {REFLECT_TIMEOUT_S} s")
+
+
+def _served_by(log_dir: Path, workers: int) -> dict[str, int]:
+    """job id -> the worker process (0..workers-1) whose log says it ran the task."""
+    out = {}
+    for k in range(workers):
+        for job in re.findall(r"Task recsys\.\w+\[([0-9a-f-]{36})\] succeeded", (log_dir / f"worker{k}.log").read_text()):
+            out[job] = k
+    return out
 
 
 def _pct(values: list[float]) -> dict:
@@ -74,10 +84,15 @@ def run(trials: int = TRIALS, workers: int = 2) -> dict:
             load_after = [round(x, 2) for x in os.getloadavg()]
             client.close()
             recorded = sum(1 for _ in (tmp / "feedback.jsonl").open()) if (tmp / "feedback.jsonl").is_file() else 0
+        served = _served_by(tmp / "logs", workers)
+        pairs = [(served.get(a), served.get(b)) for a, b in (r["jobs"] for r in results)]
     return {
         "post_to_reflected": _pct([r["ms"] for r in results]),
         "post_feedback": _pct([r["post_ms"] for r in results]),
         "first_get_reflected": sum(r["gets"] == 1 for r in results), "trials": trials,
+        # from the workers' logs: the rating recorded by one worker, the reflecting answer from the other
+        "reflected_by_the_other_worker": sum(1 for a, b in pairs if a is not None and b is not None and a != b),
+        "jobs_found_in_worker_logs": sum(1 for a, b in pairs if a is not None and b is not None),
         "feedback_file_lines": recorded,
         "stack": {"celery_workers": workers, "worker_concurrency": settings.worker_concurrency,
                   "redis_appendfsync": settings.redis_appendfsync},
