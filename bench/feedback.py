@@ -63,6 +63,57 @@ def _pct(values: list[float]) -> dict:
             "max_ms": round(float(a.max()), 2)}
 
 
+def _ranks(rec, u: int) -> np.ndarray:
+    order = np.argsort(-rec.score_customers(np.array([u]))[0], kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+def category_response(models: Path, n_trained: int = 200) -> dict:
+    """In process: how far the model moves a category for a customer who rated it, next to how far it
+    does for trained customers (their most-rated leaf category, ranked for them vs for the others)."""
+    import itertools
+
+    import pandas as pd
+
+    from ml.catalog import Filters
+    from ml.feedback import Rating
+    from ml.recommender import Recommender
+    from ml.registry import ModelRegistry
+
+    rec = Recommender.load(ModelRegistry(models).current_path())
+    found = rec.catalog.prefixes()
+    leaves = [p for p in found if not any(q != p and q.startswith(p + " >") for q in found)]
+    kinds = {p: rec.allowed(Filters(category=p)) for p in leaves}
+    kinds = {p: pos for p, pos in kinds.items() if len(pos) >= 5}
+    kind_of = np.empty(rec.n_products, object)
+    for p, pos in kinds.items():
+        kind_of[pos] = p
+    users = np.arange(min(n_trained, rec.tables.n_customers))
+    ranks = np.argsort(np.argsort(-rec.score_customers(users), axis=1), axis=1)
+    trained = []
+    for u in users:
+        seen = rec.seen(u)
+        top = pd.Series(kind_of[seen]).dropna().value_counts()
+        pos = np.setdiff1d(kinds[top.index[0]], seen) if len(top) else []
+        if len(pos):
+            trained.append(ranks[np.setdiff1d(users, [u])][:, pos].mean() - ranks[u, pos].mean())
+    for k, pos in kinds.items():
+        rec.add_ratings([Rating(f"bench-{k}", str(rec.tables.product_ids[i]), 5.0) for i in pos[:3]])
+    index = pd.Index(rec.tables.customer_ids)
+    rated = []
+    for k, j in itertools.permutations(sorted(kinds), 2):
+        rest = kinds[k][3:]
+        rated.append(_ranks(rec, index.get_loc(f"bench-{j}"))[rest].mean()
+                     - _ranks(rec, index.get_loc(f"bench-{k}"))[rest].mean())
+    return {"products": rec.n_products, "leaf_categories": len(kinds),
+            "trained_customers": {"n": len(trained), "mean_places_higher": round(float(np.mean(trained)), 2),
+                                  "higher_for_them": int(sum(g > 0 for g in trained))},
+            "new_customers_rating_3": {"pairs": len(rated), "mean_places_higher": round(float(np.mean(rated)), 2),
+                                       "higher_for_them": int(sum(g > 0 for g in rated))}}
+
+
 def run(trials: int = TRIALS, workers: int = 2) -> dict:
     from bench.__main__ import _model_dir
     from bench.load import Client, _catalog, known_customers, serve, warm_up
@@ -85,6 +136,7 @@ def run(trials: int = TRIALS, workers: int = 2) -> dict:
             client.close()
             recorded = sum(1 for _ in (tmp / "feedback.jsonl").open()) if (tmp / "feedback.jsonl").is_file() else 0
         served = _served_by(tmp / "logs", workers)
+        response = category_response(models)
         pairs = [(served.get(a), served.get(b)) for a, b in (r["jobs"] for r in results)]
     return {
         "post_to_reflected": _pct([r["ms"] for r in results]),
@@ -99,5 +151,6 @@ def run(trials: int = TRIALS, workers: int = 2) -> dict:
         "catalog": {**_catalog(models), "model_version": version},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "load_avg_before": load_before, "load_avg_after": load_after},
+        "category_response": response,
         "method": __doc__.split("\n\n")[1].replace("\n", " "),
     }
