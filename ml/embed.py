@@ -12,10 +12,10 @@ pool; the image encoder decodes and resizes its next batches in threads while th
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -66,19 +66,26 @@ class Embeddings:
     stats: dict = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=None)
+def shared_encoder(cls):
+    """One instance of an encoder class per process, built on first use and kept: building one loads
+    a network (MiniLM and EfficientNet-Lite0 together ~6 s on this 2-core machine), and a process that
+    trains more than once (a training worker, the test session: ~10 trainings) paid it every time,
+    even on a warm cache, for the few rows the cache check re-encodes."""
+    return cls()
+
+
 class _LazyEncoder:
-    """An encoder built on its first `encode` call: with everything cached (a warm run), the
-    networks are never loaded. `name`, `version`, `dim` (what keys the cache) come from the class."""
+    """An encoder built on its first `encode` call: with everything cached (a warm run, cache check
+    off), the networks are never loaded. `name`, `version`, `dim` (what keys the cache) come from
+    the class."""
 
     def __init__(self, cls):
         self._cls = cls
         self.name, self.version, self.dim = cls.name, cls.version, int(cls.dim)
-        self._encoder = None
 
     def encode(self, items):
-        if self._encoder is None:
-            self._encoder = self._cls()
-        return self._encoder.encode(items)
+        return shared_encoder(self._cls).encode(items)
 
 
 def _image_key(ref: str) -> str:

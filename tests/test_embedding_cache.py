@@ -228,10 +228,14 @@ def fake_encoders(monkeypatch):
     import ml.encoders.image
     import ml.encoders.text
 
+    from ml.embed import shared_encoder
+
     FakeImageEncoder.instances, FakeTextEncoder.instances = [], []
     monkeypatch.setattr(ml.encoders.image, "ImageEncoder", FakeImageEncoder)
     monkeypatch.setattr(ml.encoders.text, "TextEncoder", FakeTextEncoder)
-    return FakeImageEncoder.instances, FakeTextEncoder.instances
+    shared_encoder.cache_clear()  # each test counts the instances its own run builds
+    yield FakeImageEncoder.instances, FakeTextEncoder.instances
+    shared_encoder.cache_clear()  # no fake outlives the test
 
 
 def _frames(images, ptitles, rtexts):
@@ -287,15 +291,20 @@ def test_embed_dataset_encodes_each_distinct_content_once_and_scatters(tmp_path,
     products2, reviews2 = _frames([a, b, c, broken, ""], ["red dress", "blue jeans!", "red dress", "", "hat"],
                                   rtexts)
     emb2 = embed_dataset(products2, reviews2, tmp_path / "cache", progress=False, verify_sample=0)
-    assert img_encs[1].calls == [[str(c)]]
-    assert txt_encs[1].calls == [["blue jeans!"]]
+    # one encoder instance per class and process (ml.embed.shared_encoder): the same ones, called again
+    assert len(img_encs) == 1 and len(txt_encs) == 1
+    assert img_encs[0].calls[1:] == [[str(c)]]
+    assert txt_encs[0].calls[1:] == [["blue jeans!"]]
     np.testing.assert_array_equal(emb2.review_text, emb.review_text)
     np.testing.assert_array_equal(emb2.product_image[:2], emb.product_image[:2])
     assert emb2.stats["images"]["encoded"] == 1 and emb2.stats["texts"]["encoded"] == 1
 
-    # Third run, nothing changed: the encoders are never even built (a warm run loads no network).
+    # Third run, nothing changed, as a fresh process (no encoder built yet): a warm run builds none
+    from ml.embed import shared_encoder
+
+    shared_encoder.cache_clear()
     emb3 = embed_dataset(products2, reviews2, tmp_path / "cache", progress=False, verify_sample=0)
-    assert len(img_encs) == 2 and len(txt_encs) == 2
+    assert len(img_encs) == 1 and len(txt_encs) == 1
     np.testing.assert_array_equal(emb3.product_image, emb2.product_image)
     assert emb3.encoders == emb2.encoders == {"image": "fake-image-1", "text": "fake-text-1"}
 
