@@ -14,14 +14,16 @@ import functools
 import logging
 import math
 from pathlib import PurePath
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from ml.catalog import Filters, UnknownCategory
 from tasks import errors, names
 from tasks.celery_app import app
 from tasks.model_holder import Loaded, NoModelPublished, holder
+
+if TYPE_CHECKING:  # ml.catalog needs numpy: only the worker imports it, at run time (Flower and
+    from ml.catalog import Filters  # the web image load this module without numpy)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ def check_filters(filters: Any) -> Filters | None:
     if max_price is not None and (isinstance(max_price, bool) or not isinstance(max_price, (int, float))):
         raise errors.invalid_input("max_price must be a number")
     try:
+        from ml.catalog import Filters
+
         found = Filters(category, None if max_price is None else float(max_price))
     except ValueError as exc:
         raise errors.invalid_input(str(exc)) from None
@@ -140,6 +144,8 @@ def customer_result(model: Any, customer_id: str, items: list[dict]) -> dict[str
 
 
 def recommend_one(model: Any, customer_id: str, top: int, filters: Filters | None = None) -> dict[str, Any]:
+    from ml.catalog import UnknownCategory
+
     try:
         items = model.recommend(customer_id, top=top, exclude_seen=True, filters=filters)
     except UnknownCategory as exc:
@@ -175,6 +181,8 @@ def recommend_batch(customer_ids: list[str], top: int = 10, filters: dict | None
     top = check_top(top, settings.max_top)
     wanted = check_filters(filters)
     loaded = live_model()
+    from ml.catalog import UnknownCategory
+
     try:  # customers scored as matrices
         lists = loaded.model.recommend_many(ids, top=top, exclude_seen=True, filters=wanted)
     except UnknownCategory as exc:

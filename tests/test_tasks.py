@@ -50,11 +50,15 @@ def test_routes(settings, task, queue):
 
 
 def test_importing_tasks_and_web_does_not_load_tensorflow():
-    """The worker's parent process and the web app never import TensorFlow (nor tasks/ Flask)."""
+    """The worker's parent process and the web app never import TensorFlow (nor tasks/ Flask), and
+    the task modules import without numpy/pandas: Flower (in the web image, requirements/web.txt,
+    which has neither) imports them; a module-level `from ml.catalog import ...` in tasks/recommend.py
+    put Flower into a restart loop in the Docker stack."""
     code = ("import sys\n"
             "from tasks.celery_app import app\n"
             "app.loader.import_default_modules()\n"
-            "heavy = lambda: sorted(m for m in ('tensorflow', 'keras', 'flask') if m in sys.modules)\n"
+            "heavy = lambda: sorted(m for m in ('tensorflow', 'keras', 'flask', 'numpy', 'pandas', 'scipy')"
+            " if m in sys.modules)\n"
             "print(heavy())\n"
             "import web; web.create_app()\n"
             "print(heavy())\n")
