@@ -34,7 +34,6 @@ from ml.baselines import BiasBaseline
 from ml.features import FeatureTables
 
 MIN_RATING, MAX_RATING = 1.0, 5.0
-MAX_TEXT_CHARS = 5000
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def check_rating(value) -> float:
     return float(value)
 
 
-def _grow_customers(t: FeatureTables, customer_id: str) -> int:
+def add_customer(t: FeatureTables, customer_id: str) -> int:
     """Append an empty customer row to every customer-indexed table; its position."""
     t.customer_ids = np.append(t.customer_ids, customer_id)
     for name in ("cust_review_sum", "cust_content_sum", "cust_content_wsum", "cust_history"):
@@ -114,19 +113,17 @@ def fold_in(t: FeatureTables, u: int, i: int, rating: float) -> bool:
     product) pair, False when it replaced an earlier rating of the same product."""
     content = t.prod_content[i]
     old = _set_rated(t, u, i, rating)
-    delta = rating if old is None else rating - old
-    t.cust_rating_sum[u] += delta
-    if old is None:
+    if old is None:  # a new pair: counted, its content summed, weighted by rating - mu
         t.cust_count[u] += 1
+        t.cust_rating_sum[u] += rating
         t.cust_content_sum[u] += content
-    t.cust_content_wsum[u] += content * np.float32(rating - t.mu if old is None else rating - old)
+        t.cust_content_wsum[u] += content * np.float32(rating - t.mu)
+    else:  # a replaced rating: only the rating moves
+        t.cust_rating_sum[u] += rating - old
+        t.cust_content_wsum[u] += content * np.float32(rating - old)
     _push_history(t, u, i)
     _refit_bias(t, u)
     return old is None
-
-
-def add_customer(t: FeatureTables, customer_id: str) -> int:
-    return _grow_customers(t, customer_id)
 
 
 class FeedbackFile:

@@ -15,7 +15,6 @@ The stream is capped near `Settings.feedback_stream_max` entries; the file keeps
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
@@ -67,12 +66,11 @@ def catch_up(loaded: Loaded) -> int:
 
 
 def check_text(text: Any) -> str:
-    from ml.feedback import MAX_TEXT_CHARS
-
+    limit = names.MAX_FEEDBACK_TEXT_CHARS
     if text is None:
         return ""
-    if not isinstance(text, str) or len(text) > MAX_TEXT_CHARS:
-        raise errors.invalid_input(f"text must be a string of at most {MAX_TEXT_CHARS} characters")
+    if not isinstance(text, str) or len(text) > limit:
+        raise errors.invalid_input(f"text must be a string of at most {limit} characters")
     return text
 
 
@@ -101,5 +99,5 @@ def feedback(customer_id: str, product_id: str, rating: Any, text: str | None = 
     known = bool(loaded.model.has_customer(customer_id))
     log.info("feedback %s: %s rated %s %g", feedback_id, customer_id, product_id, value)
     return {"feedback_id": feedback_id, "customer_id": customer_id, "product_id": product_id,
-            "rating": value if math.isfinite(value) else None, "known_customer": known,
+            "rating": value, "known_customer": known,
             "model_version": loaded.version}

@@ -12,11 +12,9 @@ from __future__ import annotations
 from apiflask import APIBlueprint
 
 from tasks import names
-from web import get_settings
 from web.errors import job_failed
-from web.jobs import accepted, require_json_body
+from web.jobs import accepted, require_json_body, submit_and_wait
 from web.schemas import FeedbackAccepted, FeedbackIn
-from web.service import submit, wait
 
 bp = APIBlueprint("feedback", __name__, tag="Feedback")
 bp.before_request(require_json_body)
@@ -32,8 +30,7 @@ bp.before_request(require_json_body)
 def post_feedback(body):
     args = [body["customer_id"], body["product_id"], body["rating"], body.get("text")]
     meta = {"customer_id": body["customer_id"], "product_id": body["product_id"][:128]}
-    job_id = submit(names.FEEDBACK, args, "feedback", **meta)
-    view = wait(job_id, {"kind": "feedback", **meta}, get_settings().sync_wait_s)
+    job_id, view = submit_and_wait(names.FEEDBACK, args, "feedback", **meta)
     if view["state"] == "failed":
         return job_failed(view)
     answer, status, headers = accepted(job_id)

@@ -52,13 +52,18 @@ ACCEPTED_DOC = {"description": "Still running: poll status_url (also in Location
                 "content": {"application/json": {"schema": JobAccepted}}}
 
 
+def submit_and_wait(task: str, args: list, kind: str, **meta) -> tuple[str, dict]:
+    """Send the task and wait up to sync_wait_s for it: (job id, its view then)."""
+    job_id = submit(task, args, kind, **meta)
+    # The record was just written: no need to read it back (one Redis round trip less).
+    return job_id, wait(job_id, {"kind": kind, **meta}, get_settings().sync_wait_s)
+
+
 def answer_within_wait(task: str, args: list, kind: str, **meta):
     """A synchronous route's answer: send the task, wait up to sync_wait_s for it, and return
     {"job_id", **result} (serialised by the view's `@bp.output`), the failed job's error answer, or
     a 202 pointing at the job when it is still running."""
-    job_id = submit(task, args, kind, **meta)
-    # The record was just written: no need to read it back (one Redis round trip less).
-    view = wait(job_id, {"kind": kind, **meta}, get_settings().sync_wait_s)
+    job_id, view = submit_and_wait(task, args, kind, **meta)
     if view["state"] == "succeeded":
         return {"job_id": job_id, **view["result"]}
     if view["state"] == "failed":

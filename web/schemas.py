@@ -140,7 +140,7 @@ class FeedbackIn(StrictSchema):
         rf"^(?:{names.PRODUCT_ID_RE.pattern})\Z", error="1-128 characters, no control characters")],
         metadata={"description": "a product of the live model's catalog (404 otherwise)"})
     rating = StrictNumber(required=True, validate=Range(1, 5), metadata={"example": 5})
-    text = String(validate=Length(max=5000), metadata={
+    text = String(validate=Length(max=names.MAX_FEEDBACK_TEXT_CHARS), metadata={
         "description": "review text: kept for the next training (not embedded at serving time)"})
 
 
