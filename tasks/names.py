@@ -33,5 +33,7 @@ CUSTOMER_ID_RE = re.compile(CUSTOMER_ID_PATTERN)
 # product ids come from the data (any text): at most 128 characters, none of them a control character
 PRODUCT_ID_RE = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 MAX_CATEGORY_CHARS = 200
+# most epochs a training request may ask for (POST /models)
+MAX_EPOCHS = 1000
 # a feedback review text: kept for the next training
 MAX_FEEDBACK_TEXT_CHARS = 5000

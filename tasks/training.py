@@ -18,13 +18,11 @@ from tasks.recommend import jsonable
 
 log = logging.getLogger(__name__)
 
-MAX_EPOCHS = 1000
-
 
 def check_epochs(epochs: Any) -> int | None:
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
-                               or not 1 <= epochs <= MAX_EPOCHS):
-        raise errors.invalid_input(f"epochs must be an integer in 1..{MAX_EPOCHS}, got {str(epochs)[:20]!r}")
+                               or not 1 <= epochs <= names.MAX_EPOCHS):
+        raise errors.invalid_input(f"epochs must be an integer in 1..{names.MAX_EPOCHS}, got {str(epochs)[:20]!r}")
     return epochs
 
 

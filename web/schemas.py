@@ -150,7 +150,7 @@ class ModelIn(StrictSchema):
                        "ml.data reads): relative to RECSYS_DATA_DIR, or an absolute path inside it "
                        "or inside the demo world's directory",
         "example": "amazon-fashion"})
-    epochs = StrictInteger(validate=Range(1, 1000), metadata={
+    epochs = StrictInteger(validate=Range(1, names.MAX_EPOCHS), metadata={
         "description": "at most this many epochs (early stopping may end sooner); default: the "
                        "training default"})
 
