@@ -527,6 +527,23 @@ class Recommender:
             raise UnknownProduct(f"unknown product {str(product_id)[:80]!r}")
         return self._titles[int(self._product_index.get_loc(product_id))]
 
+    def rated(self, customer_id: str, limit: int = 20) -> list[dict]:
+        """The products `customer_id` rated (in training, and by feedback folded in since), with their
+        ratings: the most recent first (the history the model keeps), then the rest by rating, best
+        first. [] for an unknown customer. What a person needs to judge the recommendations."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        u = self._customer_index.get_indexer([customer_id])[0]
+        if u < 0:
+            return []
+        t = self.tables
+        a, b = int(t.rated_indptr[u]), int(t.rated_indptr[u + 1])
+        stars = dict(zip(t.rated_indices[a:b].tolist(), t.rated_rating[a:b].tolist()))
+        recent = [int(x) - 1 for x in t.cust_history[u][::-1] if x > 0 and int(x) - 1 in stars]
+        rest = sorted(set(stars) - set(recent), key=lambda i: (-stars[i], i))
+        return [{"product_id": str(t.product_ids[i]), "rating": float(stars[i]), "title": self._titles[i],
+                 "image": self._images[i]} for i in (recent + rest)[:limit]]
+
     def similar(self, product_id: str, top: int = 10) -> list[dict]:
         """The `top` products nearest to `product_id` by content (cosine of the image/text vectors
         the hybrid is given), most similar first; never the product itself, nor one without content

@@ -210,6 +210,18 @@ def similar(product_id: str, top: int = 10) -> dict[str, Any]:
                      "top": top, "model_version": loaded.version})
 
 
+@app.task(name=names.RATED)
+@coded
+def rated(customer_id: str, limit: int = 20) -> dict[str, Any]:
+    """The products `customer_id` rated (with feedback folded in), the most recent first."""
+    customer_id = check_customer_id(customer_id)
+    limit = check_top(limit, holder.settings.max_top)
+    loaded = live_model()
+    return jsonable({"customer_id": customer_id, "known": bool(loaded.model.has_customer(customer_id)),
+                     "items": loaded.model.rated(customer_id, limit), "limit": limit,
+                     "model_version": loaded.version})
+
+
 @app.task(name=names.CUSTOMERS)
 @coded
 def customers(limit: int = 20) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pytest
 from ml.config import Settings
 from ml.registry import ModelRegistry
 from scripts.procs import free_port
-from support import WORKER_START_TIMEOUT_S, RedisServer, Worker, result_of, worker_env
+from support import WORKER_START_TIMEOUT_S, RedisServer, WebServer, Worker, result_of, worker_env
 
 import jax_probe
 
@@ -167,6 +167,14 @@ def worker(settings, service_root, celery_client, known_customers):
 
 
 # ---------------------------------------------------------------- Flask
+
+@pytest.fixture(scope="session")
+def live(settings, worker, service_root):
+    """The web app under gunicorn in front of the session worker (the service as a browser meets it)."""
+    server = WebServer(settings, service_root / "gunicorn.log")
+    yield server
+    server.stop()
+
 
 @pytest.fixture
 def make_app():

@@ -13,6 +13,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import requests
+
 from ml.config import REPO_ROOT, Settings
 from scripts.procs import (free_port, redis_password, redis_reachable, start_redis, stop_group,
                            url_with_password, wait_until)
@@ -97,6 +99,41 @@ class Worker:
 def worker_env(settings: Settings) -> dict[str, str]:
     """The environment of a worker or web child process: every setting (`Settings.to_env`)."""
     return {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+class WebServer:
+    """The web app under gunicorn (the launcher's command line, every setting in its environment), on
+    a free port, with one worker process of four threads."""
+
+    def __init__(self, settings: Settings, log_file: Path) -> None:
+        from scripts.run_stack import web_command
+
+        self.settings = replace(settings, web_port=free_port(), web_workers=1, web_threads=4)
+        self.url = f"http://127.0.0.1:{self.settings.web_port}"
+        with open(log_file, "ab") as out:
+            self.proc = subprocess.Popen(web_command(self.settings), cwd=REPO_ROOT,
+                                         env=worker_env(self.settings), stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self._up, 30, proc=self.proc, what="gunicorn")
+
+    def _up(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def get(self, path: str, **kw):
+        return requests.get(self.url + path, timeout=60, **kw)
+
+    def post(self, path: str, **kw):
+        return requests.post(self.url + path, timeout=60, **kw)
+
+    def json_get(self, path: str):
+        response = self.get(path)
+        return response.status_code, response.json()
+
+    def stop(self) -> None:
+        stop_group(self.proc, timeout_s=15)
 
 
 def outcome(res, timeout_s: float) -> tuple[str, object]:

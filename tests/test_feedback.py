@@ -77,6 +77,22 @@ def test_an_unknown_customer_becomes_known_and_the_product_is_seen(fresh):
     assert list(rec.seen(n)) == [7]
 
 
+def test_rated_lists_training_ratings_then_feedback_first(fresh, world_dir):
+    """`rated` (the page's "their ratings"): every product the customer rated in the data, with the
+    rating the data gives, and a product rated by feedback comes first at once."""
+    rec = fresh
+    cid = rec.customers(1)[0]
+    reviews = pd.read_json(world_dir / "Amazon_Fashion.jsonl", lines=True)
+    mine = reviews[reviews["user_id"] == cid].groupby("parent_asin")["rating"].last()
+    listed = rec.rated(cid, limit=1000)
+    assert {x["product_id"]: x["rating"] for x in listed} == {str(k): float(v) for k, v in mine.items()}
+    assert set(listed[0]) == {"product_id", "rating", "title", "image"}
+    new = next(str(p) for p in rec.tables.product_ids if str(p) not in mine.index)
+    rec.add_ratings([Rating(cid, new, 2.0)])
+    assert rec.rated(cid, limit=1)[0] == {**rec.rated(cid, limit=1)[0], "product_id": new, "rating": 2.0}
+    assert rec.rated("nobody-at-all") == [] and len(rec.rated(cid, limit=3)) == 3
+
+
 def test_a_new_customer_replaying_a_trained_customers_ratings_gets_their_ranking(fresh):
     """Feedback counts as training would have: a new customer who rates what a trained customer rated
     (oldest first) ends with that customer's feature rows, bias and (nearly) ranking, instead of the

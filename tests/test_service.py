@@ -19,53 +19,13 @@ import pytest
 import redis as redis_lib
 import requests
 
-from support import empty_service, worker_env
-from ml.config import REPO_ROOT, Settings
+from support import empty_service
+from ml.config import REPO_ROOT
 from ml.registry import ModelRegistry
 from scripts.procs import free_port, port_in_use, stop_group, wait_until
-from scripts.run_stack import flower_credentials, web_command
+from scripts.run_stack import flower_credentials
 
 pytestmark = pytest.mark.service
-
-
-def web_env(settings: Settings) -> dict[str, str]:
-    return worker_env(settings)  # every setting, the web's port and sync wait among them
-
-
-class Live:
-    """The web app under gunicorn (the launcher's command line), on a free port."""
-
-    def __init__(self, settings: Settings, log_file: Path) -> None:
-        self.settings = replace(settings, web_port=free_port(), web_workers=1, web_threads=4)
-        self.url = f"http://127.0.0.1:{self.settings.web_port}"
-        with open(log_file, "ab") as out:
-            self.proc = subprocess.Popen(web_command(self.settings), cwd=REPO_ROOT,
-                                         env=web_env(self.settings), stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(self._up, 30, proc=self.proc, what="gunicorn")
-
-    def _up(self) -> bool:
-        try:
-            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def get(self, path: str, **kw):
-        return requests.get(self.url + path, timeout=60, **kw)
-
-    def post(self, path: str, **kw):
-        return requests.post(self.url + path, timeout=60, **kw)
-
-    def json_get(self, path: str):
-        response = self.get(path)
-        return response.status_code, response.json()
-
-
-@pytest.fixture(scope="module")
-def live(settings, worker, service_root):
-    server = Live(settings, service_root / "gunicorn.log")
-    yield server
-    stop_group(server.proc, timeout_s=15)
 
 
 def assert_json_error(response, status: int) -> dict:

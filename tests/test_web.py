@@ -219,6 +219,26 @@ def test_similar_answers_202_when_the_job_is_not_done_in_time(web, rdb):
     assert job["kind"] == "similar" and job["state"] == "queued"
 
 
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "limit=5&x=1"])
+def test_rated_rejects_a_bad_limit(web, query):
+    assert_json_error(web.get(f"/customers/C1/rated?{query}"), 400)
+
+
+@pytest.mark.parametrize("customer_id", ["x" * 65, "a b", "a%07b", "%C3%A9"])
+def test_rated_of_an_impossible_customer_id_is_404_without_a_job(web, rdb, customer_id):
+    before = rdb.llen(names.INFERENCE_QUEUE)
+    assert_json_error(web.get(f"/customers/{customer_id}/rated"), 404)
+    assert rdb.llen(names.INFERENCE_QUEUE) == before
+
+
+def test_rated_answers_202_when_the_job_is_not_done_in_time(web, rdb):
+    response = web.get("/customers/C-1/rated?limit=7")
+    assert response.status_code == 202
+    message = json.loads(rdb.lindex(names.INFERENCE_QUEUE, 0))
+    assert message["headers"]["task"] == names.RATED and message["headers"]["argsrepr"] == "['C-1', 7]"
+    assert web.get(response.get_json()["status_url"]).get_json()["kind"] == "rated"
+
+
 @pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=x", "limit=5&x=1"])
 def test_get_customers_rejects_bad_query(web, query):
     assert_json_error(web.get(f"/customers?{query}"), 400)
@@ -291,7 +311,7 @@ def test_openapi_matches_the_routes(web_app, web):
     for path, methods in routes.items():
         assert methods == documented[path], path
     for path in ("/jobs", "/jobs/batch", "/jobs/{job_id}", "/recommendation", "/customers",
-                 "/healthz", "/readyz", "/products/{product_id}/similar"):
+                 "/healthz", "/readyz", "/products/{product_id}/similar", "/customers/{customer_id}/rated"):
         assert path in spec["paths"]
     assert "requestBody" in spec["paths"]["/jobs"]["post"]
 

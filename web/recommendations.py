@@ -1,4 +1,4 @@
-"""The original synchronous API (GET /recommendation) and GET /customers."""
+"""The original synchronous API (GET /recommendation), GET /customers and a customer's rated products."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,9 @@ from marshmallow import RAISE
 
 from tasks import names
 from web import get_redis, get_settings
-from web.errors import ServiceUnavailable, job_failed
-from web.schemas import CustomersOut, CustomersQuery, RecommendationQuery, Recommendations
+from web.errors import ServiceUnavailable, error_response, job_failed
+from web.schemas import (CustomersOut, CustomersQuery, RatedProducts, RatedQuery,
+                         RecommendationQuery, Recommendations)
 from web.service import status_url, submit, wait
 from web.jobs import ACCEPTED_DOC, answer_within_wait, recommend_args
 
@@ -51,3 +52,19 @@ def get_customers(query):
         return job_failed(view)
     raise ServiceUnavailable("no worker has loaded a model yet", job_id=job_id,
                              status_url=status_url(job_id))
+
+
+@bp.get("/customers/<customer_id>/rated")
+@bp.input(RatedQuery, location="query", arg_name="query", unknown=RAISE)
+@bp.output(RatedProducts, description="The customer's rated products (the job finished in time)")
+@bp.doc(summary="The products a customer rated, with the ratings (waits up to sync_wait_s)",
+        description="What the model knows of the customer: the ratings it was trained on and the "
+                    "feedback folded in since, the most recent first. An unknown customer has none "
+                    "(`known` false), as recommendations for them are cold start.",
+        responses={202: ACCEPTED_DOC, 400: "Invalid `limit`", 404: "Not a valid customer id",
+                   500: "The job failed in the worker",
+                   503: "Redis down, or no usable model (none published, or a broken artifact)"})
+def get_rated(customer_id: str, query):
+    if not names.CUSTOMER_ID_RE.fullmatch(customer_id):  # no customer has such an id
+        return error_response(404, f"no such customer: {customer_id[:80]!r}")
+    return answer_within_wait(names.RATED, [customer_id, query["limit"]], "rated", customer_id=customer_id)

@@ -155,6 +155,10 @@ class ModelIn(StrictSchema):
                        "training default"})
 
 
+class RatedQuery(StrictSchema):
+    limit = QueryInteger(load_default=20, validate=Range(1, MAX_TOP))
+
+
 class CustomersQuery(StrictSchema):
     limit = QueryInteger(load_default=20, validate=Range(1, 1000))
 
@@ -260,6 +264,25 @@ class SimilarProducts(Out):
     model_version = String(required=True)
 
 
+class RatedItem(Out):
+    product_id = String(required=True)
+    rating = Float(required=True, metadata={"description": "the customer's rating (1-5)"})
+    title = String(required=True)
+    image_url = String(required=True, allow_none=True)
+
+
+class RatedProducts(Out):
+    job_id = String(required=True)
+    customer_id = String(required=True)
+    known = Boolean(required=True, metadata={"description": "whether the model knows the customer "
+                                                          "(from training or from feedback)"})
+    items = List(Nested(RatedItem), required=True, metadata={
+        "description": "the most recent first (as far as the model keeps the order), then by rating; "
+                       "feedback folded in; empty for an unknown customer"})
+    limit = Integer(required=True)
+    model_version = String(required=True)
+
+
 class JobItem(Out):
     """An item of a job's result: a recommendation (kinds recommend) or a similar product (kind similar)."""
     product_id = String(required=True)
@@ -273,11 +296,14 @@ class JobItem(Out):
                             "description": "recommendations"})
     because = Nested(Because, metadata={"description": "recommendations"})
     similarity = Float(metadata={"description": "similar products: " + SIMILARITY_DOC["description"]})
+    rating = Float(metadata={"description": "rated products: the customer's rating"})
 
 
 class JobResult(Out):
     """One schema for every kind of job (no field is present in all of them)."""
-    customer_id = String(metadata={"description": "kind recommend"})
+    customer_id = String(metadata={"description": "kinds recommend and rated"})
+    known = Boolean(metadata={"description": "kind rated"})
+    limit = Integer(metadata={"description": "kind rated"})
     product_id = String(metadata={"description": "kind similar"})
     title = String(metadata={"description": "kind similar"})
     method = String(metadata={"description": "kind similar"})
@@ -320,7 +346,7 @@ class Progress(Out):
 class JobStatus(Out):
     job_id = String(required=True)
     kind = String(required=True, metadata={"enum": [
-        "recommend", "batch", "customers", "similar", "train", "models", "publish", "feedback"]})
+        "recommend", "batch", "customers", "similar", "rated", "train", "models", "publish", "feedback"]})
     state = String(required=True, metadata={"enum": ["queued", "started", "succeeded", "failed"]})
     model_version = String(required=True, allow_none=True)
     progress = Nested(Progress, metadata={"description": "kind train, while it runs"})
