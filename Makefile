@@ -23,7 +23,10 @@ run: venv
 # that pytest.ini's skip_guard_allow does not name fails the run.
 STRICT_SKIPS := $(if $(filter true TRUE True 1,$(CI)),--strict-skips,)
 
+# ruff first (lint + format check, a second): a finding fails the run before the tests start.
 test: venv
+	$(PY) -m ruff check --quiet .
+	$(PY) -m ruff format --check --quiet .
 	$(PY) -m pytest -q --durations=10 $(STRICT_SKIPS)
 
 bench: venv

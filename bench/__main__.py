@@ -7,8 +7,10 @@
 - `training`: training wall time, peak RSS and stage breakdown at 1,000 and 10,000 SYNTHETIC products,
   photos fetched from a local HTTP server, cold and warm cache (bench/training.py);
 - `catalog`: serving against catalog size (10k-1M SYNTHETIC products), exact and two-stage (bench/catalog.py);
-- `two_stage`: two-stage against exact serving on the REAL data, leave-last-out, with intervals (bench/two_stage.py);
-- `faults`: worker kill -9 (pool child, main process) and a Redis crash with 100 jobs, 10k jobs of bounded state (bench/faults.py);
+- `two_stage`: two-stage against exact serving on the REAL data, leave-last-out, with intervals
+  (bench/two_stage.py);
+- `faults`: worker kill -9 (pool child, main process) and a Redis crash with 100 jobs, 10k jobs of
+  bounded state (bench/faults.py);
 - `load`: N concurrent HTTP clients for D seconds against the whole stack on the demo catalog, errors,
   throughput, latency percentiles (bench/load.py; `python -m bench load --clients 50 --seconds 60
   --workers 1 --json PATH`);
@@ -23,6 +25,7 @@
   long-poll GET /jobs/<id>?wait=10; the synchronous GET /recommendation.
 Results are printed and written to var/bench/<what>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +49,12 @@ OUT = REPO_ROOT / "var" / "bench"
 
 def _pct(samples_s: list[float]) -> dict:
     ms = np.asarray(samples_s) * 1000.0
-    return {"n": int(len(ms)), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "mean_ms": round(float(ms.mean()), 2)}
+    return {
+        "n": int(len(ms)),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+    }
 
 
 def bench_encoders(n_texts: int = 1024, n_images: int = 256) -> dict:
@@ -68,9 +75,13 @@ def bench_encoders(n_texts: int = 1024, n_images: int = 256) -> dict:
     ienc.encode(images)
     image_s = time.perf_counter() - t
     return {
-        "texts": len(texts), "mean_chars": round(float(np.mean([len(x) for x in texts])), 1),
-        "texts_per_s": round(len(texts) / text_s, 1), "text_batch": enc.batch_size if hasattr(enc, "batch_size") else None,
-        "images": len(images), "images_per_s": round(len(images) / image_s, 1), "image_batch": 32,
+        "texts": len(texts),
+        "mean_chars": round(float(np.mean([len(x) for x in texts])), 1),
+        "texts_per_s": round(len(texts) / text_s, 1),
+        "text_batch": enc.batch_size if hasattr(enc, "batch_size") else None,
+        "images": len(images),
+        "images_per_s": round(len(images) / image_s, 1),
+        "image_batch": 32,
         "cpu_count": os.cpu_count(),
     }
 
@@ -79,13 +90,31 @@ def bench_train() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, RECSYS_MODELS_DIR=tmp, TF_CPP_MIN_LOG_LEVEL="2")
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "ml", "train", "--data", str(SHARED / "amazon-fashion-2023-ratings-blair")],
-                       cwd=REPO_ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ml",
+                "train",
+                "--data",
+                str(SHARED / "amazon-fashion-2023-ratings-blair"),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - t
-        manifest = json.loads((Path(tmp) / open(Path(tmp) / "CURRENT").read().strip() / "manifest.json").read_text())
-    return {"data": "amazon-fashion-2023-ratings-blair (real)", "wall_s": round(wall, 1),
-            "training_seconds_in_manifest": manifest["training_seconds"], "epochs_run": manifest["metrics"]["epochs_run"],
-            "cpu_count": os.cpu_count()}
+        manifest = json.loads(
+            (Path(tmp) / open(Path(tmp) / "CURRENT").read().strip() / "manifest.json").read_text()
+        )
+    return {
+        "data": "amazon-fashion-2023-ratings-blair (real)",
+        "wall_s": round(wall, 1),
+        "training_seconds_in_manifest": manifest["training_seconds"],
+        "epochs_run": manifest["metrics"]["epochs_run"],
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def _model_dir(settings: Settings, tmp: Path) -> Path:
@@ -98,9 +127,13 @@ def _model_dir(settings: Settings, tmp: Path) -> Path:
     models = tmp / "models"
     world = settings.demo_data_dir
     if not (world / "SYNTHETIC.md").is_file():
-        subprocess.run([sys.executable, "-m", "ml", "demo-data", "--out", str(world)], cwd=REPO_ROOT, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "ml", "demo-data", "--out", str(world)], cwd=REPO_ROOT, check=True
+        )
     env = dict(os.environ, RECSYS_MODELS_DIR=str(models))
-    subprocess.run([sys.executable, "-m", "ml", "train", "--data", str(world)], cwd=REPO_ROOT, env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "ml", "train", "--data", str(world)], cwd=REPO_ROOT, env=env, check=True
+    )
     return models
 
 
@@ -116,8 +149,9 @@ def bench_serving(n_jobs: int = 200, top: int = 10) -> dict:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         models = _model_dir(base, tmp)
-        settings = replace(base, models_dir=models, redis_url=f"redis://127.0.0.1:{free_port()}/0",
-                           web_port=free_port())
+        settings = replace(
+            base, models_dir=models, redis_url=f"redis://127.0.0.1:{free_port()}/0", web_port=free_port()
+        )
         rec = Recommender.load(ModelRegistry(models).current_path())
         customers = rec.customers(n_jobs)
         customers = (customers * (n_jobs // max(len(customers), 1) + 1))[:n_jobs]
@@ -126,12 +160,18 @@ def bench_serving(n_jobs: int = 200, top: int = 10) -> dict:
         log_dir = tmp / "logs"
         log_dir.mkdir()
         stack = Stack(replace(settings), log_dir)
-        redis_proc = start_redis(int(settings.redis_url.rsplit(":", 1)[1].split("/")[0]), tmp / "redis",
-                                 log_file=log_dir / "redis.log")
+        redis_proc = start_redis(
+            int(settings.redis_url.rsplit(":", 1)[1].split("/")[0]),
+            tmp / "redis",
+            log_file=log_dir / "redis.log",
+        )
         try:
             wait_until(lambda: redis_reachable(settings.redis_url, 0.5), 15, proc=redis_proc, what="redis")
-            env = stack.env(RECSYS_MODELS_DIR=str(models), REDIS_URL=settings.redis_url,
-                            RECSYS_WEB_PORT=str(settings.web_port))
+            env = stack.env(
+                RECSYS_MODELS_DIR=str(models),
+                REDIS_URL=settings.redis_url,
+                RECSYS_WEB_PORT=str(settings.web_port),
+            )
             stack.spawn("worker", worker_command(settings, "bench@%h"), env)
             stack.spawn("web", web_command(settings), env)
             celery = make_celery(settings)
@@ -142,7 +182,8 @@ def bench_serving(n_jobs: int = 200, top: int = 10) -> dict:
             paths = {
                 "in_process": lambda c: rec.recommend(c, top),
                 "celery": lambda c: celery.send_task(names.RECOMMEND, args=[c, top]).get(
-                    timeout=60, interval=0.005),
+                    timeout=60, interval=0.005
+                ),
                 "http": lambda c: _http_post_and_poll(url, c, top),
                 "http_longpoll": lambda c: _http_post_and_longpoll(url, c, top),
                 "http_sync": lambda c: _http_sync_get(url, c, top),
@@ -152,20 +193,29 @@ def bench_serving(n_jobs: int = 200, top: int = 10) -> dict:
         finally:
             stack.stop_all()
             stop_group(redis_proc, timeout_s=5)
-    return {"catalog_products": rec.n_products, "top": top, "model_version": rec.version,
-            "synthetic_catalog": bool(rec.manifest["data"].get("synthetic")),
-            **{name: _pct(times) for name, times in samples.items()},
-            "minus_in_process": {name: _pct(np.subtract(times, samples["in_process"]).tolist())
-                                 for name, times in samples.items() if name != "in_process"},
-            "notes": {"celery": "send_task + get through Redis",
-                      "http": "POST /jobs then poll GET /jobs/<id> every 5 ms until succeeded",
-                      "http_longpoll": f"POST /jobs then GET /jobs/<id>?wait={LONGPOLL_S:g}",
-                      "http_sync": "GET /recommendation (200 with the list)",
-                      "minus_in_process": "per customer: the path's time minus the in-process time "
-                                          "measured next to it (the paths run interleaved, in a "
-                                          "rotating order, so machine load hits them alike)"},
-            "web": f"gunicorn gthread -w {settings.web_workers} --threads {settings.web_threads}",
-            "cpu_count": os.cpu_count()}
+    return {
+        "catalog_products": rec.n_products,
+        "top": top,
+        "model_version": rec.version,
+        "synthetic_catalog": bool(rec.manifest["data"].get("synthetic")),
+        **{name: _pct(times) for name, times in samples.items()},
+        "minus_in_process": {
+            name: _pct(np.subtract(times, samples["in_process"]).tolist())
+            for name, times in samples.items()
+            if name != "in_process"
+        },
+        "notes": {
+            "celery": "send_task + get through Redis",
+            "http": "POST /jobs then poll GET /jobs/<id> every 5 ms until succeeded",
+            "http_longpoll": f"POST /jobs then GET /jobs/<id>?wait={LONGPOLL_S:g}",
+            "http_sync": "GET /recommendation (200 with the list)",
+            "minus_in_process": "per customer: the path's time minus the in-process time "
+            "measured next to it (the paths run interleaved, in a "
+            "rotating order, so machine load hits them alike)",
+        },
+        "web": f"gunicorn gthread -w {settings.web_workers} --threads {settings.web_threads}",
+        "cpu_count": os.cpu_count(),
+    }
 
 
 LONGPOLL_S = 10.0
@@ -177,7 +227,7 @@ def _interleaved(paths: dict, customers: list[str]) -> dict[str, list[float]]:
     names_ = list(paths)
     samples: dict[str, list[float]] = {name: [] for name in names_}
     for i, customer in enumerate(customers):
-        for name in names_[i % len(names_):] + names_[:i % len(names_)]:
+        for name in names_[i % len(names_) :] + names_[: i % len(names_)]:
             t = time.perf_counter()
             paths[name](customer)
             samples[name].append(time.perf_counter() - t)
@@ -219,7 +269,9 @@ def _http_sync_get(url: str, customer: str, top: int) -> None:
 
 
 def _post(url: str, payload: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return r.status, json.loads(r.read())
 
@@ -261,7 +313,8 @@ def bench_faults() -> dict:
 
 
 def bench_load() -> dict:
-    """50 concurrent clients for 60 s against the whole stack (bench/load.py; options: python -m bench load -h)."""
+    """50 concurrent clients for 60 s against the whole stack (bench/load.py; options:
+    python -m bench load -h)."""
     from bench.load import bench_load as run
 
     return run()
@@ -282,7 +335,8 @@ def bench_reasons() -> dict:
 
 
 def bench_training() -> dict:
-    """Training at 1,000 and 10,000 products, photos over local HTTP, cold and warm cache (bench/training.py)."""
+    """Training at 1,000 and 10,000 products, photos over local HTTP, cold and warm cache
+    (bench/training.py)."""
     from bench.training import run
 
     return run([1000, 10000])
@@ -295,9 +349,20 @@ def bench_feedback() -> dict:
     return run()
 
 
-BENCHES = {"encoders": bench_encoders, "train": bench_train, "serving": bench_serving, "catalog": bench_catalog,
-           "quality": bench_quality, "two_stage": bench_two_stage, "faults": bench_faults, "training": bench_training,
-           "load": bench_load, "similar": bench_similar, "reasons": bench_reasons, "feedback": bench_feedback}
+BENCHES = {
+    "encoders": bench_encoders,
+    "train": bench_train,
+    "serving": bench_serving,
+    "catalog": bench_catalog,
+    "quality": bench_quality,
+    "two_stage": bench_two_stage,
+    "faults": bench_faults,
+    "training": bench_training,
+    "load": bench_load,
+    "similar": bench_similar,
+    "reasons": bench_reasons,
+    "feedback": bench_feedback,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ For each fault: accepted jobs, jobs lost (not succeeded), jobs run to a result m
 the worker logs), wrong results (vs the in-process recommender), recovery time. JSON to
 var/bench/faults.json. The short timeouts (visibility timeout 12 s, sweep every 1 s) are the tests'.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,9 @@ SUCCEEDED = re.compile(r"Task (\S+)\[([0-9a-f-]{36})\] succeeded in ")
 HOLD = "tests.hold"
 
 
-def _http(method: str, url: str, payload: dict | None = None, timeout: float = 30.0) -> tuple[int, dict, float]:
+def _http(
+    method: str, url: str, payload: dict | None = None, timeout: float = 30.0
+) -> tuple[int, dict, float]:
     data = None if payload is None else json.dumps(payload).encode()
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     started = time.monotonic()
@@ -63,10 +66,19 @@ class Bench:
         self.port = free_port()
         self.password = redis_password(tmp / "redis" / "password")
         url = url_with_password(f"redis://127.0.0.1:{self.port}/0", self.password)
-        self.settings = replace(Settings.from_env(), redis_url=url, models_dir=models, var_dir=tmp,
-                                task_soft_time_limit_s=SOFT_S, task_time_limit_s=HARD_S,
-                                broker_visibility_timeout_s=VT_S, broker_restore_interval_s=1,
-                                web_port=free_port(), web_workers=1, web_threads=4)
+        self.settings = replace(
+            Settings.from_env(),
+            redis_url=url,
+            models_dir=models,
+            var_dir=tmp,
+            task_soft_time_limit_s=SOFT_S,
+            task_time_limit_s=HARD_S,
+            broker_visibility_timeout_s=VT_S,
+            broker_restore_interval_s=1,
+            web_port=free_port(),
+            web_workers=1,
+            web_threads=4,
+        )
         self.start_redis()
         self.celery = make_celery(self.settings)
         self.workers: list = []
@@ -86,16 +98,25 @@ class Bench:
     def start_redis(self) -> None:
         from scripts.procs import redis_reachable, start_redis, wait_until
 
-        self.redis = start_redis(self.port, self.tmp / "redis", log_file=self.tmp / "redis.log",
-                                 password=self.password, appendfsync=self.settings.redis_appendfsync)
+        self.redis = start_redis(
+            self.port,
+            self.tmp / "redis",
+            log_file=self.tmp / "redis.log",
+            password=self.password,
+            appendfsync=self.settings.redis_appendfsync,
+        )
         wait_until(lambda: redis_reachable(self.settings.redis_url, 0.5), 30, proc=self.redis, what="redis")
 
     def start_worker(self):
         sys.path.insert(0, str(REPO_ROOT / "tests"))
         from support import Worker
 
-        worker = Worker(self.env(), self.tmp / f"worker{len(self.workers)}.log", f"bench{len(self.workers)}",
-                        app="tests.fault_app:app")
+        worker = Worker(
+            self.env(),
+            self.tmp / f"worker{len(self.workers)}.log",
+            f"bench{len(self.workers)}",
+            app="tests.fault_app:app",
+        )
         self.workers.append(worker)
         worker.wait_ready(self.celery, 600)
         return worker
@@ -106,8 +127,14 @@ class Bench:
 
         env = {**self.env(), "RECSYS_WEB_PORT": str(self.settings.web_port)}
         with open(self.tmp / "web.log", "ab") as out:
-            self.web = subprocess.Popen(web_command(self.settings), cwd=REPO_ROOT, env=env, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+            self.web = subprocess.Popen(
+                web_command(self.settings),
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_until(lambda: _http("GET", self.url + "/healthz")[0] == 200, 60, proc=self.web, what="web")
 
     def logs(self) -> str:
@@ -154,8 +181,11 @@ class Bench:
             except redis.RedisError:
                 time.sleep(0.2)
                 continue
-            pending = [i for i, m in zip(pending, metas)
-                       if m is None or json.loads(m)["status"] not in ("SUCCESS", "FAILURE")]
+            pending = [
+                i
+                for i, m in zip(pending, metas)
+                if m is None or json.loads(m)["status"] not in ("SUCCESS", "FAILURE")
+            ]
             time.sleep(0.05)
         db.close()
         return time.monotonic() - started
@@ -173,10 +203,13 @@ class Bench:
                 wrong += 1
         runs = Counter(i for _, i in SUCCEEDED.findall(self.logs()))
         ids = list(jobs) + list(extra_ids)
-        return {"accepted": len(ids), "lost": lost + sum(self.celery.AsyncResult(i).state != "SUCCESS"
-                                                         for i in extra_ids),
-                "ran_more_than_once": sum(runs[i] > 1 for i in ids),
-                "never_logged_succeeded": sum(runs[i] == 0 for i in ids), "wrong_results": wrong}
+        return {
+            "accepted": len(ids),
+            "lost": lost + sum(self.celery.AsyncResult(i).state != "SUCCESS" for i in extra_ids),
+            "ran_more_than_once": sum(runs[i] > 1 for i in ids),
+            "never_logged_succeeded": sum(runs[i] == 0 for i in ids),
+            "wrong_results": wrong,
+        }
 
     def send(self, n: int) -> dict[str, tuple[str, int]]:
         from tasks import names
@@ -192,9 +225,12 @@ class Bench:
         (child,) = worker.pool_children()
         os.kill(child, signal.SIGKILL)
         recovery = self.wait([held.id, *jobs], 900)
-        return {"case": f"pool child kill -9, 1 running + {n} queued", **self.outcome(jobs, [held.id]),
-                "held_job_runs": held.result.get("runs") if held.state == "SUCCESS" else None,
-                "seconds_to_last_result": round(recovery, 1)}
+        return {
+            "case": f"pool child kill -9, 1 running + {n} queued",
+            **self.outcome(jobs, [held.id]),
+            "held_job_runs": held.result.get("runs") if held.state == "SUCCESS" else None,
+            "seconds_to_last_result": round(recovery, 1),
+        }
 
     def kill_main(self, n: int) -> dict:
         old = self.workers[-1]
@@ -205,9 +241,12 @@ class Bench:
         self.start_worker()
         up = time.monotonic() - started
         self.wait([held.id, *jobs], 900)
-        return {"case": f"worker main process kill -9, 1 running + {n} queued, new worker",
-                **self.outcome(jobs, [held.id]), "new_worker_up_s": round(up, 1),
-                "seconds_to_last_result": round(time.monotonic() - started, 1)}
+        return {
+            "case": f"worker main process kill -9, 1 running + {n} queued, new worker",
+            **self.outcome(jobs, [held.id]),
+            "new_worker_up_s": round(up, 1),
+            "seconds_to_last_result": round(time.monotonic() - started, 1),
+        }
 
     def redis_crash(self, outage_s: float = 5.0) -> dict:
         from scripts.procs import stop_group
@@ -247,11 +286,17 @@ class Bench:
         while time.monotonic() < t_end:
             post()
         self.wait([held.id, *jobs], 300)
-        return {"case": f"Redis SIGKILL, {outage_s:g} s outage under POSTs, restarted", **self.outcome(jobs, [held.id]),
-                "outage_posts": outage["posts"], "outage_503": outage["503"],
-                "outage_other_status": dict(outage["other"]), "outage_max_answer_s": round(outage["max_s"], 3),
-                "readyz_503_during_outage": outage["readyz_503"], "readyz_200_after_restart_s": round(ready_s, 1),
-                "seconds_to_last_result": round(time.monotonic() - restarted, 1)}
+        return {
+            "case": f"Redis SIGKILL, {outage_s:g} s outage under POSTs, restarted",
+            **self.outcome(jobs, [held.id]),
+            "outage_posts": outage["posts"],
+            "outage_503": outage["503"],
+            "outage_other_status": dict(outage["other"]),
+            "outage_max_answer_s": round(outage["max_s"], 3),
+            "readyz_503_during_outage": outage["readyz_503"],
+            "readyz_200_after_restart_s": round(ready_s, 1),
+            "seconds_to_last_result": round(time.monotonic() - restarted, 1),
+        }
 
     def bounded(self, n: int = 10000, window: int = 200) -> dict:
         import psutil
@@ -263,9 +308,11 @@ class Bench:
         def rss_mb() -> dict:
             main = psutil.Process(worker.proc.pid)
             children = main.children()
-            return {"main_mb": round(main.memory_info().rss / 2**20, 1),
-                    "child_mb": round(sum(c.memory_info().rss for c in children) / 2**20, 1),
-                    "child_pids": [c.pid for c in children]}
+            return {
+                "main_mb": round(main.memory_info().rss / 2**20, 1),
+                "child_mb": round(sum(c.memory_info().rss for c in children) / 2**20, 1),
+                "child_pids": [c.pid for c in children],
+            }
 
         def redis_state() -> dict:
             keys = list(db.scan_iter(count=5000))
@@ -273,8 +320,11 @@ class Bench:
             for k in keys:
                 pipe.ttl(k)
             ttls = pipe.execute()
-            return {"keys": len(keys), "keys_without_ttl": sum(t == -1 for t in ttls),
-                    "used_memory_mb": round(db.info("memory")["used_memory"] / 2**20, 2)}
+            return {
+                "keys": len(keys),
+                "keys_without_ttl": sum(t == -1 for t in ttls),
+                "used_memory_mb": round(db.info("memory")["used_memory"] / 2**20, 2),
+            }
 
         marks, pending, done, started = {}, [], 0, time.monotonic()
         marks[0] = {**redis_state(), **rss_mb()}
@@ -294,12 +344,20 @@ class Bench:
         growth = (last["main_mb"] + last["child_mb"]) / (first["main_mb"] + first["child_mb"]) - 1
         child_growth = last["child_mb"] / first["child_mb"] - 1
         db.close()
-        return {"jobs": n, "seconds": round(elapsed, 1), "jobs_per_s": round(n / elapsed, 1),
-                "at": {str(k): v for k, v in sorted(marks.items())},
-                "rss_growth_1000_to_last": round(growth, 4), "child_rss_growth_1000_to_last": round(child_growth, 4),
-                "same_pool_child": first["child_pids"] == last["child_pids"],
-                "ttl": {"results_s": self.settings.result_expires_s, "job_registry_s": self.settings.job_registry_ttl_s},
-                "rss_bound_holds": growth <= 0.10}
+        return {
+            "jobs": n,
+            "seconds": round(elapsed, 1),
+            "jobs_per_s": round(n / elapsed, 1),
+            "at": {str(k): v for k, v in sorted(marks.items())},
+            "rss_growth_1000_to_last": round(growth, 4),
+            "child_rss_growth_1000_to_last": round(child_growth, 4),
+            "same_pool_child": first["child_pids"] == last["child_pids"],
+            "ttl": {
+                "results_s": self.settings.result_expires_s,
+                "job_registry_s": self.settings.job_registry_ttl_s,
+            },
+            "rss_bound_holds": growth <= 0.10,
+        }
 
 
 def bench_faults(n_jobs: int = 100, n_bounded: int = 10000) -> dict:
@@ -309,8 +367,12 @@ def bench_faults(n_jobs: int = 100, n_bounded: int = 10000) -> dict:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         bench = Bench(tmp, _model_dir(base, tmp))
-        out: dict = {"cpu_count": os.cpu_count(), "load_avg_at_start": os.getloadavg(),
-                     "visibility_timeout_s": VT_S, "appendfsync": bench.settings.redis_appendfsync}
+        out: dict = {
+            "cpu_count": os.cpu_count(),
+            "load_avg_at_start": os.getloadavg(),
+            "visibility_timeout_s": VT_S,
+            "appendfsync": bench.settings.redis_appendfsync,
+        }
         try:
             bench.start_worker()
             bench.start_web()
@@ -322,6 +384,8 @@ def bench_faults(n_jobs: int = 100, n_bounded: int = 10000) -> dict:
             out["load_avg_at_end"] = os.getloadavg()
             bench.close()
     faults = [out[k] for k in ("kill_child", "kill_main", "redis_crash")]
-    out["all_hold"] = (all(f["lost"] == 0 and f["ran_more_than_once"] == 0 and f["wrong_results"] == 0
-                           for f in faults) and out["bounded"]["rss_bound_holds"])
+    out["all_hold"] = (
+        all(f["lost"] == 0 and f["ran_more_than_once"] == 0 and f["wrong_results"] == 0 for f in faults)
+        and out["bounded"]["rss_bound_holds"]
+    )
     return out

@@ -19,6 +19,7 @@ var/bench/load.json (or --json): requests by kind, errors by kind and status, th
 percentiles per kind, the stack's sizes, the machine (CPUs, load average before and after). The exit
 status is 1 when there was any error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,10 @@ from ml.config import REPO_ROOT, Settings
 
 OUT = REPO_ROOT / "var" / "bench" / "load.json"
 TOP = 10
-JOB_SHARE = 0.2          # share of iterations that go through POST /jobs + polling
-POLL_S = 0.05            # polling interval of GET /jobs/<id>
+JOB_SHARE = 0.2  # share of iterations that go through POST /jobs + polling
+POLL_S = 0.05  # polling interval of GET /jobs/<id>
 REQUEST_TIMEOUT_S = 30.0  # per HTTP request (the sync path waits at most RECSYS_SYNC_WAIT_S, 5 s)
-JOB_TIMEOUT_S = 60.0     # a polled job not finished by then is an error
+JOB_TIMEOUT_S = 60.0  # a polled job not finished by then is an error
 WARMUP_REQUESTS = 20
 
 # What a healthy service answers, per kind of request.
@@ -55,8 +56,9 @@ EXPECTED_STATUS = {"recommendation": 200, "post_job": 202, "get_job": 200}
 KINDS = tuple(EXPECTED_STATUS)
 
 
-def classify(kind: str, status: int | None, body: dict | None, error: BaseException | None = None,
-             top: int = TOP) -> str | None:
+def classify(
+    kind: str, status: int | None, body: dict | None, error: BaseException | None = None, top: int = TOP
+) -> str | None:
     """None when the answer is what a healthy service gives for this kind of request; else the
     error's label: `connection:<Exception>` (refused, reset, timed out, ...), the status when it is
     not the expected one (a 5xx, a 4xx, or a 202 from the synchronous path, whose wait ran out),
@@ -87,6 +89,7 @@ def classify(kind: str, status: int | None, body: dict | None, error: BaseExcept
 class Tally:
     """What one client saw: one record per HTTP request (kind, error label or None, seconds) and the
     end-to-end seconds of each job that succeeded (POST to the poll that saw it finished)."""
+
     requests: list[tuple[str, str | None, float]] = field(default_factory=list)
     jobs_s: list[float] = field(default_factory=list)
     jobs_abandoned: int = 0  # a job flow cut short by an error (the error itself is in `requests`)
@@ -103,8 +106,9 @@ class Client:
         self.host, self.port, self.timeout_s = parts.hostname, parts.port or 80, timeout_s
         self.conn: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str, payload: dict | None = None) -> tuple[int | None, dict | None,
-                                                                                    BaseException | None]:
+    def request(
+        self, method: str, path: str, payload: dict | None = None
+    ) -> tuple[int | None, dict | None, BaseException | None]:
         """(status, JSON body or None, exception or None). After an exception or a `Connection:
         close` the connection is dropped and the next request opens a new one (no retry)."""
         body = None if payload is None else json.dumps(payload).encode()
@@ -132,8 +136,15 @@ class Client:
             self.conn = None
 
 
-def _timed(client: Client, tally: Tally, kind: str, method: str, path: str, payload: dict | None = None,
-           top: int = TOP) -> tuple[str | None, dict | None]:
+def _timed(
+    client: Client,
+    tally: Tally,
+    kind: str,
+    method: str,
+    path: str,
+    payload: dict | None = None,
+    top: int = TOP,
+) -> tuple[str | None, dict | None]:
     started = time.perf_counter()
     status, body, error = client.request(method, path, payload)
     label = classify(kind, status, body, error, top)
@@ -141,16 +152,31 @@ def _timed(client: Client, tally: Tally, kind: str, method: str, path: str, payl
     return label, body
 
 
-def one_iteration(client: Client, tally: Tally, rng: random.Random, customers: list[str], job_share: float,
-                  poll_s: float, top: int = TOP) -> None:
+def one_iteration(
+    client: Client,
+    tally: Tally,
+    rng: random.Random,
+    customers: list[str],
+    job_share: float,
+    poll_s: float,
+    top: int = TOP,
+) -> None:
     """One user action: a synchronous recommendation, or a job posted and polled until it finished."""
     customer = rng.choice(customers)
     if rng.random() >= job_share:
-        _timed(client, tally, "recommendation", "GET",
-               f"/recommendation?customer_id={quote(customer, safe='')}&top={top}", top=top)
+        _timed(
+            client,
+            tally,
+            "recommendation",
+            "GET",
+            f"/recommendation?customer_id={quote(customer, safe='')}&top={top}",
+            top=top,
+        )
         return
     started = time.perf_counter()
-    label, body = _timed(client, tally, "post_job", "POST", "/jobs", {"customer_id": customer, "top": top}, top)
+    label, body = _timed(
+        client, tally, "post_job", "POST", "/jobs", {"customer_id": customer, "top": top}, top
+    )
     if label is not None:
         tally.jobs_abandoned += 1
         return
@@ -170,8 +196,16 @@ def one_iteration(client: Client, tally: Tally, rng: random.Random, customers: l
         time.sleep(poll_s)
 
 
-def run_clients(base_url: str, customers: list[str], clients: int, seconds: float, job_share: float = JOB_SHARE,
-                poll_s: float = POLL_S, top: int = TOP, seed: int = 0) -> dict:
+def run_clients(
+    base_url: str,
+    customers: list[str],
+    clients: int,
+    seconds: float,
+    job_share: float = JOB_SHARE,
+    poll_s: float = POLL_S,
+    top: int = TOP,
+    seed: int = 0,
+) -> dict:
     """`clients` threads loop over `one_iteration` until `seconds` have passed (the iteration in
     flight finishes); returns the summary (`summarize`)."""
     if not customers:
@@ -189,8 +223,9 @@ def run_clients(base_url: str, customers: list[str], clients: int, seconds: floa
         finally:
             client.close()
 
-    threads = [threading.Thread(target=loop, args=(k,), name=f"load-client-{k}", daemon=True)
-               for k in range(clients)]
+    threads = [
+        threading.Thread(target=loop, args=(k,), name=f"load-client-{k}", daemon=True) for k in range(clients)
+    ]
     for t in threads:
         t.start()
     cpu0 = time.process_time()
@@ -201,9 +236,18 @@ def run_clients(base_url: str, customers: list[str], clients: int, seconds: floa
         t.join()
     wall = time.monotonic() - started
     out = summarize(tallies, wall)
-    out.update(clients=clients, seconds=seconds, client_process_cpu_s=round(time.process_time() - cpu0, 1),
-               mix={"recommendation_share": round(1 - job_share, 3), "job_share": job_share,
-                    "poll_ms": round(poll_s * 1000), "top": top, "customers": len(customers)})
+    out.update(
+        clients=clients,
+        seconds=seconds,
+        client_process_cpu_s=round(time.process_time() - cpu0, 1),
+        mix={
+            "recommendation_share": round(1 - job_share, 3),
+            "job_share": job_share,
+            "poll_ms": round(poll_s * 1000),
+            "top": top,
+            "customers": len(customers),
+        },
+    )
     return out
 
 
@@ -212,9 +256,14 @@ def percentiles(samples_s: list[float]) -> dict:
         return {"n": 0}
     ms = np.asarray(samples_s) * 1000.0
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {"n": int(ms.size), "p50_ms": round(float(p50), 2), "p90_ms": round(float(p90), 2),
-            "p99_ms": round(float(p99), 2), "max_ms": round(float(ms.max()), 2),
-            "mean_ms": round(float(ms.mean()), 2)}
+    return {
+        "n": int(ms.size),
+        "p50_ms": round(float(p50), 2),
+        "p90_ms": round(float(p90), 2),
+        "p99_ms": round(float(p99), 2),
+        "max_ms": round(float(ms.max()), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+    }
 
 
 def summarize(tallies: list[Tally], wall_s: float) -> dict:
@@ -224,8 +273,10 @@ def summarize(tallies: list[Tally], wall_s: float) -> dict:
     by_kind = Counter(kind for kind, label, _ in records if label != "job_timeout")
     errors = Counter(f"{kind}:{label}" for kind, label, _ in records if label is not None)
     jobs_s = [s for t in tallies for s in t.jobs_s]
-    latency = {kind: percentiles([s for k, label, s in records if k == kind and label != "job_timeout"])
-               for kind in KINDS}
+    latency = {
+        kind: percentiles([s for k, label, s in records if k == kind and label != "job_timeout"])
+        for kind in KINDS
+    }
     latency["job_end_to_end"] = percentiles(jobs_s)
     sync_ok = sum(1 for kind, label, _ in records if kind == "recommendation" and label is None)
     http_requests = sum(by_kind.values())
@@ -233,7 +284,10 @@ def summarize(tallies: list[Tally], wall_s: float) -> dict:
         "wall_s": round(wall_s, 2),
         "requests": {"total": http_requests, "by_kind": {k: by_kind.get(k, 0) for k in KINDS}},
         "errors": {"total": sum(errors.values()), "by_kind_status": dict(sorted(errors.items()))},
-        "jobs": {"succeeded": len(jobs_s), "abandoned_after_an_error": sum(t.jobs_abandoned for t in tallies)},
+        "jobs": {
+            "succeeded": len(jobs_s),
+            "abandoned_after_an_error": sum(t.jobs_abandoned for t in tallies),
+        },
         "throughput_req_s": round(http_requests / wall_s, 1) if wall_s > 0 else None,
         "recommendations_per_s": round((sync_ok + len(jobs_s)) / wall_s, 1) if wall_s > 0 else None,
         "latency_ms": latency,
@@ -241,6 +295,7 @@ def summarize(tallies: list[Tally], wall_s: float) -> dict:
 
 
 # ---------------------------------------------------------------- the stack
+
 
 def _get_json(base_url: str, path: str) -> tuple[int | None, dict | None]:
     client = Client(base_url, timeout_s=60)
@@ -252,12 +307,15 @@ def _get_json(base_url: str, path: str) -> tuple[int | None, dict | None]:
 
 
 @contextmanager
-def serve(models: Path, tmp: Path, workers: int = 1, base: Settings | None = None, redis_url: str | None = None):
+def serve(
+    models: Path, tmp: Path, workers: int = 1, base: Settings | None = None, redis_url: str | None = None
+):
     """The stack as `make run` starts it (scripts/run_stack: `ensure_redis`, `worker_command`,
     `web_command`, `wait_ready`; no Flower), on free loopback ports, `workers` Celery worker processes,
     serving the registry `models`; child logs in `tmp/logs/`. Yields (settings, base URL, the
-    launcher's `Stack`) once GET /readyz is 200. With `redis_url` (a Redis that answers, whose workers already serve, e.g.
-    the tests' session Redis and worker) and `workers=0`, only the web app is started."""
+    launcher's `Stack`) once GET /readyz is 200. With `redis_url` (a Redis that answers, whose workers
+    already serve, e.g. the tests' session Redis and worker) and `workers=0`, only the web app is
+    started."""
     from scripts.procs import free_port
     from scripts.run_stack import Stack, ensure_redis, wait_ready, web_command, worker_command
 
@@ -266,9 +324,15 @@ def serve(models: Path, tmp: Path, workers: int = 1, base: Settings | None = Non
     log_dir.mkdir(parents=True, exist_ok=True)
     # ensure_redis keeps the embedded Redis's data and password under var_dir: a temporary one here,
     # never the user's var/redis; the web and the workers then get the real var_dir back (images).
-    settings = replace(base, var_dir=tmp, redis_password_file=tmp / "redis" / "password", models_dir=models,
-                       redis_url=redis_url or f"redis://127.0.0.1:{free_port()}/0", web_host="127.0.0.1",
-                       web_port=free_port())
+    settings = replace(
+        base,
+        var_dir=tmp,
+        redis_password_file=tmp / "redis" / "password",
+        models_dir=models,
+        redis_url=redis_url or f"redis://127.0.0.1:{free_port()}/0",
+        web_host="127.0.0.1",
+        web_port=free_port(),
+    )
     stack = Stack(settings, log_dir)
     try:
         ensure_redis(stack)
@@ -296,7 +360,9 @@ def warm_up(base_url: str, customers: list[str], n: int = WARMUP_REQUESTS) -> No
     try:
         for k in range(n):
             status, body, error = client.request(
-                "GET", f"/recommendation?customer_id={quote(customers[k % len(customers)], safe='')}&top={TOP}")
+                "GET",
+                f"/recommendation?customer_id={quote(customers[k % len(customers)], safe='')}&top={TOP}",
+            )
             if classify("recommendation", status, body, error) is not None:
                 raise RuntimeError(f"warm-up request failed: {status} {body} {error!r}")
     finally:
@@ -331,12 +397,21 @@ def _catalog(models: Path) -> dict:
 
     manifest = read_manifest(ModelRegistry(models).current_path())
     data = manifest.get("data", {})
-    return {"synthetic": bool(data.get("synthetic")), "products": data.get("n_products"),
-            "customers": data.get("n_customers"), "data": data.get("path") or data.get("name")}
+    return {
+        "synthetic": bool(data.get("synthetic")),
+        "products": data.get("n_products"),
+        "customers": data.get("n_customers"),
+        "data": data.get("path") or data.get("name"),
+    }
 
 
-def bench_load(clients: int = 50, seconds: float = 60.0, workers: int = 1, job_share: float = JOB_SHARE,
-               poll_s: float = POLL_S) -> dict:
+def bench_load(
+    clients: int = 50,
+    seconds: float = 60.0,
+    workers: int = 1,
+    job_share: float = JOB_SHARE,
+    poll_s: float = POLL_S,
+) -> dict:
     from bench.__main__ import _model_dir
 
     base = Settings.from_env()
@@ -353,21 +428,34 @@ def bench_load(clients: int = 50, seconds: float = 60.0, workers: int = 1, job_s
             cpu_after = cpu_seconds(stack)
             load_after = [round(x, 2) for x in os.getloadavg()]
         # cores each part of the stack kept busy during the run (CPU seconds / wall seconds)
-        cores = {name: round((cpu_after[name] - cpu_before[name]) / result["wall_s"], 2)
-                 for name in cpu_before if name in cpu_after}
+        cores = {
+            name: round((cpu_after[name] - cpu_before[name]) / result["wall_s"], 2)
+            for name in cpu_before
+            if name in cpu_after
+        }
     return {
         **result,
         "all_hold": result["errors"]["total"] == 0,  # `python -m bench` exits 1 when this is False
-        "stack": {"celery_workers": workers, "worker_pool": settings.worker_pool,
-                  "worker_concurrency": settings.worker_concurrency,
-                  "pool_processes_total": workers * settings.worker_concurrency,
-                  "web": f"gunicorn gthread -w {settings.web_workers} --threads {settings.web_threads}",
-                  "sync_wait_s": settings.sync_wait_s, "redis_appendfsync": settings.redis_appendfsync,
-                  "cores_busy_during_run": {**cores, "load_clients": round(result["client_process_cpu_s"]
-                                                                           / result["wall_s"], 2)}},
+        "stack": {
+            "celery_workers": workers,
+            "worker_pool": settings.worker_pool,
+            "worker_concurrency": settings.worker_concurrency,
+            "pool_processes_total": workers * settings.worker_concurrency,
+            "web": f"gunicorn gthread -w {settings.web_workers} --threads {settings.web_threads}",
+            "sync_wait_s": settings.sync_wait_s,
+            "redis_appendfsync": settings.redis_appendfsync,
+            "cores_busy_during_run": {
+                **cores,
+                "load_clients": round(result["client_process_cpu_s"] / result["wall_s"], 2),
+            },
+        },
         "catalog": {**catalog, "model_version": version},
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "load_avg_before": load_before, "load_avg_after": load_after},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_avg_before": load_before,
+            "load_avg_after": load_after,
+        },
     }
 
 
@@ -382,12 +470,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench load", description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=_positive_int, default=50, help="concurrent clients (default 50)")
     p.add_argument("--seconds", type=_positive_seconds, default=60.0, help="duration (default 60)")
-    p.add_argument("--workers", type=_positive_int, default=1,
-                   help="Celery worker processes, each -c RECSYS_WORKER_CONCURRENCY (default 1, as make run)")
-    p.add_argument("--job-share", type=_share, default=JOB_SHARE,
-                   help=f"share of iterations that POST /jobs and poll (default {JOB_SHARE})")
-    p.add_argument("--poll-ms", type=_positive_int, default=round(POLL_S * 1000),
-                   help=f"polling interval of GET /jobs/<id> (default {round(POLL_S * 1000)})")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="Celery worker processes, each -c RECSYS_WORKER_CONCURRENCY (default 1, as make run)",
+    )
+    p.add_argument(
+        "--job-share",
+        type=_share,
+        default=JOB_SHARE,
+        help=f"share of iterations that POST /jobs and poll (default {JOB_SHARE})",
+    )
+    p.add_argument(
+        "--poll-ms",
+        type=_positive_int,
+        default=round(POLL_S * 1000),
+        help=f"polling interval of GET /jobs/<id> (default {round(POLL_S * 1000)})",
+    )
     p.add_argument("--json", type=Path, default=OUT, help=f"where to write the results (default {OUT})")
     args = p.parse_args(argv)
     if args.clients > 1000:

@@ -6,6 +6,7 @@ same machinery on small data. A claim holds only when its 95% interval excludes 
 direction; a bare `hybrid > baseline` would flip with the machine whenever the two are tied.
 Exit status 1 when a claim fails; every figure is written to var/bench/quality.json.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -30,9 +31,13 @@ class Claim:
         margin = hybrid_minus[self.baseline][self.metric]
         low, high = margin["ci95"]
         holds = high < 0 if self.lower_is_better else low > 0
-        return {"data": self.data, "claim": f"hybrid {self.metric} {'below' if self.lower_is_better else 'above'} "
-                f"{self.baseline}", "diff": round(margin["diff"], 5), "ci95": [round(low, 5), round(high, 5)],
-                "holds": bool(holds)}
+        return {
+            "data": self.data,
+            "claim": f"hybrid {self.metric} {'below' if self.lower_is_better else 'above'} {self.baseline}",
+            "diff": round(margin["diff"], 5),
+            "ci95": [round(low, 5), round(high, 5)],
+            "holds": bool(holds),
+        }
 
 
 CLAIMS = (
@@ -54,13 +59,18 @@ def bench_quality() -> dict:
     for data in dict.fromkeys(c.data for c in CLAIMS):
         path = SHARED / data
         if not path.exists():
-            checks.append({"data": data, "claim": "data present", "holds": False, "why": f"{path} is missing"})
+            checks.append(
+                {"data": data, "claim": "data present", "holds": False, "why": f"{path} is missing"}
+            )
             continue
         with tempfile.TemporaryDirectory() as report:
             metrics = evaluate(path, Path(report), splits=("last",), settings=settings)
         results[data] = {"models": metrics["models"], "hybrid_minus": metrics["hybrid_minus"]}
         checks += [c.check(metrics["hybrid_minus"]) for c in CLAIMS if c.data == data]
     for c in checks:
-        print(f"{'PASS' if c['holds'] else 'FAIL'}  {c['data']}: {c['claim']}  "
-              f"{c.get('diff', '')} {c.get('ci95', c.get('why', ''))}", flush=True)
+        print(
+            f"{'PASS' if c['holds'] else 'FAIL'}  {c['data']}: {c['claim']}  "
+            f"{c.get('diff', '')} {c.get('ci95', c.get('why', ''))}",
+            flush=True,
+        )
     return {"claims": checks, "all_hold": all(c["holds"] for c in checks), "results": results}

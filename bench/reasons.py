@@ -12,6 +12,7 @@ category or price: they get one here (`Recommender.with_catalog`): 8 category gr
 (about 12,500 products: at most exact_max_products, so scored exactly) and log-normal prices
 (max_price = the median: 50,000 products, served through the retriever's candidates).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,10 @@ ARTIFACT_100K = REPO_ROOT / "var" / "bench" / "catalog" / "artifact-100000"
 
 
 def _pct(ms: np.ndarray) -> dict:
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+    }
 
 
 def measure(rec, filters: dict, n: int = 400, top: int = 10) -> dict:
@@ -44,12 +48,20 @@ def measure(rec, filters: dict, n: int = 400, top: int = 10) -> dict:
     for name in paths:  # warm-up, and every variant gives `top` items
         assert len(paths[name](customers[0])) == top, name
     samples = {k: np.asarray(v) * 1000 for k, v in _interleaved(paths, customers).items()}
-    return {"requests": n, "top": top, "products": rec.n_products, "two_stage": rec.two_stage,
-            "filters": {k: f.to_dict() for k, f in filters.items()},
-            "allowed_products": {k: int(len(rec.allowed(f))) for k, f in filters.items()},
-            **{name: _pct(ms) for name, ms in samples.items()},
-            "p50_minus_plain_ms": {name: round(float(np.percentile(ms - samples["plain"], 50)), 3)
-                                   for name, ms in samples.items() if name != "plain"}}
+    return {
+        "requests": n,
+        "top": top,
+        "products": rec.n_products,
+        "two_stage": rec.two_stage,
+        "filters": {k: f.to_dict() for k, f in filters.items()},
+        "allowed_products": {k: int(len(rec.allowed(f))) for k, f in filters.items()},
+        **{name: _pct(ms) for name, ms in samples.items()},
+        "p50_minus_plain_ms": {
+            name: round(float(np.percentile(ms - samples["plain"], 50)), 3)
+            for name, ms in samples.items()
+            if name != "plain"
+        },
+    }
 
 
 def demo(n: int) -> dict:
@@ -64,10 +76,21 @@ def demo(n: int) -> dict:
     second = {p: c for p, c in prefixes.items() if p.count(" > ") == 1}
     category = max(second, key=second.get)  # the largest second-level category
     price = float(np.nanmedian(rec.catalog.prices))
-    out = measure(rec, {"category": Filters(category=category), "max_price": Filters(max_price=price),
-                        "both": Filters(category=category, max_price=price)}, n)
-    return {"catalog": "SYNTHETIC demo world", "model_version": rec.version,
-            "catalog_attributes_from": rec.catalog.source, **out}
+    out = measure(
+        rec,
+        {
+            "category": Filters(category=category),
+            "max_price": Filters(max_price=price),
+            "both": Filters(category=category, max_price=price),
+        },
+        n,
+    )
+    return {
+        "catalog": "SYNTHETIC demo world",
+        "model_version": rec.version,
+        "catalog_attributes_from": rec.catalog.source,
+        **out,
+    }
 
 
 def catalog_100k(n: int) -> dict | None:
@@ -81,8 +104,11 @@ def catalog_100k(n: int) -> dict | None:
     rng = np.random.default_rng(0)
     prices = np.round(np.exp(rng.normal(3.5, 0.6, rec.n_products)), 2)
     rec = rec.with_catalog(Catalog([f"Group {s // 5} > Style {s}" for s in styles], prices, "bench"))
-    out = measure(rec, {"category": Filters(category="Group 3"),
-                        "max_price": Filters(max_price=float(np.median(prices)))}, n)
+    out = measure(
+        rec,
+        {"category": Filters(category="Group 3"), "max_price": Filters(max_price=float(np.median(prices)))},
+        n,
+    )
     return {"catalog": "SYNTHETIC 100k catalog of bench catalog, attributes made up here", **out}
 
 

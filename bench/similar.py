@@ -17,6 +17,7 @@ expectation ((n_type - 1) / (N - 1) per query) and the share of queries of the m
 + product-name text (the names usually contain the articleType word: an upper bound, not a claim).
 Then the cost of a query against catalog size (random content vectors, exact and HNSW).
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,9 @@ def _labels() -> tuple[list[dict], set[str]]:
     return rows, subset & {r["id"] for r in rows}
 
 
-def neighbour_share(content: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int = K,
-                    seed: int = 0) -> dict:
+def neighbour_share(
+    content: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int = K, seed: int = 0
+) -> dict:
     """Share of the top-k content neighbours (ml.retrieval.ContentIndex) with the query's label,
     over `queries` (positions), with a 95% bootstrap interval over queries."""
     from ml.retrieval import ContentIndex
@@ -48,8 +50,10 @@ def neighbour_share(content: np.ndarray, labels: np.ndarray, queries: np.ndarray
     per_query = np.array([np.mean(labels[index.neighbours(int(q), k)[0]] == labels[q]) for q in queries])
     rng = np.random.default_rng(seed)
     boot = [per_query[rng.integers(0, len(per_query), len(per_query))].mean() for _ in range(2000)]
-    return {"share": round(float(per_query.mean()), 4),
-            "ci95": [round(float(np.percentile(boot, 2.5)), 4), round(float(np.percentile(boot, 97.5)), 4)]}
+    return {
+        "share": round(float(per_query.mean()), 4),
+        "ci95": [round(float(np.percentile(boot, 2.5)), 4), round(float(np.percentile(boot, 97.5)), 4)],
+    }
 
 
 def baselines(labels: np.ndarray, queries: np.ndarray) -> dict:
@@ -59,9 +63,11 @@ def baselines(labels: np.ndarray, queries: np.ndarray) -> dict:
     n_of = dict(zip(values, counts))
     random_share = np.mean([(n_of[labels[q]] - 1) / (len(labels) - 1) for q in queries])
     majority = values[np.argmax(counts)]
-    return {"random_neighbours": round(float(random_share), 4),
-            "always_majority_type": round(float(np.mean(labels[queries] == majority)), 4),
-            "majority_type": str(majority)}
+    return {
+        "random_neighbours": round(float(random_share), 4),
+        "always_majority_type": round(float(np.mean(labels[queries] == majority)), 4),
+        "majority_type": str(majority),
+    }
 
 
 def _embed(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -88,24 +94,42 @@ def quality() -> dict:
     variants = {
         "image (service: PCA + mask)": product_content(image, ones, None, np.zeros(n, bool), dim),
         "image raw 1280-d": image,
-        "image + name text (service content; names hold the type word)": product_content(image, ones, text, ones, dim),
+        "image + name text (service content; names hold the type word)": product_content(
+            image, ones, text, ones, dim
+        ),
     }
     everyone = np.arange(n)
     in_subset = np.array([i for i, r in enumerate(rows) if r["id"] in subset])
-    out = {"data": str(DATA.relative_to(REPO_ROOT.parent)), "photos": n, "labelled_photos": n,
-           "in_styles_subset": len(in_subset), "k": K, "pca_dim": dim, "embed_seconds": seconds,
-           "neighbours_searched_among": "all photos", "by_label": {}}
+    out = {
+        "data": str(DATA.relative_to(REPO_ROOT.parent)),
+        "photos": n,
+        "labelled_photos": n,
+        "in_styles_subset": len(in_subset),
+        "k": K,
+        "pca_dim": dim,
+        "embed_seconds": seconds,
+        "neighbours_searched_among": "all photos",
+        "by_label": {},
+    }
     for label in ("articleType", "subCategory", "masterCategory"):
         labels = np.array([r[label] for r in rows])
         entry = {"n_types": int(len(np.unique(labels)))}
-        for name, queries in (("all_1000" if n == 1000 else f"all_{n}", everyone), ("styles_subset_207", in_subset)):
-            entry[name] = {"queries": int(len(queries)), **baselines(labels, queries),
-                           **{v: neighbour_share(c, labels, queries) for v, c in variants.items()}}
+        for name, queries in (
+            ("all_1000" if n == 1000 else f"all_{n}", everyone),
+            ("styles_subset_207", in_subset),
+        ):
+            entry[name] = {
+                "queries": int(len(queries)),
+                **baselines(labels, queries),
+                **{v: neighbour_share(c, labels, queries) for v, c in variants.items()},
+            }
         out["by_label"][label] = entry
     return out
 
 
-def latency(sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000), dim: int = 130, queries: int = 200) -> list[dict]:
+def latency(
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000), dim: int = 130, queries: int = 200
+) -> list[dict]:
     """ContentIndex.neighbours(i, 10) against catalog size on synthetic vectors of the content width
     (2 x 64 PCA + 2 masks) clustered like products of a few hundred kinds (uniform Gaussian vectors
     in 130-d have no near neighbours to find): exact cosine at every size, HNSW (build, p50,
@@ -116,7 +140,9 @@ def latency(sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000), dim: int = 13
     centres = rng.normal(size=(300, dim)).astype(np.float32)
     out = []
     for size in sizes:
-        x = centres[rng.integers(0, len(centres), size)] + 0.5 * rng.normal(size=(size, dim)).astype(np.float32)
+        x = centres[rng.integers(0, len(centres), size)] + 0.5 * rng.normal(size=(size, dim)).astype(
+            np.float32
+        )
         q = rng.integers(0, size, queries)
         exact = ContentIndex(x)
         row = {"products": size, "exact": _p50(lambda i: exact.neighbours(int(i), 10), q)}
@@ -125,10 +151,19 @@ def latency(sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000), dim: int = 13
             graph = ContentIndex(x, hnsw_min=0)
             row["hnsw_build_s"] = round(time.perf_counter() - t, 1)
             row["hnsw"] = _p50(lambda i: graph.neighbours(int(i), 10), q)
-            row["hnsw_recall@10"] = round(float(np.mean([
-                len(set(graph.neighbours(int(i), 10)[0]) & set(exact.neighbours(int(i), 10)[0])) / 10 for i in q])), 4)
+            row["hnsw_recall@10"] = round(
+                float(
+                    np.mean(
+                        [
+                            len(set(graph.neighbours(int(i), 10)[0]) & set(exact.neighbours(int(i), 10)[0]))
+                            / 10
+                            for i in q
+                        ]
+                    )
+                ),
+                4,
+            )
         out.append(row)
-        del x, exact
     return out
 
 
@@ -140,7 +175,10 @@ def _p50(fn, args) -> dict:
         fn(a)
         times.append(time.perf_counter() - t)
     ms = np.array(times) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+    }
 
 
 def bench_similar() -> dict:

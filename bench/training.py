@@ -13,6 +13,7 @@ embedding rate (images encoded / embed_images seconds). Table to stdout, JSON to
 var/bench/training.json. The load average before and after is recorded: on a shared machine the
 figures are only as good as the idle cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,13 @@ def _train(data: Path, out: Path, cache: Path, log: Path) -> dict:
         shutil.copytree(weights, cache / "weights")
     t = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "ml", "train", "--data", str(data), "--out", str(out)],
-                                cwd=REPO_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ml", "train", "--data", str(data), "--out", str(out)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t
@@ -81,10 +87,16 @@ def _train(data: Path, out: Path, cache: Path, log: Path) -> dict:
     stages = manifest.get("stages_s", {})
     encoded = (emb.get("images") or {}).get("encoded", 0)
     return {
-        "wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 0),
-        "stages_s": stages, "images": manifest.get("images"), "embedding": emb,
-        "image_embed_per_s": round(encoded / stages["embed_images"], 1) if encoded and stages.get("embed_images") else None,
-        "epochs_run": manifest["metrics"].get("epochs_run"), "log": str(log),
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 0),
+        "stages_s": stages,
+        "images": manifest.get("images"),
+        "embedding": emb,
+        "image_embed_per_s": round(encoded / stages["embed_images"], 1)
+        if encoded and stages.get("embed_images")
+        else None,
+        "epochs_run": manifest["metrics"].get("epochs_run"),
+        "log": str(log),
     }
 
 
@@ -117,16 +129,23 @@ def run(sizes: list[int]) -> dict:
 
 def table(results: dict) -> str:
     cols = ("load", "fetch", "embed_images", "embed_texts", "fit")
-    lines = ["| products | reviews | run | wall s | peak RSS MB | " + " | ".join(cols) + " | images/s |",
-             "|---" * (6 + len(cols)) + "|"]
+    lines = [
+        "| products | reviews | run | wall s | peak RSS MB | " + " | ".join(cols) + " | images/s |",
+        "|---" * (6 + len(cols)) + "|",
+    ]
     for n, row in results["sizes"].items():
         for phase in ("cold", "warm"):
             r = row[phase]
             st = r["stages_s"]
-            lines.append(f"| {n} | {row['n_reviews']} | {phase} | {r['wall_s']} | {r['peak_rss_mb']:.0f} | "
-                         + " | ".join(str(st.get(c, "")) for c in cols) + f" | {r['image_embed_per_s'] or '-'} |")
-    lines.append(f"load average before {results['load_before']}, after {results['load_after']}, "
-                 f"{results['cpu_count']} CPUs")
+            lines.append(
+                f"| {n} | {row['n_reviews']} | {phase} | {r['wall_s']} | {r['peak_rss_mb']:.0f} | "
+                + " | ".join(str(st.get(c, "")) for c in cols)
+                + f" | {r['image_embed_per_s'] or '-'} |"
+            )
+    lines.append(
+        f"load average before {results['load_before']}, after {results['load_after']}, "
+        f"{results['cpu_count']} CPUs"
+    )
     return "\n".join(lines)
 
 

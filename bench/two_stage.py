@@ -11,6 +11,7 @@ then every ranked test customer is ranked twice by the same loaded model:
 Recall@10 and NDCG@10 per customer for both, and the paired-bootstrap interval of two-stage − exact.
 The claim holds when that interval contains 0 (or lies above it). JSON to var/bench/two_stage.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ OUT = REPO_ROOT / "var" / "bench"
 
 def two_stage_scores(rec, staged):
     """score_fn for ranking_metrics: exact scores on the retriever's candidates, -inf elsewhere."""
+
     def score(users: np.ndarray) -> np.ndarray:
         exact = rec.score_customers(users)
         out = np.full_like(exact, -np.inf)
@@ -36,6 +38,7 @@ def two_stage_scores(rec, staged):
             candidates = staged.retrieve(int(u), top=10, exclude_seen=True)
             out[row, candidates] = exact[row, candidates]
         return out
+
     return score
 
 
@@ -54,23 +57,40 @@ def compare_paths(data: Path, work: Path, settings: Settings, k: int = 10) -> di
     rec = Recommender.load(artifact)
     staged = rec.with_serving(ServingPath(settings.retrieval_k, exact_max_products=0))
     cust, prod = pd.Index(rec.tables.customer_ids), pd.Index(rec.tables.product_ids)
-    tu, ti = cust.get_indexer(train["customer_id"].astype(str)), prod.get_indexer(train["product_id"].astype(str))
-    su, si = cust.get_indexer(test["customer_id"].astype(str)), prod.get_indexer(test["product_id"].astype(str))
+    tu, ti = (
+        cust.get_indexer(train["customer_id"].astype(str)),
+        prod.get_indexer(train["product_id"].astype(str)),
+    )
+    su, si = (
+        cust.get_indexer(test["customer_id"].astype(str)),
+        prod.get_indexer(test["product_id"].astype(str)),
+    )
     known = su >= 0
     users = np.unique(su[known])
     n_c, n_p = rec.tables.n_customers, rec.tables.n_products
     exclude, relevant = csr_from_pairs(tu, ti, n_c), csr_from_pairs(su[known], si[known], n_c)
-    runs = {name: ranking_metrics(fn, users, exclude, relevant, n_p, k=k, per_customer=True)
-            for name, fn in (("exact", rec.score_customers), ("two_stage", two_stage_scores(rec, staged)))}
-    out = {"data": data.name, "products": n_p, "ranked_customers": int(len(users)),
-           "retrieval_k": settings.retrieval_k, "distill": rec.manifest["retrieval"].get("heldout")}
+    runs = {
+        name: ranking_metrics(fn, users, exclude, relevant, n_p, k=k, per_customer=True)
+        for name, fn in (("exact", rec.score_customers), ("two_stage", two_stage_scores(rec, staged)))
+    }
+    out = {
+        "data": data.name,
+        "products": n_p,
+        "ranked_customers": int(len(users)),
+        "retrieval_k": settings.retrieval_k,
+        "distill": rec.manifest["retrieval"].get("heldout"),
+    }
     for metric in (f"recall@{k}", f"ndcg@{k}"):
         a, b = runs["two_stage"][metric], runs["exact"][metric]
         margin = paired_bootstrap(a, b)
         low, high = margin["ci95"]
-        out[metric] = {"exact": round(float(b.mean()), 5), "two_stage": round(float(a.mean()), 5),
-                       "two_stage_minus_exact": round(margin["diff"], 5), "ci95": [round(low, 5), round(high, 5)],
-                       "holds": bool(low <= 0 <= high or low > 0)}
+        out[metric] = {
+            "exact": round(float(b.mean()), 5),
+            "two_stage": round(float(a.mean()), 5),
+            "two_stage_minus_exact": round(margin["diff"], 5),
+            "ci95": [round(low, 5), round(high, 5)],
+            "holds": bool(low <= 0 <= high or low > 0),
+        }
     return out
 
 

@@ -1,7 +1,8 @@
 """Container health check without curl: exit 0 when GET <url> answers 2xx within the timeout.
 
-    python docker/healthcheck.py http://127.0.0.1:5000/healthz [timeout_s]
+python docker/healthcheck.py http://127.0.0.1:5000/healthz [timeout_s]
 """
+
 import sys
 import urllib.request
 

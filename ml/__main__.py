@@ -3,6 +3,7 @@
 Bad input (missing path, unknown format, bad option) prints one clear line and exits non-zero;
 it never prints a stack trace.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,26 +17,48 @@ from ml.config import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ml", description="Hybrid fashion recommender: data, training, evaluation.")
+    p = argparse.ArgumentParser(
+        prog="python -m ml", description="Hybrid fashion recommender: data, training, evaluation."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model version")
-    t.add_argument("--data", required=True, help="a 2023-format folder, a 2018 JSON-lines file, or a ratings CSV (or folder of CSVs)")
-    t.add_argument("--out", help="artifact directory; default: a new version in the model registry, published as CURRENT")
-    t.add_argument("--split", default="none", choices=("none", "last", "time"),
-                   help="hold out test ratings before training (for `evaluate`); default none")
+    t.add_argument(
+        "--data",
+        required=True,
+        help="a 2023-format folder, a 2018 JSON-lines file, or a ratings CSV (or folder of CSVs)",
+    )
+    t.add_argument(
+        "--out", help="artifact directory; default: a new version in the model registry, published as CURRENT"
+    )
+    t.add_argument(
+        "--split",
+        default="none",
+        choices=("none", "last", "time"),
+        help="hold out test ratings before training (for `evaluate`); default none",
+    )
     t.add_argument("--epochs", type=positive_int)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-images", action="store_true", help="ignore product images")
     t.add_argument("--no-text", action="store_true", help="ignore review and product text")
-    t.add_argument("--with-feedback", action="store_true",
-                   help="also train on the live feedback the service received (RECSYS_FEEDBACK_FILE)")
+    t.add_argument(
+        "--with-feedback",
+        action="store_true",
+        help="also train on the live feedback the service received (RECSYS_FEEDBACK_FILE)",
+    )
 
     e = sub.add_parser("evaluate", help="evaluate against baselines; writes metrics.json and plots")
     e.add_argument("--data", required=True)
-    e.add_argument("--model", help="a model directory (its config is reused; retrained on the split if it saw test data)")
+    e.add_argument(
+        "--model", help="a model directory (its config is reused; retrained on the split if it saw test data)"
+    )
     e.add_argument("--report", required=True, help="report folder")
-    e.add_argument("--split", choices=("last", "time"), action="append", help="default: last, plus time when timestamps exist")
+    e.add_argument(
+        "--split",
+        choices=("last", "time"),
+        action="append",
+        help="default: last, plus time when timestamps exist",
+    )
     e.add_argument("--epochs", type=positive_int)
 
     d = sub.add_parser("demo-data", help="generate the SYNTHETIC fashion world (2023 format)")
@@ -44,14 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--products", type=positive_int, default=240)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--image-format", choices=("png", "jpg"), default="png")
-    d.add_argument("--image-variation", choices=("auto", "per-product", "jitter"), default="auto",
-                   help="auto: a picture per product up to 2,000 products, cheap variants of shared pictures above")
+    d.add_argument(
+        "--image-variation",
+        choices=("auto", "per-product", "jitter"),
+        default="auto",
+        help="auto: a picture per product up to 2,000 products, cheap variants of shared pictures above",
+    )
 
     s = sub.add_parser("describe", help="load a data set and print its counts")
     s.add_argument("--data", required=True)
 
-    f = sub.add_parser("fetch-images", help="download every product photo given as an URL into the image cache "
-                                            "(what `train` does first); prints the report")
+    f = sub.add_parser(
+        "fetch-images",
+        help="download every product photo given as an URL into the image cache "
+        "(what `train` does first); prints the report",
+    )
     f.add_argument("--data", required=True)
     f.add_argument("--concurrency", type=positive_int, help="downloads in flight (default 16)")
     f.add_argument("--timeout", type=float, help="seconds per request (default 10)")
@@ -79,8 +109,14 @@ def _run(args) -> int:
     if args.command == "demo-data":
         from ml.synthetic import generate_world
 
-        summary = generate_world(args.out, n_customers=args.customers, n_products=args.products, seed=args.seed,
-                                 image_format=args.image_format, image_variation=args.image_variation)
+        summary = generate_world(
+            args.out,
+            n_customers=args.customers,
+            n_products=args.products,
+            seed=args.seed,
+            image_format=args.image_format,
+            image_variation=args.image_variation,
+        )
         print(json.dumps(summary, indent=2, default=str))
         return 0
     if args.command == "describe":
@@ -93,13 +129,23 @@ def _run(args) -> int:
         from ml.data.images import fetch_images
         from ml.embed import image_keys
 
-        kw = {k: v for k, v in (("concurrency", args.concurrency), ("timeout_s", args.timeout),
-                                ("retries", args.retries)) if v is not None}
+        kw = {
+            k: v
+            for k, v in (
+                ("concurrency", args.concurrency),
+                ("timeout_s", args.timeout),
+                ("retries", args.retries),
+            )
+            if v is not None
+        }
         products = load_dataset(args.data).products
         local, report = fetch_images(products, settings.cache_dir, progress=not args.no_progress, **kw)
-        report = {"products": int(len(products)),
-                  "with_photo": sum(1 for k in image_keys(local["image"].fillna("").astype(str).tolist()) if k),
-                  **report, "cache_dir": str(settings.cache_dir / "images")}
+        report = {
+            "products": int(len(products)),
+            "with_photo": sum(1 for k in image_keys(local["image"].fillna("").astype(str).tolist()) if k),
+            **report,
+            "cache_dir": str(settings.cache_dir / "images"),
+        }
         text = json.dumps(report, indent=2)
         if args.report:
             Path(args.report).parent.mkdir(parents=True, exist_ok=True)
@@ -112,12 +158,22 @@ def _run(args) -> int:
 
         registry = ModelRegistry(settings.models_dir)
         out = Path(args.out) if args.out else registry.path_for(registry.new_version())
-        manifest = train_model(args.data, out, _config(args), split=args.split, settings=settings,
-                               feedback_file=settings.feedback_file if args.with_feedback else None)
+        manifest = train_model(
+            args.data,
+            out,
+            _config(args),
+            split=args.split,
+            settings=settings,
+            feedback_file=settings.feedback_file if args.with_feedback else None,
+        )
         if not args.out:
             registry.publish(out.name)
             print(f"published model version {out.name} in {settings.models_dir}")
-        print(json.dumps({k: manifest[k] for k in ("version", "split", "metrics", "training_seconds")}, indent=2))
+        print(
+            json.dumps(
+                {k: manifest[k] for k in ("version", "split", "metrics", "training_seconds")}, indent=2
+            )
+        )
         return 0
     if args.command == "evaluate":
         from ml.evaluate import evaluate
@@ -129,8 +185,14 @@ def _run(args) -> int:
 
             manifest = read_manifest(args.model)
             config = TrainConfig.from_dict({**manifest["config"], "epochs": args.epochs})
-        metrics = evaluate(args.data, args.report, args.model, config=config,
-                           splits=tuple(args.split) if args.split else None, settings=settings)
+        metrics = evaluate(
+            args.data,
+            args.report,
+            args.model,
+            config=config,
+            splits=tuple(args.split) if args.split else None,
+            settings=settings,
+        )
         print(json.dumps(metrics, indent=2))
         print(f"report written to {args.report}")
         return 0

@@ -1,16 +1,24 @@
 """argparse value types shared by the command lines (`python -m ml`, `python -m bench ...`): one rule
 each, one wording (argparse prints "argument --x: <message>" and exits with status 2)."""
+
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from collections.abc import Callable
 
 
-def number(parse: Callable[[str], float] = int, low: float | None = None, high: float | None = None, *,
-           above: float | None = None, what: str = "a whole number") -> Callable[[str], float]:
+def number(
+    parse: Callable[[str], float] = int,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    above: float | None = None,
+    what: str = "a whole number",
+) -> Callable[[str], float]:
     """A `type=` for argparse: `parse(text)`, finite, at least `low`, strictly above `above`, at most
     `high` (each bound optional)."""
+
     def convert(text: str):
         try:
             value = parse(text)

@@ -24,7 +24,8 @@ predicted rating, so the order matches the predictions without artificial ties a
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -32,8 +33,19 @@ from scipy import sparse
 
 from ml.metrics import csr_from_pairs, ranking_metrics
 
-__all__ = ["Scorer", "GlobalMean", "BiasBaseline", "MatrixFactorization", "Popularity", "EASE", "ItemKNN",
-           "ContentKNN", "validation_split", "RATING_MIN", "RATING_MAX"]
+__all__ = [
+    "Scorer",
+    "GlobalMean",
+    "BiasBaseline",
+    "MatrixFactorization",
+    "Popularity",
+    "EASE",
+    "ItemKNN",
+    "ContentKNN",
+    "validation_split",
+    "RATING_MIN",
+    "RATING_MAX",
+]
 
 RATING_MIN, RATING_MAX = 1.0, 5.0
 
@@ -44,7 +56,7 @@ class Scorer(Protocol):
 
     name: str
 
-    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> "Scorer": ...
+    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> Scorer: ...
 
     def predict(self, u: np.ndarray, i: np.ndarray) -> np.ndarray | None: ...
 
@@ -100,7 +112,7 @@ class GlobalMean:
 
     name = "global_mean"
 
-    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> "GlobalMean":
+    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> GlobalMean:
         _, _, r = _train_arrays(train, n_customers, n_items)
         self.mu_ = float(r.mean())
         self.n_items_ = int(n_items)
@@ -129,10 +141,12 @@ class BiasBaseline:
         self.reg_i = float(reg_i)
         self.iters = int(iters)
 
-    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> "BiasBaseline":
+    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> BiasBaseline:
         u, i, r = _train_arrays(train, n_customers, n_items)
         self.mu_ = float(r.mean())
-        self.b_u_, self.b_i_ = _fit_biases(u, i, r, self.mu_, n_customers, n_items, self.reg_u, self.reg_i, self.iters)
+        self.b_u_, self.b_i_ = _fit_biases(
+            u, i, r, self.mu_, n_customers, n_items, self.reg_u, self.reg_i, self.iters
+        )
         self.n_u_ = np.bincount(u, minlength=n_customers).astype(np.float64)
         self.n_i_ = np.bincount(i, minlength=n_items).astype(np.float64)
         return self
@@ -224,7 +238,7 @@ class MatrixFactorization:
         self.seed = seed
         self.init_std = float(init_std)
 
-    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> "MatrixFactorization":
+    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> MatrixFactorization:
         u, i, r = _train_arrays(train, n_customers, n_items)
         f = self.factors
         self.mu_ = mu = float(r.mean())
@@ -265,7 +279,7 @@ class Popularity:
 
     name = "popularity"
 
-    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> "Popularity":
+    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> Popularity:
         _, i, _ = _train_arrays(train, n_customers, n_items)
         self.counts_ = np.bincount(i, minlength=n_items).astype(np.float64)
         return self
@@ -309,8 +323,14 @@ def validation_split(train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return train[~last], train[last]
 
 
-def _choose(train: pd.DataFrame, n_customers: int, n_items: int, make: Callable[[float], "Scorer"],
-            grid: Sequence[float], k: int = 10) -> tuple[float, dict]:
+def _choose(
+    train: pd.DataFrame,
+    n_customers: int,
+    n_items: int,
+    make: Callable[[float], Scorer],
+    grid: Sequence[float],
+    k: int = 10,
+) -> tuple[float, dict]:
     """The value of `grid` whose model, fitted on `validation_split`'s fit rows, ranks the held-out
     rows best (mean NDCG@k over all items the customer had not rated); ties go to the first."""
     fit, val = validation_split(train)
@@ -322,7 +342,9 @@ def _choose(train: pd.DataFrame, n_customers: int, n_items: int, make: Callable[
     scores = {}
     for value in grid:
         model = make(value).fit(fit, n_customers, n_items)
-        scores[float(value)] = ranking_metrics(model.score, users, exclude, relevant, n_items, k=k)[f"ndcg@{k}"]
+        scores[float(value)] = ranking_metrics(model.score, users, exclude, relevant, n_items, k=k)[
+            f"ndcg@{k}"
+        ]
     best = max(scores, key=lambda v: (scores[v], -list(scores).index(v)))
     return best, scores
 
@@ -343,12 +365,14 @@ class EASE:
     def __init__(self, lambdas: Sequence[float] = (50.0, 200.0, 500.0, 2000.0)):
         self.lambdas = tuple(float(v) for v in lambdas)
 
-    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> "EASE":
+    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> EASE:
         u, i, _ = _train_arrays(train, n_customers, n_items)
         self.validation_: dict = {}
         self.lambda_ = self.lambdas[0]
         if len(self.lambdas) > 1:
-            self.lambda_, self.validation_ = _choose(train, n_customers, n_items, lambda v: EASE((v,)), self.lambdas)
+            self.lambda_, self.validation_ = _choose(
+                train, n_customers, n_items, lambda v: EASE((v,)), self.lambdas
+            )
         self.x_ = _rated_matrix(u, i, n_customers, n_items)
         self.items_ = np.flatnonzero(np.asarray(self.x_.sum(axis=0)).ravel() > 0)
         xa = self.x_[:, self.items_]
@@ -381,12 +405,14 @@ class ItemKNN:
     def __init__(self, shrinks: Sequence[float] = (0.0, 10.0, 50.0, 200.0, 1000.0)):
         self.shrinks = tuple(float(v) for v in shrinks)
 
-    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> "ItemKNN":
+    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> ItemKNN:
         u, i, _ = _train_arrays(train, n_customers, n_items)
         self.validation_: dict = {}
         self.shrink_ = self.shrinks[0]
         if len(self.shrinks) > 1:
-            self.shrink_, self.validation_ = _choose(train, n_customers, n_items, lambda v: ItemKNN((v,)), self.shrinks)
+            self.shrink_, self.validation_ = _choose(
+                train, n_customers, n_items, lambda v: ItemKNN((v,)), self.shrinks
+            )
         self.x_ = _rated_matrix(u, i, n_customers, n_items)
         co = (self.x_.T @ self.x_).tocoo()
         norm = np.sqrt(np.asarray(self.x_.sum(axis=0)).ravel())
@@ -416,7 +442,7 @@ class ContentKNN:
         self.content = np.asarray(content, dtype=np.float64)
         self.min_rating = float(min_rating)
 
-    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> "ContentKNN":
+    def fit(self, train: pd.DataFrame, n_customers: int, n_items: int) -> ContentKNN:
         u, i, r = _train_arrays(train, n_customers, n_items)
         if self.content.shape[0] != n_items or self.content.shape[1] == 0:
             raise ValueError("content must be (n_items, d) with d > 0")

@@ -11,13 +11,15 @@ The attributes come from the artifact's products.json when it carries `categorie
 artifact without them reads them from the meta files of the Amazon 2023 folder it was trained on
 (`read_attributes`), while that folder is still there. No Flask or Celery imports.
 """
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,7 +55,9 @@ class Filters:
         return self.category is not None or self.max_price is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in (("category", self.category), ("max_price", self.max_price)) if v is not None}
+        return {
+            k: v for k, v in (("category", self.category), ("max_price", self.max_price)) if v is not None
+        }
 
 
 class Catalog:
@@ -74,8 +78,10 @@ class Catalog:
             segments = key.split(SEP) if key else []
             for depth in range(1, len(segments) + 1):
                 by_prefix.setdefault(SEP.join(segments[:depth]), []).append(code)
-        self._members = {prefix: np.sort(np.concatenate([order[bounds[c]:bounds[c + 1]] for c in cs])).astype(np.int64)
-                         for prefix, cs in by_prefix.items()}
+        self._members = {
+            prefix: np.sort(np.concatenate([order[bounds[c] : bounds[c + 1]] for c in cs])).astype(np.int64)
+            for prefix, cs in by_prefix.items()
+        }
 
     @property
     def n_products(self) -> int:
@@ -101,8 +107,9 @@ class Catalog:
         if filters.category is not None:
             pos = self._members.get(category_key(filters.category))
             if pos is None:
-                raise UnknownCategory(f"unknown category {filters.category[:80]!r}: no product's category "
-                                      "path starts with it")
+                raise UnknownCategory(
+                    f"unknown category {filters.category[:80]!r}: no product's category path starts with it"
+                )
             return pos if filters.max_price is None else pos[self.prices[pos] <= filters.max_price]
         return np.flatnonzero(self.prices <= filters.max_price)
 
@@ -112,8 +119,11 @@ def read_attributes(products: list[dict], data: dict) -> Catalog:
     `price`, else from the meta files of the Amazon 2023 folder named in its manifest's `data`
     (when still there), else empty (no categories, no prices)."""
     if any("categories" in p or "price" in p for p in products):
-        return Catalog([p.get("categories") or "" for p in products], [_price(p.get("price")) for p in products],
-                       "artifact")
+        return Catalog(
+            [p.get("categories") or "" for p in products],
+            [_price(p.get("price")) for p in products],
+            "artifact",
+        )
     found = _meta_attributes(data) if data.get("source") == "amazon2023" else {}
     cats = [found.get(p.get("product_id"), ("", math.nan))[0] for p in products]
     prices = [found.get(p.get("product_id"), ("", math.nan))[1] for p in products]

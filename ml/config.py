@@ -3,12 +3,13 @@
 Every role (library, worker, web, the `make run` launcher, Docker) reads its settings here, so a
 value has one name and one default. Paths are resolved against the repository root.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,9 @@ class Settings:
     # Cached embedding rows re-encoded per modality and run to check the cache (0: trust it blindly).
     cache_verify_sample: int = _setting("RECSYS_CACHE_VERIFY_SAMPLE", 4)
     # The demo "fashion world" (synthetic) built by `make run` when no data is given.
-    demo_data_dir: Path = _setting("RECSYS_DEMO_DATA_DIR", REPO_ROOT / "var" / "demo-world", under_var="demo-world")
+    demo_data_dir: Path = _setting(
+        "RECSYS_DEMO_DATA_DIR", REPO_ROOT / "var" / "demo-world", under_var="demo-world"
+    )
     redis_url: str = _setting("REDIS_URL", "redis://127.0.0.1:6379/0")
     result_expires_s: int = _setting("RECSYS_RESULT_EXPIRES_S", 3600)
     job_registry_ttl_s: int = _setting("RECSYS_JOB_TTL_S", 24 * 3600)
@@ -96,7 +99,9 @@ class Settings:
     redis_appendfsync: str = _setting("RECSYS_REDIS_APPENDFSYNC", "always")
     # The embedded Redis password, generated at the first run, kept in this file (mode 0600); the
     # launcher puts it into the REDIS_URL its children get.
-    redis_password_file: Path = _setting("RECSYS_REDIS_PASSWORD_FILE", REPO_ROOT / "var" / "redis/password", under_var="redis/password")
+    redis_password_file: Path = _setting(
+        "RECSYS_REDIS_PASSWORD_FILE", REPO_ROOT / "var" / "redis/password", under_var="redis/password"
+    )
     # The worker re-writes the published-model key (names.CUSTOMERS_KEY, what /readyz reads) at
     # most this often while it serves, so a Redis that lost it (no persistence) gets it back.
     model_announce_s: float = _setting("RECSYS_MODEL_ANNOUNCE_S", 60.0)
@@ -108,12 +113,15 @@ class Settings:
     data_dir: Path = _setting("RECSYS_DATA_DIR", REPO_ROOT / "var" / "data", under_var="data")
     # Live feedback (POST /feedback): every rating is appended here (JSON lines), and training reads
     # it with its data; the Redis stream the workers fold in from keeps about this many entries.
-    feedback_file: Path = _setting("RECSYS_FEEDBACK_FILE", REPO_ROOT / "var" / "feedback" / "feedback.jsonl",
-                                   under_var="feedback/feedback.jsonl")
+    feedback_file: Path = _setting(
+        "RECSYS_FEEDBACK_FILE",
+        REPO_ROOT / "var" / "feedback" / "feedback.jsonl",
+        under_var="feedback/feedback.jsonl",
+    )
     feedback_stream_max: int = _setting("RECSYS_FEEDBACK_STREAM_MAX", 1_000_000)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from `environ` (default: the process environment); an unset or empty variable
         takes the default, a path under `var_dir` follows RECSYS_VAR_DIR. A value that does not
         parse is a ValueError naming the variable."""

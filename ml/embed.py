@@ -10,6 +10,7 @@ distinct contents go to the encoder, the rows are scattered back), and an edited
 photo under the same id is embedded afresh. Image files are read, hashed and checked in a thread
 pool; the image encoder decodes and resizes its next batches in threads while the network runs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -66,7 +67,7 @@ class Embeddings:
     stats: dict = field(default_factory=dict)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shared_encoder(cls):
     """One instance of an encoder class per process, built on first use and kept: building one loads
     a network (MiniLM and EfficientNet-Lite0 together ~6 s on this 2-core machine), and a process that
@@ -119,8 +120,9 @@ def _readable_images(paths: list[str]) -> np.ndarray:
     return np.array([bool(k) for k in image_keys(paths)], dtype=bool)
 
 
-def _embed_unique(cache, enc, keys: list[str], items: list, progress: bool, desc: str,
-                  out: np.ndarray, stats: dict) -> None:
+def _embed_unique(
+    cache, enc, keys: list[str], items: list, progress: bool, desc: str, out: np.ndarray, stats: dict
+) -> None:
     """out[k] = embedding of items[k] for every k with a key; each distinct key is encoded at most
     once (and not at all when cached). Rows without a key are left as they are (zeros)."""
     first: dict[str, int] = {}  # distinct key -> its position among the distinct keys
@@ -143,8 +145,9 @@ def _embed_unique(cache, enc, keys: list[str], items: list, progress: bool, desc
         # pads its batches to similar lengths (the encoder sorts only within what it is given)
         by_len = sorted(range(len(uniq_items)), key=lambda k: len(uniq_items[k]))
         vecs = np.empty((len(uniq_items), out.shape[1]), np.float32)
-        vecs[by_len] = cache.embed(enc, [uniq_keys[k] for k in by_len], [uniq_items[k] for k in by_len],
-                                   progress=progress, desc=desc)
+        vecs[by_len] = cache.embed(
+            enc, [uniq_keys[k] for k in by_len], [uniq_items[k] for k in by_len], progress=progress, desc=desc
+        )
     else:
         vecs = cache.embed(enc, uniq_keys, uniq_items, progress=progress, desc=desc)
     stats["encoded"] = int(cache.last_computed)
@@ -206,10 +209,20 @@ def embed_dataset(
         texts = ptext + rtext
         both = np.zeros((len(texts), enc.dim), np.float32)
         stats["texts"] = {}
-        _embed_unique(cache, enc, [text_key(t) if t else "" for t in texts], texts, progress, "embed texts",
-                      both, stats["texts"])
-        ptext_vecs, rtext_vecs = both[: len(ptext)], both[len(ptext):]
+        _embed_unique(
+            cache,
+            enc,
+            [text_key(t) if t else "" for t in texts],
+            texts,
+            progress,
+            "embed texts",
+            both,
+            stats["texts"],
+        )
+        ptext_vecs, rtext_vecs = both[: len(ptext)], both[len(ptext) :]
         del enc
     stats["seconds"]["embed_texts"] = round(time.perf_counter() - t0, 2)
-    log.info("embeddings: images %s, texts %s, seconds %s", stats["images"], stats.get("texts"), stats["seconds"])
+    log.info(
+        "embeddings: images %s, texts %s, seconds %s", stats["images"], stats.get("texts"), stats["seconds"]
+    )
     return Embeddings(image_vecs, has_image, ptext_vecs, has_ptext, rtext_vecs, has_rtext, encoders, stats)

@@ -10,6 +10,7 @@ EASE and item-kNN (their hyper-parameter chosen on a validation split carved fro
 ratings, never the test rows), and content-kNN on the hybrid's own product content vectors (when the
 data has any). Every model is fitted on the same training rows and ranked on the same test rows.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,15 +67,26 @@ def _training_frame(train: pd.DataFrame, u: np.ndarray, i: np.ndarray) -> pd.Dat
     """u, i, rating and t (recency rank: timestamp, then file order) of the training rows."""
     ts = train["timestamp"].fillna(-np.inf).to_numpy() if "timestamp" in train else np.zeros(len(train))
     order = train["order"].to_numpy() if "order" in train else np.arange(len(train))
-    return pd.DataFrame({"u": u, "i": i, "rating": train["rating"].to_numpy(np.float64),
-                         "t": np.lexsort((order, ts)).argsort()})
+    return pd.DataFrame(
+        {
+            "u": u,
+            "i": i,
+            "rating": train["rating"].to_numpy(np.float64),
+            "t": np.lexsort((order, ts)).argsort(),
+        }
+    )
 
 
 def _tables_frame(tables) -> pd.DataFrame:
     """The training ratings an artifact's feature tables hold, as a baseline training frame."""
     counts = np.diff(tables.rated_indptr)
-    return pd.DataFrame({"u": np.repeat(np.arange(tables.n_customers), counts),
-                         "i": tables.rated_indices.astype(np.int64), "rating": tables.rated_rating.astype(np.float64)})
+    return pd.DataFrame(
+        {
+            "u": np.repeat(np.arange(tables.n_customers), counts),
+            "i": tables.rated_indices.astype(np.int64),
+            "rating": tables.rated_rating.astype(np.float64),
+        }
+    )
 
 
 def _clean(x):
@@ -114,7 +126,9 @@ def cold_start_report(data_dir: Path, rec: Recommender, k: int = 10, seed: int =
     truth = pd.read_json(truth_file, lines=True, dtype={"user_id": str, "parent_asin": str})
     cust_index = pd.Index(rec.tables.customer_ids)
     prod_index = pd.Index(rec.tables.product_ids)
-    truth = truth.assign(u=cust_index.get_indexer(truth["user_id"]), i=prod_index.get_indexer(truth["parent_asin"]))
+    truth = truth.assign(
+        u=cust_index.get_indexer(truth["user_id"]), i=prod_index.get_indexer(truth["parent_asin"])
+    )
     truth = truth[(truth.u >= 0) & (truth.i >= 0)]
     if truth.empty:
         return None
@@ -122,10 +136,15 @@ def cold_start_report(data_dir: Path, rec: Recommender, k: int = 10, seed: int =
     items = np.sort(truth.i.unique())
     gains = np.zeros((len(users), len(items)))
     gains[np.searchsorted(users, truth.u), np.searchsorted(items, truth.i)] = truth.rating.to_numpy() - 1.0
-    ndcg = {"hybrid": _ndcg_graded(rec.score_customers(users)[:, items], gains, k), "random": _ndcg_random(gains, k)}
+    ndcg = {
+        "hybrid": _ndcg_graded(rec.score_customers(users)[:, items], gains, k),
+        "random": _ndcg_random(gains, k),
+    }
     content = rec.tables.prod_content
     if content.shape[1]:
-        knn = baselines.ContentKNN(content).fit(_tables_frame(rec.tables), rec.tables.n_customers, rec.tables.n_products)
+        knn = baselines.ContentKNN(content).fit(
+            _tables_frame(rec.tables), rec.tables.n_customers, rec.tables.n_products
+        )
         ndcg["content_knn"] = _ndcg_graded(knn.score(users)[:, items], gains, k)
     ok = np.logical_and.reduce([np.isfinite(v) for v in ndcg.values()])
     out = {
@@ -154,13 +173,22 @@ def compare(units: dict[str, dict], model: str, seed: int = 0) -> dict:
             continue
         out[other] = {
             key: paired_bootstrap(values, theirs[key], _rmse_stat if key == "rmse" else None, seed=seed)
-            for key, values in units[model].items() if key in theirs and len(values)
+            for key, values in units[model].items()
+            if key in theirs and len(values)
         }
     return out
 
 
-def evaluate_split(dataset, split: str, artifact: Path | None, config: TrainConfig, work_dir: Path,
-                   settings: Settings, k: int = 10, units_file: Path | None = None) -> tuple[dict, dict, Recommender]:
+def evaluate_split(
+    dataset,
+    split: str,
+    artifact: Path | None,
+    config: TrainConfig,
+    work_dir: Path,
+    settings: Settings,
+    k: int = 10,
+    units_file: Path | None = None,
+) -> tuple[dict, dict, Recommender]:
     """Metrics of the hybrid and the baselines on one split; returns (metrics, history, recommender).
 
     `units_file`: also save every model's per-unit values (squared error per test rating, recall and
@@ -194,7 +222,9 @@ def evaluate_split(dataset, split: str, artifact: Path | None, config: TrainConf
 
     def row(name, predict, score_fn) -> dict:
         out: dict = {"rmse": None, "mae": None}
-        units[name] = ranks = ranking_metrics(score_fn, eval_users, exclude, relevant, n_p, k=k, per_customer=True)
+        units[name] = ranks = ranking_metrics(
+            score_fn, eval_users, exclude, relevant, n_p, k=k, per_customer=True
+        )
         if predict is not None:
             pred = np.asarray(predict, dtype=np.float64)
             out.update(rmse=rmse(y, pred), mae=mae(y, pred))
@@ -209,7 +239,9 @@ def evaluate_split(dataset, split: str, artifact: Path | None, config: TrainConf
         results[name] = row(name, m.predict(np.where(su >= 0, su, n_c), np.where(si >= 0, si, n_p)), m.score)
     metrics = {
         "data": f"{dataset.source}:{dataset.path}" + (" (SYNTHETIC)" if is_synthetic(dataset) else ""),
-        "split": {"last": "leave-last-out per customer", "time": "global time split (last 20% of time)"}[split],
+        "split": {"last": "leave-last-out per customer", "time": "global time split (last 20% of time)"}[
+            split
+        ],
         "n_train": int(len(train)),
         "n_test": int(len(test)),
         "n_ranked_customers": int(len(eval_users)),
@@ -221,7 +253,10 @@ def evaluate_split(dataset, split: str, artifact: Path | None, config: TrainConf
     if "content_knn" not in models:
         metrics["baselines"]["content_knn"] = {"skipped": "no product content (image/text) in this data"}
     if units_file is not None:
-        np.savez(units_file, **{f"{name}/{key}": values for name, per in units.items() for key, values in per.items()})
+        np.savez(
+            units_file,
+            **{f"{name}/{key}": values for name, per in units.items() for key, values in per.items()},
+        )
     history = json.loads((Path(artifact) / "history.json").read_text())
     return metrics, history, rec
 
@@ -240,12 +275,16 @@ def _plots(report_dir: Path, name: str, metrics: dict, history: dict, k: int) ->
     axes[0].set_xlabel("epoch")
     axes[0].legend()
     names = list(metrics["models"])
-    for ax, metric_keys, title in ((axes[1], ("rmse", "mae"), "rating error (lower is better)"),
-                                   (axes[2], (f"recall@{k}", f"ndcg@{k}"), "ranking (higher is better)")):
+    for ax, metric_keys, title in (
+        (axes[1], ("rmse", "mae"), "rating error (lower is better)"),
+        (axes[2], (f"recall@{k}", f"ndcg@{k}"), "ranking (higher is better)"),
+    ):
         width = 0.38
         for j, mk in enumerate(metric_keys):
             vals = [metrics["models"][n].get(mk) for n in names]
-            ax.bar(np.arange(len(names)) + j * width, [v if v is not None else 0 for v in vals], width, label=mk)
+            ax.bar(
+                np.arange(len(names)) + j * width, [v if v is not None else 0 for v in vals], width, label=mk
+            )
         ax.set_xticks(np.arange(len(names)) + width / 2, names, rotation=30, ha="right")
         ax.set_title(title)
         ax.legend()
@@ -267,8 +306,15 @@ def _margin_panel(ax, margins: dict, key: str) -> None:
     ax.set_title(f"hybrid minus baseline, {key} (95% CI)")
 
 
-def evaluate(data, report_dir: str | Path, model_dir: str | Path | None = None, config: TrainConfig | None = None,
-             splits: tuple[str, ...] | None = None, settings: Settings | None = None, k: int = 10) -> dict:
+def evaluate(
+    data,
+    report_dir: str | Path,
+    model_dir: str | Path | None = None,
+    config: TrainConfig | None = None,
+    splits: tuple[str, ...] | None = None,
+    settings: Settings | None = None,
+    k: int = 10,
+) -> dict:
     """Evaluate and write `metrics.json` (+ `metrics_time.json`) and PNG plots to `report_dir`.
 
     A model directory trained on the same data and split is evaluated as it is; otherwise (e.g. a
@@ -288,14 +334,28 @@ def evaluate(data, report_dir: str | Path, model_dir: str | Path | None = None, 
     if splits is None:
         splits = ("last", "time") if has_timestamps(dataset.reviews) else ("last",)
     primary = None
-    with tempfile.TemporaryDirectory(prefix="eval-", dir=settings.var_dir if settings.var_dir.exists() else None) as work:
+    with tempfile.TemporaryDirectory(
+        prefix="eval-", dir=settings.var_dir if settings.var_dir.exists() else None
+    ) as work:
         for split in splits:
             artifact = None
-            if manifest and manifest.get("split") == split and manifest["data"]["fingerprint"] == dataset.fingerprint():
+            if (
+                manifest
+                and manifest.get("split") == split
+                and manifest["data"]["fingerprint"] == dataset.fingerprint()
+            ):
                 artifact = Path(model_dir)
             name = "metrics" if split == splits[0] else f"metrics_{split}"
-            metrics, history, rec = evaluate_split(dataset, split, artifact, config, Path(work), settings, k,
-                                                   units_file=report_dir / f"{name}_units.npz")
+            metrics, history, rec = evaluate_split(
+                dataset,
+                split,
+                artifact,
+                config,
+                Path(work),
+                settings,
+                k,
+                units_file=report_dir / f"{name}_units.npz",
+            )
             if split == splits[0] and is_synthetic(dataset):
                 cold = cold_start_report(Path(dataset.path), rec, k)
                 if cold:

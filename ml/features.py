@@ -15,12 +15,12 @@ model carries that information instead (`cust_prior`, `prod_prior`); training ro
 with their own rating left out (`ml.baselines.BiasBaseline.leave_one_out`), and so does the
 neighbourhood residual in the pair features (`pair_features`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
 import numpy as np
-
 
 
 @dataclass
@@ -38,7 +38,6 @@ class FeatureTables:
     cust_review_sum: np.ndarray  # (C, Dt)
     cust_text_count: np.ndarray  # (C,)
     cust_count: np.ndarray  # (C,)
-    cust_rating_sum: np.ndarray  # (C,)
     cust_content_sum: np.ndarray  # (C, Dc) sum of content of rated products
     cust_content_wsum: np.ndarray  # (C, Dc) sum of (rating - mu) * content
     cust_history: np.ndarray  # (C, H) int32: positions + 1 of the latest rated products, 0 = padding
@@ -77,7 +76,7 @@ class FeatureTables:
         np.savez_compressed(path, **{f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
-    def load(cls, path) -> "FeatureTables":
+    def load(cls, path) -> FeatureTables:
         with np.load(path, allow_pickle=False) as z:
             kwargs = {f.name: z[f.name] for f in fields(cls)}
         kwargs["mu"] = float(kwargs["mu"])
@@ -128,7 +127,6 @@ def build_tables(
         cust_review_sum=scatter(u, n_c, review_vecs * tw) if dt else np.zeros((n_c, 0), np.float32),
         cust_text_count=np.bincount(u, weights=tw[:, 0], minlength=n_c).astype(np.float32),
         cust_count=np.bincount(u, minlength=n_c).astype(np.float32),
-        cust_rating_sum=np.bincount(u, weights=rating, minlength=n_c).astype(np.float32),
         cust_content_sum=scatter(u, n_c, content) if dc else np.zeros((n_c, 0), np.float32),
         cust_content_wsum=scatter(u, n_c, content * (rating - mu)[:, None].astype(np.float32))
         if dc
@@ -168,9 +166,11 @@ def _cooccurrence(u: np.ndarray, i: np.ndarray, rating: np.ndarray, n_c: int, n_
     c.setdiag(0)
     c.eliminate_zeros()
     return {
-        "rated_indptr": x.indptr.astype(np.int64), "rated_indices": x.indices.astype(np.int32),
+        "rated_indptr": x.indptr.astype(np.int64),
+        "rated_indices": x.indices.astype(np.int32),
         "rated_rating": rated_rating,
-        "cooc_indptr": c.indptr.astype(np.int64), "cooc_indices": c.indices.astype(np.int32),
+        "cooc_indptr": c.indptr.astype(np.int64),
+        "cooc_indices": c.indices.astype(np.int32),
         "cooc_data": c.data.astype(np.float32),
     }
 
@@ -198,7 +198,7 @@ def _ragged(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return owner, np.arange(int(lens.sum()), dtype=np.int64) - first[owner] + starts[owner]
 
 
-def _rated(t: "FeatureTables", u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rated(t: FeatureTables, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, product, residual r - mu - b_j) of the training ratings of customer rows `u` (-1: none)."""
     known = np.flatnonzero(np.asarray(u) >= 0)
     owner, pos = _ragged(t.rated_indptr, np.asarray(u)[known])
@@ -206,7 +206,7 @@ def _rated(t: "FeatureTables", u: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return known[owner], j, (t.rated_rating[pos] - t.mu - t.prod_prior[j]).astype(np.float64)
 
 
-def _link_sums(t: "FeatureTables", u: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _link_sums(t: FeatureTables, u: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """THE pair-signal core: for sorted unique keys row * P + product, (Σ_j C(j, product),
     Σ_j C(j, product)·(r_uj - mu - b_j)) over the products j that customer u[row] rated.
 
@@ -238,7 +238,7 @@ def _link_sums(t: "FeatureTables", u: np.ndarray, keys: np.ndarray) -> tuple[np.
     return links, resid
 
 
-def _own_terms(t: "FeatureTables", u: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _own_terms(t: FeatureTables, u: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row (u, i): the customer's rating count, the sum of their residuals and the residual of
     (u, i) itself (0 when not rated): what leave-one-out takes out of the link sums."""
     uniq, inv = np.unique(u, return_inverse=True)
@@ -258,7 +258,7 @@ def _own_terms(t: "FeatureTables", u: np.ndarray, i: np.ndarray) -> tuple[np.nda
     return n_rated, total, own
 
 
-def pair_grid(t: "FeatureTables", u: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
+def pair_grid(t: FeatureTables, u: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
     """(len(u), m, PAIR_DIM) pair features of each customer with each of `items` (product positions,
     -1 = unknown; the whole catalog when None): the grid call shape of `pair_features`, same core."""
     u = np.asarray(u, np.int64)
@@ -272,8 +272,13 @@ def pair_grid(t: "FeatureTables", u: np.ndarray, items: np.ndarray | None = None
     return _pair_columns(links, resid, customer_prior(t, u)[:, None])
 
 
-def pair_features(t: "FeatureTables", u: np.ndarray, i: np.ndarray, leave_out: np.ndarray | None = None,
-                  cust_prior: np.ndarray | None = None) -> np.ndarray:
+def pair_features(
+    t: FeatureTables,
+    u: np.ndarray,
+    i: np.ndarray,
+    leave_out: np.ndarray | None = None,
+    cust_prior: np.ndarray | None = None,
+) -> np.ndarray:
     """(n, PAIR_DIM) item-to-item signals of aligned rows (u, i), from the products j the customer
     rated and the co-rating counts C(i, j) (customers who rated both):
     - links = Σ_j C(i, j): "customers who bought X also bought Y";
@@ -310,7 +315,7 @@ class Exclusion:
     is_rated: np.ndarray | None = None  # (n,) 1 where the row's own pair is a training rating
 
     @classmethod
-    def none(cls, n: int, dt: int) -> "Exclusion":
+    def none(cls, n: int, dt: int) -> Exclusion:
         z = np.zeros(n, np.float32)
         return cls(z, z, np.zeros((n, dt), np.float32), z)
 
@@ -319,8 +324,9 @@ def _mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
     return total / np.maximum(count, 1.0)[:, None]
 
 
-def _review_aggregate(pos: np.ndarray, ex: Exclusion, review_sum: np.ndarray, text_count: np.ndarray,
-                      count: np.ndarray):
+def _review_aggregate(
+    pos: np.ndarray, ex: Exclusion, review_sum: np.ndarray, text_count: np.ndarray, count: np.ndarray
+):
     """Shared by both sides: (clamped positions, known mask, leave-one-out mean review vector,
     leave-one-out rating count, [log1p(count), has-text] stats) for entity positions `pos`."""
     known = (pos >= 0).astype(np.float32)
@@ -341,7 +347,8 @@ def customer_features(
     With `ex`, the review `ex` (and the product `ex_item`'s content) is subtracted from the sums."""
     ex = ex or Exclusion.none(len(u), t.cust_review_sum.shape[1])
     uu, known, review_mean, cnt, stats = _review_aggregate(
-        u, ex, t.cust_review_sum, t.cust_text_count, t.cust_count)
+        u, ex, t.cust_review_sum, t.cust_text_count, t.cust_count
+    )
     a = ex.active
     csum = t.cust_content_sum[uu]
     cwsum = t.cust_content_wsum[uu]
@@ -351,15 +358,20 @@ def customer_features(
         cwsum = cwsum - content * (ex.rating - t.mu)[:, None]
     csum = csum * known[:, None]
     cwsum = cwsum * known[:, None]
-    return np.concatenate([review_mean, _mean(csum, cnt), _mean(cwsum, cnt), stats], axis=1).astype(np.float32)
+    return np.concatenate([review_mean, _mean(csum, cnt), _mean(cwsum, cnt), stats], axis=1).astype(
+        np.float32
+    )
 
 
 def product_features(t: FeatureTables, i: np.ndarray, ex: Exclusion | None = None) -> np.ndarray:
     """(n, prod_dim) rows for product positions `i` (-1 = unknown product: all zeros)."""
     ex = ex or Exclusion.none(len(i), t.prod_review_sum.shape[1])
     ii, known, review_mean, _, stats = _review_aggregate(
-        i, ex, t.prod_review_sum, t.prod_text_count, t.prod_count)
-    return np.concatenate([t.prod_content[ii] * known[:, None], review_mean, stats], axis=1).astype(np.float32)
+        i, ex, t.prod_review_sum, t.prod_text_count, t.prod_count
+    )
+    return np.concatenate([t.prod_content[ii] * known[:, None], review_mean, stats], axis=1).astype(
+        np.float32
+    )
 
 
 def model_inputs(
@@ -387,8 +399,9 @@ def model_inputs(
     }
 
 
-def customer_history(t: FeatureTables, u: np.ndarray, ex_item: np.ndarray | None = None,
-                     ex: Exclusion | None = None) -> np.ndarray:
+def customer_history(
+    t: FeatureTables, u: np.ndarray, ex_item: np.ndarray | None = None, ex: Exclusion | None = None
+) -> np.ndarray:
     """(n, H) rated-product ids per row, without the excluded product (leave-one-out)."""
     u = np.asarray(u)
     hist = np.where((u >= 0)[:, None], t.cust_history[np.maximum(u, 0)], 0)

@@ -18,14 +18,15 @@ reranked by the heads with the new features.
 
 The feedback file (`FeedbackFile`, JSON lines in the Amazon 2023 review format plus the stream id)
 is what the next training reads with its data (`merge_into`)."""
+
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -49,20 +50,37 @@ class Rating:
 
     def to_review(self) -> dict:
         """The Amazon 2023 review record the next training reads (ml.data.amazon2023)."""
-        return {"user_id": self.customer_id, "parent_asin": self.product_id, "asin": self.product_id,
-                "rating": self.rating, "title": "", "text": self.text, "timestamp": self.timestamp_ms,
-                "feedback_id": self.feedback_id}
+        return {
+            "user_id": self.customer_id,
+            "parent_asin": self.product_id,
+            "asin": self.product_id,
+            "rating": self.rating,
+            "title": "",
+            "text": self.text,
+            "timestamp": self.timestamp_ms,
+            "feedback_id": self.feedback_id,
+        }
 
     @classmethod
-    def from_fields(cls, fields: dict, feedback_id: str = "") -> "Rating":
-        return cls(str(fields["customer_id"]), str(fields["product_id"]), float(fields["rating"]),
-                   str(fields.get("text", "")), int(fields.get("timestamp_ms", 0)), feedback_id)
+    def from_fields(cls, fields: dict, feedback_id: str = "") -> Rating:
+        return cls(
+            str(fields["customer_id"]),
+            str(fields["product_id"]),
+            float(fields["rating"]),
+            str(fields.get("text", "")),
+            int(fields.get("timestamp_ms", 0)),
+            feedback_id,
+        )
 
 
 def check_rating(value) -> float:
     """A rating from a client: a number from 1 to 5 (ValueError otherwise)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
-            or not MIN_RATING <= value <= MAX_RATING:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not np.isfinite(value)
+        or not MIN_RATING <= value <= MAX_RATING
+    ):
         raise ValueError(f"rating must be a number from {MIN_RATING:g} to {MAX_RATING:g}")
     return float(value)
 
@@ -73,7 +91,7 @@ def add_customer(t: FeatureTables, customer_id: str) -> int:
     for name in ("cust_review_sum", "cust_content_sum", "cust_content_wsum", "cust_history"):
         table = getattr(t, name)
         setattr(t, name, np.concatenate([table, np.zeros((1,) + table.shape[1:], table.dtype)]))
-    for name in ("cust_text_count", "cust_count", "cust_rating_sum", "cust_prior"):
+    for name in ("cust_text_count", "cust_count", "cust_prior"):
         setattr(t, name, np.append(getattr(t, name), np.float32(0)))
     t.rated_indptr = np.append(t.rated_indptr, t.rated_indptr[-1])
     return t.n_customers - 1
@@ -89,16 +107,16 @@ def _set_rated(t: FeatureTables, u: int, i: int, rating: float) -> float | None:
         return old
     t.rated_indices = np.insert(t.rated_indices, at, np.int32(i))
     t.rated_rating = np.insert(t.rated_rating, at, np.float32(rating))
-    t.rated_indptr[u + 1:] += 1
+    t.rated_indptr[u + 1 :] += 1
     return None
 
 
 def _push_history(t: FeatureTables, u: int, i: int) -> None:
     """Product i becomes customer u's most recent (last) history id."""
     row = [x for x in t.cust_history[u] if x != i + 1 and x != 0]
-    row = (row + [i + 1])[-t.cust_history.shape[1]:]
+    row = (row + [i + 1])[-t.cust_history.shape[1] :]
     t.cust_history[u] = 0
-    t.cust_history[u, len(t.cust_history[u]) - len(row):] = row
+    t.cust_history[u, len(t.cust_history[u]) - len(row) :] = row
 
 
 def _refit_bias(t: FeatureTables, u: int, reg_u: float = BiasBaseline().reg_u) -> None:
@@ -115,11 +133,9 @@ def fold_in(t: FeatureTables, u: int, i: int, rating: float) -> bool:
     old = _set_rated(t, u, i, rating)
     if old is None:  # a new pair: counted, its content summed, weighted by rating - mu
         t.cust_count[u] += 1
-        t.cust_rating_sum[u] += rating
         t.cust_content_sum[u] += content
         t.cust_content_wsum[u] += content * np.float32(rating - t.mu)
     else:  # a replaced rating: only the rating moves
-        t.cust_rating_sum[u] += rating - old
         t.cust_content_wsum[u] += content * np.float32(rating - old)
     _push_history(t, u, i)
     _refit_bias(t, u)
@@ -164,14 +180,23 @@ def merge_into(reviews: pd.DataFrame, products: pd.Index, records: list[dict]) -
     the catalog; a later record for the same (customer, product) replaces earlier ones, feedback
     included (it is the customer's latest word). Returns (reviews, report for the manifest)."""
     rows = [r for r in records if str(r.get("parent_asin")) in products]
-    report = {"records": len(records), "used": len(rows), "last_id": rows[-1].get("feedback_id") if rows else None}
+    report = {
+        "records": len(records),
+        "used": len(rows),
+        "last_id": rows[-1].get("feedback_id") if rows else None,
+    }
     if not rows:
         return reviews, report
-    extra = pd.DataFrame({
-        "customer_id": [str(r["user_id"]) for r in rows], "product_id": [str(r["parent_asin"]) for r in rows],
-        "rating": [float(r["rating"]) for r in rows], "title": "", "text": [str(r.get("text", "")) for r in rows],
-        "timestamp": [float(r.get("timestamp", 0)) for r in rows],
-    })
+    extra = pd.DataFrame(
+        {
+            "customer_id": [str(r["user_id"]) for r in rows],
+            "product_id": [str(r["parent_asin"]) for r in rows],
+            "rating": [float(r["rating"]) for r in rows],
+            "title": "",
+            "text": [str(r.get("text", "")) for r in rows],
+            "timestamp": [float(r.get("timestamp", 0)) for r in rows],
+        }
+    )
     merged = pd.concat([reviews, extra], ignore_index=True)
     merged = merged.drop_duplicates(["customer_id", "product_id"], keep="last").reset_index(drop=True)
     if "order" in merged:

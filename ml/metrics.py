@@ -7,11 +7,21 @@ evaluated in chunks of customers so the dense (chunk, n_items) score matrix stay
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["rmse", "mae", "squared_errors", "Csr", "csr_from_pairs", "top_k", "ranking_metrics", "paired_bootstrap"]
+__all__ = [
+    "rmse",
+    "mae",
+    "squared_errors",
+    "Csr",
+    "csr_from_pairs",
+    "top_k",
+    "ranking_metrics",
+    "paired_bootstrap",
+]
 
 
 def _errors(y_true, y_pred) -> np.ndarray:
@@ -148,7 +158,9 @@ def ranking_metrics(
     if k <= 0:
         raise ValueError("k must be positive")
     chunk = max(1, int(chunk))
-    if not (hasattr(relevant, "indptr") and hasattr(relevant, "indices")) and len(relevant) != len(customer_idx):
+    if not (hasattr(relevant, "indptr") and hasattr(relevant, "indices")) and len(relevant) != len(
+        customer_idx
+    ):
         raise ValueError("relevant must be aligned with customer_idx")
     if (
         exclude is not None
@@ -198,8 +210,13 @@ def ranking_metrics(
     return {f"recall@{k}": float(recall.mean()), f"ndcg@{k}": float(ndcg.mean())}
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray], np.ndarray] | None = None,
-                     n_boot: int = 1000, seed: int = 0) -> dict:
+def paired_bootstrap(
+    a: np.ndarray,
+    b: np.ndarray,
+    stat: Callable[[np.ndarray], np.ndarray] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """stat(a) - stat(b) for two models' per-unit values on the same units (test ratings or
     customers), with a 95% percentile interval from resampling the units with replacement.
 
@@ -217,6 +234,6 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray], 
     boots = np.empty(n_boot)
     for lo in range(0, n_boot, 100):  # 100 resamples at a time bounds memory
         idx = rng.integers(0, len(a), size=(min(100, n_boot - lo), len(a)))
-        boots[lo:lo + len(idx)] = stat(a[idx]) - stat(b[idx])
+        boots[lo : lo + len(idx)] = stat(a[idx]) - stat(b[idx])
     low, high = np.percentile(boots, [2.5, 97.5])
     return {"diff": diff, "ci95": [float(low), float(high)], "n": int(len(a))}

@@ -10,6 +10,7 @@ Two heads, each its own network over the same inputs:
   too high; the ranking score combines both (see `ranking_score`).
 Written with `keras.ops` only, so it runs on TensorFlow (default) and JAX.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -19,7 +20,6 @@ import numpy as np
 from keras import layers, ops
 
 from ml.features import PAIR_DIM, PRODUCT_LOG_COUNT
-
 
 ARCHITECTURE_FIELDS = ("id_dim", "tower_dim", "hidden", "dropout", "id_dropout", "l2")
 
@@ -53,7 +53,7 @@ class ModelSpec:
         self.prod_review_span = tuple(self.prod_review_span)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
+    def from_dict(cls, d: dict) -> ModelSpec:
         return cls(**d)
 
 
@@ -77,7 +77,11 @@ class IdDropout(layers.Layer):
 def _mlp(units: tuple[int, ...], dropout: float, l2: float, name: str) -> keras.Sequential:
     stack = []
     for k, n in enumerate(units):
-        stack.append(layers.Dense(n, activation="relu", kernel_regularizer=keras.regularizers.L2(l2), name=f"{name}_{k}"))
+        stack.append(
+            layers.Dense(
+                n, activation="relu", kernel_regularizer=keras.regularizers.L2(l2), name=f"{name}_{k}"
+            )
+        )
         if dropout:
             stack.append(layers.Dropout(dropout))
     return keras.Sequential(stack, name=name)
@@ -105,8 +109,9 @@ class HeadNet(layers.Layer):
         if kind == "interact":
             self.prod_id_drop = IdDropout(spec.id_dropout, seed=seed + 1)
             self.prod_emb = layers.Embedding(spec.n_products + 1, spec.id_dim, embeddings_regularizer=reg)
-            self.prod_off = layers.Embedding(spec.n_products + 1, 1, embeddings_initializer="zeros",
-                                             embeddings_regularizer=reg)
+            self.prod_off = layers.Embedding(
+                spec.n_products + 1, 1, embeddings_initializer="zeros", embeddings_regularizer=reg
+            )
             # popularity prior: a linear term on log1p(rating count), starting at slope 1, so the
             # head ranks like popularity from the first epoch and learns what departs from it
             self.popularity = layers.Dense(1, kernel_initializer="ones", name=f"{kind}_popularity")
@@ -121,8 +126,11 @@ class HeadNet(layers.Layer):
         self.out = layers.Dense(1, kernel_initializer=init, name=f"{kind}_out")
         # "wide" part of the rating head: a linear term on the pair features, so the neighbourhood
         # residual (ml.features.pair_features) can correct the bias prior directly
-        self.wide = layers.Dense(1, use_bias=False, kernel_initializer="zeros", name=f"{kind}_wide") \
-            if kind == "rating" else None
+        self.wide = (
+            layers.Dense(1, use_bias=False, kernel_initializer="zeros", name=f"{kind}_wide")
+            if kind == "rating"
+            else None
+        )
 
     def build(self, input_shape=None):
         self.built = True
@@ -130,18 +138,26 @@ class HeadNet(layers.Layer):
     def customer_part(self, features, prior, history, training=False) -> dict:
         mask = ops.cast(ops.greater(history, 0), "float32")
         hist = ops.sum(self.hist_emb(history) * mask[:, :, None], axis=1) / ops.maximum(
-            ops.sum(mask, axis=1, keepdims=True), 1.0)
+            ops.sum(mask, axis=1, keepdims=True), 1.0
+        )
         offset = prior if self.kind == "rating" else ops.zeros_like(prior)
         return {"t": self.cust_tower(features, training=training), "e": hist, "b": offset}
 
     def product_part(self, features, ids, prior, training=False) -> dict:
         if self.kind == "rating":
-            return {"t": self.prod_tower(features, training=training), "e": self.prod_vec(features), "b": prior}
+            return {
+                "t": self.prod_tower(features, training=training),
+                "e": self.prod_vec(features),
+                "b": prior,
+            }
         ids = self.prod_id_drop(ids, training=training)
         features = features * self.prod_keep
-        log_count = features[:, PRODUCT_LOG_COUNT:PRODUCT_LOG_COUNT + 1]
-        return {"t": self.prod_tower(features, training=training), "e": self.prod_emb(ids),
-                "b": self.prod_off(ids)[:, 0] + self.popularity(log_count)[:, 0]}
+        log_count = features[:, PRODUCT_LOG_COUNT : PRODUCT_LOG_COUNT + 1]
+        return {
+            "t": self.prod_tower(features, training=training),
+            "e": self.prod_emb(ids),
+            "b": self.prod_off(ids)[:, 0] + self.popularity(log_count)[:, 0],
+        }
 
     def pair_part(self, c: dict, p: dict, pair, training=False):
         x = ops.concatenate([c["t"], p["t"], c["t"] * p["t"], c["e"], p["e"], c["e"] * p["e"], pair], axis=-1)
@@ -152,7 +168,6 @@ class HeadNet(layers.Layer):
 
 
 HEADS = ("rating", "interact")
-
 
 
 @keras.saving.register_keras_serializable(package="ml")
@@ -177,13 +192,19 @@ class HybridModel(keras.Model):
 
     def customer_part(self, features, prior, history, training=False) -> dict:
         """Per-customer halves of both heads (computed once per customer at serving time)."""
-        return {f"{h}.{k}": v for h, net in self.nets.items()
-                for k, v in net.customer_part(features, prior, history, training=training).items()}
+        return {
+            f"{h}.{k}": v
+            for h, net in self.nets.items()
+            for k, v in net.customer_part(features, prior, history, training=training).items()
+        }
 
     def product_part(self, features, ids, prior, training=False) -> dict:
         """Per-product halves of both heads (computed once per catalog at serving time)."""
-        return {f"{h}.{k}": v for h, net in self.nets.items()
-                for k, v in net.product_part(features, ids, prior, training=training).items()}
+        return {
+            f"{h}.{k}": v
+            for h, net in self.nets.items()
+            for k, v in net.product_part(features, ids, prior, training=training).items()
+        }
 
     def pair_part(self, c: dict, p: dict, pair, training=False) -> dict:
         """Both heads for aligned rows of customer and product parts and pair features (n, 1)."""
@@ -195,15 +216,19 @@ class HybridModel(keras.Model):
         return out
 
     def call(self, inputs, training=False):
-        c = self.customer_part(inputs["customer"], inputs["customer_prior"], inputs["history"], training=training)
-        p = self.product_part(inputs["product"], inputs["product_id"], inputs["product_prior"], training=training)
+        c = self.customer_part(
+            inputs["customer"], inputs["customer_prior"], inputs["history"], training=training
+        )
+        p = self.product_part(
+            inputs["product"], inputs["product_id"], inputs["product_prior"], training=training
+        )
         return self.pair_part(c, p, inputs["pair"], training=training)
 
     def get_config(self) -> dict:
         return {"spec": self.spec.to_dict()}
 
     @classmethod
-    def from_config(cls, config: dict) -> "HybridModel":
+    def from_config(cls, config: dict) -> HybridModel:
         return cls(ModelSpec.from_dict(config["spec"]))
 
 

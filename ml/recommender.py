@@ -7,22 +7,33 @@ Serving (`recommend`, `recommend_many`), evaluation (`score_customers`, `heads_f
 rating prediction (`predict`, through `score_pairs`, the aligned-rows shape of the same forward
 pass) all go through it.
 """
+
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ml import feedback
 from ml.catalog import Catalog, Filters, read_attributes
-from ml.features import (FeatureTables, customer_features, customer_history, customer_prior, pair_features,
-                         pair_grid, product_features, product_id_input, product_prior)
 from ml.config import Settings
+from ml.features import (
+    FeatureTables,
+    customer_features,
+    customer_history,
+    customer_prior,
+    pair_features,
+    pair_grid,
+    product_features,
+    product_id_input,
+    product_prior,
+)
 from ml.model import ModelSpec, build_model, ranking_score
 from ml.registry import read_manifest
 from ml.retrieval import ContentIndex, Retriever, positions_in, without_positions
@@ -57,7 +68,7 @@ class ServingPath:
     exact_max_products: int = Settings.exact_max_products
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ServingPath":
+    def from_settings(cls, settings: Settings) -> ServingPath:
         return cls(settings.retrieval_k, settings.exact_max_products)
 
 
@@ -76,16 +87,28 @@ def content_modalities(manifest: dict, content: np.ndarray) -> list[str]:
     if content.shape[1] == 0:
         return []
     masks = int(np.all((content == 0) | (content == 1), axis=0).sum())
-    image = bool(manifest.get("images", {}).get("with_photo")) and manifest.get("config", {}).get("use_images", True)
+    image = bool(manifest.get("images", {}).get("with_photo")) and manifest.get("config", {}).get(
+        "use_images", True
+    )
     return (["image"] if image else []) + (["text"] if masks > int(image) else [])
 
 
 class Recommender:
     """Top-N recommendations from a trained hybrid model artifact."""
 
-    def __init__(self, path: Path, manifest: dict, tables: FeatureTables, model, seen_u: np.ndarray,
-                 seen_i: np.ndarray, products: list[dict], retriever: Retriever | None = None,
-                 serving: ServingPath = ServingPath(), catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict,
+        tables: FeatureTables,
+        model,
+        seen_u: np.ndarray,
+        seen_i: np.ndarray,
+        products: list[dict],
+        retriever: Retriever | None = None,
+        serving: ServingPath = ServingPath(),
+        catalog: Catalog | None = None,
+    ) -> None:
         self.path = path
         self.retriever = retriever
         self.serving = serving
@@ -104,20 +127,25 @@ class Recommender:
         all_i = np.arange(tables.n_products)
         self.net = ScoringNet.from_model(model)
         with_unknown = np.append(all_i, -1)  # row P: the "unknown product" (position -1)
-        self._prod = self.net.product_part(product_features(tables, with_unknown), product_id_input(tables, with_unknown),
-                                           product_prior(tables, with_unknown))
+        self._prod = self.net.product_part(
+            product_features(tables, with_unknown),
+            product_id_input(tables, with_unknown),
+            product_prior(tables, with_unknown),
+        )
         all_i = np.arange(tables.n_products)
         mean_rating = tables.prod_rating_sum / np.maximum(tables.prod_count, 1)
         self._popular = np.lexsort((all_i, -mean_rating, -tables.prod_count))
         self._popular_rank = np.empty(tables.n_products, np.int64)
         self._popular_rank[self._popular] = all_i
-        self.catalog = catalog or Catalog([""] * tables.n_products, np.full(tables.n_products, np.nan), "none")
+        self.catalog = catalog or Catalog(
+            [""] * tables.n_products, np.full(tables.n_products, np.nan), "none"
+        )
         # similar products and reasons: cosine over the content vectors the hybrid is given
         self.content = ContentIndex(tables.prod_content)
         self.modalities = content_modalities(manifest, tables.prod_content)
 
     @classmethod
-    def load(cls, path: str | Path, settings: Settings | None = None) -> "Recommender":
+    def load(cls, path: str | Path, settings: Settings | None = None) -> Recommender:
         """The artifact at `path`, with its retriever when it has one; `settings` choose the serving
         path (default: the environment's)."""
         path = Path(path)
@@ -150,9 +178,9 @@ class Recommender:
         return [str(c) for c in self.tables.customer_ids[order[: max(limit, 0)]]]
 
     def seen(self, u: int) -> np.ndarray:
-        return self._seen_i[self._seen_start[u]: self._seen_start[u + 1]]
+        return self._seen_i[self._seen_start[u] : self._seen_start[u + 1]]
 
-    def add_ratings(self, ratings: "Sequence[Rating]") -> int:
+    def add_ratings(self, ratings: Sequence[Rating]) -> int:
         """Fold feedback into the loaded model without retraining (ml.feedback says what changes at
         once and what waits for training): an unknown customer becomes a known one, the product is
         seen. Ratings of products this model does not have are skipped. Returns how many were applied."""
@@ -173,18 +201,18 @@ class Recommender:
             if feedback.fold_in(self.tables, int(u), int(i), r.rating):
                 at = self._seen_start[u + 1]
                 self._seen_i = np.insert(self._seen_i, at, i)
-                self._seen_start[u + 1:] += 1
+                self._seen_start[u + 1 :] += 1
             applied += 1
         return applied
 
-    def with_serving(self, serving: ServingPath) -> "Recommender":
+    def with_serving(self, serving: ServingPath) -> Recommender:
         """The same loaded model served by another path (shares every array): benchmarks and
         tests compare exact and two-stage on one load."""
         other = copy.copy(self)
         other.serving = serving
         return other
 
-    def with_catalog(self, catalog: Catalog) -> "Recommender":
+    def with_catalog(self, catalog: Catalog) -> Recommender:
         """The same loaded model filtering by other catalog attributes (benchmarks, tests)."""
         if catalog.n_products != self.n_products:
             raise ValueError("the catalog must describe every product of the model")
@@ -206,7 +234,9 @@ class Recommender:
     # -- scoring -------------------------------------------------------------------------------
     def _customer_part(self, u: np.ndarray, heads: tuple[str, ...]) -> dict:
         t = self.tables
-        return self.net.customer_part(customer_features(t, u), customer_prior(t, u), customer_history(t, u), heads)
+        return self.net.customer_part(
+            customer_features(t, u), customer_prior(t, u), customer_history(t, u), heads
+        )
 
     def _product_part(self, i: np.ndarray | None) -> dict[str, ProductPart]:
         """Precomputed product halves of positions `i` (-1 = unknown), or of the whole catalog."""
@@ -234,7 +264,7 @@ class Recommender:
         prod = self._product_part(items)
         step = max(1, PASS_ROWS // max(m, 1))
         for s in range(0, len(u), step):
-            uu = u[s:s + step]
+            uu = u[s : s + step]
             c, pair = self._customer_part(uu, heads), pair_grid(self.tables, uu, items)
             for a in range(0, m, PASS_ROWS):
                 b = min(a + PASS_ROWS, m)
@@ -242,7 +272,7 @@ class Recommender:
                 res = self.net.forward(c, p, pair[:, a:b], heads)
                 for h, v in zip(HEADS, res):
                     if v is not None:
-                        out[h][s:s + step, a:b] = v
+                        out[h][s : s + step, a:b] = v
         return Heads(out.get("rating"), out.get("interact"))
 
     def score_pairs(self, u: np.ndarray, i: np.ndarray, heads: tuple[str, ...] = HEADS) -> Heads:
@@ -251,7 +281,7 @@ class Recommender:
         u, i = np.asarray(u, np.int64).reshape(-1), self._check_items(i)
         out = {h: np.zeros(len(u), np.float32) for h in heads}
         for s in range(0, len(u), PASS_ROWS):
-            uu, ii = u[s:s + PASS_ROWS], i[s:s + PASS_ROWS]
+            uu, ii = u[s : s + PASS_ROWS], i[s : s + PASS_ROWS]
             p = {h: ProductPart(v.q[:, None, :], v.bias[:, None]) for h, v in self._product_part(ii).items()}
             pair = pair_features(self.tables, uu, ii)[:, None, :]
             # a customer's half once however many of its rows there are (a batch's rows repeat each
@@ -261,7 +291,7 @@ class Recommender:
             res = self.net.forward(c, p, pair, heads)
             for h, v in zip(HEADS, res):
                 if v is not None:
-                    out[h][s:s + PASS_ROWS] = v[:, 0]
+                    out[h][s : s + PASS_ROWS] = v[:, 0]
         return Heads(out.get("rating"), out.get("interact"))
 
     def predict(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
@@ -273,18 +303,26 @@ class Recommender:
         u = np.asarray(u)
         step = max(1, max_rows // max(self.n_products, 1))
         for s in range(0, len(u), step):
-            uu = u[s:s + step]
+            uu = u[s : s + step]
             yield (uu, *self.score(uu))
 
     def score_customers(self, u: np.ndarray, rating_weight: float | None = None) -> np.ndarray:
         """(len(u), n_products) ranking scores."""
         w = self.rating_weight if rating_weight is None else rating_weight
-        chunks = [ranking_score(r, l, w) for _, r, l in self.heads_for_customers(u)]
+        chunks = [ranking_score(r, logit, w) for _, r, logit in self.heads_for_customers(u)]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.n_products), np.float32)
 
     # -- serving -------------------------------------------------------------------------------
-    def _item(self, i: int, score: float, rating: float | None, cold: bool, strategy: str, path: str,
-              because: dict | None = None) -> dict:
+    def _item(
+        self,
+        i: int,
+        score: float,
+        rating: float | None,
+        cold: bool,
+        strategy: str,
+        path: str,
+        because: dict | None = None,
+    ) -> dict:
         return {
             "product_id": str(self.tables.product_ids[i]),
             "score": round(float(score), 6),
@@ -307,8 +345,10 @@ class Recommender:
             part = np.argpartition(rank, k - 1)[:k] if 0 < k < len(allowed) else np.arange(k)
             pos = allowed[part[np.argsort(rank[part])]]
         counts = self.tables.prod_count
-        return [self._item(int(i), counts[i], None, True, "popularity", "popularity", popular_reason())
-                for i in pos]
+        return [
+            self._item(int(i), counts[i], None, True, "popularity", "popularity", popular_reason())
+            for i in pos
+        ]
 
     # -- reasons -------------------------------------------------------------------------------
     def _unit_content(self, i: np.ndarray) -> np.ndarray:
@@ -332,21 +372,37 @@ class Recommender:
         sim = self._unit_content(rated) @ self._unit_content(items).T  # (R, k)
         sim[rated[:, None] == items[None, :]] = -np.inf
         k = min(REASONS, len(rated))
-        best = np.argpartition(-sim, k - 1, axis=0)[:k] if k < len(rated) else \
-            np.broadcast_to(np.arange(len(rated))[:, None], sim.shape)
+        best = (
+            np.argpartition(-sim, k - 1, axis=0)[:k]
+            if k < len(rated)
+            else np.broadcast_to(np.arange(len(rated))[:, None], sim.shape)
+        )
         vals = np.take_along_axis(sim, best, 0)
         order = np.lexsort((rated[best], -vals), axis=0)
         best, vals = np.take_along_axis(best, order, 0), np.take_along_axis(vals, order, 0)
         out = []
         for col in range(len(items)):
-            out.append({"method": REASON_METHOD, "products": [
-                {"product_id": str(t.product_ids[rated[r]]), "title": self._titles[rated[r]],
-                 "similarity": round(float(v), 4), "rating": float(stars[r])}
-                for r, v in zip(best[:, col], vals[:, col]) if v > 0]})
+            out.append(
+                {
+                    "method": REASON_METHOD,
+                    "products": [
+                        {
+                            "product_id": str(t.product_ids[rated[r]]),
+                            "title": self._titles[rated[r]],
+                            "similarity": round(float(v), 4),
+                            "rating": float(stars[r]),
+                        }
+                        for r, v in zip(best[:, col], vals[:, col])
+                        if v > 0
+                    ],
+                }
+            )
         return out
 
     # -- filters -------------------------------------------------------------------------------
-    def _filtered_candidates(self, u: int, allowed: np.ndarray, top: int, exclude_seen: bool) -> tuple[np.ndarray, str]:
+    def _filtered_candidates(
+        self, u: int, allowed: np.ndarray, top: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, str]:
         """What to score for customer `u` within `allowed` (sorted positions) and the path it is.
         Exact serving, or at most k = max(retrieval_k, top) allowed products: all of them ("exact").
         Two-stage ("two_stage"), k candidates that pass the filter: by one pass over the allowed
@@ -388,8 +444,15 @@ class Recommender:
                 at = np.minimum(np.searchsorted(items, seen), len(items) - 1)
                 score[row, at[items[at] == seen]] = -np.inf
 
-    def _top(self, u: np.ndarray, items: np.ndarray | None, top: int, exclude_seen: bool, path: str,
-             reasons: bool = True) -> list[list[dict]]:
+    def _top(
+        self,
+        u: np.ndarray,
+        items: np.ndarray | None,
+        top: int,
+        exclude_seen: bool,
+        path: str,
+        reasons: bool = True,
+    ) -> list[list[dict]]:
         """Best `top` of `items` (sorted unique positions; None = catalog) for each known customer
         row of `u`, best first, ties by product position; with their `because` when `reasons`."""
         pos = np.arange(self.n_products) if items is None else items
@@ -420,13 +483,23 @@ class Recommender:
         for r in range(len(u)):
             a, b = bounds[r], bounds[r + 1]
             why = self.because(int(u[r]), best[a:b]) if reasons else [None] * (b - a)
-            out.append([self._item(int(i), s, rt, False, "hybrid", path, w)
-                        for i, s, rt, w in zip(best[a:b], vals[a:b], rating[a:b], why)])
+            out.append(
+                [
+                    self._item(int(i), s, rt, False, "hybrid", path, w)
+                    for i, s, rt, w in zip(best[a:b], vals[a:b], rating[a:b], why)
+                ]
+            )
         return out
 
-    def recommend(self, customer_id: str, top: int = 10, exclude_seen: bool = True,
-                  candidates: np.ndarray | None = None, filters: Filters | None = None,
-                  reasons: bool = True) -> list[dict]:
+    def recommend(
+        self,
+        customer_id: str,
+        top: int = 10,
+        exclude_seen: bool = True,
+        candidates: np.ndarray | None = None,
+        filters: Filters | None = None,
+        reasons: bool = True,
+    ) -> list[dict]:
         """Top `top` products for `customer_id`, best first. See COLD_START_DOC for unknown customers.
 
         `candidates`: product positions to rank; None ranks the retriever's candidates when serving is
@@ -458,40 +531,61 @@ class Recommender:
             items, path = None, "exact"
         return self._top(np.array([u]), items, top, exclude_seen, path, reasons)[0]
 
-    def recommend_many(self, customer_ids: list[str], top: int = 10, exclude_seen: bool = True,
-                       filters: Filters | None = None, reasons: bool = True) -> list[list[dict]]:
+    def recommend_many(
+        self,
+        customer_ids: list[str],
+        top: int = 10,
+        exclude_seen: bool = True,
+        filters: Filters | None = None,
+        reasons: bool = True,
+    ) -> list[list[dict]]:
         """`recommend` for many customers, the known ones scored as matrices in chunks of
         customers (chunk x n_products <= MAX_ROWS, or x retrieval_k when two-stage); unknown
         customers get the popularity list. `filters` as in `recommend`, the same for every customer."""
         if top < 1:
             raise ValueError("top must be at least 1")
         allowed = self.allowed(filters)
-        out: list[list[dict]] = [self._popular_items(top, allowed) if c not in self._customer_index else []
-                                 for c in customer_ids]
+        out: list[list[dict]] = [
+            self._popular_items(top, allowed) if c not in self._customer_index else [] for c in customer_ids
+        ]
         known = [k for k, c in enumerate(customer_ids) if c in self._customer_index]
         u = np.array([self._customer_index.get_loc(customer_ids[k]) for k in known], np.int64)
-        shared = allowed is not None and (not self.two_stage or len(allowed) <= max(self.serving.retrieval_k, top))
+        shared = allowed is not None and (
+            not self.two_stage or len(allowed) <= max(self.serving.retrieval_k, top)
+        )
         if shared:
             width = len(allowed)
         else:
             width = max(self.serving.retrieval_k, top) if self.two_stage else self.n_products
         step = max(1, MAX_ROWS // max(width, 1))
         for s in range(0, len(known), step):
-            uu = u[s:s + step]
+            uu = u[s : s + step]
             if shared:
                 lists = self._top(uu, allowed, top, exclude_seen, "exact", reasons)
             elif self.two_stage:
-                picked = [self._filtered_candidates(int(x), allowed, top, exclude_seen) if allowed is not None
-                          else (self.retrieve(int(x), top, exclude_seen), "two_stage") for x in uu]
-                lists = self._top_of_candidates(uu, [c for c, _ in picked], top, [p for _, p in picked], reasons)
+                picked = [
+                    self._filtered_candidates(int(x), allowed, top, exclude_seen)
+                    if allowed is not None
+                    else (self.retrieve(int(x), top, exclude_seen), "two_stage")
+                    for x in uu
+                ]
+                lists = self._top_of_candidates(
+                    uu, [c for c, _ in picked], top, [p for _, p in picked], reasons
+                )
             else:
                 lists = self._top(uu, None, top, exclude_seen, "exact", reasons)
-            for k, items in zip(known[s:s + step], lists):
+            for k, items in zip(known[s : s + step], lists):
                 out[k] = items
         return out
 
-    def _top_of_candidates(self, u: np.ndarray, candidates: list[np.ndarray], top: int,
-                           paths: list[str] | None = None, reasons: bool = True) -> list[list[dict]]:
+    def _top_of_candidates(
+        self,
+        u: np.ndarray,
+        candidates: list[np.ndarray],
+        top: int,
+        paths: list[str] | None = None,
+        reasons: bool = True,
+    ) -> list[list[dict]]:
         """Best `top` of each customer's own candidates (seen ones already removed), all customers in
         one aligned-rows forward pass (`score_pairs`): the batch form of the two-stage path."""
         lengths = np.array([len(c) for c in candidates])
@@ -503,15 +597,22 @@ class Recommender:
         for a, b in zip(starts[:-1], starts[1:]):
             picked.append(a + np.lexsort((items[a:b], -score[a:b]))[:top])
         best = np.concatenate(picked) if picked else np.zeros(0, np.int64)
-        rating = heads.rating[best] if heads.rating is not None else \
-            self.score_pairs(rows[best], items[best], heads=("rating",)).rating
+        rating = (
+            heads.rating[best]
+            if heads.rating is not None
+            else self.score_pairs(rows[best], items[best], heads=("rating",)).rating
+        )
         rating = np.clip(rating, 1.0, 5.0)
         out, at = [], 0
         for row, sel in enumerate(picked):
             why = self.because(int(u[row]), items[sel]) if reasons else [None] * len(sel)
             path = "two_stage" if paths is None else paths[row]
-            out.append([self._item(int(items[j]), score[j], rating[at + n], False, "hybrid", path, why[n])
-                        for n, j in enumerate(sel)])
+            out.append(
+                [
+                    self._item(int(items[j]), score[j], rating[at + n], False, "hybrid", path, why[n])
+                    for n, j in enumerate(sel)
+                ]
+            )
             at += len(sel)
         return out
 
@@ -541,8 +642,15 @@ class Recommender:
         stars = dict(zip(t.rated_indices[a:b].tolist(), t.rated_rating[a:b].tolist()))
         recent = [int(x) - 1 for x in t.cust_history[u][::-1] if x > 0 and int(x) - 1 in stars]
         rest = sorted(set(stars) - set(recent), key=lambda i: (-stars[i], i))
-        return [{"product_id": str(t.product_ids[i]), "rating": float(stars[i]), "title": self._titles[i],
-                 "image": self._images[i]} for i in (recent + rest)[:limit]]
+        return [
+            {
+                "product_id": str(t.product_ids[i]),
+                "rating": float(stars[i]),
+                "title": self._titles[i],
+                "image": self._images[i],
+            }
+            for i in (recent + rest)[:limit]
+        ]
 
     def similar(self, product_id: str, top: int = 10) -> list[dict]:
         """The `top` products nearest to `product_id` by content (cosine of the image/text vectors
@@ -552,5 +660,12 @@ class Recommender:
             raise ValueError("top must be at least 1")
         self.title(product_id)  # known?
         pos, sims = self.content.neighbours(int(self._product_index.get_loc(product_id)), top)
-        return [{"product_id": str(self.tables.product_ids[i]), "similarity": round(float(v), 4),
-                 "title": self._titles[i], "image": self._images[i]} for i, v in zip(pos, sims)]
+        return [
+            {
+                "product_id": str(self.tables.product_ids[i]),
+                "similarity": round(float(v), 4),
+                "title": self._titles[i],
+                "image": self._images[i],
+            }
+            for i, v in zip(pos, sims)
+        ]

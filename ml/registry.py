@@ -4,12 +4,13 @@ Training writes a new version directory, then `publish()` swaps CURRENT atomical
 so a serving process that polls `current_version()` picks the new model up without a restart and a
 reader never sees a half-written pointer.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 CURRENT_FILE = "CURRENT"
@@ -25,8 +26,10 @@ def read_manifest(path: str | Path) -> dict:
         raise FileNotFoundError(f"{path} is not a model artifact (no manifest.json)")
     manifest = json.loads(manifest_file.read_text())
     if manifest.get("format") != ARTIFACT_FORMAT:
-        raise ValueError(f"{path} has artifact format {manifest.get('format')}, this code reads "
-                         f"format {ARTIFACT_FORMAT}: train the model again")
+        raise ValueError(
+            f"{path} has artifact format {manifest.get('format')}, this code reads "
+            f"format {ARTIFACT_FORMAT}: train the model again"
+        )
     return manifest
 
 
@@ -36,7 +39,7 @@ class ModelRegistry:
 
     def new_version(self) -> str:
         """A sortable, unique version name (UTC time to the microsecond)."""
-        return datetime.now(timezone.utc).strftime("v%Y%m%dT%H%M%S%fZ")
+        return datetime.now(UTC).strftime("v%Y%m%dT%H%M%S%fZ")
 
     def path_for(self, version: str) -> Path:
         if not version or "/" in version or version.startswith("."):
@@ -80,10 +83,16 @@ class ModelRegistry:
         except ValueError as exc:  # an artifact format this code does not read
             manifest = json.loads((path / "manifest.json").read_text())
             servable, problem = False, str(exc).replace(str(path), version)
-        out = {"version": version, "created": manifest.get("created"), "format": manifest.get("format"),
-               "data": manifest.get("data", {}), "metrics": manifest.get("metrics", {}),
-               "training_seconds": manifest.get("training_seconds"), "servable": servable,
-               "current": version == self.current_version()}
+        out = {
+            "version": version,
+            "created": manifest.get("created"),
+            "format": manifest.get("format"),
+            "data": manifest.get("data", {}),
+            "metrics": manifest.get("metrics", {}),
+            "training_seconds": manifest.get("training_seconds"),
+            "servable": servable,
+            "current": version == self.current_version(),
+        }
         if problem:
             out["problem"] = problem
         return out

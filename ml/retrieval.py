@@ -17,20 +17,28 @@ fixed per artifact), so a request is a row lookup and one index query: no Keras 
 
 Written with keras.ops only (TensorFlow and JAX). No Flask or Celery imports.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from ml.features import (FeatureTables, customer_features, customer_history, customer_prior, product_features,
-                         product_id_input, product_prior)
+from ml.features import (
+    FeatureTables,
+    customer_features,
+    customer_history,
+    customer_prior,
+    product_features,
+    product_id_input,
+    product_prior,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +75,13 @@ class RetrievalConfig:
 
 # -- teacher ------------------------------------------------------------------------------------
 
+
 def teacher_from_recommender(rec) -> Teacher:
     """The pick head's logits (`Recommender.score`, pick head only) as a teacher callable."""
+
     def by_score(u: np.ndarray, items: np.ndarray | None) -> np.ndarray:
         return np.asarray(rec.score(np.asarray(u), items, heads=("interact",)).logit, np.float32)
+
     return by_score
 
 
@@ -101,11 +112,17 @@ def pick_parts(model, tables: FeatureTables, batch: int = 65536) -> tuple[np.nda
 
 
 def _seen_rows(tables: FeatureTables, u: np.ndarray) -> list[np.ndarray]:
-    return [tables.rated_indices[tables.rated_indptr[c]: tables.rated_indptr[c + 1]] for c in u]
+    return [tables.rated_indices[tables.rated_indptr[c] : tables.rated_indptr[c + 1]] for c in u]
 
 
-def distill_targets(teacher: Teacher, tables: FeatureTables, u: np.ndarray, bias: np.ndarray,
-                    cfg: RetrievalConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def distill_targets(
+    teacher: Teacher,
+    tables: FeatureTables,
+    u: np.ndarray,
+    bias: np.ndarray,
+    cfg: RetrievalConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """(product positions (n, M), teacher logits (n, M)) per customer: the teacher's top-M unseen
     products and random ones (seen ones get MASKED). Catalogs above `cfg.pool` are scored on a
     fresh pool per chunk: the top products by bias plus uniform random ones."""
@@ -116,7 +133,7 @@ def distill_targets(teacher: Teacher, tables: FeatureTables, u: np.ndarray, bias
     by_bias = np.argsort(-bias, kind="stable")[: cfg.pool // 4]
     items_out, logits_out = [], []
     for s in range(0, len(u), chunk):
-        uu = u[s:s + chunk]
+        uu = u[s : s + chunk]
         if n_p <= cfg.pool:
             pool = None
             cols = np.arange(n_p)
@@ -128,8 +145,11 @@ def distill_targets(teacher: Teacher, tables: FeatureTables, u: np.ndarray, bias
         for r, seen in enumerate(_seen_rows(tables, uu)):
             idx = seen if pos is None else np.array([pos[int(p)] for p in seen if int(p) in pos], np.int64)
             logits[r, idx.astype(np.int64)] = MASKED
-        best = np.argpartition(-logits, top_m - 1, axis=1)[:, :top_m] if top_m < logits.shape[1] \
+        best = (
+            np.argpartition(-logits, top_m - 1, axis=1)[:, :top_m]
+            if top_m < logits.shape[1]
             else np.tile(np.arange(logits.shape[1]), (len(uu), 1))[:, :top_m]
+        )
         rand = rng.integers(0, logits.shape[1], size=(len(uu), m - top_m))
         pick = np.concatenate([best, rand], axis=1)
         items_out.append(cols[pick])
@@ -138,6 +158,7 @@ def distill_targets(teacher: Teacher, tables: FeatureTables, u: np.ndarray, bias
 
 
 # -- the two-tower student (Keras) --------------------------------------------------------------
+
 
 def build_two_tower(cust_dim: int, prod_dim: int, cfg: RetrievalConfig):
     """Keras model: inputs customer (B, Dc), product (B, M, Dp), bias (B, M) -> logits (B, M)."""
@@ -149,10 +170,20 @@ def build_two_tower(cust_dim: int, prod_dim: int, cfg: RetrievalConfig):
         def __init__(self, **kwargs) -> None:
             super().__init__(**kwargs)
             init = keras.initializers.GlorotUniform(seed=cfg.seed)
-            self.cust = keras.Sequential([layers.Dense(cfg.hidden, activation="relu", kernel_initializer=init),
-                                          layers.Dense(cfg.dim, kernel_initializer=init)], name="customer_tower")
-            self.prod = keras.Sequential([layers.Dense(cfg.hidden, activation="relu", kernel_initializer=init),
-                                          layers.Dense(cfg.dim, kernel_initializer=init)], name="product_tower")
+            self.cust = keras.Sequential(
+                [
+                    layers.Dense(cfg.hidden, activation="relu", kernel_initializer=init),
+                    layers.Dense(cfg.dim, kernel_initializer=init),
+                ],
+                name="customer_tower",
+            )
+            self.prod = keras.Sequential(
+                [
+                    layers.Dense(cfg.hidden, activation="relu", kernel_initializer=init),
+                    layers.Dense(cfg.dim, kernel_initializer=init),
+                ],
+                name="product_tower",
+            )
 
         def call(self, inputs):
             vc = self.cust(inputs["customer"])
@@ -160,8 +191,13 @@ def build_two_tower(cust_dim: int, prod_dim: int, cfg: RetrievalConfig):
             return ops.sum(vc[:, None, :] * vp, axis=-1) + inputs["bias"]
 
     model = TwoTower()
-    model({"customer": np.zeros((1, cust_dim), np.float32), "product": np.zeros((1, 1, prod_dim), np.float32),
-           "bias": np.zeros((1, 1), np.float32)})
+    model(
+        {
+            "customer": np.zeros((1, cust_dim), np.float32),
+            "product": np.zeros((1, 1, prod_dim), np.float32),
+            "bias": np.zeros((1, 1), np.float32),
+        }
+    )
     return model
 
 
@@ -176,6 +212,7 @@ def make_distill_loss(temperature: float):
         s = ops.where(keep > 0, student_logits / temperature, MASKED)
         p = ops.softmax(t, axis=-1)
         return -ops.mean(ops.sum(p * ops.log_softmax(s, axis=-1) * keep, axis=-1))
+
     return loss
 
 
@@ -192,10 +229,11 @@ def _tower_np(layers_w: list[np.ndarray], x: np.ndarray) -> np.ndarray:
 
 
 def _in_batches(fn, x: np.ndarray, batch: int = 65536) -> np.ndarray:
-    return np.concatenate([fn(x[s:s + batch]) for s in range(0, len(x), batch)]) if len(x) else x
+    return np.concatenate([fn(x[s : s + batch]) for s in range(0, len(x), batch)]) if len(x) else x
 
 
 # -- the index ----------------------------------------------------------------------------------
+
 
 class ExactIndex:
     """Brute-force inner-product top-k in numpy (small catalogs, and the reference)."""
@@ -218,7 +256,7 @@ class ExactIndex:
         pass  # the vectors are saved by the Retriever
 
     @classmethod
-    def load(cls, path: Path, vectors: np.ndarray, params: dict) -> "ExactIndex":
+    def load(cls, path: Path, vectors: np.ndarray, params: dict) -> ExactIndex:
         return cls(vectors)
 
 
@@ -241,8 +279,15 @@ class HnswIndex:
         return np.concatenate([vectors, extra[:, None]], axis=1).astype(np.float32)
 
     @classmethod
-    def build(cls, vectors: np.ndarray, m: int = 16, ef_construction: int = 100, ef_factor: float = 1.5,
-              seed: int = 0, threads: int = -1) -> "HnswIndex":
+    def build(
+        cls,
+        vectors: np.ndarray,
+        m: int = 16,
+        ef_construction: int = 100,
+        ef_factor: float = 1.5,
+        seed: int = 0,
+        threads: int = -1,
+    ) -> HnswIndex:
         import hnswlib
 
         x = cls._augment(vectors)
@@ -254,8 +299,11 @@ class HnswIndex:
         return cls(index, ef_factor)
 
     def params(self) -> dict:
-        return {"M": int(self.index.M), "ef_construction": int(self.index.ef_construction),
-                "ef_factor": self.ef_factor}
+        return {
+            "M": int(self.index.M),
+            "ef_construction": int(self.index.ef_construction),
+            "ef_factor": self.ef_factor,
+        }
 
     def search(self, q: np.ndarray, k: int) -> np.ndarray:
         k = int(min(k, self.index.get_current_count()))
@@ -267,7 +315,7 @@ class HnswIndex:
         self.index.save_index(str(path / "index.hnsw"))
 
     @classmethod
-    def load(cls, path: Path, vectors: np.ndarray, params: dict) -> "HnswIndex":
+    def load(cls, path: Path, vectors: np.ndarray, params: dict) -> HnswIndex:
         import hnswlib
 
         index = hnswlib.Index(space="l2", dim=vectors.shape[1] + 1)
@@ -331,13 +379,17 @@ class ContentIndex:
     the serving side of "similar products". Exact below `hnsw_min` rows (`CosineIndex`); from there
     an `HnswIndex` over the unit rows (inner product of unit vectors = cosine), as for retrieval."""
 
-    def __init__(self, content: np.ndarray, hnsw_min: int | None = None, cfg: RetrievalConfig | None = None) -> None:
+    def __init__(
+        self, content: np.ndarray, hnsw_min: int | None = None, cfg: RetrievalConfig | None = None
+    ) -> None:
         self.exact = CosineIndex(content)
         self.index = self.exact
         if hnsw_min is not None and len(content) >= hnsw_min:
             cfg = cfg or RetrievalConfig()
             unit = self.exact.vectors * self.exact.inv_norm[:, None]
-            self.index = HnswIndex.build(unit, cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.hnsw_ef_factor, cfg.seed)
+            self.index = HnswIndex.build(
+                unit, cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.hnsw_ef_factor, cfg.seed
+            )
 
     @property
     def kind(self) -> str:
@@ -368,6 +420,7 @@ def build_index(vectors: np.ndarray, cfg: RetrievalConfig):
 
 # -- serving object -----------------------------------------------------------------------------
 
+
 def positions_in(sorted_positions: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Index of each of `values` in `sorted_positions` (sorted, unique), -1 where absent: a binary
     search per value, so a few values against a large filter cost microseconds."""
@@ -389,8 +442,9 @@ def without_positions(sorted_positions: np.ndarray, values: np.ndarray | None) -
 class Retriever:
     """Customer vector -> top-k candidate product positions (seen/excluded ones removed before the cut)."""
 
-    def __init__(self, customer_vecs: np.ndarray, product_vecs: np.ndarray, index, meta: dict,
-                 bias_net: np.ndarray) -> None:
+    def __init__(
+        self, customer_vecs: np.ndarray, product_vecs: np.ndarray, index, meta: dict, bias_net: np.ndarray
+    ) -> None:
         self.customer_vecs = customer_vecs
         self.product_vecs = product_vecs
         self.index = index
@@ -401,7 +455,9 @@ class Retriever:
     def n_products(self) -> int:
         return len(self.product_vecs)
 
-    def candidates(self, u: int, k: int, exclude: np.ndarray | None = None, safety_net: bool = True) -> np.ndarray:
+    def candidates(
+        self, u: int, k: int, exclude: np.ndarray | None = None, safety_net: bool = True
+    ) -> np.ndarray:
         """k product positions (fewer only when the catalog minus `exclude` has fewer): up to k/10
         of the top products by bias alone (the safety net), then the index's best for customer `u`;
         none of them in `exclude`."""
@@ -425,7 +481,9 @@ class Retriever:
             out = np.concatenate([out, rest[: k - len(out)]])
         return out
 
-    def candidates_in(self, u: int, k: int, allowed: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    def candidates_in(
+        self, u: int, k: int, allowed: np.ndarray, exclude: np.ndarray | None = None
+    ) -> np.ndarray:
         """`candidates` restricted to `allowed` (sorted positions; a filter), found exactly by one
         pass over their vectors instead of the index: for a filter that keeps a small share of the
         catalog, cheaper than asking the index for enough candidates that k pass. The same safety
@@ -453,12 +511,14 @@ class Retriever:
         (path / "meta.json").write_text(json.dumps(self.meta, indent=2) + "\n")
 
     @classmethod
-    def load(cls, artifact_dir: str | Path) -> "Retriever":
+    def load(cls, artifact_dir: str | Path) -> Retriever:
         path = Path(artifact_dir) / RETRIEVAL_DIR
         meta = json.loads((path / "meta.json").read_text())
         product_vecs = np.load(path / "product_vecs.npy")
         index = INDEXES[meta["index"]["type"]].load(path, product_vecs, meta["index"])
-        return cls(np.load(path / "customer_vecs.npy"), product_vecs, index, meta, np.load(path / "bias_net.npy"))
+        return cls(
+            np.load(path / "customer_vecs.npy"), product_vecs, index, meta, np.load(path / "bias_net.npy")
+        )
 
     @classmethod
     def exists(cls, artifact_dir: str | Path) -> bool:
@@ -467,16 +527,27 @@ class Retriever:
 
 # -- building -----------------------------------------------------------------------------------
 
-def _fit_student(cust_x: np.ndarray, prod_x: np.ndarray, bias: np.ndarray, u: np.ndarray,
-                 items: np.ndarray, targets: np.ndarray, cfg: RetrievalConfig):
+
+def _fit_student(
+    cust_x: np.ndarray,
+    prod_x: np.ndarray,
+    bias: np.ndarray,
+    u: np.ndarray,
+    items: np.ndarray,
+    targets: np.ndarray,
+    cfg: RetrievalConfig,
+):
     """Fit the two towers on (customer, its M products, teacher logits) with random batches:
     `max_epochs` passes' worth, at least `min_steps`. Returns (model, steps)."""
     import keras
 
     keras.utils.set_random_seed(cfg.seed)
     model = build_two_tower(cust_x.shape[1], prod_x.shape[1], cfg)
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=make_distill_loss(cfg.temperature),
-                  jit_compile=False)  # XLA compiling takes longer than these few steps
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss=make_distill_loss(cfg.temperature),
+        jit_compile=False,
+    )  # XLA compiling takes longer than these few steps
     batch = int(min(cfg.batch, len(u)))
     steps = int(max(cfg.min_steps, cfg.max_epochs * np.ceil(len(u) / batch)))
     rows = np.random.default_rng(cfg.seed).integers(0, len(u), size=(steps, batch))
@@ -486,8 +557,14 @@ def _fit_student(cust_x: np.ndarray, prod_x: np.ndarray, bias: np.ndarray, u: np
     return model, steps
 
 
-def distillation_recall(teacher: Teacher, retriever: Retriever, tables: FeatureTables, u: np.ndarray,
-                        ks: tuple[int, ...], top: int = 10) -> dict:
+def distillation_recall(
+    teacher: Teacher,
+    retriever: Retriever,
+    tables: FeatureTables,
+    u: np.ndarray,
+    ks: tuple[int, ...],
+    top: int = 10,
+) -> dict:
     """Share of the teacher's top-`top` unseen products found among `k` retrieved candidates, per k
     (= the two-stage recall@top, since reranking with the teacher orders candidates exactly), with
     the expectation for random candidates next to it."""
@@ -499,8 +576,8 @@ def distillation_recall(teacher: Teacher, retriever: Retriever, tables: FeatureT
     random_hits = {k: 0.0 for k in ks}
     total = 0
     for s in range(0, len(u), 64):
-        logits = teacher(u[s:s + 64], None)
-        for r, c in enumerate(u[s:s + 64]):
+        logits = teacher(u[s : s + 64], None)
+        for r, c in enumerate(u[s : s + 64]):
             row = np.array(logits[r], np.float32)
             row[seen[s + r]] = -np.inf
             avail = int(np.isfinite(row).sum())
@@ -509,17 +586,29 @@ def distillation_recall(teacher: Teacher, retriever: Retriever, tables: FeatureT
             total += t
             for k in ks:
                 hits[k] += int(np.isin(best, retriever.candidates(int(c), k, seen[s + r])).sum())
-                student_hits[k] += int(np.isin(best, retriever.candidates(int(c), k, seen[s + r], False)).sum())
+                student_hits[k] += int(
+                    np.isin(best, retriever.candidates(int(c), k, seen[s + r], False)).sum()
+                )
                 random_hits[k] += t * min(k, avail) / max(avail, 1)
+
     def share(h: dict) -> dict:
         return {str(k): round(h[k] / max(total, 1), 4) for k in ks}
-    return {"customers": int(len(u)), f"recall@{top}_in_k": share(hits),
-            f"student_only_recall@{top}_in_k": share(student_hits),
-            f"random_recall@{top}_in_k": share(random_hits)}
+
+    return {
+        "customers": int(len(u)),
+        f"recall@{top}_in_k": share(hits),
+        f"student_only_recall@{top}_in_k": share(student_hits),
+        f"random_recall@{top}_in_k": share(random_hits),
+    }
 
 
-def build_retriever(model, tables: FeatureTables, teacher: Teacher, cfg: RetrievalConfig | None = None,
-                    recall_customers: int = 500) -> Retriever:
+def build_retriever(
+    model,
+    tables: FeatureTables,
+    teacher: Teacher,
+    cfg: RetrievalConfig | None = None,
+    recall_customers: int = 500,
+) -> Retriever:
     """Distil the pick head (`teacher`) into two towers, embed every customer and product, and build
     the index. `model` is the fitted HybridModel (its pick head's halves are tower inputs)."""
     cfg = cfg or RetrievalConfig()
@@ -550,15 +639,24 @@ def build_retriever(model, tables: FeatureTables, teacher: Teacher, cfg: Retriev
     index = build_index(product_vecs, cfg)
     index_s = time.perf_counter() - t0
     meta = {
-        "dim": cfg.dim, "vector_dim": int(product_vecs.shape[1]),
+        "dim": cfg.dim,
+        "vector_dim": int(product_vecs.shape[1]),
         "index": {"type": index.kind, **index.params()},
         "index_build_seconds": round(index_s, 2),
-        "distill_seconds": round(teacher_s + fit_s, 2), "teacher_seconds": round(teacher_s, 2),
-        "steps": steps, "distill_customers": int(len(fit_u)), "list_size": int(items.shape[1]),
+        "distill_seconds": round(teacher_s + fit_s, 2),
+        "teacher_seconds": round(teacher_s, 2),
+        "steps": steps,
+        "distill_customers": int(len(fit_u)),
+        "list_size": int(items.shape[1]),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
     }
-    retriever = Retriever(customer_vecs, product_vecs, index, meta,
-                          np.argsort(-bias, kind="stable")[: cfg.bias_net].astype(np.int64))
+    retriever = Retriever(
+        customer_vecs,
+        product_vecs,
+        index,
+        meta,
+        np.argsort(-bias, kind="stable")[: cfg.bias_net].astype(np.int64),
+    )
     n_recall = int(min(recall_customers, max(20, cfg.recall_rows // tables.n_products)))
     if len(held):
         meta["heldout"] = distillation_recall(teacher, retriever, tables, held[:n_recall], cfg.recall_ks)

@@ -13,6 +13,7 @@ every product row: no (customer, product) concatenation is ever built. Dropout a
 inactive at inference, so they are left out. `forward` is the one function for both call shapes:
 customers x candidates (q of shape (m, K)) and aligned rows (q of shape (n, 1, K)).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -96,14 +97,21 @@ class FirstLayer:
     relu: bool
 
     @classmethod
-    def split(cls, layer: Dense, t: int, d: int) -> "FirstLayer":
+    def split(cls, layer: Dense, t: int, d: int) -> FirstLayer:
         w = layer.kernel
         if w.shape[0] != 3 * t + 3 * d + PAIR_DIM:
             raise ValueError(f"first layer has {w.shape[0]} inputs, expected {3 * t + 3 * d + PAIR_DIM}")
         blocks = np.split(w, np.cumsum([t, t, t, d, d, d]))
         bias = layer.bias if layer.bias is not None else np.zeros(w.shape[1], np.float32)
-        return cls(blocks[0], blocks[3], np.concatenate([blocks[1], blocks[4]]),
-                   np.concatenate([blocks[2], blocks[5]]), blocks[6], bias, layer.relu)
+        return cls(
+            blocks[0],
+            blocks[3],
+            np.concatenate([blocks[1], blocks[4]]),
+            np.concatenate([blocks[2], blocks[5]]),
+            blocks[6],
+            bias,
+            layer.relu,
+        )
 
 
 @dataclass
@@ -115,7 +123,7 @@ class CustomerPart:
     base: np.ndarray
     bias: np.ndarray
 
-    def take(self, rows: np.ndarray) -> "CustomerPart":
+    def take(self, rows: np.ndarray) -> CustomerPart:
         return CustomerPart(self.c[rows], self.base[rows], self.bias[rows])
 
 
@@ -126,7 +134,7 @@ class ProductPart:
     q: np.ndarray
     bias: np.ndarray
 
-    def take(self, i: np.ndarray) -> "ProductPart":
+    def take(self, i: np.ndarray) -> ProductPart:
         return ProductPart(self.q[i], self.bias[i])
 
 
@@ -149,13 +157,20 @@ class HeadWeights:
     mu: float = 0.0
 
     @classmethod
-    def from_net(cls, net, mu: float) -> "HeadWeights":
+    def from_net(cls, net, mu: float) -> HeadWeights:
         """Pull the weights of a built `ml.model.HeadNet`."""
         trunk = _stack(net.trunk) + [_dense(net.out)]
         cust_tower, prod_tower = _stack(net.cust_tower), _stack(net.prod_tower)
         t, d = cust_tower[-1].kernel.shape[1], _numpy(net.hist_emb.embeddings).shape[1]
-        w = cls(net.kind, cust_tower, prod_tower, _numpy(net.hist_emb.embeddings),
-                FirstLayer.split(trunk[0], t, d), trunk[1:], mu=float(mu))
+        w = cls(
+            net.kind,
+            cust_tower,
+            prod_tower,
+            _numpy(net.hist_emb.embeddings),
+            FirstLayer.split(trunk[0], t, d),
+            trunk[1:],
+            mu=float(mu),
+        )
         if net.kind == "interact":
             w.prod_emb = _numpy(net.prod_emb.embeddings)
             w.prod_off = _numpy(net.prod_off.embeddings)[:, 0]
@@ -173,19 +188,26 @@ class HeadWeights:
         ce = np.einsum("nh,nhd->nd", mask, self.hist_emb[history]) / np.maximum(mask.sum(1), 1.0)[:, None]
         bias = prior if self.kind == "rating" else np.zeros_like(prior)
         base = ct @ self.first.w_ct + ce @ self.first.w_ce + self.first.bias
-        return CustomerPart(np.concatenate([ct, ce], axis=1).astype(np.float32), base.astype(np.float32),
-                            np.asarray(bias, np.float32))
+        return CustomerPart(
+            np.concatenate([ct, ce], axis=1).astype(np.float32),
+            base.astype(np.float32),
+            np.asarray(bias, np.float32),
+        )
 
     def product_part(self, features: np.ndarray, ids: np.ndarray, prior: np.ndarray) -> ProductPart:
         """Tower, vector and bias of product rows (ids: positions + 1, 0 = unknown)."""
         if self.kind == "rating":
-            return ProductPart(np.concatenate([_apply(self.prod_tower, features), self.prod_vec(features)], axis=1),
-                               np.asarray(prior, np.float32))
+            return ProductPart(
+                np.concatenate([_apply(self.prod_tower, features), self.prod_vec(features)], axis=1),
+                np.asarray(prior, np.float32),
+            )
         features = features * self.prod_keep
-        log_count = features[:, PRODUCT_LOG_COUNT:PRODUCT_LOG_COUNT + 1]
+        log_count = features[:, PRODUCT_LOG_COUNT : PRODUCT_LOG_COUNT + 1]
         bias = self.prod_off[ids] + self.popularity(log_count)[:, 0]
-        return ProductPart(np.concatenate([_apply(self.prod_tower, features), self.prod_emb[ids]], axis=1),
-                           bias.astype(np.float32))
+        return ProductPart(
+            np.concatenate([_apply(self.prod_tower, features), self.prod_emb[ids]], axis=1),
+            bias.astype(np.float32),
+        )
 
     def forward(self, c: CustomerPart, p: ProductPart, pair: np.ndarray) -> np.ndarray:
         """(n, m) head outputs for customers c (n rows) against products p: p.q is (m, K) for
@@ -202,7 +224,9 @@ class HeadWeights:
             pair_rows = pair.transpose(1, 0, 2).reshape(m * n, -1)
         else:  # products per customer row: the same sum without per-row kernels; rows (customer, product)
             m = p.q.shape[1]
-            h = (p.q.reshape(n * m, k) @ f.w_q + (p.q * c.c[:, None, :]).reshape(n * m, k) @ f.w_x).reshape(n, m, width)
+            h = (p.q.reshape(n * m, k) @ f.w_q + (p.q * c.c[:, None, :]).reshape(n * m, k) @ f.w_x).reshape(
+                n, m, width
+            )
             h += c.base[:, None, :]
             pair_rows = pair.reshape(n * m, -1)
         h = h.reshape(-1, width)
@@ -226,18 +250,26 @@ class ScoringNet:
         self._blas = ThreadpoolController()
 
     @classmethod
-    def from_model(cls, model) -> "ScoringNet":
+    def from_model(cls, model) -> ScoringNet:
         return cls({h: HeadWeights.from_net(model.nets[h], model.spec.mu) for h in HEADS})
 
-    def customer_part(self, features: np.ndarray, prior: np.ndarray, history: np.ndarray,
-                      heads: tuple[str, ...] = HEADS) -> dict[str, CustomerPart]:
+    def customer_part(
+        self, features: np.ndarray, prior: np.ndarray, history: np.ndarray, heads: tuple[str, ...] = HEADS
+    ) -> dict[str, CustomerPart]:
         return {h: self.heads[h].customer_part(features, prior, history) for h in heads}
 
-    def product_part(self, features: np.ndarray, ids: np.ndarray, prior: np.ndarray) -> dict[str, ProductPart]:
+    def product_part(
+        self, features: np.ndarray, ids: np.ndarray, prior: np.ndarray
+    ) -> dict[str, ProductPart]:
         return {h: w.product_part(features, ids, prior) for h, w in self.heads.items()}
 
-    def forward(self, c: dict[str, CustomerPart], p: dict[str, ProductPart], pair: np.ndarray,
-                heads: tuple[str, ...] = HEADS) -> Heads:
+    def forward(
+        self,
+        c: dict[str, CustomerPart],
+        p: dict[str, ProductPart],
+        pair: np.ndarray,
+        heads: tuple[str, ...] = HEADS,
+    ) -> Heads:
         """The requested heads for customers x products (see HeadWeights.forward for shapes).
 
         Small passes (a single request) run BLAS on one thread: a multi-threaded OpenBLAS spends
@@ -248,7 +280,8 @@ class ScoringNet:
         with self._blas.limit(limits=1, user_api="blas"):
             return self._forward(c, p, pair, heads)
 
-    def _forward(self, c: dict[str, CustomerPart], p: dict[str, ProductPart], pair: np.ndarray,
-                 heads: tuple[str, ...]) -> Heads:
+    def _forward(
+        self, c: dict[str, CustomerPart], p: dict[str, ProductPart], pair: np.ndarray, heads: tuple[str, ...]
+    ) -> Heads:
         out = {h: self.heads[h].forward(c[h], p[h], pair) if h in heads else None for h in HEADS}
         return Heads(out["rating"], out["interact"])

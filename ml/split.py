@@ -1,4 +1,5 @@
 """Train/test splits of a reviews frame (columns customer_id, product_id, rating, timestamp, order)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,9 @@ def _chronological(reviews: pd.DataFrame) -> pd.DataFrame:
     return reviews.assign(_ts=ts).sort_values(["_ts", "order"], kind="stable").drop(columns="_ts")
 
 
-def split_reviews(reviews: pd.DataFrame, how: str = "last", time_quantile: float = 0.8) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_reviews(
+    reviews: pd.DataFrame, how: str = "last", time_quantile: float = 0.8
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split into (train, test).
 
     - `none`: everything is training data;

@@ -54,6 +54,7 @@ The truth file holds E[rating] under the noise, i.e. 1 + sum_k P(x + e >= k + 0.
 
 Same seed and parameters give byte-identical files; nothing depends on the wall clock.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -63,9 +64,10 @@ import math
 import os
 import shutil
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
@@ -109,21 +111,21 @@ _FMNIST_IMAGES = "train-images-idx3-ubyte.gz"
 _FMNIST_LABELS = "train-labels-idx1-ubyte.gz"
 
 # ----------------------------------------------------------------------------- model constants
-TARGET_MEAN = 3.85   # MU is calibrated so that the expected mean observed rating is this
-BIAS_SD = 0.45       # customer bias
-QUALITY_SD = 0.35    # product quality (individual part)
-STORE_SD = 0.15      # store quality offset
-NOISE_SD = 0.6       # rating noise
-BAD_P = 0.07         # chance of a "bad experience" (wrong size, defect): the rating drops by BAD_SHIFT
+TARGET_MEAN = 3.85  # MU is calibrated so that the expected mean observed rating is this
+BIAS_SD = 0.45  # customer bias
+QUALITY_SD = 0.35  # product quality (individual part)
+STORE_SD = 0.15  # store quality offset
+NOISE_SD = 0.6  # rating noise
+BAD_P = 0.07  # chance of a "bad experience" (wrong size, defect): the rating drops by BAD_SHIFT
 BAD_SHIFT = 2.2
-N_SEGMENTS = 6       # taste segments
+N_SEGMENTS = 6  # taste segments
 SEGMENT_WEIGHT = 0.8  # taste = SEGMENT_WEIGHT * segment + INDIVIDUAL_WEIGHT * own
 INDIVIDUAL_WEIGHT = 0.6
 W_CAT, W_COLOUR, W_PATTERN, W_STYLE = 0.8, 0.8, 0.55, 0.7
-ALPHA = 0.7          # selection: weight of taste (+ quality)
-BETA = 0.85          # selection: weight of log popularity
-POP_SD = 1.0         # log popularity (individual part)
-POP_QUALITY = 1.0    # log popularity slope on quality
+ALPHA = 0.7  # selection: weight of taste (+ quality)
+BETA = 0.85  # selection: weight of log popularity
+POP_SD = 1.0  # log popularity (individual part)
+POP_QUALITY = 1.0  # log popularity slope on quality
 
 BASE_MS = 1577836800000  # 2020-01-01T00:00:00Z; all timestamps are offsets drawn from the seed
 DAY_MS = 86_400_000
@@ -133,10 +135,10 @@ DAY_MS = 86_400_000
 @dataclass(frozen=True)
 class Garment:
     key: str
-    noun: str            # singular, lower case
+    noun: str  # singular, lower case
     plural: str
-    fmnist_label: int    # Fashion-MNIST class id
-    kind: str            # "clothes" | "shoes" | "bag"
+    fmnist_label: int  # Fashion-MNIST class id
+    kind: str  # "clothes" | "shoes" | "bag"
     path: tuple[str, ...]  # Amazon category path
     materials: tuple[str, ...]
     price: tuple[float, float]
@@ -145,46 +147,126 @@ class Garment:
 
 
 GARMENTS: tuple[Garment, ...] = (
-    Garment("tshirt", "t-shirt", "t-shirts", 0, "clothes",
-            ("Clothing, Shoes & Jewelry", "Clothing", "Tops & Tees", "T-Shirts"),
-            ("cotton", "jersey", "bamboo"), (9.0, 32.0), ("Women", "Men", "Unisex"),
-            ("Crew neck", "Short sleeves", "Relaxed fit")),
-    Garment("trousers", "trousers", "trousers", 1, "clothes",
-            ("Clothing, Shoes & Jewelry", "Clothing", "Pants", "Casual"),
-            ("cotton twill", "linen", "wool blend", "denim"), (19.0, 65.0), ("Women", "Men"),
-            ("Mid rise", "Zip fly with button closure", "Two side pockets")),
-    Garment("pullover", "sweater", "sweaters", 2, "clothes",
-            ("Clothing, Shoes & Jewelry", "Clothing", "Sweaters", "Pullovers"),
-            ("wool", "cotton knit", "cashmere blend"), (24.0, 85.0), ("Women", "Men", "Unisex"),
-            ("Ribbed cuffs and hem", "Long sleeves", "Crew neck")),
-    Garment("dress", "dress", "dresses", 3, "clothes",
-            ("Clothing, Shoes & Jewelry", "Clothing", "Dresses", "Casual"),
-            ("cotton", "chiffon", "linen", "satin"), (22.0, 95.0), ("Women",),
-            ("Sleeveless", "Fitted waist", "Midi length")),
-    Garment("coat", "coat", "coats", 4, "clothes",
-            ("Clothing, Shoes & Jewelry", "Clothing", "Coats, Jackets & Vests", "Wool & Blends"),
-            ("wool", "tweed", "polyester", "down"), (55.0, 210.0), ("Women", "Men"),
-            ("Button front", "Notched lapel", "Fully lined")),
-    Garment("sandal", "sandal", "sandals", 5, "shoes",
-            ("Clothing, Shoes & Jewelry", "Shoes", "Sandals"),
-            ("leather", "faux leather", "rubber"), (14.0, 60.0), ("Women", "Men", "Unisex"),
-            ("Open toe", "Adjustable ankle strap", "Cushioned footbed")),
-    Garment("shirt", "shirt", "shirts", 6, "clothes",
-            ("Clothing, Shoes & Jewelry", "Clothing", "Shirts", "Button-Down Shirts"),
-            ("cotton", "linen", "oxford cotton", "silk"), (19.0, 70.0), ("Women", "Men"),
-            ("Button-down collar", "Long sleeves", "Regular fit")),
-    Garment("sneaker", "sneaker", "sneakers", 7, "shoes",
-            ("Clothing, Shoes & Jewelry", "Shoes", "Fashion Sneakers"),
-            ("canvas", "mesh", "leather"), (29.0, 125.0), ("Women", "Men", "Unisex"),
-            ("Lace-up closure", "Rubber sole", "Padded collar")),
-    Garment("bag", "bag", "bags", 8, "bag",
-            ("Clothing, Shoes & Jewelry", "Handbags & Wallets", "Shoulder Bags"),
-            ("leather", "canvas", "faux leather"), (19.0, 160.0), ("Women", "Unisex"),
-            ("Zip top closure", "Inner pocket", "Top handle")),
-    Garment("boot", "ankle boot", "ankle boots", 9, "shoes",
-            ("Clothing, Shoes & Jewelry", "Shoes", "Boots", "Ankle & Bootie"),
-            ("leather", "suede", "faux suede"), (39.0, 170.0), ("Women", "Men"),
-            ("Side zip", "Block heel", "Rubber outsole")),
+    Garment(
+        "tshirt",
+        "t-shirt",
+        "t-shirts",
+        0,
+        "clothes",
+        ("Clothing, Shoes & Jewelry", "Clothing", "Tops & Tees", "T-Shirts"),
+        ("cotton", "jersey", "bamboo"),
+        (9.0, 32.0),
+        ("Women", "Men", "Unisex"),
+        ("Crew neck", "Short sleeves", "Relaxed fit"),
+    ),
+    Garment(
+        "trousers",
+        "trousers",
+        "trousers",
+        1,
+        "clothes",
+        ("Clothing, Shoes & Jewelry", "Clothing", "Pants", "Casual"),
+        ("cotton twill", "linen", "wool blend", "denim"),
+        (19.0, 65.0),
+        ("Women", "Men"),
+        ("Mid rise", "Zip fly with button closure", "Two side pockets"),
+    ),
+    Garment(
+        "pullover",
+        "sweater",
+        "sweaters",
+        2,
+        "clothes",
+        ("Clothing, Shoes & Jewelry", "Clothing", "Sweaters", "Pullovers"),
+        ("wool", "cotton knit", "cashmere blend"),
+        (24.0, 85.0),
+        ("Women", "Men", "Unisex"),
+        ("Ribbed cuffs and hem", "Long sleeves", "Crew neck"),
+    ),
+    Garment(
+        "dress",
+        "dress",
+        "dresses",
+        3,
+        "clothes",
+        ("Clothing, Shoes & Jewelry", "Clothing", "Dresses", "Casual"),
+        ("cotton", "chiffon", "linen", "satin"),
+        (22.0, 95.0),
+        ("Women",),
+        ("Sleeveless", "Fitted waist", "Midi length"),
+    ),
+    Garment(
+        "coat",
+        "coat",
+        "coats",
+        4,
+        "clothes",
+        ("Clothing, Shoes & Jewelry", "Clothing", "Coats, Jackets & Vests", "Wool & Blends"),
+        ("wool", "tweed", "polyester", "down"),
+        (55.0, 210.0),
+        ("Women", "Men"),
+        ("Button front", "Notched lapel", "Fully lined"),
+    ),
+    Garment(
+        "sandal",
+        "sandal",
+        "sandals",
+        5,
+        "shoes",
+        ("Clothing, Shoes & Jewelry", "Shoes", "Sandals"),
+        ("leather", "faux leather", "rubber"),
+        (14.0, 60.0),
+        ("Women", "Men", "Unisex"),
+        ("Open toe", "Adjustable ankle strap", "Cushioned footbed"),
+    ),
+    Garment(
+        "shirt",
+        "shirt",
+        "shirts",
+        6,
+        "clothes",
+        ("Clothing, Shoes & Jewelry", "Clothing", "Shirts", "Button-Down Shirts"),
+        ("cotton", "linen", "oxford cotton", "silk"),
+        (19.0, 70.0),
+        ("Women", "Men"),
+        ("Button-down collar", "Long sleeves", "Regular fit"),
+    ),
+    Garment(
+        "sneaker",
+        "sneaker",
+        "sneakers",
+        7,
+        "shoes",
+        ("Clothing, Shoes & Jewelry", "Shoes", "Fashion Sneakers"),
+        ("canvas", "mesh", "leather"),
+        (29.0, 125.0),
+        ("Women", "Men", "Unisex"),
+        ("Lace-up closure", "Rubber sole", "Padded collar"),
+    ),
+    Garment(
+        "bag",
+        "bag",
+        "bags",
+        8,
+        "bag",
+        ("Clothing, Shoes & Jewelry", "Handbags & Wallets", "Shoulder Bags"),
+        ("leather", "canvas", "faux leather"),
+        (19.0, 160.0),
+        ("Women", "Unisex"),
+        ("Zip top closure", "Inner pocket", "Top handle"),
+    ),
+    Garment(
+        "boot",
+        "ankle boot",
+        "ankle boots",
+        9,
+        "shoes",
+        ("Clothing, Shoes & Jewelry", "Shoes", "Boots", "Ankle & Bootie"),
+        ("leather", "suede", "faux suede"),
+        (39.0, 170.0),
+        ("Women", "Men"),
+        ("Side zip", "Block heel", "Rubber outsole"),
+    ),
 )
 
 # name -> RGB (as shown in the picture)
@@ -234,35 +316,74 @@ _CARE = {
 }
 
 STORES: tuple[str, ...] = (
-    "Northwind Apparel", "Maple & Thread", "Urban Loom", "Coastline Co.", "Velvet Fox",
-    "Stride Lab", "Bluebell Studio", "Ironpine Outfitters", "Lumen Wear", "Odd Sock Supply",
-    "Harbor & Hem", "Kestrel Goods",
+    "Northwind Apparel",
+    "Maple & Thread",
+    "Urban Loom",
+    "Coastline Co.",
+    "Velvet Fox",
+    "Stride Lab",
+    "Bluebell Studio",
+    "Ironpine Outfitters",
+    "Lumen Wear",
+    "Odd Sock Supply",
+    "Harbor & Hem",
+    "Kestrel Goods",
 )
 
 # --- review wording -------------------------------------------------------------------------
 _REVIEW_TITLES = {
-    5: ("Love it!", "Absolutely perfect", "Five stars", "Great {noun}", "Beautiful {colour} {noun}",
-        "Exactly what I wanted", "Perfect {noun}"),
-    4: ("Really nice", "Very pretty", "Good quality", "Nice {noun}", "Happy with it",
-        "Good buy", "Pretty {colour} {noun}"),
-    3: ("It's okay", "Decent but not perfect", "Mixed feelings", "Average {noun}", "So-so",
-        "Just okay"),
-    2: ("Disappointed", "Not what I expected", "Meh {noun}", "Not impressed",
-        "Would not buy again"),
-    1: ("Terrible", "Waste of money", "Very disappointed", "Returned it", "Awful {noun}",
-        "Do not buy"),
+    5: (
+        "Love it!",
+        "Absolutely perfect",
+        "Five stars",
+        "Great {noun}",
+        "Beautiful {colour} {noun}",
+        "Exactly what I wanted",
+        "Perfect {noun}",
+    ),
+    4: (
+        "Really nice",
+        "Very pretty",
+        "Good quality",
+        "Nice {noun}",
+        "Happy with it",
+        "Good buy",
+        "Pretty {colour} {noun}",
+    ),
+    3: ("It's okay", "Decent but not perfect", "Mixed feelings", "Average {noun}", "So-so", "Just okay"),
+    2: ("Disappointed", "Not what I expected", "Meh {noun}", "Not impressed", "Would not buy again"),
+    1: ("Terrible", "Waste of money", "Very disappointed", "Returned it", "Awful {noun}", "Do not buy"),
 }
 _OPENERS = {
-    5: ("Absolutely love this {noun}!", "This {noun} is perfect.",
-        "Best purchase I have made in a while.", "I am so happy with this {noun}."),
-    4: ("Really nice {noun}.", "I like this {noun} a lot.", "Good {noun} for the price.",
-        "Pretty happy with this one."),
-    3: ("This {noun} is okay.", "It's an average {noun}.", "Not bad, but nothing special.",
-        "Mixed feelings about this {noun}."),
-    2: ("Disappointed with this {noun}.", "Not what I expected.",
-        "I wanted to like this {noun} but it fell short."),
-    1: ("Terrible {noun}, do not buy.", "Very disappointed.", "Complete waste of money.",
-        "Worst {noun} I have ordered."),
+    5: (
+        "Absolutely love this {noun}!",
+        "This {noun} is perfect.",
+        "Best purchase I have made in a while.",
+        "I am so happy with this {noun}.",
+    ),
+    4: (
+        "Really nice {noun}.",
+        "I like this {noun} a lot.",
+        "Good {noun} for the price.",
+        "Pretty happy with this one.",
+    ),
+    3: (
+        "This {noun} is okay.",
+        "It's an average {noun}.",
+        "Not bad, but nothing special.",
+        "Mixed feelings about this {noun}.",
+    ),
+    2: (
+        "Disappointed with this {noun}.",
+        "Not what I expected.",
+        "I wanted to like this {noun} but it fell short.",
+    ),
+    1: (
+        "Terrible {noun}, do not buy.",
+        "Very disappointed.",
+        "Complete waste of money.",
+        "Worst {noun} I have ordered.",
+    ),
 }
 _CLOSERS = {
     5: ("Highly recommend!", "Would buy again in every colour.", "Love love love.", ""),
@@ -274,10 +395,16 @@ _CLOSERS = {
 # attribute -> (positive comments, negative comments)
 _COMMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "colour": (
-        ("I love the {colour} colour.", "The {colour} is gorgeous, exactly like the picture.",
-         "The shade of {colour} is beautiful."),
-        ("The {colour} looks dull and washed out in person.",
-         "I really don't like this shade of {colour}.", "The {colour} colour is unflattering."),
+        (
+            "I love the {colour} colour.",
+            "The {colour} is gorgeous, exactly like the picture.",
+            "The shade of {colour} is beautiful.",
+        ),
+        (
+            "The {colour} looks dull and washed out in person.",
+            "I really don't like this shade of {colour}.",
+            "The {colour} colour is unflattering.",
+        ),
     ),
     "pattern:plain": (
         ("Love the clean, solid look.", "Simple solid colour that goes with everything."),
@@ -296,8 +423,10 @@ _COMMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("Not as {style} as the pictures suggest.", "Too {style} for my taste."),
     ),
     "category:clothes": (
-        ("Fits true to size and the cut is great.", "I wear {plural} like this all the time and "
-         "this one is a favourite."),
+        (
+            "Fits true to size and the cut is great.",
+            "I wear {plural} like this all the time and this one is a favourite.",
+        ),
         ("Runs small and the cut is unflattering.", "Not really my kind of {noun}, the fit is off."),
     ),
     "category:shoes": (
@@ -320,7 +449,7 @@ _ALNUM = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
 # ----------------------------------------------------------------------------- public API
 def find_fashion_mnist(dirs: Sequence[Path | str] | None = None) -> Path | None:
     """The folder holding Fashion-MNIST's train idx files, or None when it is not installed."""
-    for d in (dirs if dirs is not None else FASHION_MNIST_DIRS):
+    for d in dirs if dirs is not None else FASHION_MNIST_DIRS:
         d = Path(d)
         if (d / _FMNIST_IMAGES).is_file() and (d / _FMNIST_LABELS).is_file():
             return d
@@ -383,8 +512,11 @@ def generate_world(
         raise ValueError("image_format must be 'png' or 'jpg'")
     if image_variation not in ("auto", "per-product", "jitter"):
         raise ValueError("image_variation must be 'auto', 'per-product' or 'jitter'")
-    variation = image_variation if image_variation != "auto" else (
-        "jitter" if n_products > VARY_ABOVE else "per-product")
+    variation = (
+        image_variation
+        if image_variation != "auto"
+        else ("jitter" if n_products > VARY_ABOVE else "per-product")
+    )
 
     out = Path(out_dir)
     images_dir = out / IMAGES_DIR
@@ -418,8 +550,10 @@ def generate_world(
 
     # --- who reviews what ----------------------------------------------------------------------
     warm_idx = np.flatnonzero(~products["cold"])
-    logits = ALPHA * (affinity[:, warm_idx] + products["quality"][None, warm_idx]) \
+    logits = (
+        ALPHA * (affinity[:, warm_idx] + products["quality"][None, warm_idx])
         + BETA * products["log_pop"][None, warm_idx]
+    )
     k_per_user = rng_sel.integers(min(lo, n_warm), min(hi, n_warm) + 1, size=n_customers)
     # (U, P) matrices are large for catalog-size worlds: built in place, freed as soon as they are used
     perturbed = rng_sel.gumbel(size=logits.shape)
@@ -471,18 +605,20 @@ def generate_world(
             helpful = int(rng_text.geometric(0.55) - 1)
             if r in (1, 5) and rng_text.random() < 0.3:
                 helpful += int(rng_text.integers(1, 6))
-            reviews.append({
-                "rating": float(r),
-                "title": title,
-                "text": text,
-                "images": [],
-                "asin": asins[j],
-                "parent_asin": asins[j],
-                "user_id": user_ids[u],
-                "timestamp": t,
-                "helpful_vote": helpful,
-                "verified_purchase": bool(rng_text.random() < 0.9),
-            })
+            reviews.append(
+                {
+                    "rating": float(r),
+                    "title": title,
+                    "text": text,
+                    "images": [],
+                    "asin": asins[j],
+                    "parent_asin": asins[j],
+                    "user_id": user_ids[u],
+                    "timestamp": t,
+                    "helpful_vote": helpful,
+                    "verified_purchase": bool(rng_text.random() < 0.9),
+                }
+            )
             first_review_ms[j] = min(first_review_ms[j], t)
     reviews.sort(key=lambda rv: (rv["timestamp"], rv["user_id"], rv["parent_asin"]))
 
@@ -534,15 +670,28 @@ def generate_world(
 
     # --- truth ---------------------------------------------------------------------------------
     cold_idx = np.flatnonzero(products["cold"])
-    truth_customers = n_customers if len(cold_idx) * n_customers <= truth_max_pairs else \
-        max(1, int(truth_max_pairs) // max(len(cold_idx), 1))
+    truth_customers = (
+        n_customers
+        if len(cold_idx) * n_customers <= truth_max_pairs
+        else max(1, int(truth_max_pairs) // max(len(cold_idx), 1))
+    )
     expected = _expected_rating(latent[:truth_customers][:, cold_idx]) if len(cold_idx) else None
     truth_chunks = []
     for u in range(truth_customers if len(cold_idx) else 0):
-        truth_chunks.append("".join(
-            json.dumps({"user_id": user_ids[u], "parent_asin": asins[j], "rating": round(float(e), 4),
-                        "latent": round(float(x), 4)}) + "\n"
-            for j, e, x in zip(cold_idx, expected[u], latent[u, cold_idx])))
+        truth_chunks.append(
+            "".join(
+                json.dumps(
+                    {
+                        "user_id": user_ids[u],
+                        "parent_asin": asins[j],
+                        "rating": round(float(e), 4),
+                        "latent": round(float(x), 4),
+                    }
+                )
+                + "\n"
+                for j, e, x in zip(cold_idx, expected[u], latent[u, cold_idx])
+            )
+        )
 
     hist = {str(k): 0 for k in range(1, 6)}
     for rv in reviews:
@@ -631,9 +780,19 @@ def _make_products(rng: np.random.Generator, n: int, n_cold: int) -> dict[str, A
     text_rng = rng.random((n, 4))  # title/feature/description variety
     return {
         "parent_asin": _codes(rng, n, 8, "B0"),
-        "cat": cat, "col": col, "pat": pat, "sty": sty,
-        "store": store, "store_quality": store_q, "quality": quality, "log_pop": log_pop,
-        "material": material, "dept": dept, "cold": cold, "price": price, "text_rng": text_rng,
+        "cat": cat,
+        "col": col,
+        "pat": pat,
+        "sty": sty,
+        "store": store,
+        "store_quality": store_q,
+        "quality": quality,
+        "log_pop": log_pop,
+        "material": material,
+        "dept": dept,
+        "cold": cold,
+        "price": price,
+        "text_rng": text_rng,
     }
 
 
@@ -666,8 +825,9 @@ def _attr_words(products: dict[str, Any], j: int) -> dict[str, str]:
     }
 
 
-def _review_text(rng: np.random.Generator, r: int, products: dict[str, Any], j: int,
-                 contrib: dict[str, float]) -> tuple[str, str]:
+def _review_text(
+    rng: np.random.Generator, r: int, products: dict[str, Any], j: int, contrib: dict[str, float]
+) -> tuple[str, str]:
     w = _attr_words(products, j)
     kind = GARMENTS[products["cat"][j]].kind
 
@@ -693,8 +853,9 @@ def _review_text(rng: np.random.Generator, r: int, products: dict[str, Any], j: 
     return title, text
 
 
-def _meta_line(products: dict[str, Any], j: int, ratings: list[float], avail_ms: int,
-               image_format: str = "png") -> dict[str, Any]:
+def _meta_line(
+    products: dict[str, Any], j: int, ratings: list[float], avail_ms: int, image_format: str = "png"
+) -> dict[str, Any]:
     g = GARMENTS[products["cat"][j]]
     w = _attr_words(products, j)
     tr = products["text_rng"][j]
@@ -725,7 +886,7 @@ def _meta_line(products: dict[str, Any], j: int, ratings: list[float], avail_ms:
         f"This {w['colour']} {pattern_words} {g.noun} from {store} brings {_STYLE_PHRASE[style]}.",
         f"Made from {w['material']}. {g.extra_features[0]}.",
     ]
-    avail = _dt.datetime.fromtimestamp(avail_ms / 1000, tz=_dt.timezone.utc)
+    avail = _dt.datetime.fromtimestamp(avail_ms / 1000, tz=_dt.UTC)
     details = {
         "Department": dept.lower() if dept != "Unisex" else "unisex-adult",
         "Material": material_t,
@@ -786,8 +947,14 @@ def _expected_rating(latent: np.ndarray) -> np.ndarray:
     return (1.0 - BAD_P) * exp_normal(latent) + BAD_P * exp_normal(latent - BAD_SHIFT)
 
 
-def _world_json(params: dict[str, Any], source: str, products: dict[str, Any],
-                customers: dict[str, Any], parts_keys: list[str], mu: float) -> dict[str, Any]:
+def _world_json(
+    params: dict[str, Any],
+    source: str,
+    products: dict[str, Any],
+    customers: dict[str, Any],
+    parts_keys: list[str],
+    mu: float,
+) -> dict[str, Any]:
     def r6(a: Any) -> Any:
         return np.round(np.asarray(a, dtype=float), 6).tolist()
 
@@ -797,12 +964,25 @@ def _world_json(params: dict[str, Any], source: str, products: dict[str, Any],
         "parameters": params,
         "image_source": source,
         "constants": {
-            "MU": round(mu, 6), "TARGET_MEAN": TARGET_MEAN, "BIAS_SD": BIAS_SD,
-            "QUALITY_SD": QUALITY_SD, "STORE_SD": STORE_SD, "NOISE_SD": NOISE_SD, "BAD_P": BAD_P,
-            "BAD_SHIFT": BAD_SHIFT, "N_SEGMENTS": N_SEGMENTS, "SEGMENT_WEIGHT": SEGMENT_WEIGHT,
-            "INDIVIDUAL_WEIGHT": INDIVIDUAL_WEIGHT, "W_CAT": W_CAT, "W_COLOUR": W_COLOUR,
-            "W_PATTERN": W_PATTERN, "W_STYLE": W_STYLE, "ALPHA": ALPHA, "BETA": BETA,
-            "POP_SD": POP_SD, "POP_QUALITY": POP_QUALITY,
+            "MU": round(mu, 6),
+            "TARGET_MEAN": TARGET_MEAN,
+            "BIAS_SD": BIAS_SD,
+            "QUALITY_SD": QUALITY_SD,
+            "STORE_SD": STORE_SD,
+            "NOISE_SD": NOISE_SD,
+            "BAD_P": BAD_P,
+            "BAD_SHIFT": BAD_SHIFT,
+            "N_SEGMENTS": N_SEGMENTS,
+            "SEGMENT_WEIGHT": SEGMENT_WEIGHT,
+            "INDIVIDUAL_WEIGHT": INDIVIDUAL_WEIGHT,
+            "W_CAT": W_CAT,
+            "W_COLOUR": W_COLOUR,
+            "W_PATTERN": W_PATTERN,
+            "W_STYLE": W_STYLE,
+            "ALPHA": ALPHA,
+            "BETA": BETA,
+            "POP_SD": POP_SD,
+            "POP_QUALITY": POP_QUALITY,
         },
         "vocab": {
             "category": [g.key for g in GARMENTS],
@@ -844,8 +1024,9 @@ def _world_json(params: dict[str, Any], source: str, products: dict[str, Any],
     }
 
 
-def _readme(params: dict[str, Any], source: str, n_cold: int, n_reviews: int,
-            hist: dict[str, int], mean_rating: float) -> str:
+def _readme(
+    params: dict[str, Any], source: str, n_cold: int, n_reviews: int, hist: dict[str, int], mean_rating: float
+) -> str:
     call = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v!r}" for k, v in params.items())
     img = (
         "Fashion-MNIST pictures (Debian package dataset-fashion-mnist) of the matching garment class, "
@@ -853,8 +1034,12 @@ def _readme(params: dict[str, Any], source: str, n_cold: int, n_reviews: int,
         if source == "fashion-mnist"
         else "garments drawn with PIL in the product's colour and pattern"
     )
-    jitter = ("; one picture per garment type, colour and pattern, each product showing its own variant "
-              "of it (mirrored, shifted, lighter or darker)" if params.get("image_variation") == "jitter" else "")
+    jitter = (
+        "; one picture per garment type, colour and pattern, each product showing its own variant "
+        "of it (mirrored, shifted, lighter or darker)"
+        if params.get("image_variation") == "jitter"
+        else ""
+    )
     return (
         "# SYNTHETIC DATA - not real customers, products or reviews\n\n"
         "Everything in this folder is synthetic. It was generated by `ml.synthetic.generate_world` "
@@ -868,7 +1053,7 @@ def _readme(params: dict[str, Any], source: str, n_cold: int, n_reviews: int,
         f"(rating histogram 1..5: {', '.join(hist[str(k)].__str__() for k in range(1, 6))}; "
         f"mean {mean_rating}).\n"
         f"- `{META_FILE}`: {params['n_products']} products in the Amazon Reviews 2023 meta format; "
-        f"{n_cold} of them (\"new arrivals\") have no reviews at all.\n"
+        f'{n_cold} of them ("new arrivals") have no reviews at all.\n'
         f"- `{IMAGES_DIR}/<parent_asin>.{params.get('image_format', 'png')}`: one "
         f"{params['image_size']}x{params['image_size']} RGB picture per product: {img}"
         f"{jitter}.\n"
@@ -887,8 +1072,12 @@ def _readme(params: dict[str, Any], source: str, n_cold: int, n_reviews: int,
     )
 
 
-def with_image_urls(world_dir: str | Path, out_dir: str | Path, base_url: str,
-                    url_for: Callable[[str, str], str] | None = None) -> Path:
+def with_image_urls(
+    world_dir: str | Path,
+    out_dir: str | Path,
+    base_url: str,
+    url_for: Callable[[str, str], str] | None = None,
+) -> Path:
     """A copy of the world in `world_dir` whose meta lines give each product's photo as an URL, as
     a real Amazon 2023 meta file does, and that has no `images/` folder (a local picture would win).
 
@@ -924,7 +1113,7 @@ def _jitter(base: np.ndarray, rng: np.random.Generator) -> Image.Image:
     h, w = a.shape[:2]
     m = max(1, w // 28)
     dy, dx = (int(v) for v in rng.integers(-m, m + 1, size=2))
-    a = np.pad(a, ((m, m), (m, m), (0, 0)), mode="edge")[m + dy:m + dy + h, m + dx:m + dx + w]
+    a = np.pad(a, ((m, m), (m, m), (0, 0)), mode="edge")[m + dy : m + dy + h, m + dx : m + dx + w]
     gain = 1.0 + float(rng.uniform(-0.08, 0.08))
     return Image.fromarray(np.clip(a.astype(np.float32) * gain, 0, 255).astype(np.uint8))
 
@@ -954,58 +1143,211 @@ _Shape = dict[str, list]
 
 def _shapes(key: str) -> _Shape:
     if key == "tshirt":
-        return {"body": [("poly", [(36, 18), (44, 15), (50, 21), (56, 15), (64, 18), (86, 32), (78, 45),
-                                   (68, 39), (68, 86), (32, 86), (32, 39), (22, 45), (14, 32)])],
-                "lines": [("arc", (44, 8, 56, 22), 0, 180)]}
+        return {
+            "body": [
+                (
+                    "poly",
+                    [
+                        (36, 18),
+                        (44, 15),
+                        (50, 21),
+                        (56, 15),
+                        (64, 18),
+                        (86, 32),
+                        (78, 45),
+                        (68, 39),
+                        (68, 86),
+                        (32, 86),
+                        (32, 39),
+                        (22, 45),
+                        (14, 32),
+                    ],
+                )
+            ],
+            "lines": [("arc", (44, 8, 56, 22), 0, 180)],
+        }
     if key == "trousers":
-        return {"body": [("poly", [(31, 12), (69, 12), (73, 89), (56, 89), (50, 36), (44, 89), (27, 89)])],
-                "lines": [("line", [(31, 19), (69, 19)]), ("line", [(50, 19), (50, 34)])]}
+        return {
+            "body": [("poly", [(31, 12), (69, 12), (73, 89), (56, 89), (50, 36), (44, 89), (27, 89)])],
+            "lines": [("line", [(31, 19), (69, 19)]), ("line", [(50, 19), (50, 34)])],
+        }
     if key == "pullover":
-        return {"body": [("poly", [(36, 15), (44, 13), (50, 18), (56, 13), (64, 15), (80, 24), (89, 80),
-                                   (79, 83), (70, 42), (70, 87), (30, 87), (30, 42), (21, 83), (11, 80),
-                                   (20, 24)])],
-                "lines": [("line", [(30, 81), (70, 81)]), ("line", [(11, 75), (21, 78)]),
-                          ("line", [(79, 78), (89, 75)]), ("arc", (44, 7, 56, 20), 0, 180)]}
+        return {
+            "body": [
+                (
+                    "poly",
+                    [
+                        (36, 15),
+                        (44, 13),
+                        (50, 18),
+                        (56, 13),
+                        (64, 15),
+                        (80, 24),
+                        (89, 80),
+                        (79, 83),
+                        (70, 42),
+                        (70, 87),
+                        (30, 87),
+                        (30, 42),
+                        (21, 83),
+                        (11, 80),
+                        (20, 24),
+                    ],
+                )
+            ],
+            "lines": [
+                ("line", [(30, 81), (70, 81)]),
+                ("line", [(11, 75), (21, 78)]),
+                ("line", [(79, 78), (89, 75)]),
+                ("arc", (44, 7, 56, 20), 0, 180),
+            ],
+        }
     if key == "dress":
-        return {"body": [("poly", [(41, 12), (45, 12), (47, 18), (53, 18), (55, 12), (59, 12), (61, 24),
-                                   (56, 36), (78, 89), (22, 89), (44, 36), (39, 24)])],
-                "lines": [("line", [(44, 36), (56, 36)])]}
+        return {
+            "body": [
+                (
+                    "poly",
+                    [
+                        (41, 12),
+                        (45, 12),
+                        (47, 18),
+                        (53, 18),
+                        (55, 12),
+                        (59, 12),
+                        (61, 24),
+                        (56, 36),
+                        (78, 89),
+                        (22, 89),
+                        (44, 36),
+                        (39, 24),
+                    ],
+                )
+            ],
+            "lines": [("line", [(44, 36), (56, 36)])],
+        }
     if key == "coat":
-        return {"body": [("poly", [(37, 11), (50, 17), (63, 11), (79, 19), (88, 79), (78, 82), (71, 40),
-                                   (73, 93), (27, 93), (29, 40), (22, 82), (12, 79), (21, 19)])],
-                "lines": [("line", [(50, 17), (50, 93)]), ("line", [(37, 11), (46, 38), (50, 17)]),
-                          ("line", [(63, 11), (54, 38), (50, 17)]),
-                          ("dot", (54, 50, 1.6)), ("dot", (54, 62, 1.6)), ("dot", (54, 74, 1.6))]}
+        return {
+            "body": [
+                (
+                    "poly",
+                    [
+                        (37, 11),
+                        (50, 17),
+                        (63, 11),
+                        (79, 19),
+                        (88, 79),
+                        (78, 82),
+                        (71, 40),
+                        (73, 93),
+                        (27, 93),
+                        (29, 40),
+                        (22, 82),
+                        (12, 79),
+                        (21, 19),
+                    ],
+                )
+            ],
+            "lines": [
+                ("line", [(50, 17), (50, 93)]),
+                ("line", [(37, 11), (46, 38), (50, 17)]),
+                ("line", [(63, 11), (54, 38), (50, 17)]),
+                ("dot", (54, 50, 1.6)),
+                ("dot", (54, 62, 1.6)),
+                ("dot", (54, 74, 1.6)),
+            ],
+        }
     if key == "sandal":
-        return {"trim": [("poly", [(10, 72), (90, 70), (92, 77), (14, 79), (10, 77)]),
-                         ("poly", [(12, 78), (26, 78), (25, 88), (14, 88)])],
-                "body": [("poly", [(10, 67), (90, 65), (90, 70), (10, 72)]),
-                         ("band", (56, 48, 88, 84), 180, 360, 9), ("band", (33, 40, 67, 96), 180, 360, 9),
-                         ("band", (13, 36, 37, 104), 180, 360, 7)],
-                "lines": []}
+        return {
+            "trim": [
+                ("poly", [(10, 72), (90, 70), (92, 77), (14, 79), (10, 77)]),
+                ("poly", [(12, 78), (26, 78), (25, 88), (14, 88)]),
+            ],
+            "body": [
+                ("poly", [(10, 67), (90, 65), (90, 70), (10, 72)]),
+                ("band", (56, 48, 88, 84), 180, 360, 9),
+                ("band", (33, 40, 67, 96), 180, 360, 9),
+                ("band", (13, 36, 37, 104), 180, 360, 7),
+            ],
+            "lines": [],
+        }
     if key == "shirt":
-        return {"body": [("poly", [(37, 14), (44, 12), (50, 16), (56, 12), (63, 14), (80, 23), (88, 80),
-                                   (78, 82), (69, 40), (69, 88), (31, 88), (31, 40), (22, 82), (12, 80),
-                                   (20, 23)])],
-                "lines": [("line", [(44, 12), (50, 24), (56, 12)]), ("line", [(50, 24), (50, 88)]),
-                          ("dot", (53, 36, 1.3)), ("dot", (53, 50, 1.3)), ("dot", (53, 64, 1.3)),
-                          ("dot", (53, 78, 1.3)), ("line", [(40, 20), (50, 24), (60, 20)])]}
+        return {
+            "body": [
+                (
+                    "poly",
+                    [
+                        (37, 14),
+                        (44, 12),
+                        (50, 16),
+                        (56, 12),
+                        (63, 14),
+                        (80, 23),
+                        (88, 80),
+                        (78, 82),
+                        (69, 40),
+                        (69, 88),
+                        (31, 88),
+                        (31, 40),
+                        (22, 82),
+                        (12, 80),
+                        (20, 23),
+                    ],
+                )
+            ],
+            "lines": [
+                ("line", [(44, 12), (50, 24), (56, 12)]),
+                ("line", [(50, 24), (50, 88)]),
+                ("dot", (53, 36, 1.3)),
+                ("dot", (53, 50, 1.3)),
+                ("dot", (53, 64, 1.3)),
+                ("dot", (53, 78, 1.3)),
+                ("line", [(40, 20), (50, 24), (60, 20)]),
+            ],
+        }
     if key == "sneaker":
-        return {"body": [("poly", [(12, 70), (14, 52), (28, 48), (42, 40), (55, 37), (62, 45), (78, 53),
-                                   (90, 61), (91, 71), (12, 71)])],
-                "trim": [("poly", [(10, 71), (93, 71), (93, 79), (12, 80), (10, 76)])],
-                "lines": [("line", [(44, 44), (52, 54)]), ("line", [(48, 42), (56, 52)]),
-                          ("line", [(52, 40), (60, 50)]), ("line", [(74, 56), (80, 71)])]}
+        return {
+            "body": [
+                (
+                    "poly",
+                    [
+                        (12, 70),
+                        (14, 52),
+                        (28, 48),
+                        (42, 40),
+                        (55, 37),
+                        (62, 45),
+                        (78, 53),
+                        (90, 61),
+                        (91, 71),
+                        (12, 71),
+                    ],
+                )
+            ],
+            "trim": [("poly", [(10, 71), (93, 71), (93, 79), (12, 80), (10, 76)])],
+            "lines": [
+                ("line", [(44, 44), (52, 54)]),
+                ("line", [(48, 42), (56, 52)]),
+                ("line", [(52, 40), (60, 50)]),
+                ("line", [(74, 56), (80, 71)]),
+            ],
+        }
     if key == "bag":
-        return {"body": [("poly", [(20, 40), (80, 40), (88, 87), (12, 87)])],
-                "trim": [("band", (32, 12, 68, 62), 180, 360, 5)],
-                "lines": [("line", [(20, 52), (80, 52)]), ("dot", (50, 57, 2.2))]}
+        return {
+            "body": [("poly", [(20, 40), (80, 40), (88, 87), (12, 87)])],
+            "trim": [("band", (32, 12, 68, 62), 180, 360, 5)],
+            "lines": [("line", [(20, 52), (80, 52)]), ("dot", (50, 57, 2.2))],
+        }
     if key == "boot":
-        return {"body": [("poly", [(26, 18), (54, 18), (56, 52), (77, 59), (89, 67), (90, 76), (22, 76),
-                                   (25, 40)])],
-                "trim": [("poly", [(20, 76), (92, 76), (92, 83), (20, 83)]),
-                         ("poly", [(20, 83), (36, 83), (36, 91), (21, 91)])],
-                "lines": [("line", [(48, 20), (50, 56)])]}
+        return {
+            "body": [
+                ("poly", [(26, 18), (54, 18), (56, 52), (77, 59), (89, 67), (90, 76), (22, 76), (25, 40)])
+            ],
+            "trim": [
+                ("poly", [(20, 76), (92, 76), (92, 83), (20, 83)]),
+                ("poly", [(20, 83), (36, 83), (36, 91), (21, 91)]),
+            ],
+            "lines": [("line", [(48, 20), (50, 56)])],
+        }
     raise KeyError(key)
 
 
@@ -1017,15 +1359,21 @@ def _draw_parts(draw: ImageDraw.ImageDraw, parts: list, xf, scale: float, fill, 
         elif kind == "band":
             x0, y0, x1, y1 = part[1]
             (ax, ay), (bx, by) = xf((x0, y0)), xf((x1, y1))
-            draw.arc((min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)), part[2], part[3], fill=fill,
-                     width=max(1, int(part[4] * scale)))
+            draw.arc(
+                (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)),
+                part[2],
+                part[3],
+                fill=fill,
+                width=max(1, int(part[4] * scale)),
+            )
         elif kind == "line":
             draw.line([xf(p) for p in part[1]], fill=fill, width=width, joint="curve")
         elif kind == "arc":
             x0, y0, x1, y1 = part[1]
             (ax, ay), (bx, by) = xf((x0, y0)), xf((x1, y1))
-            draw.arc((min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)), part[2], part[3], fill=fill,
-                     width=width)
+            draw.arc(
+                (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)), part[2], part[3], fill=fill, width=width
+            )
         elif kind == "dot":
             cx, cy, r = part[1]
             x, y = xf((cx, cy))
@@ -1041,8 +1389,9 @@ def _contrast(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     return (250, 250, 250) if lum < 150 else (30, 30, 36)
 
 
-def _pattern_layer(size: int, rgb: tuple[int, int, int], pattern: str,
-                   rng: np.random.Generator) -> Image.Image:
+def _pattern_layer(
+    size: int, rgb: tuple[int, int, int], pattern: str, rng: np.random.Generator
+) -> Image.Image:
     layer = Image.new("RGB", (size, size), rgb)
     if pattern == "plain":
         return layer
@@ -1083,8 +1432,9 @@ def _dilate(a: np.ndarray, r: int) -> np.ndarray:
     return out
 
 
-def _render_garment(key: str, rgb: tuple[int, int, int], pattern: str, size: int,
-                    rng: np.random.Generator) -> Image.Image:
+def _render_garment(
+    key: str, rgb: tuple[int, int, int], pattern: str, size: int, rng: np.random.Generator
+) -> Image.Image:
     ss = 2  # supersampling
     S = size * ss
     bg = _BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))]
@@ -1149,7 +1499,7 @@ def _read_idx(path: Path) -> np.ndarray:
         data = fh.read()
     magic = struct.unpack(">I", data[:4])[0]
     ndim = magic & 0xFF
-    dims = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -1167,12 +1517,15 @@ def _load_fashion_mnist(d: Path) -> tuple[np.ndarray, np.ndarray]:
     return _FMNIST_CACHE[key]
 
 
-def _tint_fashion_mnist(pic: np.ndarray, rgb: tuple[int, int, int], pattern: str, size: int,
-                        rng: np.random.Generator) -> Image.Image:
+def _tint_fashion_mnist(
+    pic: np.ndarray, rgb: tuple[int, int, int], pattern: str, size: int, rng: np.random.Generator
+) -> Image.Image:
     bg = np.array(_BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))], dtype=np.float32)
     padded = np.pad(pic, 2)  # 32x32: a margin around the garment
-    inten = np.asarray(Image.fromarray(padded).resize((size, size), Image.Resampling.BICUBIC),
-                       dtype=np.float32) / 255.0
+    inten = (
+        np.asarray(Image.fromarray(padded).resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+        / 255.0
+    )
     inten = np.clip(inten, 0.0, 1.0)
     mask = np.clip((inten - 0.02) / 0.12, 0.0, 1.0)[:, :, None]
     top = float(np.percentile(inten[mask[:, :, 0] > 0.5], 95)) if (mask > 0.5).any() else 1.0

@@ -2,10 +2,11 @@
 
 An artifact directory holds `manifest.json` (version, data fingerprint, encoder names, split, config,
 metrics, created time), `model.weights.h5`, `tables.npz` (feature sums/counts), `interactions.npz`
-(training pairs, for "exclude seen"), `products.json` (title, image, category path and price per product), `history.json` and
-`retrieval/` (two-tower vectors and ANN index, ml.retrieval).
+(training pairs, for "exclude seen"), `products.json` (title, image, category path and price per
+product), `history.json` and `retrieval/` (two-tower vectors and ANN index, ml.retrieval).
 It is written to a temporary sibling and renamed into place, so a reader never sees half of one.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -25,9 +26,25 @@ import pandas as pd
 from ml.baselines import BiasBaseline
 from ml.config import Settings
 from ml.embed import Embeddings, embed_dataset
-from ml.features import (Exclusion, FeatureTables, build_tables, model_inputs, product_content, product_prior,
-                         reduce_block)
-from ml.model import ARCHITECTURE_FIELDS, BestPerHead, EpochReport, ModelSpec, build_model, interact_bce, masked_mse, ranking_score
+from ml.features import (
+    Exclusion,
+    FeatureTables,
+    build_tables,
+    model_inputs,
+    product_content,
+    product_prior,
+    reduce_block,
+)
+from ml.model import (
+    ARCHITECTURE_FIELDS,
+    BestPerHead,
+    EpochReport,
+    ModelSpec,
+    build_model,
+    interact_bce,
+    masked_mse,
+    ranking_score,
+)
 from ml.registry import ARTIFACT_FORMAT
 from ml.retrieval import RetrievalConfig, build_retriever, teacher_from_recommender
 from ml.split import split_reviews
@@ -69,7 +86,7 @@ class TrainConfig:
     retriever: str = "auto"
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if "hidden" in d:
             d["hidden"] = tuple(d["hidden"])
@@ -152,8 +169,15 @@ def build_training_rows(
     neg_cust_ex = Exclusion(pos_ex.active[src], r[src], review_vecs[src], ht[src])
 
     def cat(a, b):
-        return Exclusion(*(np.concatenate([x, y]) for x, y in zip(
-            (a.active, a.rating, a.review_vec, a.has_text), (b.active, b.rating, b.review_vec, b.has_text))))
+        return Exclusion(
+            *(
+                np.concatenate([x, y])
+                for x, y in zip(
+                    (a.active, a.rating, a.review_vec, a.has_text),
+                    (b.active, b.rating, b.review_vec, b.has_text),
+                )
+            )
+        )
 
     cust_ex = cat(pos_ex, neg_cust_ex)
     cust_ex.is_rated = np.concatenate([np.ones(n, np.float32), np.zeros(len(nu), np.float32)])
@@ -163,12 +187,18 @@ def build_training_rows(
     priors = {}
     if loo_prior is not None:
         loo_u, loo_i = (np.asarray(x, np.float32) for x in loo_prior)
-        priors = {"cust_prior": np.concatenate([loo_u, loo_u[src]]),
-                  "prod_prior": np.concatenate([loo_i, product_prior(tables, ni)])}
+        priors = {
+            "cust_prior": np.concatenate([loo_u, loo_u[src]]),
+            "prod_prior": np.concatenate([loo_i, product_prior(tables, ni)]),
+        }
     inputs = model_inputs(
-        tables, all_u, all_i,
-        cust_ex=cust_ex, prod_ex=cat(pos_ex, neg_prod_ex),
-        cust_ex_item=np.concatenate([i, i[src]]), **priors,
+        tables,
+        all_u,
+        all_i,
+        cust_ex=cust_ex,
+        prod_ex=cat(pos_ex, neg_prod_ex),
+        cust_ex_item=np.concatenate([i, i[src]]),
+        **priors,
     )
     observed = np.concatenate([np.ones(n, np.float32), np.zeros(len(nu), np.float32)])
     rating_t = np.stack([np.concatenate([r, np.zeros(len(nu), np.float32)]), observed], 1)
@@ -184,14 +214,18 @@ def _take(d: dict, mask: np.ndarray) -> dict:
 
 
 def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, report: Report | None = None):
-    """Fit the Keras model with a validation split and per-head early stopping; returns (model, spec, history).
+    """Fit the Keras model with a validation split and per-head early stopping; returns
+    (model, spec, history).
     `report`: told each finished epoch (ml.model.EpochReport)."""
     import keras
 
     keras.utils.set_random_seed(config.seed)
     spec = ModelSpec(
-        n_customers=tables.n_customers, n_products=tables.n_products,
-        cust_dim=tables.cust_dim, prod_dim=tables.prod_dim, mu=tables.mu,
+        n_customers=tables.n_customers,
+        n_products=tables.n_products,
+        cust_dim=tables.cust_dim,
+        prod_dim=tables.prod_dim,
+        mu=tables.mu,
         prod_review_span=tables.prod_review_span,
         **{name: getattr(config, name) for name in ARCHITECTURE_FIELDS},
     )
@@ -206,10 +240,14 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
     if report is not None:
         callbacks.append(EpochReport(report, config.epochs))
     history = model.fit(
-        _take(rows.inputs, train_m), _take(rows.targets, train_m),
+        _take(rows.inputs, train_m),
+        _take(rows.targets, train_m),
         validation_data=(_take(rows.inputs, val_m), _take(rows.targets, val_m)) if has_val else None,
-        epochs=config.epochs, batch_size=config.batch_size, shuffle=True,
-        callbacks=callbacks, verbose=config.verbose,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=config.verbose,
     )
     hist = {k: [float(x) for x in v] for k, v in history.history.items()}
     return model, spec, hist
@@ -218,8 +256,15 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
 RATING_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
-def choose_rating_weight(artifact: Path, u: np.ndarray, i: np.ndarray, val: np.ndarray, config: TrainConfig,
-                         max_customers: int = 2000, k: int = 10) -> dict:
+def choose_rating_weight(
+    artifact: Path,
+    u: np.ndarray,
+    i: np.ndarray,
+    val: np.ndarray,
+    config: TrainConfig,
+    max_customers: int = 2000,
+    k: int = 10,
+) -> dict:
     """Pick how much the predicted rating weighs in the ranking score, by NDCG@k of the validation
     ratings ranked among all products the customer had not rated otherwise.
 
@@ -237,21 +282,32 @@ def choose_rating_weight(artifact: Path, u: np.ndarray, i: np.ndarray, val: np.n
     users = np.random.default_rng(config.seed).permutation(users)[:max_customers]
     exclude = csr_from_pairs(u[~val], i[~val], n_c)
     relevant = csr_from_pairs(u[val], i[val], n_c)
-    heads = {int(c): (r, l) for uu, R, L in rec.heads_for_customers(users) for c, r, l in zip(uu, R, L)}
+    heads = {
+        int(c): (r, logit)
+        for uu, ratings, logits in rec.heads_for_customers(users)
+        for c, r, logit in zip(uu, ratings, logits)
+    }
     results = {}
     for w in RATING_WEIGHTS:
+
         def score(cs, w=w):
             return np.stack([ranking_score(*heads[int(c)], w) for c in cs])
-        results[w] = ranking_metrics(score, users, exclude, relevant, rec.n_products, k=k, per_customer=True)[f"ndcg@{k}"]
+
+        results[w] = ranking_metrics(score, users, exclude, relevant, rec.n_products, k=k, per_customer=True)[
+            f"ndcg@{k}"
+        ]
     if not len(results[0.0]):
         return {"rating_weight": 0.0, "chosen_by": "default (no rankable validation ratings)"}
     best = max(RATING_WEIGHTS, key=lambda w: (results[w].mean(), -w))
     margin = paired_bootstrap(results[best], results[0.0], seed=config.seed)
     if best != 0.0 and not margin["ci95"][0] > 0:
         best = 0.0
-    return {"rating_weight": best, "chosen_by": f"validation ndcg@{k}; weight 0 unless another beats it beyond noise",
-            f"val_ndcg@{k}": {str(w): round(float(v.mean()), 5) for w, v in results.items()},
-            "best_minus_weight_0": margin}
+    return {
+        "rating_weight": best,
+        "chosen_by": f"validation ndcg@{k}; weight 0 unless another beats it beyond noise",
+        f"val_ndcg@{k}": {str(w): round(float(v.mean()), 5) for w, v in results.items()},
+        "best_minus_weight_0": margin,
+    }
 
 
 def _write_json(path: Path, obj) -> None:
@@ -272,10 +328,19 @@ def is_synthetic(dataset) -> bool:
     return (p / "SYNTHETIC.md").is_file() if p.is_dir() else False
 
 
-def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfig, split: str,
-                 settings: Settings | None = None, embeddings: Embeddings | None = None,
-                 retrieval: RetrievalConfig | None = None, timings: dict | None = None,
-                 report: Report | None = None, feedback: dict | None = None) -> dict:
+def fit_artifact(
+    dataset,
+    train: pd.DataFrame,
+    out_dir: Path,
+    config: TrainConfig,
+    split: str,
+    settings: Settings | None = None,
+    embeddings: Embeddings | None = None,
+    retrieval: RetrievalConfig | None = None,
+    timings: dict | None = None,
+    report: Report | None = None,
+    feedback: dict | None = None,
+) -> dict:
     """Train on `train` (rows of dataset.reviews) and write the artifact directory `out_dir`.
 
     `embeddings`: precomputed (products, and `train`'s reviews in order) instead of running the
@@ -316,8 +381,15 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
 
             local, image_report = fetch_images(products, settings.cache_dir, progress=config.progress)
         stages["fetch"] = round(time.time() - t0, 2)
-        emb = embed_dataset(local, train, settings.cache_dir, config.use_images, config.use_text, config.progress,
-                            verify_sample=settings.cache_verify_sample)
+        emb = embed_dataset(
+            local,
+            train,
+            settings.cache_dir,
+            config.use_images,
+            config.use_text,
+            config.progress,
+            verify_sample=settings.cache_verify_sample,
+        )
         stages.update(emb.stats.get("seconds", {}))
         del local
     else:
@@ -327,8 +399,9 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
         review_vecs = reduce_block(emb.review_text, emb.has_review_text, config.pca_dim, config.seed)
     else:
         review_vecs = np.zeros((len(train), 0), np.float32)
-    content = product_content(emb.product_image, emb.has_image, emb.product_text, emb.has_product_text,
-                              config.pca_dim, config.seed)
+    content = product_content(
+        emb.product_image, emb.has_image, emb.product_text, emb.has_product_text, config.pca_dim, config.seed
+    )
     if embeddings is None:  # the raw vectors are reduced now: keep no copy of them through the fit
         emb.product_image = emb.product_text = emb.review_text = None
     ts = train["timestamp"].fillna(-np.inf).to_numpy() if "timestamp" in train else np.zeros(len(train))
@@ -339,12 +412,35 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
     # rating; each training (and validation) row sees its biases with its own rating left out, as
     # a rating to predict would: in-sample biases contain the answer (on the 2023 set they fit the
     # training ratings with RMSE 0.82, against 1.12 on held-out ones).
-    prior = BiasBaseline().fit(pd.DataFrame({"u": u, "i": i, "rating": rating}), len(customer_ids), len(products))
-    tables = build_tables(customer_ids, product_index.to_numpy(str), u, i, rating, review_vecs,
-                          emb.has_review_text, content, prior.mu_, recency, config.history_len,
-                          prior.b_u_, prior.b_i_)
-    rows = build_training_rows(tables, u, i, rating, review_vecs, emb.has_review_text, config, val_rows,
-                               loo_prior=prior.leave_one_out(u, i, rating))
+    prior = BiasBaseline().fit(
+        pd.DataFrame({"u": u, "i": i, "rating": rating}), len(customer_ids), len(products)
+    )
+    tables = build_tables(
+        customer_ids,
+        product_index.to_numpy(str),
+        u,
+        i,
+        rating,
+        review_vecs,
+        emb.has_review_text,
+        content,
+        prior.mu_,
+        recency,
+        config.history_len,
+        prior.b_u_,
+        prior.b_i_,
+    )
+    rows = build_training_rows(
+        tables,
+        u,
+        i,
+        rating,
+        review_vecs,
+        emb.has_review_text,
+        config,
+        val_rows,
+        loo_prior=prior.leave_one_out(u, i, rating),
+    )
     report({"stage": "fit", "epoch": 0, "epochs": config.epochs})
     model, spec, hist = fit_model(tables, rows, config, report)
     report({"stage": "finish"})  # validation metrics, rating weight, retriever, writing
@@ -354,9 +450,11 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
     if val.any():
         pred = np.clip(np.asarray(model.predict(_take(rows.inputs, val), verbose=0)["rating"]), 1, 5)
         err = pred - rows.targets["rating"][val, 0]
-        metrics.update(val_rmse=float(np.sqrt(np.mean(err ** 2))), val_mae=float(np.mean(np.abs(err))))
+        metrics.update(val_rmse=float(np.sqrt(np.mean(err**2))), val_mae=float(np.mean(np.abs(err))))
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent if out_dir.parent.exists() else None))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent if out_dir.parent.exists() else None)
+    )
     try:
         model.save_weights(tmp / "model.weights.h5")
         tables.save(tmp / "tables.npz")
@@ -366,11 +464,16 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
         manifest = {
             "format": ARTIFACT_FORMAT,
             "version": out_dir.name,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "data": {
-                "path": str(dataset.path), "source": dataset.source, "fingerprint": dataset.fingerprint(),
-                "synthetic": is_synthetic(dataset), "n_ratings": int(len(dataset.reviews)),
-                "n_train": int(len(train)), "n_customers": int(len(customer_ids)), "n_products": int(len(products)),
+                "path": str(dataset.path),
+                "source": dataset.source,
+                "fingerprint": dataset.fingerprint(),
+                "synthetic": is_synthetic(dataset),
+                "n_ratings": int(len(dataset.reviews)),
+                "n_train": int(len(train)),
+                "n_customers": int(len(customer_ids)),
+                "n_products": int(len(products)),
             },
             "split": split,
             "encoders": emb.encoders,
@@ -389,7 +492,9 @@ def fit_artifact(dataset, train: pd.DataFrame, out_dir: Path, config: TrainConfi
         manifest["ranking"] = choose_rating_weight(tmp, u, i, val_rows, config, max_customers=rank_customers)
         _write_json(tmp / "manifest.json", manifest)
         if wants_retriever(config, len(products), settings):
-            manifest["retrieval"] = write_retriever(tmp, model, tables, retrieval or RetrievalConfig(seed=config.seed))
+            manifest["retrieval"] = write_retriever(
+                tmp, model, tables, retrieval or RetrievalConfig(seed=config.seed)
+            )
         manifest["training_seconds"] = round(time.time() - started, 1)
         manifest["stages_s"] = {**stages, "fit": round(time.time() - fit_started, 1)}
         _write_json(tmp / "manifest.json", manifest)
@@ -408,7 +513,9 @@ def wants_retriever(config: TrainConfig, n_products: int, settings: Settings) ->
     """Whether training builds the retriever (see TrainConfig.retriever)."""
     if config.retriever not in ("auto", "always", "never"):
         raise ValueError(f"retriever must be auto, always or never, got {config.retriever!r}")
-    return config.retriever == "always" or (config.retriever == "auto" and n_products > settings.exact_max_products)
+    return config.retriever == "always" or (
+        config.retriever == "auto" and n_products > settings.exact_max_products
+    )
 
 
 def write_retriever(artifact: Path, model, tables: FeatureTables, cfg: RetrievalConfig) -> dict:
@@ -421,10 +528,17 @@ def write_retriever(artifact: Path, model, tables: FeatureTables, cfg: Retrieval
     return retriever.meta
 
 
-def train_model(data, out_dir: str | Path, config: TrainConfig | None = None, split: str = "none",
-                settings: Settings | None = None, report: Report | None = None,
-                feedback_file: str | Path | None = None) -> dict:
-    """Load `data` (a path, or a loaded Dataset), split it, train and write the artifact; returns the manifest.
+def train_model(
+    data,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    split: str = "none",
+    settings: Settings | None = None,
+    report: Report | None = None,
+    feedback_file: str | Path | None = None,
+) -> dict:
+    """Load `data` (a path, or a loaded Dataset), split it, train and write the artifact; returns the
+    manifest.
     `feedback_file`: live feedback (ml.feedback.FeedbackFile) to train on with the data: its ratings
     of the catalog's products join the reviews (a customer's latest rating of a product wins)."""
     from ml.data import load_dataset
@@ -439,5 +553,14 @@ def train_model(data, out_dir: str | Path, config: TrainConfig | None = None, sp
         dataset.reviews, held = merge_into(dataset.reviews, products, FeedbackFile(feedback_file).read())
         log.info("live feedback: %s", held)
     train, _ = split_reviews(dataset.reviews, split)
-    return fit_artifact(dataset, train, Path(out_dir), config or TrainConfig(), split, settings,
-                        timings={"load": round(time.time() - t0, 2)}, report=report, feedback=held)
+    return fit_artifact(
+        dataset,
+        train,
+        Path(out_dir),
+        config or TrainConfig(),
+        split,
+        settings,
+        timings={"load": round(time.time() - t0, 2)},
+        report=report,
+        feedback=held,
+    )

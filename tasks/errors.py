@@ -10,6 +10,7 @@ The web maps a code to an HTTP status in one place (`web.errors.STATUS_FOR_CODE`
 
 This module imports nothing heavy: the web front end imports it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -50,8 +51,7 @@ def invalid_input(message: str) -> TaskFailure:
 
 def _coded(error: Any) -> tuple[str, str] | None:
     args = getattr(error, "args", None)
-    if isinstance(args, (tuple, list)) and len(args) == 2 and args[0] in CODES \
-            and isinstance(args[1], str):
+    if isinstance(args, (tuple, list)) and len(args) == 2 and args[0] in CODES and isinstance(args[1], str):
         return args[0], args[1]
     return None
 

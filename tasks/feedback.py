@@ -12,6 +12,7 @@ The path of one rating:
    `feedback.last_id`), so nothing is counted twice or lost across a retrain or a worker restart.
 The stream is capped near `Settings.feedback_stream_max` entries; the file keeps everything.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,9 @@ def redis_client():
     if _client is None:
         import redis
 
-        _client = redis.Redis.from_url(holder.settings.redis_url, socket_connect_timeout=2,
-                                       socket_timeout=5, decode_responses=True)
+        _client = redis.Redis.from_url(
+            holder.settings.redis_url, socket_connect_timeout=2, socket_timeout=5, decode_responses=True
+        )
     return _client
 
 
@@ -89,15 +91,26 @@ def feedback(customer_id: str, product_id: str, rating: Any, text: str | None = 
     loaded = live_model()  # caught up on the stream already
     if not loaded.model.has_product(product_id):
         raise errors.TaskFailure(errors.NOT_FOUND, f"unknown product: {product_id[:80]!r}")
-    fields = {"customer_id": customer_id, "product_id": product_id, "rating": repr(value), "text": text,
-              "timestamp_ms": str(int(time.time() * 1000))}
+    fields = {
+        "customer_id": customer_id,
+        "product_id": product_id,
+        "rating": repr(value),
+        "text": text,
+        "timestamp_ms": str(int(time.time() * 1000)),
+    }
     settings = holder.settings
-    feedback_id = redis_client().xadd(names.FEEDBACK_STREAM, fields, maxlen=settings.feedback_stream_max,
-                                      approximate=True)
+    feedback_id = redis_client().xadd(
+        names.FEEDBACK_STREAM, fields, maxlen=settings.feedback_stream_max, approximate=True
+    )
     FeedbackFile(settings.feedback_file).append([Rating.from_fields(fields, feedback_id)])
     catch_up(loaded)
     known = bool(loaded.model.has_customer(customer_id))
     log.info("feedback %s: %s rated %s %g", feedback_id, customer_id, product_id, value)
-    return {"feedback_id": feedback_id, "customer_id": customer_id, "product_id": product_id,
-            "rating": value, "known_customer": known,
-            "model_version": loaded.version}
+    return {
+        "feedback_id": feedback_id,
+        "customer_id": customer_id,
+        "product_id": product_id,
+        "rating": value,
+        "known_customer": known,
+        "model_version": loaded.version,
+    }

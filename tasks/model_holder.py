@@ -13,6 +13,7 @@ On every load the worker publishes the known customer ids and the model version 
 it again at most every `Settings.model_announce_s` while it serves tasks: a Redis restarted without
 its data gets it back with the next task.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from celery.signals import worker_process_init
 
@@ -50,8 +52,7 @@ def _default_loader(path):
 
 
 class ModelHolder:
-    def __init__(self, settings: Settings | None = None,
-                 loader: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, loader: Callable[[Any], Any] | None = None) -> None:
         self._settings = settings
         self._loader = loader or _default_loader
         self._lock = threading.Lock()
@@ -85,8 +86,8 @@ class ModelHolder:
             if loaded is not None:  # CURRENT removed: keep serving what we have
                 return loaded
             raise NoModelPublished(
-                f"no model published in {self.settings.models_dir} "
-                "(train one: python -m ml train --data DIR)")
+                f"no model published in {self.settings.models_dir} (train one: python -m ml train --data DIR)"
+            )
         if loaded is not None and loaded.version == current:
             self._maybe_announce(loaded)
             return loaded
@@ -95,7 +96,11 @@ class ModelHolder:
             if loaded is not None and loaded.version == current:
                 return loaded
             failed_at = self._failed.get(current)
-            if loaded is not None and failed_at and time.monotonic() - failed_at < self.settings.model_retry_s:
+            if (
+                loaded is not None
+                and failed_at
+                and time.monotonic() - failed_at < self.settings.model_retry_s
+            ):
                 return loaded
             try:
                 new = self._load(current)
@@ -121,8 +126,11 @@ class ModelHolder:
 
     def _maybe_announce(self, loaded: Loaded) -> None:
         announced = self._announced
-        if (announced is None or announced[0] != loaded.version
-                or time.monotonic() - announced[1] >= self.settings.model_announce_s):
+        if (
+            announced is None
+            or announced[0] != loaded.version
+            or time.monotonic() - announced[1] >= self.settings.model_announce_s
+        ):
             self._publish_customers(loaded)
 
     def _publish_customers(self, loaded: Loaded) -> None:
@@ -138,8 +146,7 @@ class ModelHolder:
                 "n_products": int(getattr(loaded.model, "n_products", 0) or 0),
                 "published_at": time.time(),
             }
-            client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2,
-                                          socket_timeout=5)
+            client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
             try:
                 client.set(names.CUSTOMERS_KEY, json.dumps(payload))
             finally:

@@ -1,5 +1,6 @@
 """Task names and queues: the contract between the web front end (which sends tasks by name and never
 imports the worker code paths that load TensorFlow) and the worker."""
+
 import re
 
 RECOMMEND = "recsys.recommend"

@@ -8,13 +8,15 @@ Recommendations take optional `filters` ({"category": path prefix, "max_price": 
 before the top is cut; an unknown category is `invalid_input`) and every item carries `because` (the
 customer's rated products nearest to it by content, or "popular"), computed here in the worker.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import math
+from collections.abc import Callable
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -50,7 +52,8 @@ def jsonable(value: Any) -> Any:
 def check_customer_id(customer_id: Any) -> str:
     if not isinstance(customer_id, str) or not names.CUSTOMER_ID_RE.fullmatch(customer_id):
         raise errors.invalid_input(
-            f"invalid customer_id: {str(customer_id)[:80]!r} (1-64 characters of A-Z a-z 0-9 _ -)")
+            f"invalid customer_id: {str(customer_id)[:80]!r} (1-64 characters of A-Z a-z 0-9 _ -)"
+        )
     return customer_id
 
 
@@ -62,8 +65,9 @@ def check_top(top: Any, max_top: int) -> int:
 
 def check_product_id(product_id: Any) -> str:
     if not isinstance(product_id, str) or not names.PRODUCT_ID_RE.fullmatch(product_id):
-        raise errors.invalid_input(f"invalid product_id: {str(product_id)[:80]!r} (1-128 characters, "
-                                   "no control characters)")
+        raise errors.invalid_input(
+            f"invalid product_id: {str(product_id)[:80]!r} (1-128 characters, no control characters)"
+        )
     return product_id
 
 
@@ -97,14 +101,16 @@ def live_model() -> Loaded:
         loaded = holder.get()
     except NoModelPublished as exc:
         log.warning("%s", exc)
-        raise errors.TaskFailure(errors.MODEL_UNAVAILABLE,
-                                 "no model published yet; train one first "
-                                 "(python -m ml train --data DIR)") from None
+        raise errors.TaskFailure(
+            errors.MODEL_UNAVAILABLE,
+            "no model published yet; train one first (python -m ml train --data DIR)",
+        ) from None
     except Exception:
         log.exception("the published model could not be loaded")
-        raise errors.TaskFailure(errors.MODEL_UNAVAILABLE,
-                                 "the published model could not be loaded "
-                                 "(broken or incomplete artifact); see the worker log") from None
+        raise errors.TaskFailure(
+            errors.MODEL_UNAVAILABLE,
+            "the published model could not be loaded (broken or incomplete artifact); see the worker log",
+        ) from None
     from tasks.feedback import catch_up  # (tasks.feedback imports this module)
 
     try:
@@ -125,20 +131,26 @@ def coded(task: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except SoftTimeLimitExceeded:
             log.warning("task %s ran past its soft time limit", task.__name__)
-            raise errors.TaskFailure(errors.TIMEOUT,
-                                     "the job ran past its time limit; try again later") from None
+            raise errors.TaskFailure(
+                errors.TIMEOUT, "the job ran past its time limit; try again later"
+            ) from None
         except Exception:
             log.exception("task %s failed", task.__name__)
-            raise errors.TaskFailure(errors.INTERNAL,
-                                     "internal error in the worker; see the worker log") from None
+            raise errors.TaskFailure(
+                errors.INTERNAL, "internal error in the worker; see the worker log"
+            ) from None
 
     return run
 
 
 def customer_result(model: Any, customer_id: str, items: list[dict]) -> dict[str, Any]:
     """One customer's JSON result from the recommender's items (known fields first, extras kept)."""
-    items = [jsonable({k: item.get(k) for k in ITEM_FIELDS} | {k: v for k, v in item.items() if k not in ITEM_FIELDS})
-             for item in items]
+    items = [
+        jsonable(
+            {k: item.get(k) for k in ITEM_FIELDS} | {k: v for k, v in item.items() if k not in ITEM_FIELDS}
+        )
+        for item in items
+    ]
     cold = not bool(model.has_customer(customer_id))
     return {"customer_id": customer_id, "items": items, "cold_start": cold}
 
@@ -188,8 +200,9 @@ def recommend_batch(customer_ids: list[str], top: int = 10, filters: dict | None
     except UnknownCategory as exc:
         raise errors.invalid_input(str(exc)) from None
     results = [customer_result(loaded.model, cid, items) for cid, items in zip(ids, lists)]
-    return _with_filters({"results": results, "count": len(results), "top": top,
-                          "model_version": loaded.version}, wanted)
+    return _with_filters(
+        {"results": results, "count": len(results), "top": top, "model_version": loaded.version}, wanted
+    )
 
 
 @app.task(name=names.SIMILAR)
@@ -206,8 +219,16 @@ def similar(product_id: str, top: int = 10) -> dict[str, Any]:
         items, title = loaded.model.similar(product_id, top), loaded.model.title(product_id)
     except UnknownProduct:
         raise errors.TaskFailure(errors.NOT_FOUND, f"unknown product: {product_id[:80]!r}") from None
-    return jsonable({"product_id": product_id, "title": title, "items": items, **loaded.model.similarity,
-                     "top": top, "model_version": loaded.version})
+    return jsonable(
+        {
+            "product_id": product_id,
+            "title": title,
+            "items": items,
+            **loaded.model.similarity,
+            "top": top,
+            "model_version": loaded.version,
+        }
+    )
 
 
 @app.task(name=names.RATED)
@@ -217,9 +238,15 @@ def rated(customer_id: str, limit: int = 20) -> dict[str, Any]:
     customer_id = check_customer_id(customer_id)
     limit = check_top(limit, holder.settings.max_top)
     loaded = live_model()
-    return jsonable({"customer_id": customer_id, "known": bool(loaded.model.has_customer(customer_id)),
-                     "items": loaded.model.rated(customer_id, limit), "limit": limit,
-                     "model_version": loaded.version})
+    return jsonable(
+        {
+            "customer_id": customer_id,
+            "known": bool(loaded.model.has_customer(customer_id)),
+            "items": loaded.model.rated(customer_id, limit),
+            "limit": limit,
+            "model_version": loaded.version,
+        }
+    )
 
 
 @app.task(name=names.CUSTOMERS)

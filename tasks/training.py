@@ -4,6 +4,7 @@ Serving workers notice a new CURRENT pointer on their next task and swap models 
 so publishing an older version is a rollback. Every failure a client can cause is a coded
 `tasks.errors.TaskFailure` (a bad or missing data path, an unknown version); the rest is `internal`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,9 +21,12 @@ log = logging.getLogger(__name__)
 
 
 def check_epochs(epochs: Any) -> int | None:
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
-                               or not 1 <= epochs <= names.MAX_EPOCHS):
-        raise errors.invalid_input(f"epochs must be an integer in 1..{names.MAX_EPOCHS}, got {str(epochs)[:20]!r}")
+    if epochs is not None and (
+        isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= names.MAX_EPOCHS
+    ):
+        raise errors.invalid_input(
+            f"epochs must be an integer in 1..{names.MAX_EPOCHS}, got {str(epochs)[:20]!r}"
+        )
     return epochs
 
 
@@ -38,8 +42,9 @@ def training_data(data_path: Any) -> Path:
     return path
 
 
-def train_and_publish(data_path: str, epochs: int | None = None, *, publish: bool = True,
-                      report=None) -> dict[str, Any]:
+def train_and_publish(
+    data_path: str, epochs: int | None = None, *, publish: bool = True, report=None
+) -> dict[str, Any]:
     """Train a version from `data_path` (checked by `training_data`) and the live feedback so far,
     publish it when `publish`; `report` is told how far the run is (ml.train.Report)."""
     # Imported here: ml.train pulls in TensorFlow, which must never load in the worker's parent.
@@ -52,8 +57,14 @@ def train_and_publish(data_path: str, epochs: int | None = None, *, publish: boo
     config = TrainConfig() if epochs is None else TrainConfig(epochs=epochs)
     log.info("training model %s from %s", version, path)
     try:
-        manifest = train_model(path, out_dir, config=config, settings=holder.settings, report=report,
-                               feedback_file=holder.settings.feedback_file)
+        manifest = train_model(
+            path,
+            out_dir,
+            config=config,
+            settings=holder.settings,
+            report=report,
+            feedback_file=holder.settings.feedback_file,
+        )
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)  # never leave a half-written version behind
         raise
@@ -67,6 +78,7 @@ def train_and_publish(data_path: str, epochs: int | None = None, *, publish: boo
 def train(self, data_path: str, epochs: int | None = None) -> dict[str, Any]:
     """Train a new model version from `data_path` and make it the live one; the job's state is
     PROGRESS with {"stage", "epoch", "epochs"} while it runs."""
+
     def report(progress: dict) -> None:
         self.update_state(state=names.PROGRESS_STATE, meta=jsonable(progress))
 

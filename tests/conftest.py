@@ -4,6 +4,7 @@ and the Flask app / test client configured against them.
 
 Everything heavy is session-scoped and started only when a test asks for it.
 """
+
 from __future__ import annotations
 
 import gc
@@ -11,14 +12,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import jax_probe
 import pytest
 
 from ml.config import Settings
 from ml.registry import ModelRegistry
 from scripts.procs import free_port
 from support import WORKER_START_TIMEOUT_S, RedisServer, WebServer, Worker, result_of, worker_env
-
-import jax_probe
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
@@ -30,10 +30,12 @@ def pytest_collection_modifyitems(session, config, items) -> None:
 def pytest_unconfigure(config) -> None:
     jax_probe.stop(config)
 
+
 WORLD = {"n_customers": 60, "n_products": 40, "seed": 1}
 
 
 # ---------------------------------------------------------------- Redis
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
@@ -70,6 +72,7 @@ def dead_redis_url() -> str:
 
 
 # ---------------------------------------------------------------- model
+
 
 @pytest.fixture(scope="session")
 def service_root(tmp_path_factory) -> Path:
@@ -137,6 +140,7 @@ def known_customers(models_dir) -> list[str]:
 
 # ---------------------------------------------------------------- Celery
 
+
 @pytest.fixture(scope="session")
 def celery_client(settings):
     """A Celery app (producer / result reader) configured like the worker's."""
@@ -157,8 +161,9 @@ def worker(settings, service_root, celery_client, known_customers):
     proc = Worker(worker_env(settings), service_root / "worker.log", "test-worker")
     try:
         proc.wait_ready(celery_client)
-        result_of(celery_client.send_task(names.RECOMMEND, args=[known_customers[0], 3]),
-                  WORKER_START_TIMEOUT_S)
+        result_of(
+            celery_client.send_task(names.RECOMMEND, args=[known_customers[0], 3]), WORKER_START_TIMEOUT_S
+        )
     except Exception as exc:
         proc.stop()
         raise RuntimeError(f"worker did not serve: {exc}\n{proc.log()[-4000:]}") from exc
@@ -167,6 +172,7 @@ def worker(settings, service_root, celery_client, known_customers):
 
 
 # ---------------------------------------------------------------- Flask
+
 
 @pytest.fixture(scope="session")
 def live(settings, worker, service_root):

@@ -5,6 +5,7 @@ one on purpose. `tests.hold` stands for the job that is running when the worker 
 sleeps (and is killed), every later delivery of the same job returns at once. It counts its runs in
 Redis. Run as `celery -A tests.fault_app:app worker`.
 """
+
 from __future__ import annotations
 
 import os

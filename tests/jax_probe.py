@@ -16,6 +16,7 @@ Protocol (files in one directory):
 `conftest.py` calls `schedule(config, items)` after collection: it moves the backend tests to the end of
 the run and starts the probe when any of them was collected.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -81,8 +82,13 @@ def pairs_for(n_customers: int, n_products: int) -> dict:
     rng = np.random.default_rng(7)
     pair_u = rng.integers(0, n_customers, N_PAIRS).tolist()
     pair_i = rng.integers(0, n_products, N_PAIRS).tolist()
-    return {"customers": list(range(min(N_CUSTOMERS, n_customers))), "pair_u": pair_u, "pair_i": pair_i,
-            "predict_u": pair_u + [0, -1], "predict_i": pair_i + [-1, 0]}
+    return {
+        "customers": list(range(min(N_CUSTOMERS, n_customers))),
+        "pair_u": pair_u,
+        "pair_i": pair_i,
+        "predict_u": pair_u + [0, -1],
+        "predict_i": pair_i + [-1, 0],
+    }
 
 
 # ----------------------------------------------------------------------------- what both backends compute
@@ -176,15 +182,25 @@ class JaxProbe:
 
     def __init__(self) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="jax-probe-"))
-        start = {"texts": sample_texts(), "images": sample_images(self.work), "world": JAX_WORLD,
-                 "jax_artifact": str(self.work / "jax-model")}
+        start = {
+            "texts": sample_texts(),
+            "images": sample_images(self.work),
+            "world": JAX_WORLD,
+            "jax_artifact": str(self.work / "jax-model"),
+        }
         (self.work / "start.json").write_text(json.dumps(start))
         self.start = start
         env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
         self.log_file = self.work / "probe.log"
         with open(self.log_file, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "tests.jax_probe", str(self.work)], cwd=REPO_ROOT,
-                                         env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.jax_probe", str(self.work)],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
     def finish(self, artifact: str, pairs: dict) -> dict:
         """Hand over the session's TensorFlow model, wait for the subprocess, return its result."""
@@ -197,7 +213,9 @@ class JaxProbe:
             self.proc.kill()
             self.proc.wait()
         log = self.log_file.read_text(errors="replace")
-        assert self.proc.returncode == 0, f"JAX subprocess failed (exit {self.proc.returncode}):\n{log[-6000:]}"
+        assert self.proc.returncode == 0, (
+            f"JAX subprocess failed (exit {self.proc.returncode}):\n{log[-6000:]}"
+        )
         return json.loads((self.work / "result.json").read_text())
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ line, e.g. `tests/test_x.py::test_gpu_* | needs a GPU, CI has none`. The glob is
 `fnmatch` against the node id of the skipped test (or of the module, for a skip at collection).
 The reason is required: an allowed skip is a decision, and the file says who made it and why.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -102,7 +103,10 @@ class SkipGuard:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Turn a clean (0) or empty (5) run with unexpected skips into a failed one (1)."""
-        if self.fails_run() and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        if self.fails_run() and session.exitstatus in (
+            pytest.ExitCode.OK,
+            pytest.ExitCode.NO_TESTS_COLLECTED,
+        ):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
@@ -119,15 +123,24 @@ class SkipGuard:
             tr.write_line(
                 f"skip guard: {OPTION} (CI): the run fails on {len(unexpected)} unexpected skip(s); "
                 f"install what the test needs, or allow it in pytest.ini `{INI_ALLOW}` with a reason",
-                red=True, bold=True,
+                red=True,
+                bold=True,
             )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(OPTION, action="store_true", default=False,
-                     help="fail the run on a skip that the skip_guard_allow list does not name (CI)")
-    parser.addini(INI_ALLOW, type="linelist", default=[],
-                  help="skips allowed under --strict-skips: '<node id glob> | <why>' per line")
+    parser.addoption(
+        OPTION,
+        action="store_true",
+        default=False,
+        help="fail the run on a skip that the skip_guard_allow list does not name (CI)",
+    )
+    parser.addini(
+        INI_ALLOW,
+        type="linelist",
+        default=[],
+        help="skips allowed under --strict-skips: '<node id glob> | <why>' per line",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

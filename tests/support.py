@@ -2,6 +2,7 @@
 worker's environment, waiting for a result, and a whole empty service. Test modules import these from
 here (`from support import ...`); tests/conftest.py builds its fixtures on them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,15 @@ from pathlib import Path
 import requests
 
 from ml.config import REPO_ROOT, Settings
-from scripts.procs import (free_port, redis_password, redis_reachable, start_redis, stop_group,
-                           url_with_password, wait_until)
+from scripts.procs import (
+    free_port,
+    redis_password,
+    redis_reachable,
+    start_redis,
+    stop_group,
+    url_with_password,
+    wait_until,
+)
 from tasks import names
 
 WORKER_START_TIMEOUT_S = 240.0
@@ -38,8 +46,9 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
-        self.proc = start_redis(self.port, self.dir, log_file=self.log_file, password=self.password,
-                                appendfsync=self.appendfsync)
+        self.proc = start_redis(
+            self.port, self.dir, log_file=self.log_file, password=self.password, appendfsync=self.appendfsync
+        )
         wait_until(lambda: redis_reachable(self.url, 0.5), 15, proc=self.proc, what="redis-server")
 
     def kill(self) -> None:
@@ -53,17 +62,46 @@ class RedisServer:
 class Worker:
     """`celery -A tasks.celery_app:app worker` in its own process group, logging to a file."""
 
-    def __init__(self, env: dict[str, str], log_file: Path, name: str, pool: str = "prefork",
-                 app: str = "tasks.celery_app:app") -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_file: Path,
+        name: str,
+        pool: str = "prefork",
+        app: str = "tasks.celery_app:app",
+    ) -> None:
         self.log_file = log_file
         self.hostname = f"{name}@{os.uname().nodename}"
-        cmd = [sys.executable, "-m", "celery", "-A", app, "worker",
-               "-Q", names.ALL_QUEUES, "-P", pool, "-c", "1", "-n", self.hostname,
-               "--without-gossip", "--without-mingle", "-l", "INFO"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            "-Q",
+            names.ALL_QUEUES,
+            "-P",
+            pool,
+            "-c",
+            "1",
+            "-n",
+            self.hostname,
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "INFO",
+        ]
         with open(log_file, "ab") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")
@@ -111,9 +149,14 @@ class WebServer:
         self.settings = replace(settings, web_port=free_port(), web_workers=1, web_threads=4)
         self.url = f"http://127.0.0.1:{self.settings.web_port}"
         with open(log_file, "ab") as out:
-            self.proc = subprocess.Popen(web_command(self.settings), cwd=REPO_ROOT,
-                                         env=worker_env(self.settings), stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                web_command(self.settings),
+                cwd=REPO_ROOT,
+                env=worker_env(self.settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_until(self._up, 30, proc=self.proc, what="gunicorn")
 
     def _up(self) -> bool:

@@ -20,6 +20,7 @@ is why the raw model is compared too); MiniLM cosine 1.0000000 (JAX vs TF) and 0
 sentence-transformers); EfficientNet-Lite0 cosine 1.0000000, max |diff| 5.8e-6. The thresholds
 below leave margin above those.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,8 @@ import numpy as np
 import pytest
 from jax_probe import PROBE_TIMEOUT_S, REFERENCE, both, pairs_for
 
-MAX_SCORE_DIFF = 1e-4       # ranking scores in [0, 1] and predicted ratings (1-5)
-MAX_RAW_DIFF = 1e-4         # raw Keras heads: rating and pick logit
+MAX_SCORE_DIFF = 1e-4  # ranking scores in [0, 1] and predicted ratings (1-5)
+MAX_RAW_DIFF = 1e-4  # raw Keras heads: rating and pick logit
 MIN_TEXT_COSINE = 0.99999
 MIN_IMAGE_COSINE = 0.9999
 
@@ -64,8 +65,12 @@ def sides(request, tf_artifact, tf_rec) -> tuple[dict, dict]:
 
     probe = request.config.jax_probe
     pairs = pairs_for(tf_rec.tables.n_customers, tf_rec.n_products)
-    tf = {**both(tf_rec, pairs), "pairs": pairs, "text": TextEncoder().encode(probe.start["texts"]),
-          "image": ImageEncoder().encode(probe.start["images"])}
+    tf = {
+        **both(tf_rec, pairs),
+        "pairs": pairs,
+        "text": TextEncoder().encode(probe.start["texts"]),
+        "image": ImageEncoder().encode(probe.start["images"]),
+    }
     jax = probe.finish(str(tf_artifact), pairs)
     print(f"\nJAX subprocess steps: {jax['seconds']}")
     return tf, {**jax, "start": probe.start}
@@ -104,8 +109,10 @@ def test_tf_trained_model_scores_the_same_under_jax(tf_side, jax_side):
     tf, jax = tf_side, jax_side["tf_model"]
     score_diff = max_diff(tf["score_customers"], jax["score_customers"])
     rating_diff = max_diff(tf["predict"], jax["predict"])
-    print(f"\nTF-trained model, JAX vs TF: max |score| diff {score_diff:.2e} over "
-          f"{np.size(tf['score_customers'])} scores, max |predicted rating| diff {rating_diff:.2e}")
+    print(
+        f"\nTF-trained model, JAX vs TF: max |score| diff {score_diff:.2e} over "
+        f"{np.size(tf['score_customers'])} scores, max |predicted rating| diff {rating_diff:.2e}"
+    )
     assert np.ptp(tf["score_customers"]) > 1e-3  # scores differ between products: a real comparison
     assert score_diff < MAX_SCORE_DIFF and rating_diff < MAX_SCORE_DIFF
 
@@ -113,8 +120,10 @@ def test_tf_trained_model_scores_the_same_under_jax(tf_side, jax_side):
 def test_raw_keras_model_agrees_across_backends(tf_side, jax_side):
     tf, jax = tf_side["raw"], jax_side["tf_model"]["raw"]
     diffs = {k: max_diff(tf[k], jax[k]) for k in ("rating", "interact")}
-    print(f"\nraw HybridModel heads, JAX vs TF: max |diff| rating {diffs['rating']:.2e}, "
-          f"pick logit {diffs['interact']:.2e}")
+    print(
+        f"\nraw HybridModel heads, JAX vs TF: max |diff| rating {diffs['rating']:.2e}, "
+        f"pick logit {diffs['interact']:.2e}"
+    )
     assert all(np.isfinite(tf[k]).all() and np.ptp(tf[k]) > 1e-3 for k in tf)
     assert max(diffs.values()) < MAX_RAW_DIFF, diffs
 
@@ -133,7 +142,10 @@ def test_model_trained_under_jax_saves_loads_and_scores(jax_side):
     tf = both(rec, pairs)
     score_diff = max(max_diff(tf["score_customers"], grid), max_diff(tf["predict"], ratings))
     raw_diff = max(max_diff(tf["raw"][k], jax["raw"][k]) for k in ("rating", "interact"))
-    print(f"\nJAX-trained model, TF vs JAX: max |score or rating| diff {score_diff:.2e}, raw heads {raw_diff:.2e}")
+    print(
+        f"\nJAX-trained model, TF vs JAX: max |score or rating| diff {score_diff:.2e}, "
+        f"raw heads {raw_diff:.2e}"
+    )
     assert np.ptp(grid) > 1e-3
     assert score_diff < MAX_SCORE_DIFF and raw_diff < MAX_RAW_DIFF
 
@@ -145,8 +157,10 @@ def test_text_encoder_agrees_across_backends(tf_side, jax_side):
     reference = json.loads(REFERENCE.read_text(encoding="utf-8"))
     expected = np.asarray([reference["vectors"][reference["texts"].index(t)] for t in texts])
     vs_reference = row_cosines(jax, expected)
-    print(f"\nMiniLM on {len(texts)} texts: JAX vs TF min cosine {cosine.min():.8f}, "
-          f"JAX vs sentence-transformers {vs_reference.min():.8f}")
+    print(
+        f"\nMiniLM on {len(texts)} texts: JAX vs TF min cosine {cosine.min():.8f}, "
+        f"JAX vs sentence-transformers {vs_reference.min():.8f}"
+    )
     assert any(len(t) > 1000 for t in texts) and "" in texts  # truncation and the empty text are covered
     assert cosine.min() >= MIN_TEXT_COSINE
     assert vs_reference.min() >= MIN_TEXT_COSINE
@@ -156,8 +170,9 @@ def test_image_encoder_agrees_across_backends(tf_side, jax_side):
     images = jax_side["start"]["images"]
     tf, jax = tf_side["image"], np.asarray(jax_side["image"], np.float32)
     cosine = row_cosines(tf, jax)
-    print(f"\nEfficientNet-Lite0 on {len(images)} pictures: JAX vs TF min cosine {cosine.min():.8f}, "
-          f"max |diff| {max_diff(tf, jax):.2e}")
+    print(
+        f"\nEfficientNet-Lite0 on {len(images)} pictures: JAX vs TF min cosine {cosine.min():.8f}, "
+        f"max |diff| {max_diff(tf, jax):.2e}"
+    )
     assert jax.shape == (len(images), 1280) and np.isfinite(jax).all()
     assert cosine.min() >= MIN_IMAGE_COSINE
-

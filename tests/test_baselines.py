@@ -2,8 +2,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.baselines import (EASE, BiasBaseline, ContentKNN, GlobalMean, ItemKNN, MatrixFactorization, Popularity, Scorer,
-                          validation_split)
+from ml.baselines import (
+    EASE,
+    BiasBaseline,
+    ContentKNN,
+    GlobalMean,
+    ItemKNN,
+    MatrixFactorization,
+    Popularity,
+    Scorer,
+    validation_split,
+)
 from ml.metrics import rmse
 
 
@@ -29,7 +38,10 @@ def data():
 @pytest.fixture(scope="module")
 def fitted(data):
     train, _, nu, ni = data
-    return {m.name: m.fit(train, nu, ni) for m in (GlobalMean(), BiasBaseline(), MatrixFactorization(), Popularity())}
+    return {
+        m.name: m.fit(train, nu, ni)
+        for m in (GlobalMean(), BiasBaseline(), MatrixFactorization(), Popularity())
+    }
 
 
 def test_protocol(fitted):
@@ -211,8 +223,9 @@ def _unit_rows(x):
 
 
 def test_validation_split_holds_out_each_customers_latest_rating_by_t():
-    frame = pd.DataFrame({"u": [0, 0, 0, 1, 2, 2], "i": [0, 1, 2, 0, 3, 4], "rating": [5.0] * 6,
-                          "t": [5, 9, 1, 0, 3, 2]})
+    frame = pd.DataFrame(
+        {"u": [0, 0, 0, 1, 2, 2], "i": [0, 1, 2, 0, 3, 4], "rating": [5.0] * 6, "t": [5, 9, 1, 0, 3, 2]}
+    )
     fit, val = validation_split(frame)
     assert sorted(zip(val.u, val.i)) == [(0, 1), (2, 3)]  # customer 1 has one rating: kept for fitting
     assert len(fit) + len(val) == len(frame)

@@ -3,6 +3,7 @@ that answers 500 or drops the connection must show up as errors, by status), and
 against the real service (gunicorn started by the bench's own `serve`, the session's Redis and
 prefork worker behind it): zero errors, every request counted (against gunicorn's access log), the
 percentiles in order. The 50-client, 60-second figures are in docs/SERVICE.md ("Load")."""
+
 from __future__ import annotations
 
 import http.server
@@ -15,8 +16,8 @@ import pytest
 
 from bench import load
 
-
 # ---------------------------------------------------------------- counting (no service)
+
 
 def test_classify_counts_what_a_healthy_service_does_not_answer():
     items = {"items": [{}] * load.TOP}
@@ -30,7 +31,10 @@ def test_classify_counts_what_a_healthy_service_does_not_answer():
     assert load.classify("recommendation", 202, {"job_id": "x"}) == "202"  # the sync wait ran out
     assert load.classify("post_job", 503, {}) == "503"
     assert load.classify("get_job", 404, {}) == "404"
-    assert load.classify("recommendation", None, None, ConnectionResetError()) == "connection:ConnectionResetError"
+    assert (
+        load.classify("recommendation", None, None, ConnectionResetError())
+        == "connection:ConnectionResetError"
+    )
     assert load.classify("get_job", None, None, TimeoutError()) == "connection:TimeoutError"
     assert load.classify("recommendation", 200, {"items": []}) == "bad_body"
     assert load.classify("recommendation", 200, None) == "bad_body"
@@ -41,6 +45,7 @@ def test_classify_counts_what_a_healthy_service_does_not_answer():
 
 class _Broken(http.server.BaseHTTPRequestHandler):
     """Answers 500 to /recommendation, drops the connection on POST /jobs without answering."""
+
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args) -> None:
@@ -64,8 +69,9 @@ def test_errors_from_a_broken_server_are_all_counted():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        out = load.run_clients(f"http://127.0.0.1:{server.server_port}", ["a", "b"], clients=3, seconds=0.5,
-                               job_share=0.5)
+        out = load.run_clients(
+            f"http://127.0.0.1:{server.server_port}", ["a", "b"], clients=3, seconds=0.5, job_share=0.5
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -85,20 +91,26 @@ def test_summary_counts_and_orders_percentiles():
     tally.add("get_job", "job_timeout", 0.0)  # a verdict, not a request
     out = load.summarize([tally, load.Tally()], wall_s=2.0)
     assert out["requests"] == {"total": 100, "by_kind": {"recommendation": 100, "post_job": 0, "get_job": 0}}
-    assert out["errors"] == {"total": 11, "by_kind_status": {"get_job:job_timeout": 1, "recommendation:503": 10}}
+    assert out["errors"] == {
+        "total": 11,
+        "by_kind_status": {"get_job:job_timeout": 1, "recommendation:503": 10},
+    }
     assert out["throughput_req_s"] == 50.0
     lat = out["latency_ms"]["recommendation"]
     assert lat["n"] == 100 and lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"] == 100.0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--clients", "0"], "--clients: must be at least 1"),
-    (["--seconds", "abc"], "expected a number of seconds"),
-    (["--seconds", "-1"], "must be above 0"),
-    (["--workers", "1.5"], "expected a whole number"),
-    (["--job-share", "2"], "--job-share: must be at most 1"),
-    (["--job-share", "nan"], "expected a finite number"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--clients", "0"], "--clients: must be at least 1"),
+        (["--seconds", "abc"], "expected a number of seconds"),
+        (["--seconds", "-1"], "must be above 0"),
+        (["--workers", "1.5"], "expected a whole number"),
+        (["--job-share", "2"], "--job-share: must be at most 1"),
+        (["--job-share", "nan"], "expected a finite number"),
+    ],
+)
 def test_bad_options_are_a_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         load.parse_args(argv)
@@ -114,7 +126,11 @@ ACCESS_KIND = {"GET /recommendation?": "recommendation", "POST /jobs ": "post_jo
 
 @pytest.mark.service
 def test_four_clients_for_three_seconds(tmp_path, settings, worker, models_dir, known_customers):
-    with load.serve(models_dir, tmp_path, workers=0, base=settings, redis_url=settings.redis_url) as (_, url, _stack):
+    with load.serve(models_dir, tmp_path, workers=0, base=settings, redis_url=settings.redis_url) as (
+        _,
+        url,
+        _stack,
+    ):
         out = load.run_clients(url, known_customers, clients=4, seconds=3.0, job_share=0.4, poll_s=0.02)
     assert out["errors"] == {"total": 0, "by_kind_status": {}}, out
     by_kind = out["requests"]["by_kind"]

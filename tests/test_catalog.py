@@ -1,5 +1,6 @@
 """ml.catalog (filters by category prefix and price) and ml.retrieval.ContentIndex (similar
 products by content), on small hand-made data: no model, no worker."""
+
 from __future__ import annotations
 
 import math
@@ -35,13 +36,25 @@ def test_category_is_a_prefix_segment_by_segment(catalog):
 
 
 def test_unknown_category_is_refused(catalog):
-    for category in ("Clothing, Shoes & Jewelry > Sho", "Shoes", "Clothing, Shoes & Jewelry > Shoes > Sandals > X"):
+    for category in (
+        "Clothing, Shoes & Jewelry > Sho",
+        "Shoes",
+        "Clothing, Shoes & Jewelry > Shoes > Sandals > X",
+    ):
         with pytest.raises(UnknownCategory):
             catalog.allowed(Filters(category=category))
 
 
-@pytest.mark.parametrize("bad", [dict(category=" > "), dict(category=""), dict(max_price=-1.0),
-                                 dict(max_price=math.nan), dict(max_price=math.inf)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(category=" > "),
+        dict(category=""),
+        dict(max_price=-1.0),
+        dict(max_price=math.nan),
+        dict(max_price=math.inf),
+    ],
+)
 def test_invalid_filters_are_refused(bad):
     with pytest.raises(ValueError):
         Filters(**bad)
@@ -68,7 +81,9 @@ def test_attributes_from_products_json_records_when_they_have_them():
     found = read_attributes(products, {})
     assert found.source == "artifact" and found.prefixes() == {"x": 1, "x > y": 1}
     assert found.prices[0] == 3.5 and math.isnan(found.prices[1])
-    assert read_attributes([{"product_id": "a"}], {"source": "amazon2023", "path": "/no/such"}).source == "none"
+    assert (
+        read_attributes([{"product_id": "a"}], {"source": "amazon2023", "path": "/no/such"}).source == "none"
+    )
 
 
 def _brute_force(x: np.ndarray, i: int, k: int) -> list[int]:
@@ -100,7 +115,9 @@ def test_content_index_through_hnsw_finds_the_same_neighbours():
     x = rng.normal(size=(2000, 24)).astype(np.float32)
     exact, graph = ContentIndex(x), ContentIndex(x, hnsw_min=1000)
     assert graph.kind == "hnswlib_hnsw_l2" and exact.kind == "exact_cosine"
-    found = [len(set(exact.neighbours(i, 10)[0]) & set(graph.neighbours(i, 10)[0])) for i in range(0, 2000, 40)]
+    found = [
+        len(set(exact.neighbours(i, 10)[0]) & set(graph.neighbours(i, 10)[0])) for i in range(0, 2000, 40)
+    ]
     assert np.mean(found) / 10 >= 0.95
 
 

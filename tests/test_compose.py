@@ -6,6 +6,7 @@ the parsed result is checked: scalable workers, GPU reservations, no default cre
 with a health check and an append-only volume, a one-shot trainer sharing its model volume.
 The Dockerfile checks need no tool at all.
 """
+
 from __future__ import annotations
 
 import os
@@ -138,9 +139,7 @@ def ports_container_side(service: dict) -> list[int]:
 
 
 def gpu_devices(service: dict) -> list[dict]:
-    return (
-        (service.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices") or []
-    )
+    return (service.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices") or []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,8 +339,7 @@ def test_gpu_override_reserves_nvidia_gpus_for_workers(gpu, base):
     devices = gpu_devices(worker)
     assert devices, "GPU workers reserve no device"
     assert any(
-        d.get("driver") == "nvidia" and "gpu" in [str(c) for c in d.get("capabilities", [])]
-        for d in devices
+        d.get("driver") == "nvidia" and "gpu" in [str(c) for c in d.get("capabilities", [])] for d in devices
     ), devices
     cmd = as_list(worker["command"])
     assert "--concurrency=1" in cmd, "one worker process per GPU"
@@ -480,7 +478,7 @@ def test_env_example_lists_every_variable_and_no_secret():
     assigned = dict(re.findall(r"^([A-Z_][A-Z0-9_]*)=(.*)$", example, re.MULTILINE))
     referenced = set()
     for path in (BASE, GPU):
-        code = "\n".join(l for l in path.read_text().splitlines() if not l.lstrip().startswith("#"))
+        code = "\n".join(x for x in path.read_text().splitlines() if not x.lstrip().startswith("#"))
         referenced |= set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", code))
     missing = referenced - set(assigned)
     assert not missing, f".env.example does not list {sorted(missing)}"
@@ -502,37 +500,70 @@ def test_entrypoint_claims_one_gpu_per_container(tmp_path):
         "GPU_STACK": "jax",
     }
     hold = 'echo "$CUDA_VISIBLE_DEVICES $KERAS_BACKEND"; read _'
-    first = subprocess.Popen(["sh", entry, "sh", "-c", hold], env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first = subprocess.Popen(
+        ["sh", entry, "sh", "-c", hold],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     second = None
     try:
         assert first.stdout.readline().split() == ["0", "jax"]
-        second = subprocess.Popen(["sh", entry, "sh", "-c", hold], env=env, stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        second = subprocess.Popen(
+            ["sh", entry, "sh", "-c", hold],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         assert second.stdout.readline().split() == ["1", "jax"]
-        third = subprocess.run(["sh", entry, "true"], env=env, capture_output=True, text=True,
-                               timeout=30)
+        third = subprocess.run(["sh", entry, "true"], env=env, capture_output=True, text=True, timeout=30)
         assert third.returncode == 75 and "--scale worker=2" in third.stderr
-        shared = subprocess.run(["sh", entry, "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"],
-                                env={**env, "RECSYS_GPU_WHEN_BUSY": "share"},
-                                capture_output=True, text=True, timeout=30)
+        shared = subprocess.run(
+            ["sh", entry, "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"],
+            env={**env, "RECSYS_GPU_WHEN_BUSY": "share"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert shared.returncode == 0 and shared.stdout.strip() == "0"
-        explicit = subprocess.run(["sh", entry, "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"],
-                                  env={**env, "CUDA_VISIBLE_DEVICES": "1", "KERAS_BACKEND": "tensorflow"},
-                                  capture_output=True, text=True, timeout=30)
+        explicit = subprocess.run(
+            ["sh", entry, "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"],
+            env={**env, "CUDA_VISIBLE_DEVICES": "1", "KERAS_BACKEND": "tensorflow"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert explicit.stdout.strip() == "1"
     finally:
         for proc in (first, second):
             if proc is not None:
                 proc.communicate(input="\n", timeout=30)
-    restricted = subprocess.run(["sh", entry, "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"],
-                                env={**env, "RECSYS_GPU_COUNT": "4", "RECSYS_GPU_IDS": "3,1"},
-                                capture_output=True, text=True, timeout=30)
+    restricted = subprocess.run(
+        ["sh", entry, "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"],
+        env={**env, "RECSYS_GPU_COUNT": "4", "RECSYS_GPU_IDS": "3,1"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert restricted.stdout.strip() == "3"
-    bad = subprocess.run(["sh", entry, "true"], env={**env, "RECSYS_GPU_IDS": "0,../x"},
-                         capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        ["sh", entry, "true"],
+        env={**env, "RECSYS_GPU_IDS": "0,../x"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode != 0
     # Locks are released with the processes: GPU 0 is free again.
-    again = subprocess.run(["sh", entry, "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"], env=env,
-                           capture_output=True, text=True, timeout=30)
+    again = subprocess.run(
+        ["sh", entry, "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert again.stdout.strip() == "0"

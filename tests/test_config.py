@@ -1,4 +1,5 @@
 """Settings: the one reader of the environment; to_env() hands settings to a child process."""
+
 from __future__ import annotations
 
 from dataclasses import fields
@@ -28,18 +29,37 @@ def test_var_dir_moves_the_paths_under_it_unless_they_are_set(tmp_path):
 
 
 def test_to_env_round_trips_every_field(tmp_path):
-    s = Settings.from_env({"RECSYS_VAR_DIR": str(tmp_path), "RECSYS_MAX_TOP": "7", "RECSYS_SYNC_WAIT_S": "0.25",
-                           "FLOWER_USER": "ops", "RECSYS_WORKER_POOL": "solo", "RECSYS_CACHE_VERIFY_SAMPLE": "0"})
-    assert (s.max_top, s.sync_wait_s, s.flower_user, s.worker_pool, s.cache_verify_sample) == (7, 0.25, "ops", "solo", 0)
+    s = Settings.from_env(
+        {
+            "RECSYS_VAR_DIR": str(tmp_path),
+            "RECSYS_MAX_TOP": "7",
+            "RECSYS_SYNC_WAIT_S": "0.25",
+            "FLOWER_USER": "ops",
+            "RECSYS_WORKER_POOL": "solo",
+            "RECSYS_CACHE_VERIFY_SAMPLE": "0",
+        }
+    )
+    assert (s.max_top, s.sync_wait_s, s.flower_user, s.worker_pool, s.cache_verify_sample) == (
+        7,
+        0.25,
+        "ops",
+        "solo",
+        0,
+    )
     env = s.to_env()
     assert env["RECSYS_MAX_TOP"] == "7" and env["RECSYS_MODELS_DIR"] == str(tmp_path / "models")
     assert Settings.from_env(env) == s
     assert isinstance(Settings.from_env(env).models_dir, Path)
 
 
-@pytest.mark.parametrize("name, raw, kind", [("RECSYS_WEB_PORT", "x", "an integer"),
-                                             ("RECSYS_SYNC_WAIT_S", "soon", "a number"),
-                                             ("RECSYS_MAX_TOP", "1.5", "an integer")])
+@pytest.mark.parametrize(
+    "name, raw, kind",
+    [
+        ("RECSYS_WEB_PORT", "x", "an integer"),
+        ("RECSYS_SYNC_WAIT_S", "soon", "a number"),
+        ("RECSYS_MAX_TOP", "1.5", "an integer"),
+    ],
+)
 def test_a_value_that_does_not_parse_names_its_variable(name, raw, kind):
     with pytest.raises(ValueError, match=f"{name}='{raw}': expected {kind}"):
         Settings.from_env({name: raw})

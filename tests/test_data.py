@@ -1,4 +1,5 @@
 """ml.data: the loaders read the real data sets (counts from their SOURCE.md) and small files written here."""
+
 from __future__ import annotations
 
 import collections
@@ -77,7 +78,11 @@ def test_amazon2018_real_file_matches_source_md():
 
     # Independent reading of the raw file: histogram of all 3,176 lines as in SOURCE.md, and the
     # kept row per pair is the earliest (unixReviewTime, then line order).
-    raw = [json.loads(line.strip()) for line in A2018_FILE.read_text(encoding="utf-8").split("\n") if line.strip()]
+    raw = [
+        json.loads(line.strip())
+        for line in A2018_FILE.read_text(encoding="utf-8").split("\n")
+        if line.strip()
+    ]
     assert collections.Counter(int(r["overall"]) for r in raw) == {5: 2158, 4: 471, 3: 337, 2: 93, 1: 117}
     earliest: dict[tuple[str, str], tuple[int, int, float]] = {}
     for i, r in enumerate(raw):
@@ -88,9 +93,18 @@ def test_amazon2018_real_file_matches_source_md():
     expected_hist = collections.Counter(str(int(v[2])) for v in earliest.values())
     d = describe(ds)
     assert d["rating_histogram"] == {str(k): expected_hist.get(str(k), 0) for k in range(1, 6)}
-    got = {(c, p): float(x) for c, p, x in ds.reviews[["customer_id", "product_id", "rating"]].itertuples(index=False)}
+    got = {
+        (c, p): float(x)
+        for c, p, x in ds.reviews[["customer_id", "product_id", "rating"]].itertuples(index=False)
+    }
     assert got == {k: v[2] for k, v in earliest.items()}
-    assert (d["reviews"], d["customers"], d["products"], d["duplicates"], d["malformed"]) == (3042, 406, 31, 134, 0)
+    assert (d["reviews"], d["customers"], d["products"], d["duplicates"], d["malformed"]) == (
+        3042,
+        406,
+        31,
+        134,
+        0,
+    )
     assert d["products_with_image"] == 0
 
     # The folder holding the file (plus SOURCE.md, ignored) reads the same.
@@ -134,16 +148,36 @@ def _write_jsonl(path: Path, lines: list, gz: bool = False) -> None:
 
 
 def _review(user, parent, rating, ts_ms, title="t", text="x", asin=None):
-    return {"rating": rating, "title": title, "text": text, "images": [], "asin": asin or parent,
-            "parent_asin": parent, "user_id": user, "timestamp": ts_ms, "helpful_vote": 0,
-            "verified_purchase": True}
+    return {
+        "rating": rating,
+        "title": title,
+        "text": text,
+        "images": [],
+        "asin": asin or parent,
+        "parent_asin": parent,
+        "user_id": user,
+        "timestamp": ts_ms,
+        "helpful_vote": 0,
+        "verified_purchase": True,
+    }
 
 
 def _meta(parent, title="", images=None, **kw):
-    rec = {"main_category": "AMAZON FASHION", "title": title, "average_rating": 4.0, "rating_number": 3,
-           "features": ["soft", "cotton"], "description": ["A shirt."], "price": None,
-           "images": images if images is not None else [], "videos": [], "store": "Acme",
-           "categories": [], "details": {}, "parent_asin": parent}
+    rec = {
+        "main_category": "AMAZON FASHION",
+        "title": title,
+        "average_rating": 4.0,
+        "rating_number": 3,
+        "features": ["soft", "cotton"],
+        "description": ["A shirt."],
+        "price": None,
+        "images": images if images is not None else [],
+        "videos": [],
+        "store": "Acme",
+        "categories": [],
+        "details": {},
+        "parent_asin": parent,
+    }
     rec.update(kw)
     return rec
 
@@ -171,8 +205,13 @@ def _make_world(folder: Path, gz: bool) -> None:
     _write_jsonl(folder / f"Amazon_Fashion{suffix}", reviews, gz)
     metas = [
         _meta("P1", "Local image wins", images=[_img(hi_res="https://example.com/p1.jpg")]),
-        _meta("P2", "URL image", images=[_img(hi_res=None, large="https://example.com/p2_large.jpg")],
-              categories=["Clothing", "Shirts"], price="$12.50"),
+        _meta(
+            "P2",
+            "URL image",
+            images=[_img(hi_res=None, large="https://example.com/p2_large.jpg")],
+            categories=["Clothing", "Shirts"],
+            price="$12.50",
+        ),
         _meta("P3", "Relative path", images=[_img(large="pics/p3.png")], price=19.99),
         _meta("P5", "Meta only, nobody rated it", images=[], price="None"),
         "not json at all",
@@ -260,8 +299,9 @@ def test_amazon2023_meta_detected_by_content_and_plain_equals_gz(tmp_path):
 
 def test_duplicates_tie_on_timestamp_keep_file_order(tmp_path):
     _write_jsonl(tmp_path / "a.jsonl", [_review("U", "P", 4.0, 1000, title="first")])
-    _write_jsonl(tmp_path / "b.jsonl", [_review("U", "P", 1.0, 1000, title="second"),
-                                        _review("U", "Q", 3.0, None)])
+    _write_jsonl(
+        tmp_path / "b.jsonl", [_review("U", "P", 1.0, 1000, title="second"), _review("U", "Q", 3.0, None)]
+    )
     ds = load_dataset(tmp_path)
     assert ds.report.duplicates_dropped == 1
     assert ds.reviews["title"].tolist()[0] == "first"
@@ -295,8 +335,16 @@ def test_ratings_csv_malformed_timestamp_and_duplicates(tmp_path):
 
 def test_amazon2018_gz_with_leading_spaces(tmp_path):
     lines = [
-        json.dumps({"overall": 5.0, "reviewerID": "R1", "asin": "A1", "reviewText": "great",
-                    "summary": "Five Stars", "unixReviewTime": 1441324800}),
+        json.dumps(
+            {
+                "overall": 5.0,
+                "reviewerID": "R1",
+                "asin": "A1",
+                "reviewText": "great",
+                "summary": "Five Stars",
+                "unixReviewTime": 1441324800,
+            }
+        ),
         "   " + json.dumps({"overall": 3.0, "reviewerID": "R2", "asin": "A1", "unixReviewTime": 1441324801}),
         json.dumps({"overall": 4.0, "reviewerID": "R3"}),  # no asin
     ]

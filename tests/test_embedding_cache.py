@@ -1,4 +1,5 @@
 """EmbeddingCache: computes only missing keys, keeps the order of the keys, persists atomically."""
+
 from __future__ import annotations
 
 import hashlib
@@ -83,7 +84,9 @@ def test_only_new_keys_are_computed_and_order_is_kept(tmp_path):
     # Same again through a new instance, in yet another order.
     enc2 = FakeEncoder()
     keys2 = ["d", "a", "c", "b"]
-    out2 = EmbeddingCache(tmp_path).embed(enc2, keys2, ["item d", "item a", "item c", "item b"], progress=False)
+    out2 = EmbeddingCache(tmp_path).embed(
+        enc2, keys2, ["item d", "item a", "item c", "item b"], progress=False
+    )
     assert enc2.n_encoded == 0
     np.testing.assert_array_equal(out2, out[[2, 3, 0, 1]])
 
@@ -189,8 +192,13 @@ def test_writers_in_parallel_share_results(tmp_path):
 
 # ---------------------------------------------------------------- ml.embed over the cache
 
-PHOTOS_DIR = __import__("ml.config", fromlist=["REPO_ROOT"]).REPO_ROOT.parent / "shared" / "data" / \
-    "fashion-product-images-small-subset" / "images"
+PHOTOS_DIR = (
+    __import__("ml.config", fromlist=["REPO_ROOT"]).REPO_ROOT.parent
+    / "shared"
+    / "data"
+    / "fashion-product-images-small-subset"
+    / "images"
+)
 
 
 def _photos(n: int) -> list:
@@ -227,7 +235,6 @@ class FakeTextEncoder(FakeEncoder):
 def fake_encoders(monkeypatch):
     import ml.encoders.image
     import ml.encoders.text
-
     from ml.embed import shared_encoder
 
     FakeImageEncoder.instances, FakeTextEncoder.instances = [], []
@@ -241,11 +248,22 @@ def fake_encoders(monkeypatch):
 def _frames(images, ptitles, rtexts):
     import pandas as pd
 
-    products = pd.DataFrame({"product_id": [f"P{k}" for k in range(len(images))], "title": ptitles,
-                             "text": "", "image": [str(p) for p in images]})
-    reviews = pd.DataFrame({"customer_id": [f"C{k}" for k in range(len(rtexts))],
-                            "product_id": [f"P{k % len(images)}" for k in range(len(rtexts))],
-                            "title": "", "text": rtexts})
+    products = pd.DataFrame(
+        {
+            "product_id": [f"P{k}" for k in range(len(images))],
+            "title": ptitles,
+            "text": "",
+            "image": [str(p) for p in images],
+        }
+    )
+    reviews = pd.DataFrame(
+        {
+            "customer_id": [f"C{k}" for k in range(len(rtexts))],
+            "product_id": [f"P{k % len(images)}" for k in range(len(rtexts))],
+            "title": "",
+            "text": rtexts,
+        }
+    )
     return products, reviews
 
 
@@ -276,20 +294,24 @@ def test_embed_dataset_encodes_each_distinct_content_once_and_scatters(tmp_path,
     assert not emb.product_image[3:].any()
     # texts: 36 review rows and 4 product rows with text, 5 distinct non-empty texts, each encoded once
     tenc = txt_encs[0]
-    assert sorted(x for c in tenc.calls for x in c) == sorted({"red dress", "blue jeans", "hat", "Great fit",
-                                                              "Too small"})  # review_text drops the final "."
+    assert sorted(x for c in tenc.calls for x in c) == sorted(
+        {"red dress", "blue jeans", "hat", "Great fit", "Too small"}
+    )  # review_text drops the final "."
     assert emb.has_product_text.tolist() == [True, True, True, False, True]
     assert emb.has_review_text.sum() == 36
     for k, t in enumerate(rtexts):
-        np.testing.assert_array_equal(emb.review_text[k], tenc.vector(t.rstrip(".")) if t else np.zeros(5, np.float32))
+        np.testing.assert_array_equal(
+            emb.review_text[k], tenc.vector(t.rstrip(".")) if t else np.zeros(5, np.float32)
+        )
     np.testing.assert_array_equal(emb.product_text[2], tenc.vector("red dress"))
     assert emb.stats["texts"] == {"rows": 40, "distinct": 5, "encoded": 5, "verified": 0}
     assert emb.stats["images"] == {"rows": 3, "distinct": 2, "encoded": 2, "verified": 0}
 
     # Second run, one product's text edited and one photo replaced: only those are encoded.
     c = _photos(3)[2]
-    products2, reviews2 = _frames([a, b, c, broken, ""], ["red dress", "blue jeans!", "red dress", "", "hat"],
-                                  rtexts)
+    products2, reviews2 = _frames(
+        [a, b, c, broken, ""], ["red dress", "blue jeans!", "red dress", "", "hat"], rtexts
+    )
     emb2 = embed_dataset(products2, reviews2, tmp_path / "cache", progress=False, verify_sample=0)
     # one encoder instance per class and process (ml.embed.shared_encoder): the same ones, called again
     assert len(img_encs) == 1 and len(txt_encs) == 1
@@ -339,7 +361,9 @@ def test_a_poisoned_cache_is_detected_quarantined_and_recomputed(tmp_path):
     keys = [f"sha1:{k}" for k in range(6)]
     items = [f"text {k}" for k in range(6)]
     _poison(tmp_path, enc, keys, items)
-    assert not np.allclose(EmbeddingCache(tmp_path).embed(enc, keys, items, progress=False), expected(enc, items))
+    assert not np.allclose(
+        EmbeddingCache(tmp_path).embed(enc, keys, items, progress=False), expected(enc, items)
+    )
 
     cache = EmbeddingCache(tmp_path, verify_sample=2)
     out = cache.embed(enc, keys, items, progress=False)

@@ -1,4 +1,5 @@
 """The evaluation report: metrics.json in the documented shape, plots, the synthetic cold-start check."""
+
 from __future__ import annotations
 
 import json
@@ -37,20 +38,24 @@ def test_metrics_json_shape(report, world_dir):
     # the global-mean baseline, computed here by hand: the mean training rating for every test rating
     train, test = split_reviews(load_dataset(world_dir).reviews, "last")
     error = test["rating"].to_numpy(float) - train["rating"].to_numpy(float).mean()
-    assert m["models"]["global_mean"]["rmse"] == pytest.approx(float(np.sqrt(np.mean(error ** 2))), rel=1e-9)
+    assert m["models"]["global_mean"]["rmse"] == pytest.approx(float(np.sqrt(np.mean(error**2))), rel=1e-9)
     assert m["models"]["global_mean"]["mae"] == pytest.approx(float(np.mean(np.abs(error))), rel=1e-9)
     assert m["n_train"] == len(train) and m["n_test"] == len(test)
     # the hybrid against every baseline, with paired-bootstrap intervals around the difference
     assert set(m["hybrid_minus"]) == set(MODEL_NAMES) - {"hybrid"}
     vs_bias = m["hybrid_minus"]["bias"]
-    assert vs_bias["rmse"]["diff"] == pytest.approx(m["models"]["hybrid"]["rmse"] - m["models"]["bias"]["rmse"])
+    assert vs_bias["rmse"]["diff"] == pytest.approx(
+        m["models"]["hybrid"]["rmse"] - m["models"]["bias"]["rmse"]
+    )
     assert vs_bias["rmse"]["ci95"][0] <= vs_bias["rmse"]["diff"] <= vs_bias["rmse"]["ci95"][1]
     assert "rmse" not in m["hybrid_minus"]["popularity"] and "ndcg@10" in m["hybrid_minus"]["popularity"]
     # ranking-only baselines: their hyper-parameter comes from the grid, chosen on validation NDCG
     for name in ("ease", "item_knn", "content_knn"):
         assert m["models"][name]["rmse"] is None and "rmse" not in m["hybrid_minus"][name]
         margin = m["hybrid_minus"][name]["ndcg@10"]
-        assert margin["diff"] == pytest.approx(m["models"]["hybrid"]["ndcg@10"] - m["models"][name]["ndcg@10"])
+        assert margin["diff"] == pytest.approx(
+            m["models"]["hybrid"]["ndcg@10"] - m["models"][name]["ndcg@10"]
+        )
     for name, key in (("ease", "lambda"), ("item_knn", "shrink")):
         chosen = m["baselines"][name]
         assert chosen["validation_ndcg@10"][str(chosen[key])] == max(chosen["validation_ndcg@10"].values())
@@ -77,8 +82,13 @@ def test_cold_start_section_on_synthetic_data(report):
 def split_model(world_dir, tmp_path_factory, base_settings):
     """A model trained on the world's 'last' split, in a directory named m (its version)."""
     model = tmp_path_factory.mktemp("split-model") / "m"
-    train_model(world_dir, model, TrainConfig(epochs=2, verbose=0, progress=False), split="last",
-                settings=base_settings)
+    train_model(
+        world_dir,
+        model,
+        TrainConfig(epochs=2, verbose=0, progress=False),
+        split="last",
+        settings=base_settings,
+    )
     return model
 
 
@@ -93,7 +103,7 @@ def test_model_trained_on_the_same_split_is_evaluated_as_is(world_dir, split_mod
     u = pd.Index(rec.tables.customer_ids).get_indexer(test["customer_id"].astype(str))
     i = pd.Index(rec.tables.product_ids).get_indexer(test["product_id"].astype(str))
     error = rec.predict(u, i).astype(float) - test["rating"].to_numpy(float)
-    assert m["models"]["hybrid"]["rmse"] == pytest.approx(float(np.sqrt(np.mean(error ** 2))), rel=1e-6)
+    assert m["models"]["hybrid"]["rmse"] == pytest.approx(float(np.sqrt(np.mean(error**2))), rel=1e-6)
     assert m["models"]["hybrid"]["mae"] == pytest.approx(float(np.mean(np.abs(error))), rel=1e-6)
 
 
@@ -102,7 +112,9 @@ def test_model_trained_on_other_data_is_retrained(world_dir, split_model, tmp_pa
     other = load_dataset(world_dir)
     first = other.reviews.index[0]
     other.reviews.loc[first, "rating"] = 1.0 if other.reviews.loc[first, "rating"] != 1.0 else 5.0
-    assert other.fingerprint() != json.loads((split_model / "manifest.json").read_text())["data"]["fingerprint"]
+    assert (
+        other.fingerprint() != json.loads((split_model / "manifest.json").read_text())["data"]["fingerprint"]
+    )
     m = evaluate(other, tmp_path / "r", model_dir=split_model, splits=("last",), settings=base_settings)
     assert m["model_version"] != "m"
     assert m["n_train"] + m["n_test"] == len(other.reviews)

@@ -7,6 +7,7 @@ run that stored a result); correct is the in-process `Recommender.recommend` of 
 names. Small timeouts make redelivery take seconds here (visibility timeout VT, sweep every second);
 the 100-job runs with timings are `python -m bench faults` (bench/faults.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,15 @@ from dataclasses import replace
 import pytest
 import redis
 from fault_app import HOLD
-from support import RedisServer, Worker, worker_env
 
 from ml.registry import ModelRegistry
+from support import RedisServer, Worker, worker_env
 from tasks import names
 
 pytestmark = [pytest.mark.service, pytest.mark.fault]
 
-SOFT_S, HARD_S, VT_S = 9, 10, 12   # task limits and broker visibility timeout for these workers
-HOLD_S = 8.0                       # the held job's first run (killed before it ends)
+SOFT_S, HARD_S, VT_S = 9, 10, 12  # task limits and broker visibility timeout for these workers
+HOLD_S = 8.0  # the held job's first run (killed before it ends)
 N_JOBS = 40
 SUCCEEDED = re.compile(r"Task (\S+)\[([0-9a-f-]{36})\] succeeded in ")
 
@@ -39,9 +40,15 @@ class FaultService:
 
         self.tmp = tmp
         self.redis = RedisServer(tmp, appendfsync="always")
-        self.settings = replace(settings, redis_url=self.redis.url, task_soft_time_limit_s=SOFT_S,
-                                task_time_limit_s=HARD_S, broker_visibility_timeout_s=VT_S,
-                                broker_restore_interval_s=1, readyz_timeout_s=1.0)
+        self.settings = replace(
+            settings,
+            redis_url=self.redis.url,
+            task_soft_time_limit_s=SOFT_S,
+            task_time_limit_s=HARD_S,
+            broker_visibility_timeout_s=VT_S,
+            broker_restore_interval_s=1,
+            readyz_timeout_s=1.0,
+        )
         self.celery = make_celery(self.settings)
         self.web = make_app(self.settings).test_client()
         self.workers: list[Worker] = []
@@ -219,8 +226,10 @@ def test_redis_crash_and_restart(faults, known_customers, expected):
     assert held.state == "SUCCESS", held.result
     check_jobs(faults, {**before, **after}, expected)
     assert outage_posts >= 2
-    print(f"redis crash: {len(before) + len(after) + 1} jobs succeeded once, {outage_posts} POSTs "
-          f"answered 503 during the outage, /readyz 200 {ready_s:.1f}s after the restart")
+    print(
+        f"redis crash: {len(before) + len(after) + 1} jobs succeeded once, {outage_posts} POSTs "
+        f"answered 503 during the outage, /readyz 200 {ready_s:.1f}s after the restart"
+    )
 
 
 def test_job_state_expires(faults):

@@ -1,4 +1,5 @@
 """Leave-one-out features equal features built from the data without that rating."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,15 +19,33 @@ def _world(seed: int = 0, n_c: int = 12, n_p: int = 9, dt: int = 5, dc: int = 4)
     vecs = rng.normal(size=(len(u), dt)).astype(np.float32)
     has_text = rng.random(len(u)) < 0.8
     content = rng.normal(size=(n_p, dc)).astype(np.float32)
-    return dict(customer_ids=np.array([f"C{k}" for k in range(n_c)]), product_ids=np.array([f"P{k}" for k in range(n_p)]),
-                u=u, i=i, rating=rating, review_vecs=vecs, review_has_text=has_text, prod_content=content)
+    return dict(
+        customer_ids=np.array([f"C{k}" for k in range(n_c)]),
+        product_ids=np.array([f"P{k}" for k in range(n_p)]),
+        u=u,
+        i=i,
+        rating=rating,
+        review_vecs=vecs,
+        review_has_text=has_text,
+        prod_content=content,
+    )
 
 
 def _tables(w, keep=None, mu=3.0, priors=(None, None)):
     keep = np.ones(len(w["u"]), bool) if keep is None else keep
-    return build_tables(w["customer_ids"], w["product_ids"], w["u"][keep], w["i"][keep], w["rating"][keep],
-                        w["review_vecs"][keep], w["review_has_text"][keep], w["prod_content"], mu=mu,
-                        cust_prior=priors[0], prod_prior=priors[1])
+    return build_tables(
+        w["customer_ids"],
+        w["product_ids"],
+        w["u"][keep],
+        w["i"][keep],
+        w["rating"][keep],
+        w["review_vecs"][keep],
+        w["review_has_text"][keep],
+        w["prod_content"],
+        mu=mu,
+        cust_prior=priors[0],
+        prod_prior=priors[1],
+    )
 
 
 @pytest.mark.parametrize("row", [0, 7, 23, 41])
@@ -38,11 +57,18 @@ def test_leave_one_out_matches_tables_without_the_rating(row):
     full = _tables(w, priors=priors)
     without = _tables(w, np.arange(len(w["u"])) != row, priors=priors)
     u, i = w["u"][[row]], w["i"][[row]]
-    ex = Exclusion(np.ones(1, np.float32), w["rating"][[row]], w["review_vecs"][[row]],
-                   w["review_has_text"][[row]].astype(np.float32), is_rated=np.ones(1, np.float32))
+    ex = Exclusion(
+        np.ones(1, np.float32),
+        w["rating"][[row]],
+        w["review_vecs"][[row]],
+        w["review_has_text"][[row]].astype(np.float32),
+        is_rated=np.ones(1, np.float32),
+    )
     loo = model_inputs(full, u, i, cust_ex=ex, prod_ex=ex, cust_ex_item=i)
     ref = model_inputs(without, u, i)
-    assert np.abs(ref["pair"][0, 1:]).sum() > 0 or ref["pair"][0, 0] == 0  # a non-trivial residual when linked
+    assert (
+        np.abs(ref["pair"][0, 1:]).sum() > 0 or ref["pair"][0, 0] == 0
+    )  # a non-trivial residual when linked
     for key in ("customer", "product", "pair"):
         np.testing.assert_allclose(loo[key], ref[key], rtol=1e-5, atol=1e-5, err_msg=key)
     # the left-out product is no longer in the customer's history
@@ -84,8 +110,17 @@ def test_training_rows_see_biases_without_their_own_rating():
     prior = BiasBaseline().fit(frame, n_c, n_p)
     t = _tables(w, mu=prior.mu_, priors=(prior.b_u_, prior.b_i_))
     loo_u, loo_i = prior.leave_one_out(w["u"], w["i"], w["rating"])
-    rows = build_training_rows(t, w["u"], w["i"], w["rating"], w["review_vecs"], w["review_has_text"],
-                               TrainConfig(negatives=2), np.zeros(len(w["u"]), bool), loo_prior=(loo_u, loo_i))
+    rows = build_training_rows(
+        t,
+        w["u"],
+        w["i"],
+        w["rating"],
+        w["review_vecs"],
+        w["review_has_text"],
+        TrainConfig(negatives=2),
+        np.zeros(len(w["u"]), bool),
+        loo_prior=(loo_u, loo_i),
+    )
     pos = rows.targets["rating"][:, 1] > 0
     np.testing.assert_allclose(np.sort(rows.inputs["customer_prior"][pos]), np.sort(loo_u), rtol=1e-5)
     np.testing.assert_allclose(np.sort(rows.inputs["product_prior"][pos]), np.sort(loo_i), rtol=1e-5)

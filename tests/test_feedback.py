@@ -1,6 +1,7 @@
 """ml/feedback.py: a rating folded into loaded tables counts exactly as training would have counted it
 (customer side), a new customer becomes known, the product is seen, a customer rebuilt from feedback
 is ranked like the trained customer they copy, and the feedback file joins the next training's data."""
+
 from __future__ import annotations
 
 import json
@@ -9,20 +10,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.feedback import FeedbackFile, Rating, check_rating, fold_in, merge_into
 from ml.features import build_tables
+from ml.feedback import FeedbackFile, Rating, check_rating, fold_in, merge_into
 from ml.recommender import Recommender
 from ml.registry import ModelRegistry
 
-CUSTOMER_SIDE = ("cust_count", "cust_rating_sum", "cust_content_sum", "cust_content_wsum", "cust_history")
+CUSTOMER_SIDE = ("cust_count", "cust_content_sum", "cust_content_wsum", "cust_history")
 
 
 def _tables(u, i, r, n_c=3, n_p=5, seed=0):
     rng = np.random.default_rng(seed)
     content = rng.normal(size=(n_p, 4)).astype(np.float32)
-    return build_tables(np.array([f"c{k}" for k in range(n_c)]), np.array([f"p{k}" for k in range(n_p)]),
-                        np.array(u), np.array(i), np.array(r, np.float32), np.zeros((len(u), 0), np.float32),
-                        np.zeros(len(u), bool), content, mu=3.0, history_len=3)
+    return build_tables(
+        np.array([f"c{k}" for k in range(n_c)]),
+        np.array([f"p{k}" for k in range(n_p)]),
+        np.array(u),
+        np.array(i),
+        np.array(r, np.float32),
+        np.zeros((len(u), 0), np.float32),
+        np.zeros(len(u), bool),
+        content,
+        mu=3.0,
+        history_len=3,
+    )
 
 
 def test_a_folded_rating_counts_as_training_would_have():
@@ -40,7 +50,7 @@ def test_a_second_rating_of_the_same_product_replaces_the_first():
     t = _tables([0, 0], [0, 1], [5.0, 2.0])
     assert fold_in(t, 0, 1, 4.0) is False
     built = _tables([0, 0], [0, 1], [5.0, 4.0])
-    for name in ("cust_count", "cust_rating_sum", "cust_content_sum", "cust_content_wsum", "rated_rating"):
+    for name in ("cust_count", "cust_content_sum", "cust_content_wsum", "rated_rating"):
         np.testing.assert_allclose(getattr(t, name), getattr(built, name), rtol=1e-6, err_msg=name)
 
 
@@ -110,8 +120,9 @@ def test_a_new_customer_replaying_a_trained_customers_ratings_gets_their_ranking
         assert rec.add_ratings([Rating(twin, str(t.product_ids[i]), rating[i]) for i in order]) == len(order)
         x = int(pd.Index(rec.tables.customer_ids).get_loc(twin))
         for name in (*CUSTOMER_SIDE, "cust_prior"):
-            np.testing.assert_allclose(getattr(rec.tables, name)[x], getattr(rec.tables, name)[u], rtol=1e-5,
-                                       atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(
+                getattr(rec.tables, name)[x], getattr(rec.tables, name)[u], rtol=1e-5, atol=1e-5, err_msg=name
+            )
         mine, theirs = rec.score_customers(np.array([x, u]))
         assert np.corrcoef(mine, theirs)[0, 1] > 0.99
         own = [item["product_id"] for item in rec.recommend(twin, top=10)]
@@ -121,15 +132,29 @@ def test_a_new_customer_replaying_a_trained_customers_ratings_gets_their_ranking
 
 def test_the_feedback_file_joins_the_next_training_data(tmp_path):
     f = FeedbackFile(tmp_path / "fb" / "feedback.jsonl")
-    f.append([Rating("c9", "p1", 4.0, "nice", 1000, "1-0"), Rating("c0", "p0", 1.0, "", 2000, "2-0"),
-              Rating("c9", "gone", 5.0, "", 3000, "3-0")])
+    f.append(
+        [
+            Rating("c9", "p1", 4.0, "nice", 1000, "1-0"),
+            Rating("c0", "p0", 1.0, "", 2000, "2-0"),
+            Rating("c9", "gone", 5.0, "", 3000, "3-0"),
+        ]
+    )
     with open(f.path, "a", encoding="utf-8") as fh:
         fh.write('{"user_id": "torn')  # a crash mid-line: skipped, not fatal
     records = f.read()
     assert [r["feedback_id"] for r in records] == ["1-0", "2-0", "3-0"]
     assert json.loads(f.path.read_text().splitlines()[0])["parent_asin"] == "p1"
-    reviews = pd.DataFrame({"customer_id": ["c0", "c1"], "product_id": ["p0", "p1"], "rating": [5.0, 3.0],
-                            "title": "", "text": "", "timestamp": [1.0, 2.0], "order": [0, 1]})
+    reviews = pd.DataFrame(
+        {
+            "customer_id": ["c0", "c1"],
+            "product_id": ["p0", "p1"],
+            "rating": [5.0, 3.0],
+            "title": "",
+            "text": "",
+            "timestamp": [1.0, 2.0],
+            "order": [0, 1],
+        }
+    )
     merged, report = merge_into(reviews, pd.Index(["p0", "p1"]), records)
     assert report == {"records": 3, "used": 2, "last_id": "2-0"}
     rows = {(c, p): r for c, p, r in merged[["customer_id", "product_id", "rating"]].itertuples(index=False)}

@@ -10,6 +10,7 @@
   not load (its loader raises a ValueError), are 503 JSON saying so, never a 400 `invalid input`;
   the worker sets the error code, the web maps it.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,14 @@ from dataclasses import replace
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings as hyp_settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hyp_settings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                                status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from ml.registry import ModelRegistry
 
@@ -30,8 +35,7 @@ from ml.registry import ModelRegistry
 # cannot say everything the views check (the `wait` bound and max_batch come from the settings,
 # query numbers must be plain decimals), so a 400 for a schema-valid case is not a defect by
 # itself; every 4xx still has to be documented and match the documented error schema.
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 # Cases per operation, for every operation (every route but /openapi.json itself); the ones without
 # parameters (/healthz, /readyz, /, /docs) give hypothesis little to vary, so the total is counted,
@@ -54,8 +58,14 @@ def _spec_app():
     from ml.config import Settings
     from web import create_app
 
-    return create_app({"TESTING": True, "SETTINGS": replace(
-        Settings(), redis_url="redis://127.0.0.1:1/0", max_batch=5, admin_token=ADMIN_TOKEN)})
+    return create_app(
+        {
+            "TESTING": True,
+            "SETTINGS": replace(
+                Settings(), redis_url="redis://127.0.0.1:1/0", max_batch=5, admin_token=ADMIN_TOKEN
+            ),
+        }
+    )
 
 
 schema = schemathesis.openapi.from_wsgi("/openapi.json", _spec_app())
@@ -67,15 +77,30 @@ def generated_app(settings, worker):
     """The real app against the session Redis and worker; short waits so no case blocks for long."""
     from web import create_app
 
-    return create_app({"TESTING": True, "SETTINGS": replace(
-        settings, sync_wait_s=0.5, job_wait_max_s=0.5, readyz_timeout_s=0.5, max_batch=5,
-        admin_token=ADMIN_TOKEN)})
+    return create_app(
+        {
+            "TESTING": True,
+            "SETTINGS": replace(
+                settings,
+                sync_wait_s=0.5,
+                job_wait_max_s=0.5,
+                readyz_timeout_s=0.5,
+                max_batch=5,
+                admin_token=ADMIN_TOKEN,
+            ),
+        }
+    )
 
 
 @pytest.mark.service
 @schema.parametrize()
-@hyp_settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+@hyp_settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 def test_generated_cases(case, generated_app):
     response = case.call(app=generated_app)
     label = f"{case.method} {case.path}"
@@ -94,8 +119,10 @@ def test_generated_cases_cover_every_operation(generated_app):
     statuses = Counter()
     for (_, status), n in STATUSES.items():
         statuses[status] += n
-    print(f"\ngenerated cases: {sum(GENERATED.values())} over {len(GENERATED)} operations; "
-          f"per operation: {dict(GENERATED)}; statuses: {dict(sorted(statuses.items()))}")
+    print(
+        f"\ngenerated cases: {sum(GENERATED.values())} over {len(GENERATED)} operations; "
+        f"per operation: {dict(GENERATED)}; statuses: {dict(sorted(statuses.items()))}"
+    )
     # every documented operation got cases (but the document itself, which schemathesis leaves out:
     # it read it to load the schema); it also sends each path the methods it does not document
     # (TRACE, PUT, ...), which must be 405 JSON (or 200 for OPTIONS)
@@ -107,11 +134,13 @@ def test_generated_cases_cover_every_operation(generated_app):
 
 # ---------------------------------------------------------------- by hand (no worker needed)
 
+
 @pytest.fixture
 def idle_web(make_app, base_settings, idle_redis):
     """A Redis no worker consumes from: accepted jobs stay queued, nothing waits long."""
-    return make_app(replace(base_settings, redis_url=idle_redis.url, sync_wait_s=0.2,
-                            max_batch=3)).test_client()
+    return make_app(
+        replace(base_settings, redis_url=idle_redis.url, sync_wait_s=0.2, max_batch=3)
+    ).test_client()
 
 
 def json_error(response, status: int) -> dict:
@@ -130,11 +159,15 @@ def test_a_2_mb_body_is_413_json(idle_web, path):
     assert "413" in spec["paths"][path]["post"]["responses"]  # documented
 
 
-@pytest.mark.parametrize("body", [
-    "[" * 200_000 + "]" * 200_000,
-    '{"customer_ids": ' + "[" * 5_000 + "]" * 5_000 + "}",
-    '{"customer_id": ' + '{"a": ' * 3_000 + "1" + "}" * 3_000 + "}",
-], ids=["array-200k-deep", "ids-5k-deep", "object-3k-deep"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 200_000 + "]" * 200_000,
+        '{"customer_ids": ' + "[" * 5_000 + "]" * 5_000 + "}",
+        '{"customer_id": ' + '{"a": ' * 3_000 + "1" + "}" * 3_000 + "}",
+    ],
+    ids=["array-200k-deep", "ids-5k-deep", "object-3k-deep"],
+)
 @pytest.mark.parametrize("path", ["/jobs", "/jobs/batch"])
 def test_deeply_nested_json_is_400_not_a_crash(idle_web, path, body):
     json_error(idle_web.post(path, data=body, content_type="application/json"), 400)
@@ -179,11 +212,39 @@ def test_media_traversal_and_odd_encodings_are_404(idle_web, base_settings):
 
 
 BAD_IDS = [
-    "", " ", "x" * 10_240, "é", "Ｃ0001", "C0001\u200b", "\u202eC0001", "C\u00000001", "💥",
-    "C0001\n", "C 0001", "../C0001", "C0001;DROP", "%43", "x" * 65,
+    "",
+    " ",
+    "x" * 10_240,
+    "é",
+    "Ｃ0001",
+    "C0001\u200b",
+    "\u202eC0001",
+    "C\u00000001",
+    "💥",
+    "C0001\n",
+    "C 0001",
+    "../C0001",
+    "C0001;DROP",
+    "%43",
+    "x" * 65,
 ]
-BAD_ID_NAMES = ["empty", "space", "10kB", "accent", "fullwidth", "zero-width", "rtl-override", "nul",
-                "emoji", "newline", "inner-space", "dotdot", "semicolon", "percent", "65-chars"]
+BAD_ID_NAMES = [
+    "empty",
+    "space",
+    "10kB",
+    "accent",
+    "fullwidth",
+    "zero-width",
+    "rtl-override",
+    "nul",
+    "emoji",
+    "newline",
+    "inner-space",
+    "dotdot",
+    "semicolon",
+    "percent",
+    "65-chars",
+]
 
 
 @pytest.mark.parametrize("customer_id", BAD_IDS, ids=BAD_ID_NAMES)
@@ -202,8 +263,23 @@ def test_a_batch_over_the_limit_is_400(idle_web):
 
 
 BAD_TOPS_JSON = ["10", "ten", 2.5, 10.0, True, False, -1, 0, 101, None, [], {}, 1e308]
-BAD_TOPS_QUERY = ["ten", "2.5", "10.0", "true", "false", "-1", "0", "101", "", "1e1", "+5", " 5",
-                  "0x10", "５", "99999999999999999999"]
+BAD_TOPS_QUERY = [
+    "ten",
+    "2.5",
+    "10.0",
+    "true",
+    "false",
+    "-1",
+    "0",
+    "101",
+    "",
+    "1e1",
+    "+5",
+    " 5",
+    "0x10",
+    "５",
+    "99999999999999999999",
+]
 
 
 @pytest.mark.parametrize("top", BAD_TOPS_JSON, ids=[repr(t) for t in BAD_TOPS_JSON])
@@ -228,12 +304,16 @@ def test_good_top_is_accepted(idle_web):
 
 # ---------------------------------------------------------------- job views of every kind
 
+
 def _stored_job(web, backend, kind: str, result, state: str = "SUCCESS") -> str:
-    body = {"recommend": ("/jobs", {"customer_id": "C0001"}),
-            "batch": ("/jobs/batch", {"customer_ids": ["C0001", "C0002"]})}
+    body = {
+        "recommend": ("/jobs", {"customer_id": "C0001"}),
+        "batch": ("/jobs/batch", {"customer_ids": ["C0001", "C0002"]}),
+    }
     if kind in ("customers", "similar"):
-        from web.job_store import JobStore
         import uuid
+
+        from web.job_store import JobStore
 
         job_id = str(uuid.uuid4())
         with web.application.app_context():
@@ -251,24 +331,49 @@ def test_job_views_of_every_kind_match_the_schema(idle_web, base_settings, idle_
     from tasks.celery_app import make_celery
 
     celery = make_celery(replace(base_settings, redis_url=idle_redis.url))
-    item = {"product_id": "P1", "score": 0.25, "predicted_rating": None, "title": "t",
-            "image": str(base_settings.var_dir / "pics" / "p1.png"), "cold_start": True,
-            "strategy": "popularity", "path": "popularity", "because": {"method": "popular", "products": []}}
+    item = {
+        "product_id": "P1",
+        "score": 0.25,
+        "predicted_rating": None,
+        "title": "t",
+        "image": str(base_settings.var_dir / "pics" / "p1.png"),
+        "cold_start": True,
+        "strategy": "popularity",
+        "path": "popularity",
+        "because": {"method": "popular", "products": []},
+    }
     one = {"customer_id": "C0001", "items": [item], "cold_start": True}
-    similar = {"product_id": "P2", "title": "u", "method": "content_cosine", "modalities": ["image"],
-               "index": "exact_cosine", "top": 1, "model_version": "v1",
-               "items": [{"product_id": "P1", "similarity": 0.5, "title": "t", "image": item["image"]}]}
+    similar = {
+        "product_id": "P2",
+        "title": "u",
+        "method": "content_cosine",
+        "modalities": ["image"],
+        "index": "exact_cosine",
+        "top": 1,
+        "model_version": "v1",
+        "items": [{"product_id": "P1", "similarity": 0.5, "title": "t", "image": item["image"]}],
+    }
     jobs = {
-        "recommend": _stored_job(idle_web, celery.backend, "recommend",
-                                 {**one, "top": 1, "model_version": "v1"}),
-        "batch": _stored_job(idle_web, celery.backend, "batch",
-                             {"results": [one, {**one, "customer_id": "C0002"}], "count": 2,
-                              "top": 1, "model_version": "v1"}),
-        "customers": _stored_job(idle_web, celery.backend, "customers",
-                                 {"customers": ["C0001"], "model_version": "v1"}),
+        "recommend": _stored_job(
+            idle_web, celery.backend, "recommend", {**one, "top": 1, "model_version": "v1"}
+        ),
+        "batch": _stored_job(
+            idle_web,
+            celery.backend,
+            "batch",
+            {"results": [one, {**one, "customer_id": "C0002"}], "count": 2, "top": 1, "model_version": "v1"},
+        ),
+        "customers": _stored_job(
+            idle_web, celery.backend, "customers", {"customers": ["C0001"], "model_version": "v1"}
+        ),
         "similar": _stored_job(idle_web, celery.backend, "similar", similar),
-        "failed": _stored_job(idle_web, celery.backend, "recommend",
-                              errors.TaskFailure(errors.MODEL_UNAVAILABLE, "no model"), "FAILURE"),
+        "failed": _stored_job(
+            idle_web,
+            celery.backend,
+            "recommend",
+            errors.TaskFailure(errors.MODEL_UNAVAILABLE, "no model"),
+            "FAILURE",
+        ),
     }
     celery.close()
     operation = schema["/jobs/{job_id}"]["GET"]
@@ -289,9 +394,9 @@ def test_job_views_of_every_kind_match_the_schema(idle_web, base_settings, idle_
 
 # ---------------------------------------------------------------- answers of the real worker
 
+
 @pytest.mark.service
-def test_answers_carry_no_server_paths_and_match_the_schema(generated_app, known_customers,
-                                                             settings):
+def test_answers_carry_no_server_paths_and_match_the_schema(generated_app, known_customers, settings):
     """Known and cold-start customers, synchronous and job views: every answer matches its
     documented schema and none carries a server file path (items have image_url, no image)."""
     client = generated_app.test_client()
@@ -315,8 +420,10 @@ def test_answers_carry_no_server_paths_and_match_the_schema(generated_app, known
     assert known["cold_start"] is False and cold["cold_start"] is True
     assert {i["strategy"] for i in cold["items"]} == {"popularity"}
     assert {i["predicted_rating"] for i in cold["items"]} == {None}  # documented as nullable
-    assert batch["state"] == "succeeded" and [r["cold_start"] for r in batch["result"]["results"]] \
-        == [False, True]
+    assert batch["state"] == "succeeded" and [r["cold_start"] for r in batch["result"]["results"]] == [
+        False,
+        True,
+    ]
     items = known["items"] + cold["items"] + [i for r in batch["result"]["results"] for i in r["items"]]
     assert items and all("image" not in i and "image_url" in i for i in items)
     assert any(i["image_url"] for i in items)  # the demo world has local images: served via /media
@@ -325,6 +432,7 @@ def test_answers_carry_no_server_paths_and_match_the_schema(generated_app, known
 
 
 # ---------------------------------------------------------------- server-side faults
+
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory, base_settings):

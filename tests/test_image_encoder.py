@@ -3,6 +3,7 @@
 The slow tests use real product photos (Kaggle "Fashion Product Images" subset under
 shared/data/); the photos and every embedding are computed once per module.
 """
+
 from __future__ import annotations
 
 import csv
@@ -52,11 +53,17 @@ def test_pickle_reader_known_tensors(state_dict):
     # values cross-checked once against torch.load (these bytes sit at different file offsets)
     np.testing.assert_allclose(sd["_conv_stem.weight"].reshape(-1)[:2], [-1.1103361, -1.3087704], rtol=1e-6)
     np.testing.assert_allclose(sd["_fc.bias"][:3], [0.03205391, -0.01598576, 0.00529074], rtol=1e-6)
-    np.testing.assert_allclose(sd["_blocks.15._project_conv.weight"][0, :2, 0, 0], [0.0373827, 0.02934293], rtol=1e-6)
+    np.testing.assert_allclose(
+        sd["_blocks.15._project_conv.weight"][0, :2, 0, 0], [0.0373827, 0.02934293], rtol=1e-6
+    )
     assert all(np.isfinite(v).all() for v in sd.values())
     assert all(v.flags.c_contiguous for v in sd.values())
     # EfficientNet-Lite0 has 4,652,008 trainable parameters (no squeeze-excite)
-    trainable = sum(v.size for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    trainable = sum(
+        v.size
+        for k, v in sd.items()
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
     assert trainable == 4_652_008
     assert not any("_se_" in k for k in sd)
 
@@ -122,7 +129,9 @@ def test_pickle_reader_refuses_foreign_globals_and_formats(tmp_path):
         load_legacy(junk)
 
     plain = tmp_path / "plain.pth"  # a legacy file holding no tensors at all
-    plain.write_bytes(_legacy_header() + pickle.dumps({"a": [1, 2]}, protocol=2) + pickle.dumps([], protocol=2))
+    plain.write_bytes(
+        _legacy_header() + pickle.dumps({"a": [1, 2]}, protocol=2) + pickle.dumps([], protocol=2)
+    )
     assert load_legacy(plain) == {"a": [1, 2]}
 
 
@@ -225,8 +234,10 @@ def test_nearest_neighbour_master_category(outputs, random_features, photos):
     random = {seed: _loo_1nn_accuracy(f, labels) for seed, f in random_features.items()}
     random_mean = float(np.mean(list(random.values())))
     majority = max(float((labels == c).mean()) for c in set(labels))
-    print(f"1-NN masterCategory: pretrained {pretrained:.3f}, random init {random} (mean {random_mean:.3f}), "
-          f"majority class {majority:.3f}")
+    print(
+        f"1-NN masterCategory: pretrained {pretrained:.3f}, random init {random} (mean {random_mean:.3f}), "
+        f"majority class {majority:.3f}"
+    )
     assert pretrained >= 0.90
     assert pretrained > max(random.values())
     assert pretrained - random_mean >= 0.10

@@ -6,6 +6,7 @@ than the client's timeout, bodies cut short (fewer bytes than Content-Length, or
 ends early), HTML where a photo should be (with an honest or a lying Content-Type), and images too
 large in bytes or in pixels.
 """
+
 from __future__ import annotations
 
 import collections
@@ -27,7 +28,7 @@ from ml.data.images import FetchResult, ImageDownloader, fetch_images, localize_
 PHOTOS_DIR = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small-subset" / "images"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo_files() -> tuple[Path, ...]:
     return tuple(sorted(PHOTOS_DIR.glob("*.jpg")))
 
@@ -39,14 +40,14 @@ def _photos() -> tuple[Path, ...]:
     return photos
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo_bytes(name: str) -> bytes:
     """A real photo chosen by `name` (stable), as served."""
     photos = _photos()
     return photos[sum(name.encode()) % len(photos)].read_bytes()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _huge_png() -> bytes:
     """A 3,000 x 3,000 PNG: a few KB on the wire, 9 Mpx once decoded."""
     buf = io.BytesIO()
@@ -77,7 +78,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output quiet
         pass
 
-    def _send(self, status: int, body: bytes = b"", ctype: str = "image/jpeg", length: int | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes = b"", ctype: str = "image/jpeg", length: int | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body) if length is None else length))
@@ -100,7 +103,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/missing"):
             return 404, b"not found", "text/plain", None
         if path.startswith("/flaky"):
-            return (503, b"busy", "text/plain", None) if n <= 2 else (200, _photo_bytes(name), "image/jpeg", None)
+            return (
+                (503, b"busy", "text/plain", None)
+                if n <= 2
+                else (200, _photo_bytes(name), "image/jpeg", None)
+            )
         if path.startswith("/slow"):
             st.release.wait(30)
             return 200, _photo_bytes(name), "image/jpeg", None
@@ -188,7 +195,9 @@ def test_success_and_cache_hit(tmp_path, server):
     assert res.paths["P1"].parent == tmp_path / "cache"
     assert res.downloaded == 3 and res.cached == 0
     # Nothing but the finished files in the cache (temp files were renamed or removed).
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted({res.paths["P1"].name, res.paths["P3"].name})
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
+        {res.paths["P1"].name, res.paths["P3"].name}
+    )
 
     # A new downloader over the same cache: no request at all.
     again = _dl(tmp_path).fetch({"X": url})
@@ -249,25 +258,33 @@ def test_bad_urls_and_non_images_are_failures(tmp_path, server):
     with socket.socket() as s:  # a port with nobody listening
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    res = _dl(tmp_path, retries=1).fetch({
-        "html": f"{base}/html/page",
-        "liar": f"{base}/liar.jpg",
-        "dead": f"http://127.0.0.1:{dead}/x.jpg",
-        "ftp": "ftp://example.com/x.jpg",
-        "empty": "",
-    })
+    res = _dl(tmp_path, retries=1).fetch(
+        {
+            "html": f"{base}/html/page",
+            "liar": f"{base}/liar.jpg",
+            "dead": f"http://127.0.0.1:{dead}/x.jpg",
+            "ftp": "ftp://example.com/x.jpg",
+            "empty": "",
+        }
+    )
     assert res.paths == {}
     assert set(res.failures) == {"html", "liar", "dead", "ftp", "empty"}
     assert "not an image" in res.failures["html"] and "not an image" in res.failures["liar"]
-    assert res.reasons == {"html": "not_image", "liar": "not_image", "dead": "connection",
-                           "ftp": "unsupported_url", "empty": "no_url"}
+    assert res.reasons == {
+        "html": "not_image",
+        "liar": "not_image",
+        "dead": "connection",
+        "ftp": "unsupported_url",
+        "empty": "no_url",
+    }
     assert not list((tmp_path / "cache").glob("*"))  # nothing kept, no temp files
 
 
 def test_truncated_bodies_are_retried_then_failures(tmp_path, server):
     base, st = server
-    res = _dl(tmp_path, retries=1).fetch({"short": f"{base}/short.jpg", "cut": f"{base}/cut.jpg",
-                                          "ok": f"{base}/ok/d.jpg"})
+    res = _dl(tmp_path, retries=1).fetch(
+        {"short": f"{base}/short.jpg", "cut": f"{base}/cut.jpg", "ok": f"{base}/ok/d.jpg"}
+    )
     assert set(res.paths) == {"ok"}
     assert res.reasons == {"short": "truncated", "cut": "truncated"}
     assert st.requests["/short.jpg"] == 2 and st.requests["/cut.jpg"] == 2  # retried once each
@@ -299,18 +316,27 @@ def test_localize_images(tmp_path, server):
     base, _ = server
     local = tmp_path / "local.png"
     local.write_bytes(b"\x89PNG")
-    products = pd.DataFrame({
-        "product_id": ["A", "B", "C", "D"],
-        "title": ["a", "b", "c", "d"],
-        "image": [f"{base}/ok/a.jpg", f"{base}/missing.jpg", str(local), ""],
-    })
+    products = pd.DataFrame(
+        {
+            "product_id": ["A", "B", "C", "D"],
+            "title": ["a", "b", "c", "d"],
+            "image": [f"{base}/ok/a.jpg", f"{base}/missing.jpg", str(local), ""],
+        }
+    )
     out = localize_images(products, _dl(tmp_path))
     assert list(out.columns) == list(products.columns)
     assert products["image"].iloc[0].startswith("http")  # input untouched
     img = dict(zip(out["product_id"], out["image"]))
     assert img["A"].startswith(str(tmp_path / "cache")) and img["A"].endswith(".jpg")
     assert img["B"] == "" and img["C"] == str(local) and img["D"] == ""
-    assert out.attrs["image_counts"] == {"urls": 2, "downloaded": 1, "cached": 0, "failed": 1, "local": 1, "none": 1}
+    assert out.attrs["image_counts"] == {
+        "urls": 2,
+        "downloaded": 1,
+        "cached": 0,
+        "failed": 1,
+        "local": 1,
+        "none": 1,
+    }
     assert out.attrs["image_failures"] == {"http_404": 1}
     again = localize_images(products, _dl(tmp_path))
     assert again.attrs["image_counts"]["cached"] == 1
@@ -318,8 +344,15 @@ def test_localize_images(tmp_path, server):
 
 # What the server is told to fail, per product, in the catalog tests below (and test_cli's).
 FAULTS = {"missing": 5, "short": 3, "cut": 2, "liar": 4, "html": 2, "huge": 1, "slow": 2}
-FAULT_REASONS = {"missing": "http_404", "short": "truncated", "cut": "truncated", "liar": "not_image",
-                 "html": "not_image", "huge": "too_many_pixels", "slow": "timeout"}
+FAULT_REASONS = {
+    "missing": "http_404",
+    "short": "truncated",
+    "cut": "truncated",
+    "liar": "not_image",
+    "html": "not_image",
+    "huge": "too_many_pixels",
+    "slow": "timeout",
+}
 
 
 def catalog(base: str, n_ok: int = 30) -> pd.DataFrame:
@@ -328,8 +361,14 @@ def catalog(base: str, n_ok: int = 30) -> pd.DataFrame:
     for kind, n in FAULTS.items():
         rows += [(f"{kind.upper()}{k}", f"{base}/{kind}/{k}.jpg") for k in range(n)]
     rows += [("NOPHOTO1", ""), ("NOPHOTO2", "")]
-    return pd.DataFrame({"product_id": [r[0] for r in rows], "title": [f"product {r[0]}" for r in rows],
-                         "text": "", "image": [r[1] for r in rows]})
+    return pd.DataFrame(
+        {
+            "product_id": [r[0] for r in rows],
+            "title": [f"product {r[0]}" for r in rows],
+            "text": "",
+            "image": [r[1] for r in rows],
+        }
+    )
 
 
 def expected_failures() -> dict[str, int]:
@@ -394,8 +433,17 @@ def test_training_fetches_photos_and_reports_failures_in_the_manifest(tmp_path, 
     cfg = TrainConfig(epochs=1, use_text=False, verbose=0, progress=False)
     m1 = train_model(data, tmp_path / "m1", cfg, settings=settings)
     want = {"http_404": 2, "truncated": 1, "not_image": 2, "too_many_pixels": 1}
-    assert m1["images"] == {"with_photo": 24 - 6, "urls": 24, "fetched": 18, "cached": 0, "failed": 6,
-                            "failed_by_reason": want, "local": 0, "none": 0, "seconds": m1["images"]["seconds"]}
+    assert m1["images"] == {
+        "with_photo": 24 - 6,
+        "urls": 24,
+        "fetched": 18,
+        "cached": 0,
+        "failed": 6,
+        "failed_by_reason": want,
+        "local": 0,
+        "none": 0,
+        "seconds": m1["images"]["seconds"],
+    }
     # what a second `train` would find: the 18 photos cached, the 6 failures asked again (and failing)
     from ml.data import load_dataset
 
@@ -405,5 +453,6 @@ def test_training_fetches_photos_and_reports_failures_in_the_manifest(tmp_path, 
     assert m1["encoders"].keys() == {"image"}
     # products.json keeps the source URLs (what a client can show), not the cache paths
     import json
+
     shown = json.loads((tmp_path / "m1" / "products.json").read_text())
     assert all(p["image"].startswith(base) for p in shown)

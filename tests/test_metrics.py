@@ -103,16 +103,22 @@ def test_chunking_and_csr_give_same_result():
         got = ranking_metrics(fn, customers, excl_list, rel, n_items=n_i, k=5, chunk=chunk)
         assert got == pytest.approx(ref, abs=1e-12)
         assert max(calls) <= chunk
-    assert ranking_metrics(fn, customers, excl_csr, rel, n_items=n_i, k=5, chunk=4) == pytest.approx(ref, abs=1e-12)
+    assert ranking_metrics(fn, customers, excl_csr, rel, n_items=n_i, k=5, chunk=4) == pytest.approx(
+        ref, abs=1e-12
+    )
     rel_csr = csr_from_pairs(np.repeat(customers, [len(r) for r in rel]), np.concatenate(rel), n_c)
-    assert ranking_metrics(fn, customers, excl_csr, rel_csr, n_items=n_i, k=5) == pytest.approx(ref, abs=1e-12)
+    assert ranking_metrics(fn, customers, excl_csr, rel_csr, n_items=n_i, k=5) == pytest.approx(
+        ref, abs=1e-12
+    )
 
 
 def test_misaligned_lists_rejected():
     with pytest.raises(ValueError):
         ranking_metrics(scorer([[1, 2]]), np.array([0]), None, [], n_items=2)
     with pytest.raises(ValueError):
-        ranking_metrics(scorer([[1, 2]]), np.array([0]), None, [np.array([0])], n_items=3)  # wrong score shape
+        ranking_metrics(
+            scorer([[1, 2]]), np.array([0]), None, [np.array([0])], n_items=3
+        )  # wrong score shape
 
 
 def test_per_customer_values_average_to_the_means():

@@ -1,4 +1,5 @@
 """The Keras hybrid model's training helpers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,7 +48,17 @@ def test_creeping_improvements_do_not_keep_training_alive():
 
 
 def test_each_head_keeps_its_own_best_epoch():
-    losses = [(1.0, 1.0), (0.8, 0.9), (0.9, 0.7), (0.95, 0.6), (1.0, 0.65), (1.1, 0.7), (1.2, 0.8), (1.3, 0.9), (1.4, 1.0)]
+    losses = [
+        (1.0, 1.0),
+        (0.8, 0.9),
+        (0.9, 0.7),
+        (0.95, 0.6),
+        (1.0, 0.65),
+        (1.1, 0.7),
+        (1.2, 0.8),
+        (1.3, 0.9),
+        (1.4, 1.0),
+    ]
     model, last = _run(BestPerHead(patience=3, min_delta=1e-4), losses)
     assert model.nets["rating"].w[0][0] == 1 and model.nets["interact"].w[0][0] == 3
     assert last == 6

@@ -6,6 +6,7 @@ recommendation has a photo, a title, a predicted rating and a reason; "similar" 
 the similar-products API gives; a rate button posts feedback and the lists change at once. The
 screenshots are written to test-artifacts/ (git-ignored) at the repository root.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -31,8 +32,13 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1100"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1100",
+    ):
         options.add_argument(arg)
     browser = webdriver.Chrome(service=Service(driver), options=options)
     yield browser
@@ -78,7 +84,10 @@ def test_page_opens_with_recommendations_and_the_customers_own_ratings(live, bro
         assert item["title"] and item["title"] in text
         assert f"predicted {item['predicted_rating']:.2f}" in text
         assert card.find_element("css selector", "img").get_attribute("naturalWidth") not in (None, "0")
-        assert card.find_element("css selector", ".similar") and len(card.find_elements("css selector", ".rate")) == 5
+        assert (
+            card.find_element("css selector", ".similar")
+            and len(card.find_elements("css selector", ".rate")) == 5
+        )
     reasons = [c.find_element("css selector", ".why").text for c in cards]
     supported = [x for x in api["items"] if x["because"]["products"]]
     assert supported, "the first customer's picks should have reasons"
@@ -94,8 +103,11 @@ def test_similar_link_shows_the_products_the_api_gives(live, browser):
     first = browser.find_element("css selector", "#recs .rec")
     product = first.get_attribute("data-product")
     first.find_element("css selector", ".similar").click()
-    _wait(browser, lambda b: b.find_element("id", "similar").is_displayed() and _ids(b, "#similar-items .card"),
-          "similar products")
+    _wait(
+        browser,
+        lambda b: b.find_element("id", "similar").is_displayed() and _ids(b, "#similar-items .card"),
+        "similar products",
+    )
     api = live.get(f"/products/{product}/similar?top=6").json()
     assert _ids(browser, "#similar-items .card") == [x["product_id"] for x in api["items"]]
     assert product not in _ids(browser, "#similar-items .card")
@@ -116,8 +128,11 @@ def test_rating_on_the_page_makes_a_new_shopper_known_at_once(live, browser):
     card = browser.find_element("css selector", "#recs .rec")
     product = card.get_attribute("data-product")
     card.find_element("css selector", ".rate[data-rating='5']").click()
-    _wait(browser, lambda b: _ids(b, "#rated .rated-item") == [product] and "rated" in _status(b),
-          "the rating listed")
+    _wait(
+        browser,
+        lambda b: _ids(b, "#rated .rated-item") == [product] and "rated" in _status(b),
+        "the rating listed",
+    )
     assert "5 ★" in _status(browser)
     assert product not in _ids(browser, "#recs .rec") and _ids(browser, "#recs .rec") != before
     assert "cold start" not in browser.find_element("id", "recs-title").text

@@ -12,6 +12,7 @@ and are checked the same way, by interval, by `python -m bench quality`):
 Not asserted, because the intervals call them ties: hybrid vs popularity NDCG and hybrid vs bias RMSE on
 the synthetic world.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The serving object: top-N unseen products, vectorised scoring, documented cold start."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,17 @@ def test_top_n_distinct_unseen_sorted(rec):
     positions = pd.Index(rec.tables.product_ids).get_indexer(ids)
     expected_rating = rec.predict(np.full(len(ids), u), positions)
     for x, rating in zip(items, expected_rating):
-        assert set(x) == {"product_id", "score", "predicted_rating", "title", "image", "cold_start", "strategy",
-                          "path", "because"}
+        assert set(x) == {
+            "product_id",
+            "score",
+            "predicted_rating",
+            "title",
+            "image",
+            "cold_start",
+            "strategy",
+            "path",
+            "because",
+        }
         assert x["cold_start"] is False and x["strategy"] == "hybrid" and x["path"] == "exact"
         assert x["predicted_rating"] == pytest.approx(float(rating), abs=1e-4)  # the pair path agrees
         assert x["title"]
@@ -80,8 +90,10 @@ def test_predict_agrees_with_the_ratings_shown_in_recommendations(rec):
     second code path, the customer x catalog grid) and is not pinned to a clip bound."""
     cid = rec.customers(2)[1]
     u = _position(rec, cid)
-    shown = {x["product_id"]: x["predicted_rating"] for x in rec.recommend(cid, top=rec.n_products,
-                                                                          exclude_seen=False)}
+    shown = {
+        x["product_id"]: x["predicted_rating"]
+        for x in rec.recommend(cid, top=rec.n_products, exclude_seen=False)
+    }
     assert len(shown) == rec.n_products
     pred = rec.predict(np.full(rec.n_products, u), np.arange(rec.n_products))
     assert pred.shape == (rec.n_products,) and pred.dtype.kind == "f"
@@ -112,6 +124,7 @@ def test_an_artifact_of_another_format_is_refused_with_a_hint(models_dir, tmp_pa
 
 # ---------------------------------------------------------------- reasons (issue 15 item 3)
 
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
 
@@ -135,8 +148,12 @@ def test_every_item_says_which_of_the_customers_own_products_support_it(rec):
     for cid in rec.customers(8):
         u = _position(rec, cid)
         t = rec.tables
-        rated = dict(zip(t.product_ids[t.rated_indices[t.rated_indptr[u]:t.rated_indptr[u + 1]]],
-                         t.rated_rating[t.rated_indptr[u]:t.rated_indptr[u + 1]]))
+        rated = dict(
+            zip(
+                t.product_ids[t.rated_indices[t.rated_indptr[u] : t.rated_indptr[u + 1]]],
+                t.rated_rating[t.rated_indptr[u] : t.rated_indptr[u + 1]],
+            )
+        )
         for x in rec.recommend(cid, top=5):
             because = x["because"]
             assert because["method"] == "content_similarity"
@@ -164,11 +181,13 @@ def test_cold_start_items_say_popular_and_reasons_can_be_left_out(rec):
 def test_batch_items_carry_the_same_reasons(rec):
     ids = rec.customers(4) + ["nobody-at-all"]
     batch = rec.recommend_many(ids, top=4)  # scored as a matrix: scores equal to ~1e-6
-    assert [[(x["product_id"], x["because"]) for x in items] for items in batch] == \
-        [[(x["product_id"], x["because"]) for x in rec.recommend(c, top=4)] for c in ids]
+    assert [[(x["product_id"], x["because"]) for x in items] for items in batch] == [
+        [(x["product_id"], x["because"]) for x in rec.recommend(c, top=4)] for c in ids
+    ]
 
 
 # ---------------------------------------------------------------- filters (issue 15 item 4)
+
 
 def _best(rec: Recommender, u: int, allowed: np.ndarray, top: int) -> list[str]:
     """The best `top` unseen products among `allowed` by the ranking score over the whole catalog."""
@@ -187,7 +206,7 @@ def _category_outside_the_top(rec: Recommender, cid: str, top: int) -> str:
 
     u = _position(rec, cid)
     unfiltered = {x["product_id"] for x in rec.recommend(cid, top=top)}
-    for prefix, count in sorted(rec.catalog.prefixes().items(), key=lambda kv: kv[1]):
+    for prefix, _count in sorted(rec.catalog.prefixes().items(), key=lambda kv: kv[1]):
         allowed = rec.allowed(Filters(category=prefix))
         inside = {str(p) for p in rec.tables.product_ids[allowed]}
         if len(set(allowed) - set(rec.seen(u))) >= top and unfiltered - inside:
@@ -218,8 +237,9 @@ def test_category_filter_applies_before_the_cut(rec):
         assert len(items) == top
         paths = dict(zip(rec.tables.product_ids, rec.catalog.paths(np.arange(rec.n_products))))
         assert all((paths[x["product_id"]] + " > ").startswith(prefix + " > ") for x in items)
-        assert [x["product_id"] for x in items] == _best(rec, _position(rec, cid),
-                                                         rec.allowed(Filters(category=prefix)), top)
+        assert [x["product_id"] for x in items] == _best(
+            rec, _position(rec, cid), rec.allowed(Filters(category=prefix)), top
+        )
         assert all(x["because"]["method"] == "content_similarity" for x in items)
 
 
@@ -248,8 +268,10 @@ def test_filters_for_unknown_customers_and_batches(rec):
     expected = [i for i in rec._popular if i in set(allowed)][:3]
     assert [x["product_id"] for x in cold] == [str(rec.tables.product_ids[i]) for i in expected]
     ids = rec.customers(3) + ["nobody-at-all"]
-    assert [[(x["product_id"], x["because"]) for x in items] for items in rec.recommend_many(ids, 4, filters=wanted)] \
-        == [[(x["product_id"], x["because"]) for x in rec.recommend(c, 4, filters=wanted)] for c in ids]
+    assert [
+        [(x["product_id"], x["because"]) for x in items]
+        for items in rec.recommend_many(ids, 4, filters=wanted)
+    ] == [[(x["product_id"], x["because"]) for x in rec.recommend(c, 4, filters=wanted)] for c in ids]
     with pytest.raises(UnknownCategory):
         rec.recommend(ids[0], top=3, filters=Filters(category="No Such > Category"))
     with pytest.raises(UnknownCategory):
@@ -281,8 +303,9 @@ def test_filters_on_the_two_stage_path(models_dir, first_version):
         assert len(items) == min(3, len(allowed - seen)) and {x["path"] for x in items} == {path}
         assert {x["product_id"] for x in items} <= allowed - seen
         batch = two.recommend_many([cid], top=3, filters=wanted)[0]  # aligned-rows pass: scores to ~1e-6
-        assert [(x["product_id"], x["path"], x["because"]) for x in batch] == \
-            [(x["product_id"], x["path"], x["because"]) for x in items]
+        assert [(x["product_id"], x["path"], x["because"]) for x in batch] == [
+            (x["product_id"], x["path"], x["because"]) for x in items
+        ]
     # the scan is the retriever's exact top-k among the allowed unseen products (no safety net at
     # k = 4: it takes k // 10 products)
     allowed, r = rec.allowed(mid), rec.retriever
@@ -293,11 +316,16 @@ def test_filters_on_the_two_stage_path(models_dir, first_version):
 
 # ---------------------------------------------------------------- similar products (issue 15 item 2)
 
+
 def test_similar_products_are_the_nearest_by_content(rec):
     from ml.recommender import UnknownProduct
 
     unit = _unit(rec.tables.prod_content.astype(np.float64))
-    assert rec.similarity == {"method": "content_cosine", "modalities": ["image", "text"], "index": "exact_cosine"}
+    assert rec.similarity == {
+        "method": "content_cosine",
+        "modalities": ["image", "text"],
+        "index": "exact_cosine",
+    }
     for i in (0, 7, rec.n_products - 1):
         pid = str(rec.tables.product_ids[i])
         items = rec.similar(pid, top=5)
@@ -305,7 +333,9 @@ def test_similar_products_are_the_nearest_by_content(rec):
         assert len(ids) == 5 and pid not in ids
         sims = unit @ unit[i]
         sims[i] = -np.inf
-        assert ids == [str(p) for p in rec.tables.product_ids[np.lexsort((np.arange(rec.n_products), -sims))[:5]]]
+        assert ids == [
+            str(p) for p in rec.tables.product_ids[np.lexsort((np.arange(rec.n_products), -sims))[:5]]
+        ]
         got = [x["similarity"] for x in items]
         assert got == sorted(got, reverse=True)
         np.testing.assert_allclose(got, np.sort(sims)[::-1][:5], atol=1e-4)

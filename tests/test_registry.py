@@ -47,13 +47,30 @@ def test_summary_says_what_an_operator_picks_by(tmp_path):
     data = {"path": "/data/x", "fingerprint": "abc", "n_ratings": 10}
     for v, fmt in (("v1", ARTIFACT_FORMAT - 1), ("v2", ARTIFACT_FORMAT)):
         (tmp_path / v).mkdir()
-        (tmp_path / v / "manifest.json").write_text(json.dumps(
-            {"format": fmt, "version": v, "created": f"{v}-time", "data": data, "metrics": {"val_rmse": 1.0},
-             "training_seconds": 3.5}))
+        (tmp_path / v / "manifest.json").write_text(
+            json.dumps(
+                {
+                    "format": fmt,
+                    "version": v,
+                    "created": f"{v}-time",
+                    "data": data,
+                    "metrics": {"val_rmse": 1.0},
+                    "training_seconds": 3.5,
+                }
+            )
+        )
     reg.publish("v2")
     new, old = reg.summary("v2"), reg.summary("v1")
-    assert new == {"version": "v2", "created": "v2-time", "format": ARTIFACT_FORMAT, "data": data,
-                   "metrics": {"val_rmse": 1.0}, "training_seconds": 3.5, "servable": True, "current": True}
+    assert new == {
+        "version": "v2",
+        "created": "v2-time",
+        "format": ARTIFACT_FORMAT,
+        "data": data,
+        "metrics": {"val_rmse": 1.0},
+        "training_seconds": 3.5,
+        "servable": True,
+        "current": True,
+    }
     assert (old["servable"], old["current"]) == (False, False)
     assert "train the model again" in old["problem"] and str(tmp_path) not in old["problem"]
     with pytest.raises(FileNotFoundError):

@@ -1,5 +1,6 @@
 """The retrieval stage: part of the artifact, candidates exclude seen products and come back k at a
 time, the index agrees with brute force, save/load is lossless, and distillation beats chance."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -79,10 +80,12 @@ def test_save_load_round_trip_gives_identical_candidates(tmp_path):
     users = np.concatenate([rng.normal(size=(30, 8)), np.ones((30, 1))], 1).astype(np.float32)
     cfg = RetrievalConfig(index_min_products=1000)
     from ml.retrieval import build_index
+
     index = build_index(vecs, cfg)
     assert index.kind == HnswIndex.kind
-    ret = Retriever(users, vecs, index, {"index": {"type": index.kind, **index.params()}},
-                    np.argsort(-vecs[:, -1])[:5])
+    ret = Retriever(
+        users, vecs, index, {"index": {"type": index.kind, **index.params()}}, np.argsort(-vecs[:, -1])[:5]
+    )
     ret.save(tmp_path)
     back = Retriever.load(tmp_path)
     for u in range(30):

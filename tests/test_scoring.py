@@ -1,5 +1,6 @@
 """One scoring path: the numpy network equals the Keras model, and every call shape agrees
 (customers x candidates, aligned rows, the serving top-N, batches, candidate lists)."""
+
 from __future__ import annotations
 
 import copy
@@ -29,7 +30,7 @@ def _rows(rec: Recommender, n: int = 300, seed: int = 0) -> tuple[np.ndarray, np
     i = rng.integers(-1, rec.n_products, n)
     cold = np.flatnonzero(rec.tables.prod_count == 0)
     assert len(cold) and (u == -1).any() and (i == -1).any()
-    i[:len(cold)] = cold
+    i[: len(cold)] = cold
     return u, i
 
 
@@ -237,5 +238,8 @@ def test_two_stage_batch_equals_single_requests(rec):
         assert [it["product_id"] for it in items] == [it["product_id"] for it in single]
         assert [it["path"] for it in items] == [it["path"] for it in single]
         np.testing.assert_allclose([it["score"] for it in items], [it["score"] for it in single], atol=2e-6)
-        np.testing.assert_allclose([it["predicted_rating"] or 0 for it in items],
-                                   [it["predicted_rating"] or 0 for it in single], atol=2e-4)
+        np.testing.assert_allclose(
+            [it["predicted_rating"] or 0 for it in items],
+            [it["predicted_rating"] or 0 for it in single],
+            atol=2e-4,
+        )

@@ -1,6 +1,7 @@
 """The whole service: gunicorn serving the web app, a real prefork Celery worker, a real Redis and a
 real small model; plus the failure modes (no worker, Redis down, no model) and the `make run`
 launcher (Flower auth, Ctrl-C stops everything)."""
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,11 @@ import pytest
 import redis as redis_lib
 import requests
 
-from support import empty_service
 from ml.config import REPO_ROOT
 from ml.registry import ModelRegistry
 from scripts.procs import free_port, port_in_use, stop_group, wait_until
 from scripts.run_stack import flower_credentials
+from support import empty_service
 
 pytestmark = pytest.mark.service
 
@@ -38,6 +39,7 @@ def assert_json_error(response, status: int) -> dict:
 
 
 # ---------------------------------------------------------------- the happy path over HTTP
+
 
 def test_readyz(live, worker, models_dir):
     response = live.get("/readyz")
@@ -101,12 +103,14 @@ def test_original_get_recommendation_returns_200(live, known_customers):
     assert body["model_version"] and body["job_id"]
 
 
-def test_original_get_answers_202_when_the_wait_is_over(make_app, settings, wait_job,
-                                                        known_customers, worker):
+def test_original_get_answers_202_when_the_wait_is_over(
+    make_app, settings, wait_job, known_customers, worker
+):
     client = make_app(replace(settings, sync_wait_s=0.0)).test_client()
     response = client.get(f"/recommendation?customer_id={known_customers[0]}&top=2")
     assert response.status_code in (200, 202)
     if response.status_code == 202:
+
         def get(path):
             r = client.get(path)
             return r.status_code, r.get_json()
@@ -143,14 +147,17 @@ def test_never_rated_product_reaches_a_known_customer(live, world_dir, models_di
     from ml.recommender import Recommender
     from ml.synthetic import META_FILE, REVIEWS_FILE
 
-    never_rated = ({row["parent_asin"] for row in _raw_rows(world_dir, META_FILE)}
-                   - {row["parent_asin"] for row in _raw_rows(world_dir, REVIEWS_FILE)})
+    never_rated = {row["parent_asin"] for row in _raw_rows(world_dir, META_FILE)} - {
+        row["parent_asin"] for row in _raw_rows(world_dir, REVIEWS_FILE)
+    }
     assert len(never_rated) >= 2, "the synthetic world has never-rated products"
     version = ModelRegistry(models_dir).current_version()
     rec = Recommender.load(ModelRegistry(models_dir).path_for(version))
     ranked = {c: rec.recommend(c, top=rec.n_products) for c in rec.customers(1000)}
-    first = {c: next(k for k, x in enumerate(items) if x["product_id"] in never_rated) + 1
-             for c, items in ranked.items()}
+    first = {
+        c: next(k for k, x in enumerate(items) if x["product_id"] in never_rated) + 1
+        for c, items in ranked.items()
+    }
     customer = min(first, key=lambda c: (first[c], c))
     # scored from content: the never-rated products (no rating, no popularity) get different scores
     assert len({x["score"] for x in ranked[customer] if x["product_id"] in never_rated}) >= 2
@@ -160,7 +167,7 @@ def test_never_rated_product_reaches_a_known_customer(live, world_dir, models_di
     body = response.json()
     assert body["model_version"] == version and body["cold_start"] is False
     served = body["items"]
-    assert [x["product_id"] for x in served] == [x["product_id"] for x in ranked[customer][:first[customer]]]
+    assert [x["product_id"] for x in served] == [x["product_id"] for x in ranked[customer][: first[customer]]]
     assert served[-1]["product_id"] in never_rated
     assert served[-1]["strategy"] == "hybrid" and served[-1]["cold_start"] is False
     assert served[-1]["score"] == pytest.approx(ranked[customer][first[customer] - 1]["score"], abs=1e-6)
@@ -182,6 +189,7 @@ def test_openapi_is_served(live):
 
 # ---------------------------------------------------------------- model swap without a restart
 
+
 def _publish_copy_as_new_version(models_dir: Path) -> str:
     """Publish the current artifact again under a new version name (as a promotion would)."""
     registry = ModelRegistry(models_dir)
@@ -201,8 +209,9 @@ def test_model_swap_while_serving(live, worker, wait_job, models_dir, known_cust
     before = live.get("/recommendation", params={"customer_id": known_customers[0], "top": 3}).json()
     new_version = _publish_copy_as_new_version(models_dir)
     assert new_version != before["model_version"]
-    job = wait_job(live.json_get, live.post("/jobs", json={"customer_id": known_customers[0],
-                                                          "top": 3}).json()["job_id"])
+    job = wait_job(
+        live.json_get, live.post("/jobs", json={"customer_id": known_customers[0], "top": 3}).json()["job_id"]
+    )
     assert job["state"] == "succeeded", job
     assert job["model_version"] == new_version
     after = live.get("/recommendation", params={"customer_id": known_customers[0], "top": 3}).json()
@@ -212,6 +221,7 @@ def test_model_swap_while_serving(live, worker, wait_job, models_dir, known_cust
 
 
 # ---------------------------------------------------------------- failure modes
+
 
 def test_readyz_is_503_without_a_worker(make_app, settings, spare_redis):
     client = make_app(replace(settings, redis_url=spare_redis.url)).test_client()
@@ -279,11 +289,16 @@ def test_no_model_published_is_a_clear_error(make_app, no_model, wait_job):
 
 # ---------------------------------------------------------------- the launcher (make run)
 
+
 def test_flower_password_is_generated_when_unset(base_settings):
     user, password, generated = flower_credentials(replace(base_settings, flower_user="", flower_password=""))
     assert user == "admin" and generated and len(password) >= 20
     assert flower_credentials(replace(base_settings, flower_password=""))[1] != password
-    assert flower_credentials(replace(base_settings, flower_user="u", flower_password="p")) == ("u", "p", False)
+    assert flower_credentials(replace(base_settings, flower_user="u", flower_password="p")) == (
+        "u",
+        "p",
+        False,
+    )
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -297,37 +312,50 @@ def _processes_with(marker: str) -> list[int]:
     return pids
 
 
-def test_run_stack_starts_everything_and_ctrl_c_stops_it(tmp_path, base_settings, models_dir,
-                                                         known_customers):
+def test_run_stack_starts_everything_and_ctrl_c_stops_it(
+    tmp_path, base_settings, models_dir, known_customers
+):
     marker = f"RECSYS_TEST_MARKER={uuid.uuid4().hex}"
     web_port, flower_port, redis_port = free_port(), free_port(), free_port()
     env = dict(os.environ)
-    env.update({
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",  # nothing there: the launcher starts it
-        "RECSYS_VAR_DIR": str(tmp_path / "var"),
-        "RECSYS_MODELS_DIR": str(models_dir),  # a published model: no training
-        "RECSYS_CACHE_DIR": str(base_settings.cache_dir),
-        "RECSYS_WEB_PORT": str(web_port), "RECSYS_FLOWER_PORT": str(flower_port),
-        "RECSYS_WEB_WORKERS": "1",
-        "FLOWER_USER": "ops", "FLOWER_PASSWORD": "s3cret-pw",
-        "PYTHONUNBUFFERED": "1",
-        marker.split("=")[0]: marker.split("=")[1],
-    })
+    env.update(
+        {
+            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",  # nothing there: the launcher starts it
+            "RECSYS_VAR_DIR": str(tmp_path / "var"),
+            "RECSYS_MODELS_DIR": str(models_dir),  # a published model: no training
+            "RECSYS_CACHE_DIR": str(base_settings.cache_dir),
+            "RECSYS_WEB_PORT": str(web_port),
+            "RECSYS_FLOWER_PORT": str(flower_port),
+            "RECSYS_WEB_WORKERS": "1",
+            "FLOWER_USER": "ops",
+            "FLOWER_PASSWORD": "s3cret-pw",
+            "PYTHONUNBUFFERED": "1",
+            marker.split("=")[0]: marker.split("=")[1],
+        }
+    )
     out_file = tmp_path / "run_stack.out"
     with open(out_file, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "scripts.run_stack"], cwd=REPO_ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scripts.run_stack"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        wait_until(lambda: "Press Ctrl-C" in out_file.read_text(), 240, interval_s=0.5, proc=proc,
-                   what="run_stack")
+        wait_until(
+            lambda: "Press Ctrl-C" in out_file.read_text(), 240, interval_s=0.5, proc=proc, what="run_stack"
+        )
         text = out_file.read_text()
         # a ready-to-paste example with a REAL customer id
         match = re.search(r'"customer_id": "([A-Za-z0-9_-]+)"', text)
         assert match and match.group(1) in known_customers, text
         base = f"http://127.0.0.1:{web_port}"
         assert requests.get(f"{base}/readyz", timeout=10).status_code == 200
-        response = requests.get(f"{base}/recommendation",
-                                params={"customer_id": match.group(1), "top": 3}, timeout=60)
+        response = requests.get(
+            f"{base}/recommendation", params={"customer_id": match.group(1), "top": 3}, timeout=60
+        )
         assert response.status_code == 200 and len(response.json()["items"]) == 3
         flower = f"http://127.0.0.1:{flower_port}/"
         wait_until(lambda: port_in_use("127.0.0.1", flower_port), 30, proc=proc, what="flower")
@@ -336,7 +364,9 @@ def test_run_stack_starts_everything_and_ctrl_c_stops_it(tmp_path, base_settings
         assert requests.get(flower, auth=("ops", "s3cret-pw"), timeout=10).status_code == 200
         assert "s3cret-pw" not in " ".join(
             Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            for pid in _processes_with(marker) if Path(f"/proc/{pid}/cmdline").exists())
+            for pid in _processes_with(marker)
+            if Path(f"/proc/{pid}/cmdline").exists()
+        )
         started = _processes_with(marker)
         assert len(started) >= 5  # launcher, redis, worker (+ child), gunicorn (+ worker), flower
 
@@ -349,12 +379,16 @@ def test_run_stack_starts_everything_and_ctrl_c_stops_it(tmp_path, base_settings
             redis_lib.Redis(port=redis_port, socket_timeout=5).ping()
         assert redis_lib.Redis(port=redis_port, password=redis_password, socket_timeout=5).ping()
         logs = out_file.read_text() + "".join(
-            p.read_text(errors="replace") for p in (tmp_path / "var" / "logs").glob("*.log"))
+            p.read_text(errors="replace") for p in (tmp_path / "var" / "logs").glob("*.log")
+        )
         assert redis_password not in logs
         assert text.count("s3cret-pw") == 1  # the Flower credentials, shown once by the launcher
         # redis-server retitles itself ("redis-server 127.0.0.1:PORT") over its argv and environ
-        redis_pid = next(p.pid for p in psutil.process_iter(["cmdline"])
-                         if f"redis-server 127.0.0.1:{redis_port}" in " ".join(p.info["cmdline"] or []))
+        redis_pid = next(
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if f"redis-server 127.0.0.1:{redis_port}" in " ".join(p.info["cmdline"] or [])
+        )
         assert redis_password not in Path(f"/proc/{redis_pid}/cmdline").read_bytes().decode(errors="replace")
         listening = {c.laddr.ip for c in psutil.Process(redis_pid).net_connections() if c.status == "LISTEN"}
         assert listening == {"127.0.0.1"}
@@ -366,10 +400,16 @@ def test_run_stack_starts_everything_and_ctrl_c_stops_it(tmp_path, base_settings
         os.kill(redis_pid, signal.SIGKILL)
         wait_until(lambda: "redis is back" in out_file.read_text(), 30, proc=proc, what="redis restart")
         assert db.get("recsys:test:survives") == b"1"
-        wait_until(lambda: requests.get(f"{base}/readyz", timeout=10).status_code == 200, 30,
-                   interval_s=0.5, proc=proc, what="/readyz after the Redis restart")
-        response = requests.get(f"{base}/recommendation",
-                                params={"customer_id": match.group(1), "top": 3}, timeout=60)
+        wait_until(
+            lambda: requests.get(f"{base}/readyz", timeout=10).status_code == 200,
+            30,
+            interval_s=0.5,
+            proc=proc,
+            what="/readyz after the Redis restart",
+        )
+        response = requests.get(
+            f"{base}/recommendation", params={"customer_id": match.group(1), "top": 3}, timeout=60
+        )
         assert response.status_code == 200 and len(response.json()["items"]) == 3
         assert others <= set(_processes_with(marker))  # web, worker, Flower: the same processes
     finally:

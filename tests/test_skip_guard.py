@@ -2,6 +2,7 @@
 
 Each test runs a small pytest session of its own (pytester, in process) with the plugin loaded.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -65,14 +66,16 @@ def test_strict_fails_on_unexpected_skips_and_names_them(pytester):
     pytester.makepyfile(**MIXED)
     result = run(pytester, "--strict-skips")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines_random([
-        "skip guard: 4 skipped (0 allowed, 4 unexpected)",
-        "skip guard: UNEXPECTED SKIP test_mixed.py::test_marked: no widget here",
-        "skip guard: UNEXPECTED SKIP test_mixed.py::test_skips_in_body: backend missing",
-        "skip guard: UNEXPECTED SKIP test_mixed.py::test_fixture_skips: thing not installed",
-        "skip guard: UNEXPECTED SKIP test_module_skip.py: *no_such_module_for_skip_guard*",
-        "skip guard: --strict-skips (CI): the run fails on 4 unexpected skip(s)*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "skip guard: 4 skipped (0 allowed, 4 unexpected)",
+            "skip guard: UNEXPECTED SKIP test_mixed.py::test_marked: no widget here",
+            "skip guard: UNEXPECTED SKIP test_mixed.py::test_skips_in_body: backend missing",
+            "skip guard: UNEXPECTED SKIP test_mixed.py::test_fixture_skips: thing not installed",
+            "skip guard: UNEXPECTED SKIP test_module_skip.py: *no_such_module_for_skip_guard*",
+            "skip guard: --strict-skips (CI): the run fails on 4 unexpected skip(s)*",
+        ]
+    )
 
 
 def test_strict_passes_when_every_skip_is_allowed(pytester):
@@ -86,10 +89,12 @@ def test_strict_passes_when_every_skip_is_allowed(pytester):
     """
     result = run(pytester, "--strict-skips", ini=ini)
     assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines_random([
-        "skip guard: 4 skipped (4 allowed, 0 unexpected)",
-        "skip guard: allow-list entry matched no skip: test_gone.py::*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "skip guard: 4 skipped (4 allowed, 0 unexpected)",
+            "skip guard: allow-list entry matched no skip: test_gone.py::*",
+        ]
+    )
     assert "UNEXPECTED SKIP" not in result.stdout.str()
 
 
@@ -123,7 +128,8 @@ def test_no_tests_and_no_skips_keeps_exit_5(pytester):
 
 def test_a_run_that_already_failed_keeps_its_exit_status(pytester):
     pytester.makepyfile(
-        test_bad="import pytest\n\ndef test_skip():\n    pytest.skip('x')\n\ndef test_fail():\n    assert 0\n",
+        test_bad="import pytest\n\ndef test_skip():\n    pytest.skip('x')\n\n"
+        "def test_fail():\n    assert 0\n",
         test_broken="this is not python\n",
     )
     result = run(pytester, "--strict-skips")

@@ -6,13 +6,15 @@ from ml.split import split_reviews
 
 
 def _reviews():
-    return pd.DataFrame({
-        "customer_id": ["a", "a", "a", "b", "b", "c"],
-        "product_id": ["p1", "p2", "p3", "p1", "p3", "p2"],
-        "rating": [5, 4, 3, 2, 1, 5],
-        "timestamp": [30.0, 10.0, 20.0, np.nan, np.nan, 5.0],
-        "order": [0, 1, 2, 3, 4, 5],
-    })
+    return pd.DataFrame(
+        {
+            "customer_id": ["a", "a", "a", "b", "b", "c"],
+            "product_id": ["p1", "p2", "p3", "p1", "p3", "p2"],
+            "rating": [5, 4, 3, 2, 1, 5],
+            "timestamp": [30.0, 10.0, 20.0, np.nan, np.nan, 5.0],
+            "order": [0, 1, 2, 3, 4, 5],
+        }
+    )
 
 
 def test_leave_last_out_uses_time_then_file_order():

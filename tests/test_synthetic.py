@@ -1,4 +1,5 @@
 """ml.synthetic: the synthetic Amazon_Fashion (2023 format) world is deterministic, complete and coherent."""
+
 from __future__ import annotations
 
 import collections
@@ -28,8 +29,18 @@ SMALL = {"n_customers": 120, "n_products": 60, "seed": 3, "image_size": 48, "ima
 USER_ID = re.compile(r"^A[A-Z0-9]{27}$")
 PARENT_ASIN = re.compile(r"^B0[A-Z0-9]{8}$")
 POSITIVE = ("love", "perfect", "beautiful", "gorgeous", "highly recommend", "so happy")
-NEGATIVE = ("disappointed", "cheap", "terrible", "waste", "returned", "returning", "flimsy",
-            "uncomfortable", "unflattering", "avoid")
+NEGATIVE = (
+    "disappointed",
+    "cheap",
+    "terrible",
+    "waste",
+    "returned",
+    "returning",
+    "flimsy",
+    "uncomfortable",
+    "unflattering",
+    "avoid",
+)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -60,8 +71,9 @@ def test_same_seed_gives_byte_identical_files(tmp_path, world):
     first, second = all_files(world["dir"]), all_files(tmp_path / "again")
     assert sorted(first) == sorted(second)
     assert [name for name in first if first[name] != second[name]] == []
-    assert {k: v for k, v in again.items() if k not in ("out_dir", "paths")} == \
-        {k: v for k, v in world["summary"].items() if k not in ("out_dir", "paths")}
+    assert {k: v for k, v in again.items() if k not in ("out_dir", "paths")} == {
+        k: v for k, v in world["summary"].items() if k not in ("out_dir", "paths")
+    }
 
 
 def test_another_seed_gives_another_world(tmp_path, world):
@@ -139,8 +151,10 @@ def test_images_show_the_colour(world):
             continue
         with Image.open(world["dir"] / "images" / f"{asin}.png") as im:
             arr = np.asarray(im.convert("RGB"), dtype=float).reshape(-1, 3)
-        counts = {name: int((np.linalg.norm(arr - np.array(rgb), axis=1) < 40).sum())
-                  for name, rgb in palette.items()}
+        counts = {
+            name: int((np.linalg.norm(arr - np.array(rgb), axis=1) < 40).sum())
+            for name, rgb in palette.items()
+        }
         top2 = sorted(counts, key=counts.get, reverse=True)[:2]
         checked += 1
         right += p["colour"] in top2
@@ -165,8 +179,18 @@ def test_review_lines(world):
     reviews = world["reviews"]
     asins = {m["parent_asin"] for m in world["meta"]}
     for r in reviews:
-        assert set(r) == {"rating", "title", "text", "images", "asin", "parent_asin", "user_id",
-                          "timestamp", "helpful_vote", "verified_purchase"}
+        assert set(r) == {
+            "rating",
+            "title",
+            "text",
+            "images",
+            "asin",
+            "parent_asin",
+            "user_id",
+            "timestamp",
+            "helpful_vote",
+            "verified_purchase",
+        }
         assert isinstance(r["rating"], float) and r["rating"] in (1.0, 2.0, 3.0, 4.0, 5.0)
         assert USER_ID.match(r["user_id"]), r["user_id"]
         assert r["parent_asin"] in asins and r["asin"] == r["parent_asin"]
@@ -196,8 +220,7 @@ def test_ratings_span_one_to_five_with_a_sensible_mean(world):
     ratings = np.array([r["rating"] for r in world["reviews"]])
     assert set(ratings.tolist()) == {1.0, 2.0, 3.0, 4.0, 5.0}
     assert 3.5 <= ratings.mean() <= 4.2
-    assert world["summary"]["rating_histogram"] == {
-        str(k): int((ratings == k).sum()) for k in range(1, 6)}
+    assert world["summary"]["rating_histogram"] == {str(k): int((ratings == k).sum()) for k in range(1, 6)}
 
 
 def test_review_texts_agree_with_ratings(world):
@@ -273,8 +296,16 @@ def test_rerun_in_the_same_folder_replaces_the_world(tmp_path):
 
 
 def test_edge_sizes(tmp_path):
-    s = generate_world(tmp_path / "tiny", n_customers=3, n_products=4, seed=0, cold_fraction=0.0,
-                       reviews_per_customer=(2, 2), image_size=32, image_source="rendered")
+    s = generate_world(
+        tmp_path / "tiny",
+        n_customers=3,
+        n_products=4,
+        seed=0,
+        cold_fraction=0.0,
+        reviews_per_customer=(2, 2),
+        image_size=32,
+        image_source="rendered",
+    )
     assert s["n_cold_products"] == 0
     assert (tmp_path / "tiny" / TRUTH_DIR / COLD_RATINGS_FILE).read_text() == ""
     reviewed = {r["parent_asin"] for r in read_jsonl(tmp_path / "tiny" / REVIEWS_FILE)}
@@ -292,12 +323,14 @@ def test_edge_sizes(tmp_path):
 def test_auto_falls_back_to_rendered_pictures(tmp_path):
     empty = tmp_path / "no-fashion-mnist"
     empty.mkdir()
-    s = generate_world(tmp_path / "w", **{**SMALL, "n_products": 12, "n_customers": 10,
-                                          "image_source": "auto"}, fashion_mnist_dir=empty)
+    s = generate_world(
+        tmp_path / "w",
+        **{**SMALL, "n_products": 12, "n_customers": 10, "image_source": "auto"},
+        fashion_mnist_dir=empty,
+    )
     assert s["image_source"] == "rendered"
     with pytest.raises(FileNotFoundError):
-        generate_world(tmp_path / "w2", **{**SMALL, "image_source": "fashion-mnist"},
-                       fashion_mnist_dir=empty)
+        generate_world(tmp_path / "w2", **{**SMALL, "image_source": "fashion-mnist"}, fashion_mnist_dir=empty)
 
 
 @pytest.mark.skipif(find_fashion_mnist() is None, reason="Debian's dataset-fashion-mnist is not installed")
@@ -317,7 +350,6 @@ def test_fashion_mnist_pictures(tmp_path):
     assert rendered["rating_histogram"] == a["rating_histogram"]
 
 
-
 def test_jitter_variation_jpeg_and_truth_cap(tmp_path):
     """The large-world options on a small world: JPEG pictures, one base picture per garment/colour/
     pattern with a distinct cheap variant per product, and the cold truth capped to whole customers."""
@@ -326,8 +358,9 @@ def test_jitter_variation_jpeg_and_truth_cap(tmp_path):
     from PIL import Image
 
     out = tmp_path / "w"
-    s = generate_world(out, **{**SMALL, "image_size": 64}, image_format="jpg", image_variation="jitter",
-                       truth_max_pairs=100)
+    s = generate_world(
+        out, **{**SMALL, "image_size": 64}, image_format="jpg", image_variation="jitter", truth_max_pairs=100
+    )
     metas = read_jsonl(out / META_FILE)
     files = sorted((out / IMAGES_DIR).iterdir())
     assert {f.suffix for f in files} == {".jpg"} and len(files) == SMALL["n_products"]
@@ -343,6 +376,11 @@ def test_jitter_variation_jpeg_and_truth_cap(tmp_path):
     assert s["truth_customers"] == 100 // n_cold and len(truth) == s["truth_customers"] * n_cold
     assert "variant" in (out / "SYNTHETIC.md").read_text()
     # same seed and options, same bytes
-    generate_world(tmp_path / "again", **{**SMALL, "image_size": 64}, image_format="jpg",
-                   image_variation="jitter", truth_max_pairs=100)
+    generate_world(
+        tmp_path / "again",
+        **{**SMALL, "image_size": 64},
+        image_format="jpg",
+        image_variation="jitter",
+        truth_max_pairs=100,
+    )
     assert all_files(out) == all_files(tmp_path / "again")

@@ -1,5 +1,6 @@
 """tasks/: the Celery configuration, the per-process model holder, and the tasks run by a real
 prefork worker (subprocess) against a real Redis and a real small model."""
+
 from __future__ import annotations
 
 import json
@@ -12,16 +13,23 @@ from pathlib import Path
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from support import outcome, result_of
 from ml.config import REPO_ROOT
 from ml.registry import ModelRegistry
+from support import outcome, result_of
 from tasks import errors, names
 from tasks.celery_app import make_celery
 from tasks.model_holder import ModelHolder, NoModelPublished
-from tasks.recommend import check_customer_id, check_filters, check_product_id, check_top, jsonable, recommend_one
-
+from tasks.recommend import (
+    check_customer_id,
+    check_filters,
+    check_product_id,
+    check_top,
+    jsonable,
+    recommend_one,
+)
 
 # ---------------------------------------------------------------- configuration (no worker)
+
 
 def test_celery_config_is_json_only_and_reliable(settings):
     conf = make_celery(settings).conf
@@ -40,10 +48,16 @@ def test_celery_config_is_json_only_and_reliable(settings):
     assert {q.name for q in conf.task_queues} == {"inference", "training"}
 
 
-@pytest.mark.parametrize("task, queue", [
-    (names.RECOMMEND, "inference"), (names.RECOMMEND_BATCH, "inference"),
-    (names.CUSTOMERS, "inference"), (names.SIMILAR, "inference"), (names.TRAIN, "training"),
-])
+@pytest.mark.parametrize(
+    "task, queue",
+    [
+        (names.RECOMMEND, "inference"),
+        (names.RECOMMEND_BATCH, "inference"),
+        (names.CUSTOMERS, "inference"),
+        (names.SIMILAR, "inference"),
+        (names.TRAIN, "training"),
+    ],
+)
 def test_routes(settings, task, queue):
     route = make_celery(settings).amqp.router.route({}, task)
     assert route["queue"].name == queue
@@ -54,16 +68,19 @@ def test_importing_tasks_and_web_does_not_load_tensorflow():
     the task modules import without numpy/pandas: Flower (in the web image, requirements/web.txt,
     which has neither) imports them; a module-level `from ml.catalog import ...` in tasks/recommend.py
     put Flower into a restart loop in the Docker stack."""
-    code = ("import sys\n"
-            "from tasks.celery_app import app\n"
-            "app.loader.import_default_modules()\n"
-            "heavy = lambda: sorted(m for m in ('tensorflow', 'keras', 'flask', 'numpy', 'pandas', 'scipy')"
-            " if m in sys.modules)\n"
-            "print(heavy())\n"
-            "import web; web.create_app()\n"
-            "print(heavy())\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                         timeout=60)
+    code = (
+        "import sys\n"
+        "from tasks.celery_app import app\n"
+        "app.loader.import_default_modules()\n"
+        "heavy = lambda: sorted(m for m in ('tensorflow', 'keras', 'flask', 'numpy', 'pandas', 'scipy')"
+        " if m in sys.modules)\n"
+        "print(heavy())\n"
+        "import web; web.create_app()\n"
+        "print(heavy())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["[]", "['flask']"]
 
@@ -75,6 +92,7 @@ def test_tasks_package_never_imports_flask():
 
 
 # ---------------------------------------------------------------- validation helpers
+
 
 @pytest.mark.parametrize("bad", ["", "a b", "x" * 65, "é", "a\n", None, 5, ["a"]])
 def test_check_customer_id_rejects(bad):
@@ -90,9 +108,22 @@ def test_check_top_rejects(bad):
     assert caught.value.code == errors.INVALID_INPUT
 
 
-@pytest.mark.parametrize("bad", ["x", [], {"colour": "red"}, {"category": ""}, {"category": " > "},
-                                 {"category": 5}, {"category": "x" * 201}, {"max_price": "10"},
-                                 {"max_price": True}, {"max_price": -1}, {"max_price": float("nan")}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "x",
+        [],
+        {"colour": "red"},
+        {"category": ""},
+        {"category": " > "},
+        {"category": 5},
+        {"category": "x" * 201},
+        {"max_price": "10"},
+        {"max_price": True},
+        {"max_price": -1},
+        {"max_price": float("nan")},
+    ],
+)
 def test_check_filters_rejects(bad):
     with pytest.raises(errors.TaskFailure) as caught:
         check_filters(bad)
@@ -115,13 +146,20 @@ def test_check_product_id_rejects(bad):
 
 def test_jsonable_converts_numpy():
     np = pytest.importorskip("numpy")
-    value = {"a": np.float32(1.5), "b": np.int64(3), "c": np.array([1, 2]), "d": Path("/x"),
-             "e": float("nan"), "f": (np.bool_(True),)}
+    value = {
+        "a": np.float32(1.5),
+        "b": np.int64(3),
+        "c": np.array([1, 2]),
+        "d": Path("/x"),
+        "e": float("nan"),
+        "f": (np.bool_(True),),
+    }
     assert jsonable(value) == {"a": 1.5, "b": 3, "c": [1, 2], "d": "/x", "e": None, "f": [True]}
     json.dumps(jsonable(value))
 
 
 # ---------------------------------------------------------------- model holder (in process)
+
 
 class _Loads:
     """Counts loads (`attempts`: every call, `paths`: the ones that succeeded); `fail` makes loads raise."""
@@ -164,8 +202,10 @@ def test_holder_no_model_then_lazy_load_then_swap(tmp_path, base_settings):
 def test_holder_keeps_serving_when_new_version_fails_to_load(tmp_path, base_settings):
     models = tmp_path / "models"
     loads = _Loads()
-    holder = ModelHolder(replace(base_settings, models_dir=models, redis_url="redis://127.0.0.1:1/0",
-                                 model_retry_s=3600.0), loads)
+    holder = ModelHolder(
+        replace(base_settings, models_dir=models, redis_url="redis://127.0.0.1:1/0", model_retry_s=3600.0),
+        loads,
+    )
     _publish_copy(models, "v1")
     assert holder.get().version == "v1"
     loads.fail = True
@@ -180,8 +220,9 @@ def test_holder_keeps_serving_when_new_version_fails_to_load(tmp_path, base_sett
 def test_holder_retries_a_failed_version_after_the_back_off(tmp_path, base_settings):
     models = tmp_path / "models"
     loads = _Loads()
-    holder = ModelHolder(replace(base_settings, models_dir=models, redis_url="redis://127.0.0.1:1/0",
-                                 model_retry_s=0.0), loads)
+    holder = ModelHolder(
+        replace(base_settings, models_dir=models, redis_url="redis://127.0.0.1:1/0", model_retry_s=0.0), loads
+    )
     _publish_copy(models, "v1")
     holder.get()
     loads.fail = True
@@ -222,13 +263,15 @@ def test_recommend_one_with_the_real_model(settings, models_dir, known_customers
     assert result["customer_id"] == known_customers[0] and result["cold_start"] is False
     ids = [item["product_id"] for item in result["items"]]
     assert len(ids) == 5 == len(set(ids))
-    assert {"product_id", "score", "predicted_rating", "title", "image", "cold_start",
-            "strategy"} <= set(result["items"][0])
+    assert {"product_id", "score", "predicted_rating", "title", "image", "cold_start", "strategy"} <= set(
+        result["items"][0]
+    )
     cold = recommend_one(model, "never-seen-customer", 3)
     assert cold["cold_start"] is True and len(cold["items"]) == 3
 
 
 # ---------------------------------------------------------------- tasks run by a real worker
+
 
 @pytest.mark.service
 def test_recommend_task(worker, celery_client, models_dir, known_customers):
@@ -299,12 +342,15 @@ def test_similar_task(worker, celery_client, known_customers, models_dir):
 
 
 @pytest.mark.service
-@pytest.mark.parametrize("task, args, code", [
-    (names.SIMILAR, ["NO-SUCH-PRODUCT", 3], errors.NOT_FOUND),
-    (names.RECOMMEND, ["someone", 3, {"category": "No Such > Category"}], errors.INVALID_INPUT),
-    (names.RECOMMEND_BATCH, [["someone"], 3, {"category": "No Such > Category"}], errors.INVALID_INPUT),
-    (names.RECOMMEND, ["someone", 3, {"max_price": "cheap"}], errors.INVALID_INPUT),
-])
+@pytest.mark.parametrize(
+    "task, args, code",
+    [
+        (names.SIMILAR, ["NO-SUCH-PRODUCT", 3], errors.NOT_FOUND),
+        (names.RECOMMEND, ["someone", 3, {"category": "No Such > Category"}], errors.INVALID_INPUT),
+        (names.RECOMMEND_BATCH, [["someone"], 3, {"category": "No Such > Category"}], errors.INVALID_INPUT),
+        (names.RECOMMEND, ["someone", 3, {"max_price": "cheap"}], errors.INVALID_INPUT),
+    ],
+)
 def test_unknown_product_or_category_fails_with_its_code(worker, celery_client, task, args, code):
     res = celery_client.send_task(task, args=args)
     with pytest.raises(Exception) as caught:
@@ -370,12 +416,15 @@ def test_model_loads_in_the_pool_child_not_in_the_parent(worker):
 
 
 @pytest.mark.service
-@pytest.mark.parametrize("data_path, code", [
-    ("nope", errors.NOT_FOUND),  # under the data directory, but nothing there
-    ("../../etc", errors.INVALID_INPUT),  # outside every allowed directory
-    ("/etc", errors.INVALID_INPUT),
-    ("", errors.INVALID_INPUT),
-])
+@pytest.mark.parametrize(
+    "data_path, code",
+    [
+        ("nope", errors.NOT_FOUND),  # under the data directory, but nothing there
+        ("../../etc", errors.INVALID_INPUT),  # outside every allowed directory
+        ("/etc", errors.INVALID_INPUT),
+        ("", errors.INVALID_INPUT),
+    ],
+)
 def test_train_task_refuses_bad_data_paths_cleanly(worker, celery_client, models_dir, data_path, code):
     before = ModelRegistry(models_dir).versions()
     with pytest.raises(Exception) as caught:
@@ -390,10 +439,20 @@ def test_train_task_refuses_bad_data_paths_cleanly(worker, celery_client, models
 # watched happening (every other test only sees these values in the configuration). Every real task
 # stops at its soft limit (SoftTimeLimitExceeded), so none reaches the hard kill: tests/test_time_limits.py
 # watches the hard limit with a task that ignores its soft one.
-SHORT = {"result_expires_s": 4, "job_registry_ttl_s": 8, "train_soft_time_limit_s": 1,
-         "train_time_limit_s": 3, "model_retry_s": 4.0}
-SHORT_ENV = {"RECSYS_RESULT_EXPIRES_S": "4", "RECSYS_JOB_TTL_S": "8", "RECSYS_TRAIN_SOFT_LIMIT_S": "1",
-             "RECSYS_TRAIN_HARD_LIMIT_S": "3", "RECSYS_MODEL_RETRY_S": "4"}
+SHORT = {
+    "result_expires_s": 4,
+    "job_registry_ttl_s": 8,
+    "train_soft_time_limit_s": 1,
+    "train_time_limit_s": 3,
+    "model_retry_s": 4.0,
+}
+SHORT_ENV = {
+    "RECSYS_RESULT_EXPIRES_S": "4",
+    "RECSYS_JOB_TTL_S": "8",
+    "RECSYS_TRAIN_SOFT_LIMIT_S": "1",
+    "RECSYS_TRAIN_HARD_LIMIT_S": "3",
+    "RECSYS_MODEL_RETRY_S": "4",
+}
 
 
 @pytest.fixture(scope="module")
@@ -435,8 +494,9 @@ def test_no_model_published_is_a_clear_task_failure(empty_service):
 
 
 @pytest.mark.service
-def test_worker_picks_up_a_model_published_after_it_started(empty_service, models_dir,
-                                                            first_version, known_customers):
+def test_worker_picks_up_a_model_published_after_it_started(
+    empty_service, models_dir, first_version, known_customers
+):
     import shutil
 
     empty, client, proc = empty_service
@@ -559,8 +619,9 @@ def _left_behind(models: Path, before: set[str]) -> set[str]:
 
 
 @pytest.mark.service
-def test_training_over_its_soft_time_limit_fails_cleanly(empty_service, world_dir, models_dir,
-                                                         first_version, known_customers):
+def test_training_over_its_soft_time_limit_fails_cleanly(
+    empty_service, world_dir, models_dir, first_version, known_customers
+):
     """train_soft_time_limit_s (1 s here): the task fails with SoftTimeLimitExceeded, leaves no
     version behind, publishes nothing, and the same pool child serves on."""
     empty, client, proc = empty_service
@@ -574,4 +635,3 @@ def test_training_over_its_soft_time_limit_fails_cleanly(empty_service, world_di
     children = _children(proc.proc.pid)
     assert _serving(empty_service, models_dir, first_version, known_customers[1]) == current
     assert _children(proc.proc.pid) == children  # the soft limit does not cost the process
-

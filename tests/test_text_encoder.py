@@ -12,6 +12,7 @@ a dependency of the project, so the file is made once, in a throwaway virtualenv
 
 Regenerate it when the model wheel or the reference stack changes (versions are recorded in it).
 """
+
 from __future__ import annotations
 
 import json
@@ -102,11 +103,13 @@ def test_order_is_kept(encoder, sentence_vectors):
 
 
 def test_semantic_sanity(encoder):
-    a, b, c = encoder.encode([
-        "The shoes fit perfectly and are very comfortable.",
-        "These sneakers are really comfy and the size is just right.",
-        "The stock market fell sharply on Tuesday.",
-    ])
+    a, b, c = encoder.encode(
+        [
+            "The shoes fit perfectly and are very comfortable.",
+            "These sneakers are really comfy and the size is just right.",
+            "The stock market fell sharply on Tuesday.",
+        ]
+    )
     assert float(a @ b) > float(a @ c) + 0.2
     assert float(a @ b) > float(b @ c) + 0.2
 
@@ -171,11 +174,11 @@ def test_token_counts_match_hugging_face(encoder, reference):
 def test_matches_sentence_transformers_reference(encoder, reference):
     texts, expected = reference["texts"], reference["vectors"]
     got = encoder.encode(texts)
-    cosine = np.sum(got * expected, axis=1) / (
-        np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
-    )
+    cosine = np.sum(got * expected, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
     worst = int(np.argmin(cosine))
-    print(f"\nmin cosine vs sentence-transformers over {len(texts)} texts: {cosine.min():.8f}, "
-          f"max |diff| {np.abs(got - expected).max():.2e}")
+    print(
+        f"\nmin cosine vs sentence-transformers over {len(texts)} texts: {cosine.min():.8f}, "
+        f"max |diff| {np.abs(got - expected).max():.2e}"
+    )
     assert cosine.min() >= MIN_COSINE, (float(cosine.min()), texts[worst][:200])
     assert np.abs(got - expected).max() <= MAX_ABS_DIFF

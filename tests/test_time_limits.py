@@ -6,6 +6,7 @@ by the hard one: the job fails with TimeLimitExceeded, it is NOT redelivered (ac
 reject_on_worker_lost must not turn a task that always overruns into an endless loop), and the worker
 replaces the killed pool child and serves the next task.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -14,11 +15,11 @@ from dataclasses import replace
 
 import pytest
 import redis
-from support import RedisServer, outcome, result_of, worker_env
 from time_limit_app import RUNS_KEY, STUBBORN
 
 from ml.config import REPO_ROOT
 from scripts.procs import stop_group, wait_until
+from support import RedisServer, outcome, result_of, worker_env
 from tasks import names
 
 pytestmark = pytest.mark.service
@@ -27,7 +28,8 @@ SOFT_S, HARD_S = 1, 2
 
 @pytest.fixture
 def stubborn_worker(tmp_path, base_settings):
-    """Its own Redis and a prefork worker of tests.time_limit_app (the service's app plus the stubborn task)."""
+    """Its own Redis and a prefork worker of tests.time_limit_app (the service's app plus the stubborn
+    task)."""
     from tasks.celery_app import make_celery
 
     server = RedisServer(tmp_path)
@@ -35,14 +37,44 @@ def stubborn_worker(tmp_path, base_settings):
     client = make_celery(settings)
     log = tmp_path / "worker.log"
     hostname = f"stubborn-{tmp_path.name}@localhost"
-    cmd = [sys.executable, "-m", "celery", "-A", "tests.time_limit_app:app", "worker", "-Q", names.INFERENCE_QUEUE,
-           "-P", "prefork", "-c", "1", "-n", hostname, "--without-gossip", "--without-mingle", "-l", "INFO"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.time_limit_app:app",
+        "worker",
+        "-Q",
+        names.INFERENCE_QUEUE,
+        "-P",
+        "prefork",
+        "-c",
+        "1",
+        "-n",
+        hostname,
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        "INFO",
+    ]
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=worker_env(settings), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=worker_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
-        wait_until(lambda: bool(client.control.ping(destination=[hostname], timeout=0.5)), 240, interval_s=0.2,
-                   proc=proc, what="celery worker")
+        wait_until(
+            lambda: bool(client.control.ping(destination=[hostname], timeout=0.5)),
+            240,
+            interval_s=0.2,
+            proc=proc,
+            what="celery worker",
+        )
         yield client, redis.Redis.from_url(server.url), log
     finally:
         stop_group(proc, timeout_s=20)
@@ -52,10 +84,14 @@ def stubborn_worker(tmp_path, base_settings):
 
 def test_a_task_past_its_hard_limit_is_killed_failed_once_and_the_worker_serves_on(stubborn_worker):
     client, db, log = stubborn_worker
-    before = result_of(client.send_task(STUBBORN, args=[0.1], queue=names.INFERENCE_QUEUE), 60)  # pid of the pool child
+    before = result_of(
+        client.send_task(STUBBORN, args=[0.1], queue=names.INFERENCE_QUEUE), 60
+    )  # pid of the pool child
     db.delete(RUNS_KEY)
 
-    res = client.send_task(STUBBORN, args=[60], queue=names.INFERENCE_QUEUE, soft_time_limit=SOFT_S, time_limit=HARD_S)
+    res = client.send_task(
+        STUBBORN, args=[60], queue=names.INFERENCE_QUEUE, soft_time_limit=SOFT_S, time_limit=HARD_S
+    )
     state, error = outcome(res, 60)
     assert state == "FAILURE" and type(error).__name__ == "TimeLimitExceeded", repr(error)
 

@@ -1,4 +1,6 @@
-"""Training writes a complete, versioned artifact; a held-out review (its text, its rating) is never an input."""
+"""Training writes a complete, versioned artifact; a held-out review (its text, its rating) is never
+an input."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +26,14 @@ def artifact(world_dir, tmp_path_factory, base_settings):
 
 def test_artifact_has_manifest_and_files(artifact, world_dir):
     out, manifest = artifact
-    for name in ("manifest.json", "model.weights.h5", "tables.npz", "interactions.npz", "products.json", "history.json"):
+    for name in (
+        "manifest.json",
+        "model.weights.h5",
+        "tables.npz",
+        "interactions.npz",
+        "products.json",
+        "history.json",
+    ):
         assert (out / name).is_file(), name
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == json.loads(json.dumps(manifest, default=str))

@@ -1,5 +1,6 @@
 """web/: routes, input validation, JSON errors and the OpenAPI document, through the Flask test
 client against a real Redis that no worker consumes from (jobs stay queued)."""
+
 from __future__ import annotations
 
 import json
@@ -48,12 +49,14 @@ def assert_json_error(response, status):
 
 # ---------------------------------------------------------------- health
 
+
 def test_healthz(web):
     response = web.get("/healthz")
     assert response.status_code == 200 and response.get_json() == {"status": "ok"}
 
 
 # ---------------------------------------------------------------- submitting jobs
+
 
 def test_post_job_is_accepted_and_queued(web, rdb, web_settings):
     before = rdb.llen(names.INFERENCE_QUEUE)
@@ -73,8 +76,12 @@ def test_post_job_is_accepted_and_queued(web, rdb, web_settings):
     assert 0 < ttl <= web_settings.job_registry_ttl_s
     status = web.get(f"/jobs/{body['job_id']}")
     assert status.status_code == 200
-    assert status.get_json() == {"job_id": body["job_id"], "kind": "recommend", "state": "queued",
-                                 "model_version": None}
+    assert status.get_json() == {
+        "job_id": body["job_id"],
+        "kind": "recommend",
+        "state": "queued",
+        "model_version": None,
+    }
 
 
 def test_top_defaults_to_10(web, rdb):
@@ -129,14 +136,17 @@ def test_post_job_rejects_bad_input(web, body, why):
     assert_json_error(response, 400)
 
 
-@pytest.mark.parametrize("data, content_type", [
-    ('{"customer_id": "abc"', "application/json"),
-    ("{'customer_id': 'abc'}", "application/json"),
-    (b"\xff\xfe\x00", "application/json"),
-    ("", "application/json"),
-    ('{"customer_id": "abc"}', "text/plain"),
-    ("customer_id=abc", "application/x-www-form-urlencoded"),
-])
+@pytest.mark.parametrize(
+    "data, content_type",
+    [
+        ('{"customer_id": "abc"', "application/json"),
+        ("{'customer_id': 'abc'}", "application/json"),
+        (b"\xff\xfe\x00", "application/json"),
+        ("", "application/json"),
+        ('{"customer_id": "abc"}', "text/plain"),
+        ("customer_id=abc", "application/x-www-form-urlencoded"),
+    ],
+)
 def test_post_job_rejects_malformed_or_non_json(web, data, content_type):
     assert_json_error(web.post("/jobs", data=data, content_type=content_type), 400)
 
@@ -146,36 +156,56 @@ def test_malformed_json_says_so(web):
     assert "malformed JSON" in body["error"]
 
 
-@pytest.mark.parametrize("body", [
-    {},
-    {"customer_ids": []},
-    {"customer_ids": "abc"},
-    {"customer_ids": ["ok", "not ok"]},
-    {"customer_ids": ["a", "b", "c", "d"]},  # over max_batch (3 here)
-    {"customer_ids": ["a"], "top": 0},
-    {"customer_ids": ["a"], "top": False},
-    {"customer_ids": ["a"], "extra": True},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"customer_ids": []},
+        {"customer_ids": "abc"},
+        {"customer_ids": ["ok", "not ok"]},
+        {"customer_ids": ["a", "b", "c", "d"]},  # over max_batch (3 here)
+        {"customer_ids": ["a"], "top": 0},
+        {"customer_ids": ["a"], "top": False},
+        {"customer_ids": ["a"], "extra": True},
+    ],
+)
 def test_post_batch_rejects_bad_input(web, body):
     assert_json_error(web.post("/jobs/batch", json=body), 400)
 
 
-@pytest.mark.parametrize("query", [
-    "", "top=5", "customer_id=", "customer_id=a%20b", "customer_id=" + "x" * 65,
-    "customer_id=abc&top=0", "customer_id=abc&top=101", "customer_id=abc&top=1.5",
-    "customer_id=abc&top=true", "customer_id=abc&top=", "customer_id=abc&top=-1",
-    "customer_id=abc&top=1e1", "customer_id=abc&unknown=1",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "top=5",
+        "customer_id=",
+        "customer_id=a%20b",
+        "customer_id=" + "x" * 65,
+        "customer_id=abc&top=0",
+        "customer_id=abc&top=101",
+        "customer_id=abc&top=1.5",
+        "customer_id=abc&top=true",
+        "customer_id=abc&top=",
+        "customer_id=abc&top=-1",
+        "customer_id=abc&top=1e1",
+        "customer_id=abc&unknown=1",
+    ],
+)
 def test_get_recommendation_rejects_bad_query(web, query):
     assert_json_error(web.get(f"/recommendation?{query}"), 400)
 
 
 BAD_FILTERS = [
-    ({"category": ""}, "category="), ({"category": " > "}, "category=%20%3E%20"),
-    ({"category": "x" * 201}, "category=" + "x" * 201), ({"category": "a\u0007b"}, "category=a%07b"),
-    ({"max_price": -1}, "max_price=-1"), ({"max_price": "10"}, "max_price=1e1"),
-    ({"max_price": True}, "max_price=true"), ({"max_price": None}, "max_price="),
-    ({"category": 3}, "max_price=nan"), ({"category": ["A"]}, "max_price=inf"),
+    ({"category": ""}, "category="),
+    ({"category": " > "}, "category=%20%3E%20"),
+    ({"category": "x" * 201}, "category=" + "x" * 201),
+    ({"category": "a\u0007b"}, "category=a%07b"),
+    ({"max_price": -1}, "max_price=-1"),
+    ({"max_price": "10"}, "max_price=1e1"),
+    ({"max_price": True}, "max_price=true"),
+    ({"max_price": None}, "max_price="),
+    ({"category": 3}, "max_price=nan"),
+    ({"category": ["A"]}, "max_price=inf"),
 ]
 
 
@@ -246,6 +276,7 @@ def test_get_customers_rejects_bad_query(web, query):
 
 # ---------------------------------------------------------------- synchronous API without a worker
 
+
 def test_get_recommendation_answers_202_when_the_job_is_not_done_in_time(web):
     response = web.get("/recommendation?customer_id=abc&top=3")
     assert response.status_code == 202
@@ -271,6 +302,7 @@ def test_customers_without_a_published_list_or_worker_is_503(web, rdb):
 
 # ---------------------------------------------------------------- JSON errors everywhere
 
+
 def test_404_and_405_are_json(web):
     assert_json_error(web.get("/no/such/page"), 404)
     assert_json_error(web.get("/jobs"), 405)
@@ -292,6 +324,7 @@ def test_unexpected_errors_are_json_500(make_app, web_settings):
 
 # ---------------------------------------------------------------- OpenAPI
 
+
 def _spec_path(rule: str) -> str:
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
 
@@ -304,19 +337,31 @@ def test_openapi_matches_the_routes(web_app, web):
         if rule.endpoint == "static":
             continue
         routes.setdefault(_spec_path(rule.rule), set()).update(
-            m.lower() for m in rule.methods - {"HEAD", "OPTIONS"})
-    documented = {path: set(ops) & {"get", "post", "put", "patch", "delete"}
-                  for path, ops in spec["paths"].items()}
+            m.lower() for m in rule.methods - {"HEAD", "OPTIONS"}
+        )
+    documented = {
+        path: set(ops) & {"get", "post", "put", "patch", "delete"} for path, ops in spec["paths"].items()
+    }
     assert set(routes) == set(documented)
     for path, methods in routes.items():
         assert methods == documented[path], path
-    for path in ("/jobs", "/jobs/batch", "/jobs/{job_id}", "/recommendation", "/customers",
-                 "/healthz", "/readyz", "/products/{product_id}/similar", "/customers/{customer_id}/rated"):
+    for path in (
+        "/jobs",
+        "/jobs/batch",
+        "/jobs/{job_id}",
+        "/recommendation",
+        "/customers",
+        "/healthz",
+        "/readyz",
+        "/products/{product_id}/similar",
+        "/customers/{customer_id}/rated",
+    ):
         assert path in spec["paths"]
     assert "requestBody" in spec["paths"]["/jobs"]["post"]
 
 
 # ---------------------------------------------------------------- demo page and images
+
 
 def test_index_page(web):
     response = web.get("/")
@@ -339,18 +384,38 @@ def test_image_urls_are_added_to_results(web_app, web_settings):
     from web.service import with_image_urls
 
     local = str(web_settings.var_dir / "world" / "images" / "P1.png")
-    result = {"items": [{"image": local}, {"image": "https://cdn.example/x.jpg"}, {"image": ""},
-                        {"image": "/etc/passwd"}]}
+    result = {
+        "items": [
+            {"image": local},
+            {"image": "https://cdn.example/x.jpg"},
+            {"image": ""},
+            {"image": "/etc/passwd"},
+        ]
+    }
     with web_app.test_request_context():
         items = with_image_urls(result)["items"]
-    assert [i["image_url"] for i in items] == ["/media/world/images/P1.png",
-                                               "https://cdn.example/x.jpg", None, None]
+    assert [i["image_url"] for i in items] == [
+        "/media/world/images/P1.png",
+        "https://cdn.example/x.jpg",
+        None,
+        None,
+    ]
     assert not [i for i in items if "image" in i]  # the server path never reaches a client
 
 
-@pytest.mark.parametrize("code, status", [("invalid_input", 400), ("not_found", 404), ("model_unavailable", 503),
-                                          ("timeout", 503), ("expired", 410), ("internal", 500),
-                                          (None, 500), ("no-such-code", 500)])
+@pytest.mark.parametrize(
+    "code, status",
+    [
+        ("invalid_input", 400),
+        ("not_found", 404),
+        ("model_unavailable", 503),
+        ("timeout", 503),
+        ("expired", 410),
+        ("internal", 500),
+        (None, 500),
+        ("no-such-code", 500),
+    ],
+)
 def test_a_failed_job_answers_the_status_of_its_code(web_app, code, status):
     """web.errors is the one place where a worker's error code becomes an HTTP status."""
     from web.errors import job_failed
@@ -369,8 +434,11 @@ def test_worker_errors_cross_as_codes_not_class_names():
     from tasks.celery_app import make_celery
 
     app = make_celery()
-    stored = json.loads(json.dumps(  # what the result backend keeps
-        app.backend.prepare_exception(errors.TaskFailure(errors.MODEL_UNAVAILABLE, "m"))))
+    stored = json.loads(
+        json.dumps(  # what the result backend keeps
+            app.backend.prepare_exception(errors.TaskFailure(errors.MODEL_UNAVAILABLE, "m"))
+        )
+    )
     assert stored["exc_message"] == ["model_unavailable", "m"]
     stand_in = app.backend.exception_to_python({**stored, "exc_module": "no.such.module"})
     assert type(stand_in) is not errors.TaskFailure

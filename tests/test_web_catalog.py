@@ -1,6 +1,7 @@
 """Similar products, reasons and filters (issue 15 items 2-4) through the real app, with the
 session's Redis and prefork worker behind it (tests/conftest.py): answers, their schemas and the
 status of every refusal."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,8 +51,12 @@ def test_recommendation_with_filters_and_reasons(web, rec, known_customers):
     max_price = round(float(np.nanpercentile(rec.catalog.prices, 90)), 2)
     category = _a_category_missing_from_the_top(rec, cid, 4, max_price)
     allowed = {str(p) for p in rec.tables.product_ids[rec.allowed(Filters(category, max_price))]}
-    body = _json(web.get(f"/recommendation?customer_id={cid}&top=4&category={quote(category)}"
-                         f"&max_price={max_price:.2f}"), 200)
+    body = _json(
+        web.get(
+            f"/recommendation?customer_id={cid}&top=4&category={quote(category)}&max_price={max_price:.2f}"
+        ),
+        200,
+    )
     assert body["filters"] == {"category": category, "max_price": pytest.approx(max_price, abs=0.01)}
     assert len(body["items"]) == 4 and {x["product_id"] for x in body["items"]} <= allowed
     expected = rec.recommend(cid, top=4, filters=Filters(category, max_price))
@@ -59,14 +64,19 @@ def test_recommendation_with_filters_and_reasons(web, rec, known_customers):
     assert [x["because"] for x in body["items"]] == [x["because"] for x in expected]
     for item in body["items"]:
         assert item["because"]["method"] == "content_similarity"
-        assert all(set(p) == {"product_id", "title", "similarity", "rating"} for p in item["because"]["products"])
+        assert all(
+            set(p) == {"product_id", "title", "similarity", "rating"} for p in item["because"]["products"]
+        )
 
 
 def test_a_queued_job_with_filters_and_a_cold_customer(web, rec, wait_job, world_dir):
     category = "Clothing, Shoes & Jewelry > Shoes"
-    accepted = _json(web.post("/jobs", json={"customer_id": "never-seen", "top": 3, "category": category}), 202)
-    job = wait_job(lambda path: (r := web.get(path)).status_code and (r.status_code, r.get_json()),
-                   accepted["job_id"])
+    accepted = _json(
+        web.post("/jobs", json={"customer_id": "never-seen", "top": 3, "category": category}), 202
+    )
+    job = wait_job(
+        lambda path: (r := web.get(path)).status_code and (r.status_code, r.get_json()), accepted["job_id"]
+    )
     assert job["state"] == "succeeded" and job["result"]["filters"] == {"category": category}
     items = job["result"]["items"]
     assert [x["because"] for x in items] == [{"method": "popular", "products": []}] * 3
@@ -78,8 +88,9 @@ def test_an_unknown_category_is_400_or_a_failed_job(web, wait_job, known_custome
     body = _json(web.get(f"/recommendation?customer_id={known_customers[0]}&category=No%20Such%20Thing"), 400)
     assert body["code"] == "invalid_input" and "unknown category" in body["error"]
     accepted = _json(web.post("/jobs/batch", json={"customer_ids": ["a"], "category": "No Such Thing"}), 202)
-    job = wait_job(lambda path: (r := web.get(path)).status_code and (r.status_code, r.get_json()),
-                   accepted["job_id"])
+    job = wait_job(
+        lambda path: (r := web.get(path)).status_code and (r.status_code, r.get_json()), accepted["job_id"]
+    )
     assert job["state"] == "failed" and job["error_code"] == "invalid_input"
 
 

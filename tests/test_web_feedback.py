@@ -1,5 +1,6 @@
 """web/feedback.py + tasks/feedback.py on the session's real worker and Redis: POST /feedback is
 recorded (stream and file) and the very next recommendation reflects it; bad input is refused."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,9 @@ def test_feedback_makes_a_new_customer_known_and_the_product_seen(web, settings,
     first = _recommend(web, customer)
     assert first["cold_start"] is True and product in {x["product_id"] for x in first["items"]}
 
-    response = web.post("/feedback", json={"customer_id": customer, "product_id": product, "rating": 5,
-                                           "text": "Love it"})
+    response = web.post(
+        "/feedback", json={"customer_id": customer, "product_id": product, "rating": 5, "text": "Love it"}
+    )
     assert response.status_code == 202, response.get_json()
     body = response.get_json()
     assert body["feedback_id"] and body["known_customer"] is True and body["rating"] == 5.0
@@ -53,8 +55,13 @@ def test_feedback_makes_a_new_customer_known_and_the_product_seen(web, settings,
     entries = stream.xrange(names.FEEDBACK_STREAM, body["feedback_id"], body["feedback_id"])
     assert stream.xlen(names.FEEDBACK_STREAM) == before + 1 and entries[0][1]["product_id"] == product
     lines = [json.loads(x) for x in settings.feedback_file.read_text().splitlines()]
-    assert {"user_id": customer, "parent_asin": product, "rating": 5.0, "text": "Love it",
-            "feedback_id": body["feedback_id"]}.items() <= lines[-1].items()
+    assert {
+        "user_id": customer,
+        "parent_asin": product,
+        "rating": 5.0,
+        "text": "Love it",
+        "feedback_id": body["feedback_id"],
+    }.items() <= lines[-1].items()
     stream.close()
 
 
@@ -69,13 +76,21 @@ def test_an_unknown_product_is_404_and_nothing_is_recorded(web, settings):
     stream.close()
 
 
-@pytest.mark.parametrize("body", [
-    {"customer_id": "C1", "product_id": "P1"}, {"customer_id": "C1", "product_id": "P1", "rating": 0},
-    {"customer_id": "C1", "product_id": "P1", "rating": 6}, {"customer_id": "C1", "product_id": "P1", "rating": "5"},
-    {"customer_id": "C1", "product_id": "P1", "rating": True}, {"customer_id": "bad id", "product_id": "P1", "rating": 3},
-    {"customer_id": "C1", "product_id": "", "rating": 3}, {"customer_id": "C1", "product_id": "P\x01", "rating": 3},
-    {"customer_id": "C1", "product_id": "P1", "rating": 3, "text": "x" * 5001},
-    {"customer_id": "C1", "product_id": "P1", "rating": 3, "extra": 1}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"customer_id": "C1", "product_id": "P1"},
+        {"customer_id": "C1", "product_id": "P1", "rating": 0},
+        {"customer_id": "C1", "product_id": "P1", "rating": 6},
+        {"customer_id": "C1", "product_id": "P1", "rating": "5"},
+        {"customer_id": "C1", "product_id": "P1", "rating": True},
+        {"customer_id": "bad id", "product_id": "P1", "rating": 3},
+        {"customer_id": "C1", "product_id": "", "rating": 3},
+        {"customer_id": "C1", "product_id": "P\x01", "rating": 3},
+        {"customer_id": "C1", "product_id": "P1", "rating": 3, "text": "x" * 5001},
+        {"customer_id": "C1", "product_id": "P1", "rating": 3, "extra": 1},
+    ],
+)
 def test_bad_feedback_is_400_before_any_task(make_app, base_settings, idle_redis, body):
     web = make_app(replace(base_settings, redis_url=idle_redis.url, sync_wait_s=0.2)).test_client()
     queued = redis.Redis.from_url(idle_redis.url).llen(names.INFERENCE_QUEUE)

@@ -1,5 +1,6 @@
 """web/models.py: model management behind the admin token. The token and input checks run against a
 Redis no worker consumes from; training, listing and publishing run on the session's real worker."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def idle_admin(make_app, base_settings, idle_redis):
-    return make_app(replace(base_settings, redis_url=idle_redis.url, admin_token=TOKEN,
-                            sync_wait_s=0.2)).test_client()
+    return make_app(
+        replace(base_settings, redis_url=idle_redis.url, admin_token=TOKEN, sync_wait_s=0.2)
+    ).test_client()
 
 
 def _error(response, status: int) -> dict:
@@ -28,16 +30,25 @@ def _error(response, status: int) -> dict:
     return body
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/models"), ("POST", "/models"),
-                                          ("POST", "/models/v1/publish")])
+@pytest.mark.parametrize(
+    "method, path", [("GET", "/models"), ("POST", "/models"), ("POST", "/models/v1/publish")]
+)
 def test_without_a_configured_token_the_routes_are_off(make_app, base_settings, idle_redis, method, path):
     web = make_app(replace(base_settings, redis_url=idle_redis.url, admin_token="")).test_client()
     body = _error(web.open(path, method=method, json={"data_path": "world"}, headers=AUTH), 503)
     assert "RECSYS_ADMIN_TOKEN" in body["error"]
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": TOKEN}, {"Authorization": "Bearer wrong"},
-                                     {"Authorization": f"Basic {TOKEN}"}, {"Authorization": f"Bearer {TOKEN}x"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": TOKEN},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+    ],
+)
 def test_a_missing_or_wrong_token_is_401(idle_admin, idle_redis, headers):
     import redis
 
@@ -49,10 +60,21 @@ def test_a_missing_or_wrong_token_is_401(idle_admin, idle_redis, headers):
     assert redis.Redis.from_url(idle_redis.url).llen(names.TRAINING_QUEUE) == queued  # nothing sent
 
 
-@pytest.mark.parametrize("body", [
-    {}, {"data_path": ""}, {"data_path": "/etc"}, {"data_path": "../../etc"}, {"data_path": "world/../.."},
-    {"data_path": 3}, {"data_path": "world", "epochs": 0}, {"data_path": "world", "epochs": "2"},
-    {"data_path": "world", "epochs": True}, {"data_path": "world", "extra": 1}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"data_path": ""},
+        {"data_path": "/etc"},
+        {"data_path": "../../etc"},
+        {"data_path": "world/../.."},
+        {"data_path": 3},
+        {"data_path": "world", "epochs": 0},
+        {"data_path": "world", "epochs": "2"},
+        {"data_path": "world", "epochs": True},
+        {"data_path": "world", "extra": 1},
+    ],
+)
 def test_bad_training_requests_are_400(idle_admin, body):
     _error(idle_admin.post("/models", json=body, headers=AUTH), 400)
 
@@ -84,6 +106,7 @@ def test_the_openapi_document_says_the_routes_need_the_token(idle_admin):
 
 
 # ---------------------------------------------------------------- on the real worker
+
 
 @pytest.fixture
 def admin(make_app, settings, worker):
@@ -143,7 +166,9 @@ def test_train_list_publish_and_roll_back(admin, worker, models_dir, known_custo
     assert versions[0] == new and before in versions and versions == sorted(versions, reverse=True)
     assert models["current"] == new and [m["version"] for m in models["models"] if m["current"]] == [new]
     mine = models["models"][0]
-    assert mine["servable"] and mine["data"]["fingerprint"] == view["result"]["manifest"]["data"]["fingerprint"]
+    assert (
+        mine["servable"] and mine["data"]["fingerprint"] == view["result"]["manifest"]["data"]["fingerprint"]
+    )
     assert mine["metrics"] == view["result"]["manifest"]["metrics"] and mine["created"]
     assert _served_version(admin, known_customers[0]) == new
 
@@ -164,7 +189,10 @@ def test_training_from_a_missing_folder_fails_as_the_clients_error(admin, models
     response = admin.post("/models", json={"data_path": "no-such-folder"}, headers=AUTH)
     assert response.status_code == 202
     deadline = time.monotonic() + 60
-    while (view := admin.get(response.get_json()["status_url"]).get_json())["state"] not in ("succeeded", "failed"):
+    while (view := admin.get(response.get_json()["status_url"]).get_json())["state"] not in (
+        "succeeded",
+        "failed",
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert (view["state"], view["error_code"]) == ("failed", "not_found")

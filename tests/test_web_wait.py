@@ -5,6 +5,7 @@ Against the real session stack (a real Redis and a real prefork worker), plus a 
 listens on (`idle_redis`) where a test completes the job itself through Celery's result backend
 (SET + PUBLISH, exactly what a worker does). Assertions are about order and counts, never durations.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ from ml.config import REPO_ROOT
 from scripts.procs import wait_until
 
 # ---------------------------------------------------------------- helpers
+
 
 def json_of(response) -> tuple[int, dict]:
     assert response.mimetype == "application/json", response.get_data(as_text=True)
@@ -97,11 +99,17 @@ def post_job(client, customer_id: str = "abc", top: int = 3) -> str:
 
 
 def fake_result(job_id: str) -> dict:
-    return {"customer_id": f"for-{job_id}", "top": 1, "items": [], "cold_start": True,
-            "model_version": "v-test"}
+    return {
+        "customer_id": f"for-{job_id}",
+        "top": 1,
+        "items": [],
+        "cold_start": True,
+        "model_version": "v-test",
+    }
 
 
 # ---------------------------------------------------------------- with the real worker
+
 
 @pytest.mark.service
 def test_sync_get_returns_the_result_of_the_finished_job(client, worker, known_customers):
@@ -162,17 +170,24 @@ def test_the_web_process_never_imports_tensorflow_while_waiting(settings, worker
         f"j = c.post('/jobs', json={{'customer_id': {known_customers[1]!r}, 'top': 2}}).get_json()\n"
         "w = c.get(f\"/jobs/{j['job_id']}?wait=30\").get_json()\n"
         "print(json.dumps([r.status_code, w['state'],"
-        " sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)]))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                         timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        " sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [200, "succeeded", []]
 
 
 # ---------------------------------------------------------------- order and counts (idle Redis)
 
-def test_waiter_wakes_on_the_published_result(idle_app, backend, idle_redis, describe_calls,
-                                              monkeypatch):
+
+def test_waiter_wakes_on_the_published_result(idle_app, backend, idle_redis, describe_calls, monkeypatch):
     """The waiter is subscribed before the job finishes, and reads the state once more per
     message, not on a timer: 1 read by the view, 1 right after subscribing, 1 on the message."""
     monkeypatch.setattr(web.service, "RECHECK_S", 3600.0)  # no safety-net re-read in this test
@@ -193,8 +208,7 @@ def test_waiter_wakes_on_the_published_result(idle_app, backend, idle_redis, des
     assert subscribers(idle_redis.url, [job_id])[channel(job_id)] == 0
 
 
-def test_a_result_stored_before_the_subscription_is_seen(idle_app, backend, idle_redis,
-                                                        monkeypatch):
+def test_a_result_stored_before_the_subscription_is_seen(idle_app, backend, idle_redis, monkeypatch):
     """The result lands between the view's first read and the SUBSCRIBE: `wait` reads the state
     after subscribing, so it answers without ever waiting for a message."""
     monkeypatch.setattr(web.service, "RECHECK_S", 3600.0)
@@ -209,8 +223,7 @@ def test_a_result_stored_before_the_subscription_is_seen(idle_app, backend, idle
         def get_message(ignore_subscribe_messages=False, timeout=0.0):
             if ignore_subscribe_messages:
                 blocking_reads.append(timeout)
-            return real_get_message(ignore_subscribe_messages=ignore_subscribe_messages,
-                                    timeout=timeout)
+            return real_get_message(ignore_subscribe_messages=ignore_subscribe_messages, timeout=timeout)
 
         pubsub.get_message = get_message
         real_subscribe(pubsub, name, deadline)
@@ -253,13 +266,18 @@ def test_plain_get_does_not_wait(idle_app, describe_calls, monkeypatch):
 
 # ---------------------------------------------------------------- failures
 
+
 def test_redis_dying_during_a_long_poll_is_503(make_app, base_settings, spare_redis):
     app = make_app(replace(base_settings, redis_url=spare_redis.url))
     job_id = post_job(app.test_client())
     waiter = Waiter(app, f"/jobs/{job_id}?wait=30")
     waiter.start()
-    wait_until(lambda: subscribers(spare_redis.url, [job_id])[channel(job_id)] == 1, 60,
-               interval_s=0.02, what="the waiter's subscription")
+    wait_until(
+        lambda: subscribers(spare_redis.url, [job_id])[channel(job_id)] == 1,
+        60,
+        interval_s=0.02,
+        what="the waiter's subscription",
+    )
     spare_redis.stop()
     waiter.join(120)
     assert waiter.answer is not None, "the waiter hung after Redis went away"
@@ -275,10 +293,23 @@ def test_long_poll_with_redis_down_is_503(make_app, base_settings, dead_redis_ur
 
 # ---------------------------------------------------------------- ?wait= validation
 
-@pytest.mark.parametrize("query", [
-    "wait=-1", "wait=abc", "wait=", "wait=1e3", "wait=nan", "wait=inf", "wait=0.5.5", "wait=+1",
-    "wait=30.001", "wait=31", "wait=1&other=2",
-])
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "wait=-1",
+        "wait=abc",
+        "wait=",
+        "wait=1e3",
+        "wait=nan",
+        "wait=inf",
+        "wait=0.5.5",
+        "wait=+1",
+        "wait=30.001",
+        "wait=31",
+        "wait=1&other=2",
+    ],
+)
 def test_bad_wait_is_400_json(idle_app, query):
     job_id = post_job(idle_app.test_client())
     status, body = json_of(idle_app.test_client().get(f"/jobs/{job_id}?{query}"))
@@ -294,8 +325,7 @@ def test_wait_maximum_comes_from_settings(make_app, idle_settings):
 
 
 def test_unknown_job_with_wait_is_404(idle_app):
-    status, body = json_of(idle_app.test_client().get(
-        "/jobs/00000000-0000-0000-0000-000000000000?wait=5"))
+    status, body = json_of(idle_app.test_client().get("/jobs/00000000-0000-0000-0000-000000000000?wait=5"))
     assert status == 404 and body["error"]
 
 

@@ -5,6 +5,7 @@ the hard limit at work; a task stuck in native code (a long TensorFlow op, a hun
 see the soft exception either. This task stands for that case: it swallows the soft exception and
 goes on, so only the hard limit's kill can end it. Run as `celery -A tests.time_limit_app:app worker`.
 """
+
 from __future__ import annotations
 
 import time

@@ -1,10 +1,12 @@
 """Flask front end (APIFlask): submits Celery jobs and reads their results; never loads TensorFlow.
 
-    gunicorn -w 2 -k gthread --threads 4 -b 127.0.0.1:5000 "web:create_app()"
+gunicorn -w 2 -k gthread --threads 4 -b 127.0.0.1:5000 "web:create_app()"
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import redis
 from apiflask import APIFlask
@@ -48,8 +50,13 @@ def celery_init_app(app: Flask) -> Celery:
 
 def make_redis(url: str) -> redis.Redis:
     """A fail-fast client (1 s timeouts, no retries): a dead Redis turns into a quick 503."""
-    return redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0,
-                                retry=Retry(NoBackoff(), 0), decode_responses=True)
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=1.0,
+        socket_timeout=2.0,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
@@ -58,8 +65,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
     settings: Settings = test_config.pop("SETTINGS", None) or Settings.from_env()
     from web.schemas import Error
 
-    app = APIFlask(__name__, title="Fashion recommender", version="1.0",
-                   spec_path="/openapi.json", docs_path="/docs", docs_oauth2_redirect_path=None)
+    app = APIFlask(
+        __name__,
+        title="Fashion recommender",
+        version="1.0",
+        spec_path="/openapi.json",
+        docs_path="/docs",
+        docs_oauth2_redirect_path=None,
+    )
     app.config.from_mapping(
         SETTINGS=settings,
         CELERY=celery_config(settings),
@@ -68,8 +81,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
         # every error answer is web.errors.error_response's shape; document that one
         VALIDATION_ERROR_SCHEMA=Error,
         HTTP_ERROR_SCHEMA=Error,
-        JSON_SORT_KEYS=False,
-        SYNC_WAIT_S=settings.sync_wait_s,
         MAX_CONTENT_LENGTH=1024 * 1024,
         # the model-management routes (web.models): Authorization: Bearer <RECSYS_ADMIN_TOKEN>
         SECURITY_SCHEMES={"AdminToken": {"type": "http", "scheme": "bearer"}},
@@ -98,11 +109,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> APIFlask:
         # The spec and docs routes themselves, so the spec lists every route the app serves.
         for rule in app.url_map.iter_rules():
             if rule.endpoint.startswith("openapi."):
-                spec.setdefault("paths", {})[rule.rule] = {"get": {
-                    "tags": ["Meta"],
-                    "summary": "OpenAPI document" if rule.rule.endswith(".json") else "API docs (HTML)",
-                    "responses": {"200": {"description": "OK"}},
-                }}
+                spec.setdefault("paths", {})[rule.rule] = {
+                    "get": {
+                        "tags": ["Meta"],
+                        "summary": "OpenAPI document" if rule.rule.endswith(".json") else "API docs (HTML)",
+                        "responses": {"200": {"description": "OK"}},
+                    }
+                }
         return spec
 
     return app

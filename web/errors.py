@@ -3,6 +3,7 @@
 A failed job's HTTP status comes from the code its worker set (`tasks.errors`), mapped here and
 nowhere else (`STATUS_FOR_CODE`): only `invalid_input` and `not_found` are the client's.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 import redis
 from apiflask import APIFlask, HTTPError
 from flask import jsonify
-from werkzeug.exceptions import BadRequest
 from kombu.exceptions import OperationalError
+from werkzeug.exceptions import BadRequest
 
 from tasks import errors as codes
 
@@ -53,15 +54,15 @@ def status_for_code(code: str | None) -> int:
 def job_failed(view: dict[str, Any]):
     """The HTTP answer for a failed job (its public view from `web.service.describe`)."""
     code = view.get("error_code") or codes.INTERNAL
-    return error_response(status_for_code(code), view.get("error") or "the job failed",
-                          code=code, job_id=view["job_id"])
+    return error_response(
+        status_for_code(code), view.get("error") or "the job failed", code=code, job_id=view["job_id"]
+    )
 
 
 def register(app: APIFlask) -> None:
     @app.error_processor
     def _http_error(error: HTTPError):
-        return error_response(error.status_code, error.message or "error", error.detail,
-                              error.headers)
+        return error_response(error.status_code, error.message or "error", error.detail, error.headers)
 
     @app.errorhandler(BadRequest)
     def _bad_request(exc: BadRequest):

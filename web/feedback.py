@@ -7,6 +7,7 @@ it. If no worker answers in time the 202 still holds: the job is queued (the bro
 durable as the stream) and status_url tells when it was recorded. An unknown product is a 404, a bad
 rating a 400.
 """
+
 from __future__ import annotations
 
 from apiflask import APIBlueprint
@@ -23,10 +24,16 @@ bp.before_request(require_json_body)
 @bp.post("/feedback")
 @bp.input(FeedbackIn, location="json", arg_name="body")
 @bp.output(FeedbackAccepted, status_code=202, description="Recorded (feedback_id), or queued to be")
-@bp.doc(summary="A customer's rating of a product, folded into the live model without retraining",
-        responses={400: "Invalid input", 404: "Unknown product", 413: "Body over 1 MiB",
-                   500: "The job failed in the worker",
-                   503: "Redis down, or no usable model (none published, or a broken artifact)"})
+@bp.doc(
+    summary="A customer's rating of a product, folded into the live model without retraining",
+    responses={
+        400: "Invalid input",
+        404: "Unknown product",
+        413: "Body over 1 MiB",
+        500: "The job failed in the worker",
+        503: "Redis down, or no usable model (none published, or a broken artifact)",
+    },
+)
 def post_feedback(body):
     args = [body["customer_id"], body["product_id"], body["rating"], body.get("text")]
     meta = {"customer_id": body["customer_id"], "product_id": body["product_id"][:128]}

@@ -1,5 +1,6 @@
 """GET /healthz (the process is up) and GET /readyz (Redis reachable, a worker answers, and a worker
 has loaded a model: the version it published under `names.CUSTOMERS_KEY` is the one that serves)."""
+
 from __future__ import annotations
 
 import json
@@ -26,16 +27,17 @@ def healthz():
 
 @bp.get("/readyz")
 @bp.output(Ready)
-@bp.doc(summary="Readiness: Redis reachable, a worker answers a ping and a model is loaded "
-                "(its version is given)",
-        responses={503: "Not ready (reason given)"})
+@bp.doc(
+    summary="Readiness: Redis reachable, a worker answers a ping and a model is loaded "
+    "(its version is given)",
+    responses={503: "Not ready (reason given)"},
+)
 def readyz():
     timeout = get_settings().readyz_timeout_s
     try:
         get_redis().ping()
     except redis.RedisError as exc:
-        return error_response(503, "not ready", ready=False,
-                              reason=f"redis unreachable: {str(exc)[:200]}")
+        return error_response(503, "not ready", ready=False, reason=f"redis unreachable: {str(exc)[:200]}")
     try:
         # limit=1: answer as soon as one worker replies (else wait the whole timeout)
         replies = get_celery().control.ping(timeout=timeout, limit=1) or []
@@ -43,13 +45,13 @@ def readyz():
         return error_response(503, "not ready", ready=False, reason=f"broker error: {exc}"[:250])
     workers = sorted(name for reply in replies for name in reply)
     if not workers:
-        return error_response(503, "not ready", ready=False,
-                              reason=f"no Celery worker answered a ping within {timeout:g}s")
+        return error_response(
+            503, "not ready", ready=False, reason=f"no Celery worker answered a ping within {timeout:g}s"
+        )
     try:
         raw = get_redis().get(names.CUSTOMERS_KEY)
     except redis.RedisError as exc:
-        return error_response(503, "not ready", ready=False,
-                              reason=f"redis unreachable: {str(exc)[:200]}")
+        return error_response(503, "not ready", ready=False, reason=f"redis unreachable: {str(exc)[:200]}")
     try:
         published = json.loads(raw) if raw else {}
         model_version = published.get("model_version") if isinstance(published, dict) else None
@@ -57,7 +59,11 @@ def readyz():
         model_version = None
     if not model_version:
         # workers answer, but none has loaded a model yet (still loading, or none is published)
-        return error_response(503, "not ready", ready=False,
-                              reason=f"{len(workers)} worker(s) answer, but none has loaded a model "
-                                     "yet (loading, or none is published)")
+        return error_response(
+            503,
+            "not ready",
+            ready=False,
+            reason=f"{len(workers)} worker(s) answer, but none has loaded a model "
+            "yet (loading, or none is published)",
+        )
     return jsonify({"ready": True, "workers": workers, "model_version": model_version})

@@ -3,6 +3,7 @@
 Celery reports PENDING for any id, known or not; this registry is how `GET /jobs/<id>` tells a
 queued job from an id that was never submitted (404).
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Asynchronous jobs: POST /jobs, POST /jobs/batch, GET /jobs/<job_id>[?wait=seconds]."""
+
 from __future__ import annotations
 
 from apiflask import APIBlueprint
@@ -48,8 +49,10 @@ def accepted_response(job_id: str) -> Response:
     return response
 
 
-ACCEPTED_DOC = {"description": "Still running: poll status_url (also in Location)",
-                "content": {"application/json": {"schema": JobAccepted}}}
+ACCEPTED_DOC = {
+    "description": "Still running: poll status_url (also in Location)",
+    "content": {"application/json": {"schema": JobAccepted}},
+}
 
 
 def submit_and_wait(task: str, args: list, kind: str, **meta) -> tuple[str, dict]:
@@ -74,11 +77,17 @@ def answer_within_wait(task: str, args: list, kind: str, **meta):
 @bp.post("/jobs")
 @bp.input(JobIn, location="json", arg_name="body")
 @bp.output(JobAccepted, status_code=202, description="Job queued; poll status_url")
-@bp.doc(summary="Queue a recommendation job (optionally filtered by category and max_price)",
-        responses={400: "Invalid input", 413: "Body over 1 MiB", 503: "Redis down"})
+@bp.doc(
+    summary="Queue a recommendation job (optionally filtered by category and max_price)",
+    responses={400: "Invalid input", 413: "Body over 1 MiB", 503: "Redis down"},
+)
 def create_job(body):
-    job_id = submit(names.RECOMMEND, recommend_args([body["customer_id"], body["top"]], body), "recommend",
-                    customer_id=body["customer_id"])
+    job_id = submit(
+        names.RECOMMEND,
+        recommend_args([body["customer_id"], body["top"]], body),
+        "recommend",
+        customer_id=body["customer_id"],
+    )
     return accepted(job_id)
 
 
@@ -91,27 +100,35 @@ def recommend_args(args: list, request_data: dict) -> list:
 @bp.post("/jobs/batch")
 @bp.input(BatchJobIn, location="json", arg_name="body")
 @bp.output(JobAccepted, status_code=202, description="Job queued; poll status_url")
-@bp.doc(summary="Queue a batch recommendation job (the same filters for every customer)",
-        responses={400: "Invalid input (or more than max_batch ids)", 413: "Body over 1 MiB",
-                   503: "Redis down"})
+@bp.doc(
+    summary="Queue a batch recommendation job (the same filters for every customer)",
+    responses={400: "Invalid input (or more than max_batch ids)", 413: "Body over 1 MiB", 503: "Redis down"},
+)
 def create_batch_job(body):
     max_batch = get_settings().max_batch
     if len(body["customer_ids"]) > max_batch:
-        return error_response(400, "Invalid input", {"json": {"customer_ids": [
-            f"at most {max_batch} customer ids per batch"]}})
-    job_id = submit(names.RECOMMEND_BATCH, recommend_args([body["customer_ids"], body["top"]], body), "batch",
-                    count=len(body["customer_ids"]))
+        return error_response(
+            400, "Invalid input", {"json": {"customer_ids": [f"at most {max_batch} customer ids per batch"]}}
+        )
+    job_id = submit(
+        names.RECOMMEND_BATCH,
+        recommend_args([body["customer_ids"], body["top"]], body),
+        "batch",
+        count=len(body["customer_ids"]),
+    )
     return accepted(job_id)
 
 
 @bp.get("/jobs/<job_id>")
 @bp.input(JobQuery, location="query", arg_name="query", unknown=RAISE)
 @bp.output(JobStatus, description="The job's state, and its result or error once finished")
-@bp.doc(summary="A job's state and result (optionally long-polling until it has finished)",
-        description="With `?wait=N` the answer comes as soon as the job has finished (the result "
-                    "backend's pub/sub message, no polling interval), or after N seconds with the "
-                    "state it is in then. N is at most RECSYS_JOB_WAIT_MAX_S (default 30).",
-        responses={400: "Invalid `wait`", 404: "Unknown job id", 503: "Redis down"})
+@bp.doc(
+    summary="A job's state and result (optionally long-polling until it has finished)",
+    description="With `?wait=N` the answer comes as soon as the job has finished (the result "
+    "backend's pub/sub message, no polling interval), or after N seconds with the "
+    "state it is in then. N is at most RECSYS_JOB_WAIT_MAX_S (default 30).",
+    responses={400: "Invalid `wait`", 404: "Unknown job id", 503: "Redis down"},
+)
 def get_job(job_id: str, query):
     too_long = _wait_too_long(query["wait"])
     if too_long is not None:
@@ -130,5 +147,4 @@ def _wait_too_long(wait_s: float):
     max_s = get_settings().job_wait_max_s
     if wait_s <= max_s:
         return None
-    return error_response(400, "Invalid input", {"query": {"wait": [
-        f"at most {max_s:g} seconds"]}})
+    return error_response(400, "Invalid input", {"query": {"wait": [f"at most {max_s:g} seconds"]}})

@@ -1,4 +1,5 @@
 """Products: GET /products/<product_id>/similar (answered synchronously within the wait budget)."""
+
 from __future__ import annotations
 
 from apiflask import APIBlueprint
@@ -15,13 +16,19 @@ bp = APIBlueprint("products", __name__, tag="Products")
 @bp.get("/products/<product_id>/similar")
 @bp.input(SimilarQuery, location="query", arg_name="query", unknown=RAISE)
 @bp.output(SimilarProducts, description="The products nearest by content (the job finished in time)")
-@bp.doc(summary="Products similar to one product, by content (waits up to sync_wait_s)",
-        description="Nearest products by cosine similarity of the content vectors the model is given "
-                    "(image and product-text embeddings; `modalities` says which), found by the worker "
-                    "through the retrieval index classes (ml.retrieval). Never the product itself.",
-        responses={202: ACCEPTED_DOC, 400: "Invalid `top`", 404: "Unknown product",
-                   500: "The job failed in the worker",
-                   503: "Redis down, or no usable model (none published, or a broken artifact)"})
+@bp.doc(
+    summary="Products similar to one product, by content (waits up to sync_wait_s)",
+    description="Nearest products by cosine similarity of the content vectors the model is given "
+    "(image and product-text embeddings; `modalities` says which), found by the worker "
+    "through the retrieval index classes (ml.retrieval). Never the product itself.",
+    responses={
+        202: ACCEPTED_DOC,
+        400: "Invalid `top`",
+        404: "Unknown product",
+        500: "The job failed in the worker",
+        503: "Redis down, or no usable model (none published, or a broken artifact)",
+    },
+)
 def get_similar(product_id: str, query):
     if not PRODUCT_ID_RE.fullmatch(product_id):  # no product has such an id
         return error_response(404, f"unknown product: {product_id[:80]!r}")

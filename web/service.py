@@ -1,4 +1,5 @@
 """What the blueprints share: submit a job, describe it, wait for it (all over Celery + Redis)."""
+
 from __future__ import annotations
 
 import time
@@ -53,8 +54,9 @@ def submit(task_name: str, args: list[Any], kind: str, **meta: Any) -> str:
         get_celery().send_task(task_name, args=args, task_id=job_id)
     except (OperationalError, redis.RedisError, OSError) as exc:
         store.discard(job_id)
-        raise ServiceUnavailable("could not queue the job: the broker is unreachable",
-                                 reason=str(exc)[:200]) from exc
+        raise ServiceUnavailable(
+            "could not queue the job: the broker is unreachable", reason=str(exc)[:200]
+        ) from exc
     return job_id
 
 
@@ -65,8 +67,12 @@ def describe(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
     meta = get_celery().backend.get_task_meta(job_id)
     celery_state, result = meta.get("status", states.PENDING), meta.get("result")
     state = STATE_NAMES.get(celery_state, "queued")
-    out: dict[str, Any] = {"job_id": job_id, "kind": record.get("kind"), "state": state,
-                           "model_version": None}
+    out: dict[str, Any] = {
+        "job_id": job_id,
+        "kind": record.get("kind"),
+        "state": state,
+        "model_version": None,
+    }
     if state == "succeeded":
         out["result"] = with_image_urls(result)
         if isinstance(result, dict):

@@ -1,4 +1,5 @@
 """A tiny HTML page at / (pick a customer, see the recommendations with their images) and /media."""
+
 from __future__ import annotations
 
 from apiflask import APIBlueprint
@@ -12,15 +13,18 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 
 
 @bp.get("/")
-@bp.doc(summary="Demo page (HTML)",
-        responses={200: {"description": "HTML page", "content": {"text/html": {}}}})
+@bp.doc(
+    summary="Demo page (HTML)", responses={200: {"description": "HTML page", "content": {"text/html": {}}}}
+)
 def index():
     return render_template("index.html")
 
 
 @bp.get("/media/<path:filename>")
-@bp.doc(summary="A product image stored under the var/ directory",
-        responses={200: {"description": "image", "content": {"image/*": {}}}, 404: "Not found"})
+@bp.doc(
+    summary="A product image stored under the var/ directory",
+    responses={200: {"description": "image", "content": {"image/*": {}}}, 404: "Not found"},
+)
 def media(filename: str):
     if not filename.lower().endswith(IMAGE_SUFFIXES):
         abort(404)

@@ -4,10 +4,11 @@ the real AMAZON_FASHION_5.json has leading spaces). title = summary, text = revi
 
 No product metadata: products are the asins seen, with empty title/text/image.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .schema import (
     Dataset,
@@ -32,9 +33,24 @@ def read_reviews(path: Path, rows: ReviewRows, report: LoadReport) -> None:
     for line_no, rec in iter_json_records(path, report):  # lines are stripped before parsing
         customer = clean_id(rec.get("reviewerID"))
         product = clean_id(rec.get("asin"))
-        rating = check_review(report, path.name, line_no, customer, product, rec.get("overall"),
-                              customer_field="reviewerID", product_field="asin", rating_field="overall")
+        rating = check_review(
+            report,
+            path.name,
+            line_no,
+            customer,
+            product,
+            rec.get("overall"),
+            customer_field="reviewerID",
+            product_field="asin",
+            rating_field="overall",
+        )
         if rating is None:
             continue
-        rows.add(customer, product, rating, as_text(rec.get("summary")), as_text(rec.get("reviewText")),
-                 parse_timestamp(rec.get("unixReviewTime"), milliseconds=False))
+        rows.add(
+            customer,
+            product,
+            rating,
+            as_text(rec.get("summary")),
+            as_text(rec.get("reviewText")),
+            parse_timestamp(rec.get("unixReviewTime"), milliseconds=False),
+        )

@@ -8,12 +8,14 @@ categories [..], details {..}, parent_asin. Plain or gzipped. product_id = paren
 Product image: `images/<product_id>.(jpg|jpeg|png)` in the folder wins; else the first meta image's
 `hi_res` (else `large`): an URL is kept, a relative path is resolved against the folder.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .detect import A2023_META, A2023_REVIEWS
 from .schema import (
@@ -66,16 +68,37 @@ def read_reviews(path: Path, rows: ReviewRows, report: LoadReport) -> None:
     for line_no, rec in iter_json_records(path, report):
         customer = clean_id(rec.get("user_id"))
         product = clean_id(rec.get("parent_asin")) or clean_id(rec.get("asin"))
-        rating = check_review(report, path.name, line_no, customer, product, rec.get("rating"),
-                              customer_field="user_id", product_field="parent_asin/asin", rating_field="rating")
+        rating = check_review(
+            report,
+            path.name,
+            line_no,
+            customer,
+            product,
+            rec.get("rating"),
+            customer_field="user_id",
+            product_field="parent_asin/asin",
+            rating_field="rating",
+        )
         if rating is None:
             continue
-        rows.add(customer, product, rating, as_text(rec.get("title")), as_text(rec.get("text")),
-                 parse_timestamp(rec.get("timestamp"), milliseconds=None))
+        rows.add(
+            customer,
+            product,
+            rating,
+            as_text(rec.get("title")),
+            as_text(rec.get("text")),
+            parse_timestamp(rec.get("timestamp"), milliseconds=None),
+        )
 
 
-def read_meta(path: Path, base: Path, local_images: dict[str, str], out: list[dict[str, Any]],
-              seen: set[str], report: LoadReport) -> None:
+def read_meta(
+    path: Path,
+    base: Path,
+    local_images: dict[str, str],
+    out: list[dict[str, Any]],
+    seen: set[str],
+    report: LoadReport,
+) -> None:
     for line_no, rec in iter_json_records(path, report):
         pid = clean_id(rec.get("parent_asin")) or clean_id(rec.get("asin"))
         if not pid:
@@ -84,15 +107,17 @@ def read_meta(path: Path, base: Path, local_images: dict[str, str], out: list[di
         if pid in seen:
             continue  # the first meta line for a product wins
         seen.add(pid)
-        out.append({
-            "product_id": pid,
-            "title": as_text(rec.get("title")),
-            "text": _join_text(rec.get("features"), rec.get("description")),
-            "image": local_images.get(pid) or meta_image(rec.get("images"), base),
-            "store": as_text(rec.get("store")),
-            "categories": _categories(rec.get("categories")),
-            "price": parse_price(rec.get("price")),
-        })
+        out.append(
+            {
+                "product_id": pid,
+                "title": as_text(rec.get("title")),
+                "text": _join_text(rec.get("features"), rec.get("description")),
+                "image": local_images.get(pid) or meta_image(rec.get("images"), base),
+                "store": as_text(rec.get("store")),
+                "categories": _categories(rec.get("categories")),
+                "price": parse_price(rec.get("price")),
+            }
+        )
 
 
 def _local_images(images_dir: Path) -> dict[str, str]:

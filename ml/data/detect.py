@@ -4,6 +4,7 @@ Files are sniffed by content (the first parseable records), not trusted by name,
 2023 meta files may also be recognised by name (`meta*.jsonl[.gz]`). In a folder only top-level
 files are considered; files that are clearly not data (README, SOURCE.md, images...) are ignored.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,9 +25,35 @@ UNKNOWN = "unknown"
 
 # Files in a folder with these suffixes are never data (skipped without sniffing).
 _NON_DATA_SUFFIXES = {
-    ".md", ".txt", ".rst", ".html", ".htm", ".pdf", ".py", ".ipynb", ".yaml", ".yml", ".toml", ".ini",
-    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".svg", ".zip", ".tar", ".npy", ".npz",
-    ".pkl", ".parquet", ".lock", ".log", ".cfg", ".sh",
+    ".md",
+    ".txt",
+    ".rst",
+    ".html",
+    ".htm",
+    ".pdf",
+    ".py",
+    ".ipynb",
+    ".yaml",
+    ".yml",
+    ".toml",
+    ".ini",
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".gif",
+    ".webp",
+    ".bmp",
+    ".svg",
+    ".zip",
+    ".tar",
+    ".npy",
+    ".npz",
+    ".pkl",
+    ".parquet",
+    ".lock",
+    ".log",
+    ".cfg",
+    ".sh",
 }
 _SNIFF_LINES = 50
 CSV_REQUIRED = ("user_id", "item_id", "rating")
@@ -34,8 +61,12 @@ CSV_REQUIRED = ("user_id", "item_id", "rating")
 
 def is_meta_name(path: Path) -> bool:
     name = path.name.lower()
-    return name.startswith("meta") and (name.endswith(".jsonl") or name.endswith(".jsonl.gz")
-                                        or name.endswith(".json") or name.endswith(".json.gz"))
+    return name.startswith("meta") and (
+        name.endswith(".jsonl")
+        or name.endswith(".jsonl.gz")
+        or name.endswith(".json")
+        or name.endswith(".json.gz")
+    )
 
 
 def classify_record(rec: dict) -> str:
@@ -44,8 +75,22 @@ def classify_record(rec: dict) -> str:
         return A2018
     if "user_id" in keys and "rating" in keys and ("parent_asin" in keys or "asin" in keys):
         return A2023_REVIEWS
-    if "user_id" not in keys and ("parent_asin" in keys or "asin" in keys) and (
-        keys & {"main_category", "title", "features", "description", "images", "store", "details", "categories"}
+    if (
+        "user_id" not in keys
+        and ("parent_asin" in keys or "asin" in keys)
+        and (
+            keys
+            & {
+                "main_category",
+                "title",
+                "features",
+                "description",
+                "images",
+                "store",
+                "details",
+                "categories",
+            }
+        )
     ):
         return A2023_META
     return UNKNOWN
@@ -118,7 +163,9 @@ def detect(path: str | Path) -> tuple[str, list[tuple[Path, str]]]:
                 f"2018 JSON lines, or a ratings CSV with columns {', '.join(CSV_REQUIRED)}[, timestamp])"
             )
         if kind == A2023_META:
-            raise DataFormatError(f"{p}: Amazon 2023 product metadata only, no reviews; pass the folder holding the reviews too")
+            raise DataFormatError(
+                f"{p}: Amazon 2023 product metadata only, no reviews; pass the folder holding the reviews too"
+            )
         return _source_of(kind), [(p, kind)]
     if not p.is_dir():
         raise DataFormatError(f"{p}: neither a file nor a folder")
@@ -143,7 +190,9 @@ def detect(path: str | Path) -> tuple[str, list[tuple[Path, str]]]:
             f"({len(entries)} file(s) looked at{': ' + ', '.join(skipped[:5]) if skipped else ''})"
         )
     if skipped:
-        log.warning("%s: ignoring %d file(s) of no known format: %s", p, len(skipped), ", ".join(skipped[:10]))
+        log.warning(
+            "%s: ignoring %d file(s) of no known format: %s", p, len(skipped), ", ".join(skipped[:10])
+        )
     kinds = {k for _, k in found}
     if kinds <= {A2023_REVIEWS, A2023_META}:
         if A2023_REVIEWS not in kinds:
@@ -156,4 +205,9 @@ def detect(path: str | Path) -> tuple[str, list[tuple[Path, str]]]:
 
 
 def _source_of(kind: str) -> str:
-    return {A2023_REVIEWS: "amazon2023", A2023_META: "amazon2023", A2018: "amazon2018", RATINGS_CSV: "ratings_csv"}[kind]
+    return {
+        A2023_REVIEWS: "amazon2023",
+        A2023_META: "amazon2023",
+        A2018: "amazon2018",
+        RATINGS_CSV: "ratings_csv",
+    }[kind]

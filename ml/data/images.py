@@ -21,6 +21,7 @@
 local paths ("" where the download failed); `fetch_images(products, cache_dir)` builds the
 downloader with this module's defaults and returns the frame and a report for logs and manifests.
 """
+
 from __future__ import annotations
 
 import collections
@@ -31,10 +32,10 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlparse
 
 import pandas as pd
@@ -124,8 +125,11 @@ def check_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> 
     except (OSError, SyntaxError, ValueError) as exc:  # PIL: "image file is truncated", broken data
         msg = str(exc)
         code = "truncated" if "truncat" in msg.lower() or "end of file" in msg.lower() else "not_image"
-        raise _Failure(f"{'truncated image' if code == 'truncated' else 'unreadable image'} ({msg})",
-                       code == "truncated", code) from None
+        raise _Failure(
+            f"{'truncated image' if code == 'truncated' else 'unreadable image'} ({msg})",
+            code == "truncated",
+            code,
+        ) from None
 
 
 class ImageDownloader:
@@ -191,18 +195,30 @@ class ImageDownloader:
             self._fetch_all(todo, by_url, result)
         result.seconds = time.perf_counter() - started
         if result.failures:
-            log.warning("image download: %d of %d id(s) failed, by reason %s (e.g. %s)", len(result.failures),
-                        len(urls), result.by_reason(), next(iter(result.failures.items())))
+            log.warning(
+                "image download: %d of %d id(s) failed, by reason %s (e.g. %s)",
+                len(result.failures),
+                len(urls),
+                result.by_reason(),
+                next(iter(result.failures.items())),
+            )
         return result
 
     # ----------------------------------------------------------------- private
 
     def _fetch_all(self, todo: list[str], by_url: dict[str, list[str]], result: FetchResult) -> None:
-        bar = tqdm(total=len(todo), desc="fetch images", unit="img", disable=not self.progress, leave=False,
-                   mininterval=0.5)
+        bar = tqdm(
+            total=len(todo),
+            desc="fetch images",
+            unit="img",
+            disable=not self.progress,
+            leave=False,
+            mininterval=0.5,
+        )
         try:
-            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(todo)),
-                                    thread_name_prefix="image-fetch") as pool:
+            with ThreadPoolExecutor(
+                max_workers=min(self.concurrency, len(todo)), thread_name_prefix="image-fetch"
+            ) as pool:
                 futures = {pool.submit(self._download, url): url for url in todo}
                 for fut in as_completed(futures):
                     url = futures[fut]
@@ -245,9 +261,11 @@ class ImageDownloader:
             except _Failure as exc:
                 if not exc.retry or attempt >= self.retries:
                     if attempt:
-                        raise _Failure(f"{exc.reason} (after {attempt + 1} attempts)", False, exc.code) from None
+                        raise _Failure(
+                            f"{exc.reason} (after {attempt + 1} attempts)", False, exc.code
+                        ) from None
                     raise
-            time.sleep(self.backoff_s * (2 ** attempt))
+            time.sleep(self.backoff_s * (2**attempt))
             attempt += 1
 
     def _get_to(self, url: str, target: Path) -> None:
@@ -263,15 +281,20 @@ class ImageDownloader:
                 retry = status >= 500 or status in _RETRY_STATUS
                 raise _Failure(f"HTTP {status}", retry, f"http_{status}")
             ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if ctype and not (ctype.startswith("image/") or ctype in ("application/octet-stream", "binary/octet-stream")):
+            if ctype and not (
+                ctype.startswith("image/") or ctype in ("application/octet-stream", "binary/octet-stream")
+            ):
                 raise _Failure(f"not an image (Content-Type {ctype})", False, "not_image")
             try:
                 announced = int(resp.headers.get("Content-Length", ""))
             except ValueError:
                 announced = -1
             if announced > self.max_bytes:
-                raise _Failure(f"image larger than {self.max_bytes} bytes (Content-Length {announced})", False,
-                               "too_large")
+                raise _Failure(
+                    f"image larger than {self.max_bytes} bytes (Content-Length {announced})",
+                    False,
+                    "too_large",
+                )
             fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".part-", suffix=".tmp")
             try:
                 size = 0
@@ -339,8 +362,9 @@ def localize_images(products: pd.DataFrame, downloader: ImageDownloader) -> pd.D
     return out
 
 
-def fetch_images(products: pd.DataFrame, cache_dir: str | Path, progress: bool = True,
-                 **downloader_kw) -> tuple[pd.DataFrame, dict]:
+def fetch_images(
+    products: pd.DataFrame, cache_dir: str | Path, progress: bool = True, **downloader_kw
+) -> tuple[pd.DataFrame, dict]:
     """Localise every URL image of `products` into `cache_dir/images/` (see `ImageDownloader`).
 
     Returns (products with local paths, "" where the photo failed; report). The report is what
@@ -352,11 +376,23 @@ def fetch_images(products: pd.DataFrame, cache_dir: str | Path, progress: bool =
     out = localize_images(products, downloader)
     c = out.attrs["image_counts"]
     report = {
-        "urls": c["urls"], "fetched": c["downloaded"], "cached": c["cached"], "failed": c["failed"],
-        "failed_by_reason": out.attrs["image_failures"], "local": c["local"], "none": c["none"],
+        "urls": c["urls"],
+        "fetched": c["downloaded"],
+        "cached": c["cached"],
+        "failed": c["failed"],
+        "failed_by_reason": out.attrs["image_failures"],
+        "local": c["local"],
+        "none": c["none"],
         "seconds": out.attrs["image_fetch_seconds"],
     }
     if c["urls"]:
-        log.info("fetch images: %d URL(s): %d fetched, %d cached, %d failed %s in %.1fs", c["urls"],
-                 c["downloaded"], c["cached"], c["failed"], report["failed_by_reason"] or "", report["seconds"])
+        log.info(
+            "fetch images: %d URL(s): %d fetched, %d cached, %d failed %s in %.1fs",
+            c["urls"],
+            c["downloaded"],
+            c["cached"],
+            c["failed"],
+            report["failed_by_reason"] or "",
+            report["seconds"],
+        )
     return out, report

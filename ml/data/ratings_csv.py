@@ -3,16 +3,17 @@
 A folder of such CSVs is concatenated in file-name order. Timestamps may be unix seconds,
 milliseconds (values >= 1e11) or date strings. No product metadata.
 """
+
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .detect import CSV_REQUIRED
 from .schema import (
-    Dataset,
     DataFormatError,
+    Dataset,
     LoadReport,
     ReviewRows,
     check_review,
@@ -42,7 +43,9 @@ def read_ratings(path: Path, rows: ReviewRows, report: LoadReport) -> None:
                 header = [c.strip().lower().lstrip("\ufeff") for c in raw]
                 missing = [c for c in CSV_REQUIRED if c not in header]
                 if missing:
-                    raise DataFormatError(f"{path}: ratings CSV lacks column(s) {', '.join(missing)}; header is {raw}")
+                    raise DataFormatError(
+                        f"{path}: ratings CSV lacks column(s) {', '.join(missing)}; header is {raw}"
+                    )
                 iu, ii, ir = (header.index(c) for c in CSV_REQUIRED)
                 it = header.index("timestamp") if "timestamp" in header else -1
                 need = max(iu, ii, ir, it) + 1
@@ -53,8 +56,17 @@ def read_ratings(path: Path, rows: ReviewRows, report: LoadReport) -> None:
                 report.bad(name, line_no, f"{len(raw)} field(s), expected at least {need}")
                 continue
             customer, product = clean_id(raw[iu]), clean_id(raw[ii])
-            rating = check_review(report, name, line_no, customer, product, raw[ir],
-                                  customer_field="user_id", product_field="item_id", rating_field="rating")
+            rating = check_review(
+                report,
+                name,
+                line_no,
+                customer,
+                product,
+                raw[ir],
+                customer_field="user_id",
+                product_field="item_id",
+                rating_field="rating",
+            )
             if rating is None:
                 continue
             ts = parse_timestamp(raw[it], milliseconds=None) if it >= 0 else float("nan")

@@ -4,6 +4,7 @@ See docs/ARCHITECTURE.md, section "ml/data". Loaders collect raw review rows int
 buffer (column lists, cheap for millions of rows), then `build_reviews` applies the shared rules:
 dtypes, duplicate (customer, product) pairs keep the earliest (timestamp, then source order).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -12,9 +13,10 @@ import io
 import json
 import logging
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -75,7 +77,10 @@ class LoadReport:
             if n:
                 log.warning(
                     "%s: skipped %d malformed line(s) of %d (e.g. %s)",
-                    name, n, self.lines.get(name, 0), "; ".join(self.examples.get(name, [])[:3]),
+                    name,
+                    n,
+                    self.lines.get(name, 0),
+                    "; ".join(self.examples.get(name, [])[:3]),
                 )
 
     def as_dict(self) -> dict[str, Any]:
@@ -110,7 +115,9 @@ class Dataset:
         if len(r):
             ordered = r.sort_values(["customer_id", "product_id"], kind="stable")
             ratings = ordered["rating"].astype("float64").map(lambda x: f"{x:.4g}")
-            lines = ordered["customer_id"].astype(str) + "\t" + ordered["product_id"].astype(str) + "\t" + ratings
+            lines = (
+                ordered["customer_id"].astype(str) + "\t" + ordered["product_id"].astype(str) + "\t" + ratings
+            )
             h.update("\n".join(lines.tolist()).encode("utf-8"))
         return h.hexdigest()[:16]
 
@@ -158,7 +165,7 @@ def open_text(path: Path) -> IO[str]:
         magic = fh.read(2)
     if magic == b"\x1f\x8b":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, "r", encoding="utf-8", errors="replace", newline="")
+    return open(path, encoding="utf-8", errors="replace", newline="")
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -191,8 +198,18 @@ def iter_json_records(path: Path, report: LoadReport) -> Iterator[tuple[int, dic
         yield line_no, rec
 
 
-def check_review(report: LoadReport, name: str, line_no: int, customer: str, product: str, rating: Any,
-                 *, customer_field: str, product_field: str, rating_field: str) -> float | None:
+def check_review(
+    report: LoadReport,
+    name: str,
+    line_no: int,
+    customer: str,
+    product: str,
+    rating: Any,
+    *,
+    customer_field: str,
+    product_field: str,
+    rating_field: str,
+) -> float | None:
     """The parsed rating of a raw review row, or None (reported as malformed) when an id is
     missing or the rating is not a number in 1..5; the `*_field` names go into the messages."""
     if not customer or not product:
@@ -282,7 +299,9 @@ class ReviewRows:
         self.text: list[str] = []
         self.timestamp: list[float] = []
 
-    def add(self, customer_id: str, product_id: str, rating: float, title: str, text: str, timestamp: float) -> None:
+    def add(
+        self, customer_id: str, product_id: str, rating: float, title: str, text: str, timestamp: float
+    ) -> None:
         self.customer_id.append(customer_id)
         self.product_id.append(product_id)
         self.rating.append(rating)
@@ -326,7 +345,8 @@ def empty_products() -> pd.DataFrame:
 
 
 def build_products(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """The products frame from dicts with (a subset of) PRODUCT_COLUMNS; one row per product_id (first wins)."""
+    """The products frame from dicts with (a subset of) PRODUCT_COLUMNS; one row per product_id
+    (first wins)."""
     cols: dict[str, list[Any]] = {c: [] for c in PRODUCT_COLUMNS}
     seen: set[str] = set()
     for rec in records:
@@ -351,12 +371,26 @@ def products_from_reviews(reviews: pd.DataFrame, known: set[str] | None = None) 
     out = []
     for pid in pd.unique(reviews["product_id"]):
         if pid not in known:
-            out.append({"product_id": pid, "title": "", "text": "", "image": "", "store": "", "categories": "", "price": math.nan})
+            out.append(
+                {
+                    "product_id": pid,
+                    "title": "",
+                    "text": "",
+                    "image": "",
+                    "store": "",
+                    "categories": "",
+                    "price": math.nan,
+                }
+            )
     return out
 
 
-def load_reviews_only(source: str, path: Path, files: Iterable[tuple[Path, str]],
-                      read: Callable[[Path, ReviewRows, LoadReport], None]) -> Dataset:
+def load_reviews_only(
+    source: str,
+    path: Path,
+    files: Iterable[tuple[Path, str]],
+    read: Callable[[Path, ReviewRows, LoadReport], None],
+) -> Dataset:
     """A `Dataset` from review files alone (no product metadata): `read` each file into one buffer;
     products are the product ids seen, with empty title/text/image."""
     report = LoadReport()
@@ -366,4 +400,6 @@ def load_reviews_only(source: str, path: Path, files: Iterable[tuple[Path, str]]
     reviews = build_reviews(rows, report)
     products = build_products(products_from_reviews(reviews))
     report.warn_malformed()
-    return Dataset(reviews=reviews, products=products, source=source, path=str(Path(path).resolve()), report=report)
+    return Dataset(
+        reviews=reviews, products=products, source=source, path=str(Path(path).resolve()), report=report
+    )

@@ -2,6 +2,7 @@
 
 Imported lazily: `from ml.encoders import TextEncoder` loads TensorFlow/keras-hub only then.
 """
+
 from __future__ import annotations
 
 __all__ = ["TextEncoder", "ImageEncoder", "EmbeddingCache"]

@@ -20,6 +20,7 @@ A mismatch moves the folder's parts aside into `quarantine/` (kept for inspectio
 recomputes every row of the call. The cost is loading the encoder on a warm run and encoding a few
 items; 0 turns the check off.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +94,10 @@ class _Store:
                 if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(keys) != len(vectors):
                     log.warning(
                         "embedding cache: skipping part %s with shape %s (expected (%d, %d))",
-                        name, vectors.shape, len(keys), self.dim,
+                        name,
+                        vectors.shape,
+                        len(keys),
+                        self.dim,
                     )
                     self.parts.add(name)
                     continue
@@ -148,9 +153,7 @@ class _Store:
             return
         keys = list(self.vectors)
         matrix = (
-            np.stack([self.vectors[k] for k in keys])
-            if keys
-            else np.zeros((0, self.dim), dtype=np.float32)
+            np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, self.dim), dtype=np.float32)
         )
         merged = self.write_part(keys, matrix)
         for name in names:
@@ -209,12 +212,7 @@ class EmbeddingCache:
         return store
 
     def embed(
-        self,
-        encoder: Any,
-        keys: Sequence[Any],
-        items: Sequence[Any],
-        progress: bool = True,
-        desc: str = "",
+        self, encoder: Any, keys: Sequence[Any], items: Sequence[Any], progress: bool = True, desc: str = ""
     ) -> np.ndarray:
         """Embeddings for `keys` (float32, (len(keys), encoder.dim)), in the order of `keys`.
 
@@ -246,7 +244,10 @@ class EmbeddingCache:
                 moved = store.quarantine()
                 log.error(
                     "embedding cache: cached %s rows do not match a fresh encoding; parts moved to %s, "
-                    "recomputing the %d rows of this call", encoder.name, moved, len(first_items),
+                    "recomputing the %d rows of this call",
+                    encoder.name,
+                    moved,
+                    len(first_items),
                 )
                 self.last_computed = len(first_items)
                 self._compute(encoder, store, first_items, progress, desc)
@@ -266,8 +267,9 @@ class EmbeddingCache:
             if n_old == 0.0 or n_new == 0.0:
                 ok = n_old == n_new
             else:
-                ok = (float(old @ new) / (n_old * n_new) >= VERIFY_MIN_COS
-                      and abs(n_old - n_new) <= VERIFY_NORM_TOL * max(n_old, n_new))
+                ok = float(old @ new) / (n_old * n_new) >= VERIFY_MIN_COS and abs(
+                    n_old - n_new
+                ) <= VERIFY_NORM_TOL * max(n_old, n_new)
             if not ok:
                 log.warning("embedding cache: %s row %s differs from a fresh encoding", encoder.name, key)
                 return False

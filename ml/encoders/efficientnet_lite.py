@@ -12,14 +12,14 @@ for a stride-2 conv the extra row/column goes at the bottom/right, e.g. a 3x3/2 
 Layer names mirror the PyTorch module names (``_blocks.3._bn1`` -> ``blocks_3_bn1``), which makes
 the mapping in :func:`torch_to_keras_weights` one line per tensor.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 import keras
+import numpy as np
 from keras import layers
 
 IMAGE_SIZE = 224
@@ -75,14 +75,16 @@ def lite0_blocks() -> list[BlockArgs]:
     blocks: list[BlockArgs] = []
     for stage in LITE0_STAGES:
         for r in range(stage.repeats):
-            blocks.append(BlockArgs(
-                index=len(blocks),
-                kernel=stage.kernel,
-                stride=stage.stride if r == 0 else 1,
-                expand=stage.expand,
-                in_ch=stage.in_ch if r == 0 else stage.out_ch,
-                out_ch=stage.out_ch,
-            ))
+            blocks.append(
+                BlockArgs(
+                    index=len(blocks),
+                    kernel=stage.kernel,
+                    stride=stage.stride if r == 0 else 1,
+                    expand=stage.expand,
+                    in_ch=stage.in_ch if r == 0 else stage.out_ch,
+                    out_ch=stage.out_ch,
+                )
+            )
     return blocks
 
 
@@ -117,8 +119,9 @@ def _mbconv(x, b: BlockArgs):
         x = _bn(p + "bn0")(x)
         x = _relu6(p + "relu0")(x)
     x = _pad(x, b.kernel, b.stride, p + "pad")
-    x = layers.DepthwiseConv2D(b.kernel, strides=b.stride, padding="valid", use_bias=False,
-                               name=p + "depthwise_conv")(x)
+    x = layers.DepthwiseConv2D(
+        b.kernel, strides=b.stride, padding="valid", use_bias=False, name=p + "depthwise_conv"
+    )(x)
     x = _bn(p + "bn1")(x)
     x = _relu6(p + "relu1")(x)
     x = layers.Conv2D(b.out_ch, 1, use_bias=False, name=p + "project_conv")(x)
@@ -197,7 +200,8 @@ def weight_plan() -> list[tuple[str, list[tuple[str, str]]]]:
 
 
 def unmapped_keys(state_dict: dict[str, np.ndarray]) -> tuple[list[str], list[str]]:
-    """(checkpoint tensors the plan does not use and are not ignorable, plan keys missing from the checkpoint)."""
+    """(checkpoint tensors the plan does not use and are not ignorable, plan keys missing from the
+    checkpoint)."""
     used = {key for _, entries in weight_plan() for key, _ in entries}
     unused = [k for k in state_dict if k not in used and not k.endswith(IGNORED_SUFFIXES)]
     missing = [k for k in used if k not in state_dict]
@@ -211,7 +215,9 @@ def torch_to_keras_weights(state_dict: dict[str, np.ndarray]) -> dict[str, list[
     """
     unused, missing = unmapped_keys(state_dict)
     if unused or missing:
-        raise ValueError(f"checkpoint does not match EfficientNet-Lite0: unused={unused[:5]} missing={missing[:5]}")
+        raise ValueError(
+            f"checkpoint does not match EfficientNet-Lite0: unused={unused[:5]} missing={missing[:5]}"
+        )
     convert = {
         "conv": _conv_kernel,
         "depthwise": _depthwise_kernel,
@@ -219,7 +225,9 @@ def torch_to_keras_weights(state_dict: dict[str, np.ndarray]) -> dict[str, list[
         "plain": lambda w: w,
     }
     return {
-        layer: [np.ascontiguousarray(convert[kind](state_dict[key]), dtype=np.float32) for key, kind in entries]
+        layer: [
+            np.ascontiguousarray(convert[kind](state_dict[key]), dtype=np.float32) for key, kind in entries
+        ]
         for layer, entries in weight_plan()
     }
 

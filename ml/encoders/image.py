@@ -9,6 +9,7 @@ EfficientNet-Lite checkpoint, whose ``MEAN_RGB = 127.0`` and ``STDDEV_RGB = 128.
 224x224 (bicubic), then ``(x - 127) / 128``. The torchvision ImageNet mean/std normalisation used in the
 lukemelas README is for the B0-B7 checkpoints and gives clearly worse ImageNet predictions here.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -30,7 +31,7 @@ from .torch_pickle import load_state_dict
 
 log = logging.getLogger(__name__)
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 IMAGE_SIZE = effnet.IMAGE_SIZE
 MEAN_RGB = np.array([127.0, 127.0, 127.0], dtype=np.float32)
@@ -95,8 +96,12 @@ def _random_weights(model, seed: int) -> None:
         if not values:
             continue
         if isinstance(layer, effnet.layers.BatchNormalization):
-            new = [np.ones_like(values[0]), np.zeros_like(values[1]),
-                   np.zeros_like(values[2]), np.ones_like(values[3])]
+            new = [
+                np.ones_like(values[0]),
+                np.zeros_like(values[1]),
+                np.zeros_like(values[2]),
+                np.ones_like(values[3]),
+            ]
         elif isinstance(layer, effnet.layers.DepthwiseConv2D):
             kh, kw, ch, mult = values[0].shape
             new = [rng.normal(0.0, np.sqrt(2.0 / (kh * kw * mult)), values[0].shape)]
@@ -159,8 +164,14 @@ class ImageEncoder:
     version = "1"  # bump when weights, preprocessing or pooling change (keys the embedding cache)
     dim = effnet.HEAD_CHANNELS
 
-    def __init__(self, weights_path: str | os.PathLike | None = None, batch_size: int = 32,
-                 random_init: bool = False, seed: int = 0, loader_threads: int = 2) -> None:
+    def __init__(
+        self,
+        weights_path: str | os.PathLike | None = None,
+        batch_size: int = 32,
+        random_init: bool = False,
+        seed: int = 0,
+        loader_threads: int = 2,
+    ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.batch_size = int(batch_size)
@@ -176,7 +187,7 @@ class ImageEncoder:
             self._load_weights()
 
     @classmethod
-    def random(cls, seed: int = 0, batch_size: int = 32) -> "ImageEncoder":
+    def random(cls, seed: int = 0, batch_size: int = 32) -> ImageEncoder:
         return cls(batch_size=batch_size, random_init=True, seed=seed)
 
     def _load_weights(self) -> None:
@@ -202,7 +213,7 @@ class ImageEncoder:
     def _batches(self, images: Sequence[ImageInput]) -> Iterable[np.ndarray]:
         """Preprocessed batches in order. With `loader_threads` > 0 the next batches are decoded and
         resized in a small thread pool (PIL releases the GIL) while the network runs on this one."""
-        chunks = [images[s:s + self.batch_size] for s in range(0, len(images), self.batch_size)]
+        chunks = [images[s : s + self.batch_size] for s in range(0, len(images), self.batch_size)]
         if self.loader_threads <= 0 or len(chunks) == 1:
             for chunk in chunks:
                 yield self._load_batch(chunk)

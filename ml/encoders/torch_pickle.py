@@ -16,6 +16,7 @@ Only a small allow-list of globals is resolved (``collections.OrderedDict``, the
 functions and the ``torch.*Storage`` classes); anything else raises ``TorchPickleError``, so loading a
 file never runs arbitrary code.
 """
+
 from __future__ import annotations
 
 import collections
@@ -92,7 +93,7 @@ class _TensorRef:
                 )
             item = data.itemsize
             out = np.lib.stride_tricks.as_strided(
-                data[self.offset:],
+                data[self.offset :],
                 shape=self.size,
                 strides=tuple(st * item for st in self.stride),
                 writeable=False,
@@ -103,8 +104,9 @@ class _TensorRef:
         return out if out.flags.c_contiguous else out.copy(order="C")
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
     return _TensorRef(storage, storage_offset, size, stride)
 
 

@@ -14,6 +14,7 @@
 
 An image whose tag `docker image inspect` finds is not rebuilt (unless --force).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,9 @@ def log(msg: str) -> None:
 
 def image_exists(tag: str) -> bool:
     """True when the engine has the tag; raises when the engine does not answer (not "missing")."""
-    proc = subprocess.run(["docker", "image", "inspect", tag], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        ["docker", "image", "inspect", tag], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     if proc.returncode == 0:
         return True
     if "no such image" in proc.stderr.lower():
@@ -51,8 +53,9 @@ def image_exists(tag: str) -> bool:
 
 
 def image_size_mb(tag: str) -> float:
-    out = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", tag], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{.Size}}", tag], check=True, capture_output=True, text=True
+    ).stdout
     return int(out.strip()) / 1e6
 
 
@@ -83,9 +86,18 @@ def build_python_base(tag: str = PYTHON_BASE) -> None:
     try:
         t0 = time.monotonic()
         log(f"debootstrap {SUITE} ({MIRROR}) into {rootfs}")
-        subprocess.run(["debootstrap", "--variant=minbase",
-                        "--include=python3,python3-venv,ca-certificates", SUITE, str(rootfs), MIRROR],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=python3,python3-venv,ca-certificates",
+                SUITE,
+                str(rootfs),
+                MIRROR,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         # The host CA bundle (a superset of Debian's where a proxy re-signs TLS) for pip in builds.
         shutil.copyfile(HOST_CA_BUNDLE, rootfs / "etc/ssl/certs/ca-certificates.crt")
         py = rootfs / "usr/local/bin/python"
@@ -95,22 +107,38 @@ def build_python_base(tag: str = PYTHON_BASE) -> None:
         (rootfs / "etc/apt/sources.list").write_text(
             f"deb {MIRROR} {SUITE} main\n"
             f"deb {MIRROR} {SUITE}-updates main\n"
-            f"deb http://deb.debian.org/debian-security {SUITE}-security main\n")
+            f"deb http://deb.debian.org/debian-security {SUITE}-security main\n"
+        )
         (rootfs / "etc/apt/apt.conf.d/docker-clean").write_text(
             'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb || true"; };\n'
-            'APT::Install-Recommends "false";\n')
+            'APT::Install-Recommends "false";\n'
+        )
         _trim_rootfs(rootfs)
         log(f"rootfs ready in {time.monotonic() - t0:.0f} s; docker import -> {tag}")
-        tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],
-                               stdout=subprocess.PIPE)
-        subprocess.run(["docker", "import",
-                        "--change", f"ENV PATH={DEFAULT_PATH}",
-                        "--change", "ENV LANG=C.UTF-8",
-                        # pip (bookworm's ensurepip ships pip 23, which reads certifi, not the
-                        # system store) trusts the bundle above.
-                        "--change", "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt",
-                        "--change", 'CMD ["python3"]',
-                        "-", tag], stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL)
+        tar = subprocess.Popen(
+            ["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE
+        )
+        subprocess.run(
+            [
+                "docker",
+                "import",
+                "--change",
+                f"ENV PATH={DEFAULT_PATH}",
+                "--change",
+                "ENV LANG=C.UTF-8",
+                # pip (bookworm's ensurepip ships pip 23, which reads certifi, not the
+                # system store) trusts the bundle above.
+                "--change",
+                "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt",
+                "--change",
+                'CMD ["python3"]',
+                "-",
+                tag,
+            ],
+            stdin=tar.stdout,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         tar.stdout.close()
         if tar.wait() != 0:
             raise RuntimeError("tar of the root file system failed")
@@ -120,9 +148,22 @@ def build_python_base(tag: str = PYTHON_BASE) -> None:
 
 def build_redis(tag: str = REDIS_BASE, base: str = PYTHON_BASE) -> None:
     log(f"docker build {REDIS_DOCKERFILE.name} FROM {base} -> {tag}")
-    subprocess.run(["docker", "build", "-q", "-f", str(REDIS_DOCKERFILE), "--build-arg",
-                    f"BASE_IMAGE={base}", "-t", tag, str(REDIS_DOCKERFILE.parent)],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            "docker",
+            "build",
+            "-q",
+            "-f",
+            str(REDIS_DOCKERFILE),
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+            "-t",
+            tag,
+            str(REDIS_DOCKERFILE.parent),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def ensure(force: bool = False) -> dict[str, dict]:
@@ -135,8 +176,11 @@ def ensure(force: bool = False) -> dict[str, dict]:
             build(tag)
         else:
             log(f"{tag}: cached")
-        report[tag] = {"built": built, "seconds": round(time.monotonic() - t0, 1),
-                       "size_mb": round(image_size_mb(tag), 1)}
+        report[tag] = {
+            "built": built,
+            "seconds": round(time.monotonic() - t0, 1),
+            "size_mb": round(image_size_mb(tag), 1),
+        }
     return report
 
 
@@ -145,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even when the tags exist")
     args = ap.parse_args(argv)
     for tag, info in ensure(args.force).items():
-        print(f"{tag}: {'built' if info['built'] else 'cached'} in {info['seconds']} s, "
-              f"{info['size_mb']} MB")
+        print(f"{tag}: {'built' if info['built'] else 'cached'} in {info['seconds']} s, {info['size_mb']} MB")
     return 0
 
 

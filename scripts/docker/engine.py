@@ -9,6 +9,7 @@ at once when an engine already answers (and will not stop it); else it starts `d
 first option set that comes up (see DOCKERD_ATTEMPTS), logging to var/docker/, and `stop()` stops
 only that daemon (SIGTERM; dockerd stops the containerd it started).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = ROOT / "var" / "docker"
 # binary -> Debian package
-TOOLS = {"dockerd": "docker.io", "containerd": "containerd", "runc": "runc", "docker": "docker.io",
-         "debootstrap": "debootstrap", "docker-compose": "docker-compose"}
+TOOLS = {
+    "dockerd": "docker.io",
+    "containerd": "containerd",
+    "runc": "runc",
+    "docker": "docker.io",
+    "debootstrap": "debootstrap",
+    "docker-compose": "docker-compose",
+}
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Tried in order until one answers; each is (name, extra dockerd arguments). The first is the
 # normal daemon (overlay2, bridge network with iptables NAT); the others drop what a sandbox may lack.
@@ -54,8 +61,9 @@ def ensure_tools() -> list[str]:
         return []
     packages = sorted({TOOLS[name] for name in missing})
     if os.geteuid() != 0:
-        raise EngineUnavailable(f"missing {', '.join(missing)} and not root: "
-                                f"apt-get install -y {' '.join(packages)} needs root")
+        raise EngineUnavailable(
+            f"missing {', '.join(missing)} and not root: apt-get install -y {' '.join(packages)} needs root"
+        )
     if which("apt-get") is None:
         raise EngineUnavailable(f"missing {', '.join(missing)} and no apt-get to install them")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "PATH": SBIN_PATH}
@@ -71,31 +79,52 @@ def ensure_tools() -> list[str]:
 
 def engine_answers(timeout_s: float = 10.0) -> bool:
     try:
-        return subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
-                              timeout=timeout_s).returncode == 0
+        return (
+            subprocess.run(
+                ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, timeout=timeout_s
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
 
 def engine_info() -> dict[str, str]:
-    fmt = ("{{.ServerVersion}}|{{.Driver}}|{{.CgroupDriver}}|{{.CgroupVersion}}|{{.NCPU}}|"
-           "{{.MemTotal}}|{{.KernelVersion}}")
-    out = subprocess.run(["docker", "info", "--format", fmt], capture_output=True, text=True,
-                         timeout=30).stdout.strip().split("|")
-    keys = ("server_version", "storage_driver", "cgroup_driver", "cgroup_version", "ncpu", "mem_total",
-            "kernel")
+    fmt = (
+        "{{.ServerVersion}}|{{.Driver}}|{{.CgroupDriver}}|{{.CgroupVersion}}|{{.NCPU}}|"
+        "{{.MemTotal}}|{{.KernelVersion}}"
+    )
+    out = (
+        subprocess.run(["docker", "info", "--format", fmt], capture_output=True, text=True, timeout=30)
+        .stdout.strip()
+        .split("|")
+    )
+    keys = (
+        "server_version",
+        "storage_driver",
+        "cgroup_driver",
+        "cgroup_version",
+        "ncpu",
+        "mem_total",
+        "kernel",
+    )
     return dict(zip(keys, out))
 
 
 def _container_runs(timeout_s: float = 120.0) -> tuple[bool, str]:
     """Can this engine run a container with a network? Uses any local image (no registry)."""
-    images = subprocess.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"],
-                            capture_output=True, text=True).stdout.split()
+    images = subprocess.run(
+        ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True
+    ).stdout.split()
     images = [i for i in images if not i.endswith(":<none>")]
     if not images:
         return True, "no local image yet to try a container with"
-    proc = subprocess.run(["docker", "run", "--rm", images[0], "/bin/sh", "-c", "echo ok"],
-                          capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.run(
+        ["docker", "run", "--rm", images[0], "/bin/sh", "-c", "echo ok"],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     return proc.returncode == 0 and "ok" in proc.stdout, proc.stderr.strip()[-500:]
 
 
@@ -108,7 +137,7 @@ class Engine:
     errors: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, start_timeout_s: float = 90.0) -> "Engine":
+    def start(cls, start_timeout_s: float = 90.0) -> Engine:
         if engine_answers():
             return cls()
         if which("dockerd") is None:
@@ -117,13 +146,27 @@ class Engine:
         errors = []
         for name, extra in DOCKERD_ATTEMPTS:
             log_file = LOG_DIR / f"dockerd-{name}.log"
-            cmd = [which("dockerd"), "--host", "unix:///var/run/docker.sock",
-                   "--data-root", os.environ.get("RECSYS_DOCKER_DATA_ROOT", "/var/lib/docker"),
-                   "--exec-root", "/var/run/docker", "--pidfile", "/var/run/docker.pid", *extra]
+            cmd = [
+                which("dockerd"),
+                "--host",
+                "unix:///var/run/docker.sock",
+                "--data-root",
+                os.environ.get("RECSYS_DOCKER_DATA_ROOT", "/var/lib/docker"),
+                "--exec-root",
+                "/var/run/docker",
+                "--pidfile",
+                "/var/run/docker.pid",
+                *extra,
+            ]
             with open(log_file, "ab") as out:
-                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True,
-                                        env={**os.environ, "PATH": SBIN_PATH + ":" + os.environ.get("PATH", "")})
+                proc = subprocess.Popen(
+                    cmd,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env={**os.environ, "PATH": SBIN_PATH + ":" + os.environ.get("PATH", "")},
+                )
             engine = cls(started=True, attempt=name, proc=proc, log_file=log_file, errors=errors)
             deadline = time.monotonic() + start_timeout_s
             while time.monotonic() < deadline and proc.poll() is None and not engine_answers(5):
@@ -135,9 +178,11 @@ class Engine:
                 errors.append(f"{name}: dockerd up but a container does not run: {why}")
             else:
                 tail = log_file.read_text(errors="replace").splitlines()[-8:]
-                errors.append(f"{name} ({' '.join(extra) or 'no extra options'}): "
-                              f"{'exited ' + str(proc.returncode) if proc.poll() is not None else 'no answer'}"
-                              f"\n    " + "\n    ".join(tail))
+                errors.append(
+                    f"{name} ({' '.join(extra) or 'no extra options'}): "
+                    f"{'exited ' + str(proc.returncode) if proc.poll() is not None else 'no answer'}"
+                    f"\n    " + "\n    ".join(tail)
+                )
             engine.stop()
         raise EngineUnavailable("dockerd could not be started with any option set:\n" + "\n".join(errors))
 

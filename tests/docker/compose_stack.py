@@ -1,4 +1,5 @@
 """Helpers of tests/docker: the throwaway-.env compose stack, a small HTTP client, the report file."""
+
 from __future__ import annotations
 
 import json
@@ -73,54 +74,86 @@ class Stack:
         self.flower_password = secrets.token_hex(24)
         self.web_port, self.flower_port = free_port(), free_port()
         self.env_file = workdir / ".env"
-        self.env_file.write_text("\n".join([
-            f"REDIS_PASSWORD={secrets.token_hex(32)}",
-            f"FLOWER_USER={self.flower_user}",
-            f"FLOWER_PASSWORD={self.flower_password}",
-            f"RECSYS_WEB_PORT={self.web_port}",
-            f"RECSYS_FLOWER_PORT={self.flower_port}",
-            f"RECSYS_IMAGE={IMAGE_NAME}",
-            f"RECSYS_BASE_IMAGE={base_image}",
-            f"REDIS_IMAGE={redis_image}",
-            # Redelivery of a killed worker's jobs in seconds, not the production 600 s: short task
-            # limits, and a visibility timeout above the hard limit and a model load here.
-            "RECSYS_TASK_SOFT_LIMIT_S=20",
-            "RECSYS_TASK_HARD_LIMIT_S=30",
-            "RECSYS_BROKER_VISIBILITY_TIMEOUT_S=90",
-            "RECSYS_BROKER_RESTORE_INTERVAL_S=2",
-        ]) + "\n")
+        self.env_file.write_text(
+            "\n".join(
+                [
+                    f"REDIS_PASSWORD={secrets.token_hex(32)}",
+                    f"FLOWER_USER={self.flower_user}",
+                    f"FLOWER_PASSWORD={self.flower_password}",
+                    f"RECSYS_WEB_PORT={self.web_port}",
+                    f"RECSYS_FLOWER_PORT={self.flower_port}",
+                    f"RECSYS_IMAGE={IMAGE_NAME}",
+                    f"RECSYS_BASE_IMAGE={base_image}",
+                    f"REDIS_IMAGE={redis_image}",
+                    # Redelivery of a killed worker's jobs in seconds, not the production 600 s: short task
+                    # limits, and a visibility timeout above the hard limit and a model load here.
+                    "RECSYS_TASK_SOFT_LIMIT_S=20",
+                    "RECSYS_TASK_HARD_LIMIT_S=30",
+                    "RECSYS_BROKER_VISIBILITY_TIMEOUT_S=90",
+                    "RECSYS_BROKER_RESTORE_INTERVAL_S=2",
+                ]
+            )
+            + "\n"
+        )
         self.env_file.chmod(0o600)
         self.web = Http(f"http://127.0.0.1:{self.web_port}")
-        self.flower = Http(f"http://127.0.0.1:{self.flower_port}",
-                           (self.flower_user, self.flower_password))
+        self.flower = Http(f"http://127.0.0.1:{self.flower_port}", (self.flower_user, self.flower_password))
         # Only what compose needs: no developer shell variable may override the throwaway .env.
-        self.env = {k: v for k, v in os.environ.items()
-                    if k in ("PATH", "HOME", "LANG", "DOCKER_HOST", "DOCKER_CONFIG")}
-        self.env.update({"COMPOSE_PROJECT_NAME": self.project, "COMPOSE_HTTP_TIMEOUT": "600",
-                         "DOCKER_CLIENT_TIMEOUT": "600"})
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k in ("PATH", "HOME", "LANG", "DOCKER_HOST", "DOCKER_CONFIG")
+        }
+        self.env.update(
+            {
+                "COMPOSE_PROJECT_NAME": self.project,
+                "COMPOSE_HTTP_TIMEOUT": "600",
+                "DOCKER_CLIENT_TIMEOUT": "600",
+            }
+        )
 
-    def compose(self, *args: str, timeout: float = COMPOSE_TIMEOUT_S, check: bool = True,
-                capture: bool = False) -> subprocess.CompletedProcess:
-        cmd = ["docker-compose", "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"),
-               "--env-file", str(self.env_file), "-p", self.project, *args]
-        proc = subprocess.run(cmd, cwd=ROOT, env=self.env, timeout=timeout, text=True,
-                              capture_output=capture)
+    def compose(
+        self, *args: str, timeout: float = COMPOSE_TIMEOUT_S, check: bool = True, capture: bool = False
+    ) -> subprocess.CompletedProcess:
+        cmd = [
+            "docker-compose",
+            "--project-directory",
+            str(ROOT),
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "--env-file",
+            str(self.env_file),
+            "-p",
+            self.project,
+            *args,
+        ]
+        proc = subprocess.run(cmd, cwd=ROOT, env=self.env, timeout=timeout, text=True, capture_output=capture)
         if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}): "
-                                 f"{(proc.stderr or '')[-3000:]}")
+            raise AssertionError(
+                f"{' '.join(args)} failed ({proc.returncode}): {(proc.stderr or '')[-3000:]}"
+            )
         return proc
 
     def containers(self, service: str, all_: bool = False) -> list[str]:
         """Full ids of the service's containers (running ones unless all_)."""
-        cmd = ["docker", "ps", "-q", "--no-trunc", "--filter", f"label=com.docker.compose.project={self.project}",
-               "--filter", f"label=com.docker.compose.service={service}"]
+        cmd = [
+            "docker",
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            f"label=com.docker.compose.project={self.project}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
+        ]
         if all_:
             cmd.insert(2, "-a")
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
 
     def logs(self, *services: str, tail: int = 80) -> str:
-        return self.compose("logs", "--no-color", f"--tail={tail}", *services, check=False,
-                            capture=True, timeout=120).stdout
+        return self.compose(
+            "logs", "--no-color", f"--tail={tail}", *services, check=False, capture=True, timeout=120
+        ).stdout
 
     def flower_workers(self) -> dict:
         status, body = self.flower.get("/api/workers?refresh=1", timeout=30)

@@ -16,6 +16,7 @@ Session fixtures, in order:
 
 Figures (timings, image sizes, latency) go to var/docker/report.json, not into assertions.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,16 @@ def engine():
         handle = eng.Engine.start()
     except eng.EngineUnavailable as exc:
         pytest.skip(f"no Docker engine can run on this machine: {exc}")
-    report("engine", {**eng.engine_info(), "started_by_test": handle.started, "dockerd_options": handle.attempt,
-                      "installed_packages": installed, "seconds": round(time.monotonic() - t0, 1)})
+    report(
+        "engine",
+        {
+            **eng.engine_info(),
+            "started_by_test": handle.started,
+            "dockerd_options": handle.attempt,
+            "installed_packages": installed,
+            "seconds": round(time.monotonic() - t0, 1),
+        },
+    )
     try:
         yield handle
     finally:
@@ -81,9 +90,17 @@ def stack(base_images, tmp_path_factory):
     finally:
         t0 = time.monotonic()
         s.compose("down", "-v", "--remove-orphans", "--timeout", "20", check=False, timeout=600)
-        left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={s.project}"],
-                              capture_output=True, text=True).stdout.split()
-        vols = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={s.project}"],
-                              capture_output=True, text=True).stdout.split()
-        report("down", {"seconds": round(time.monotonic() - t0, 1), "containers_left": left,
-                        "volumes_left": vols})
+        left = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={s.project}"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        vols = subprocess.run(
+            ["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={s.project}"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        report(
+            "down",
+            {"seconds": round(time.monotonic() - t0, 1), "containers_left": left, "volumes_left": vols},
+        )

@@ -1,6 +1,7 @@
 """The compose stack against its API contract, under faults (a killed worker, a scale-up while
 serving, a Redis restart). The tests share one stack and run in file order: contract, latency,
 images, then the faults, which change the stack."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
-
 from compose_stack import IMAGE_NAME, ROOT, report
 
 TOP = 5
@@ -116,21 +115,29 @@ def test_flower_auth_and_two_workers(stack):
 
 def test_compose_ps_healthy(stack):
     """Every long-running container is running and its health check says healthy; train exited 0."""
+
     def states():
         out = {}
         for service in ("redis", "web", "worker", "flower"):
             for cid in stack.containers(service):
-                out[cid[:12]] = (service, subprocess.run(
-                    ["docker", "inspect", "-f", "{{.State.Health.Status}}", cid],
-                    capture_output=True, text=True).stdout.strip())
+                out[cid[:12]] = (
+                    service,
+                    subprocess.run(
+                        ["docker", "inspect", "-f", "{{.State.Health.Status}}", cid],
+                        capture_output=True,
+                        text=True,
+                    ).stdout.strip(),
+                )
         return out
+
     # The worker's first health check runs 60 s after start (interval), the others' after 10-30 s.
     stack.wait("every container healthy", lambda: all(h == "healthy" for _, h in states().values()), 300, 5)
     assert len(states()) == 5, states()
     train = stack.containers("train", all_=True)
     assert len(train) == 1
-    code = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", train[0]],
-                          capture_output=True, text=True).stdout.strip()
+    code = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.ExitCode}}", train[0]], capture_output=True, text=True
+    ).stdout.strip()
     assert code == "0"
 
 
@@ -151,9 +158,15 @@ def test_latency_post_and_poll(stack):
         times.append(time.perf_counter() - t)
         assert job["state"] == "succeeded", job
     ms = np.array(times) * 1000
-    figures = {"n": len(ms), "top": TOP, "p50_ms": round(float(np.percentile(ms, 50)), 2),
-               "p99_ms": round(float(np.percentile(ms, 99)), 2), "mean_ms": round(float(ms.mean()), 2),
-               "workers": 2, "method": "POST /jobs then poll GET /jobs/<id> every 5 ms"}
+    figures = {
+        "n": len(ms),
+        "top": TOP,
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+        "workers": 2,
+        "method": "POST /jobs then poll GET /jobs/<id> every 5 ms",
+    }
     report("latency_http_post_poll", figures)
     print("latency through the containers:", figures)
 
@@ -163,8 +176,9 @@ def test_latency_post_and_poll(stack):
 
 
 def _inspect(tag: str) -> dict:
-    return json.loads(subprocess.run(["docker", "image", "inspect", tag], capture_output=True, text=True,
-                                     check=True).stdout)[0]
+    return json.loads(
+        subprocess.run(["docker", "image", "inspect", tag], capture_output=True, text=True, check=True).stdout
+    )[0]
 
 
 def test_images_non_root_with_health_checks_and_sizes(stack):
@@ -180,15 +194,33 @@ def test_images_non_root_with_health_checks_and_sizes(stack):
 
 def test_worker_image_needs_no_network(stack):
     """Both pretrained encoders load from the image alone: no network at all, an empty cache."""
-    code = ("import numpy as np\n"
-            "from ml.encoders.text import TextEncoder\n"
-            "from ml.encoders.image import ImageEncoder\n"
-            "t = TextEncoder().encode(['a red leather ankle boot'])\n"
-            "i = ImageEncoder().encode([np.full((224, 224, 3), 128, np.uint8)])\n"
-            "print('shapes', t.shape, i.shape, float(np.abs(t).sum()) > 0, float(np.abs(i).sum()) > 0)\n")
-    proc = subprocess.run(["docker", "run", "--rm", "--network", "none", "--tmpfs", "/data/cache:uid=10001",
-                           "--entrypoint", "python", f"{IMAGE_NAME}:worker", "-c", code],
-                          capture_output=True, text=True, timeout=900)
+    code = (
+        "import numpy as np\n"
+        "from ml.encoders.text import TextEncoder\n"
+        "from ml.encoders.image import ImageEncoder\n"
+        "t = TextEncoder().encode(['a red leather ankle boot'])\n"
+        "i = ImageEncoder().encode([np.full((224, 224, 3), 128, np.uint8)])\n"
+        "print('shapes', t.shape, i.shape, float(np.abs(t).sum()) > 0, float(np.abs(i).sum()) > 0)\n"
+    )
+    proc = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--tmpfs",
+            "/data/cache:uid=10001",
+            "--entrypoint",
+            "python",
+            f"{IMAGE_NAME}:worker",
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "shapes (1, 384) (1, 1280) True True" in proc.stdout, proc.stdout
 
@@ -216,19 +248,23 @@ def test_killed_worker_loses_no_job(stack):
     with ThreadPoolExecutor(8) as pool:
         job_ids = list(pool.map(submit_and_kill, enumerate(cids)))
     assert killed.is_set() and all(job_ids), job_ids
-    unfinished_at_kill_end = sum(stack.web.get(f"/jobs/{j}")[1].get("state") not in FINISHED
-                                 for j in job_ids)
+    unfinished_at_kill_end = sum(stack.web.get(f"/jobs/{j}")[1].get("state") not in FINISHED for j in job_ids)
     t0 = time.monotonic()
     done = wait_all(stack, job_ids, 600)
     states = [j["state"] for j in done.values()]
     assert states.count("succeeded") == 50, states
     ran_on = flower_task_workers(stack, set(job_ids))
-    report("fault_kill_worker", {"jobs": 50, "succeeded": states.count("succeeded"),
-                                 "unfinished_after_submission": unfinished_at_kill_end,
-                                 "seconds_to_finish_after_submission": round(time.monotonic() - t0, 1),
-                                 "killed": victim[:12],
-                                 "jobs_run_by_killed_worker": sum(w == f"celery@{victim[:12]}"
-                                                                  for w in ran_on.values())})
+    report(
+        "fault_kill_worker",
+        {
+            "jobs": 50,
+            "succeeded": states.count("succeeded"),
+            "unfinished_after_submission": unfinished_at_kill_end,
+            "seconds_to_finish_after_submission": round(time.monotonic() - t0, 1),
+            "killed": victim[:12],
+            "jobs_run_by_killed_worker": sum(w == f"celery@{victim[:12]}" for w in ran_on.values()),
+        },
+    )
 
 
 def test_scale_up_while_serving_new_worker_takes_jobs(stack):
@@ -250,12 +286,15 @@ def test_scale_up_while_serving_new_worker_takes_jobs(stack):
     thread.start()
     try:
         stack.compose("up", "-d", "--no-recreate", "--scale", "worker=3")
-        new = stack.wait("3 running workers", lambda: len(worker_names(stack)) == 3 and worker_names(stack), 600)
+        new = stack.wait(
+            "3 running workers", lambda: len(worker_names(stack)) == 3 and worker_names(stack), 600
+        )
         new_names = set(new) - before
         assert new_names, (before, new)
 
         def new_worker_took_jobs():
             return {w for w in flower_task_workers(stack, set(accepted)).values() if w in new_names}
+
         taken = stack.wait("a job run by the new worker", new_worker_took_jobs, 600, 5)
     finally:
         stop.set()
@@ -265,8 +304,15 @@ def test_scale_up_while_serving_new_worker_takes_jobs(stack):
     by_worker = {}
     for w in flower_task_workers(stack, set(accepted)).values():
         by_worker[w] = by_worker.get(w, 0) + 1
-    report("fault_scale_to_3", {"jobs_during_scale": len(accepted), "new_workers": sorted(new_names),
-                                "new_worker_jobs": sorted(taken), "jobs_by_worker": by_worker})
+    report(
+        "fault_scale_to_3",
+        {
+            "jobs_during_scale": len(accepted),
+            "new_workers": sorted(new_names),
+            "new_worker_jobs": sorted(taken),
+            "jobs_by_worker": by_worker,
+        },
+    )
     assert len(stack.flower_workers()) >= 3
 
 
@@ -302,9 +348,16 @@ def test_redis_restart_loses_no_accepted_job(stack):
         thread.join(60)
     done = wait_all(stack, list(accepted), 900)
     states = [j["state"] for j in done.values()]
-    report("fault_redis_restart", {"accepted": len(accepted), "refused_while_down": len(refused),
-                                   "succeeded": states.count("succeeded"),
-                                   "restart_s": round(restart_s, 1), "ready_again_s": round(recovered_s, 1)})
+    report(
+        "fault_redis_restart",
+        {
+            "accepted": len(accepted),
+            "refused_while_down": len(refused),
+            "succeeded": states.count("succeeded"),
+            "restart_s": round(restart_s, 1),
+            "ready_again_s": round(recovered_s, 1),
+        },
+    )
     assert states.count("succeeded") == len(accepted), {s: states.count(s) for s in set(states)}
     # and the stack serves new jobs afterwards
     assert poll(stack, submit(stack, cids[0]))["state"] == "succeeded"
@@ -318,10 +371,20 @@ def test_gpu_worker_image_builds(stack):
     """`docker-compose -f docker-compose.yml -f docker-compose.gpu.yml build worker` (GPU_STACK=jax):
     the image builds, runs Keras on JAX by default and has jax with its CUDA 12 plugin installed."""
     t0 = time.monotonic()
-    cmd = ["docker-compose", "-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml",
-           "--env-file", str(stack.env_file), "-p", stack.project, "build", "worker"]
-    proc = subprocess.run(cmd, env=stack.env, capture_output=True, text=True, timeout=5400,
-                          cwd=ROOT)
+    cmd = [
+        "docker-compose",
+        "-f",
+        "docker-compose.yml",
+        "-f",
+        "docker-compose.gpu.yml",
+        "--env-file",
+        str(stack.env_file),
+        "-p",
+        stack.project,
+        "build",
+        "worker",
+    ]
+    proc = subprocess.run(cmd, env=stack.env, capture_output=True, text=True, timeout=5400, cwd=ROOT)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
     tag = f"{IMAGE_NAME}:worker-gpu-jax"
     info = _inspect(tag)
@@ -329,15 +392,35 @@ def test_gpu_worker_image_builds(stack):
     assert env.get("GPU_STACK") == "jax", env
     assert info["Config"]["User"] == "10001:10001"
     check = subprocess.run(
-        ["docker", "run", "--rm", "--network", "none", tag, "python", "-c",
-         "import importlib.metadata as m, os, keras; "
-         "print(os.environ['KERAS_BACKEND'], keras.backend.backend(), m.version('jax'), "
-         "sorted(d.metadata['Name'] for d in m.distributions() if 'cuda12' in d.metadata['Name']))"],
-        capture_output=True, text=True, timeout=600)
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            tag,
+            "python",
+            "-c",
+            "import importlib.metadata as m, os, keras; "
+            "print(os.environ['KERAS_BACKEND'], keras.backend.backend(), m.version('jax'), "
+            "sorted(d.metadata['Name'] for d in m.distributions() if 'cuda12' in d.metadata['Name']))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert check.returncode == 0, check.stderr[-2000:]
     backend, keras_backend, jax_version, *plugins = check.stdout.split(maxsplit=3)
     assert backend == keras_backend == "jax", check.stdout
     assert "jax-cuda12" in check.stdout, check.stdout
-    report("gpu_image", {"tag": tag, "size_mb": round(info["Size"] / 1e6, 1), "jax": jax_version,
-                         "build_s": round(time.monotonic() - t0, 1), "runs_here": False,
-                         "why_not_run": "no GPU and no NVIDIA Container Toolkit on this machine"})
+    report(
+        "gpu_image",
+        {
+            "tag": tag,
+            "size_mb": round(info["Size"] / 1e6, 1),
+            "jax": jax_version,
+            "build_s": round(time.monotonic() - t0, 1),
+            "runs_here": False,
+            "why_not_run": "no GPU and no NVIDIA Container Toolkit on this machine",
+        },
+    )
