@@ -19,8 +19,120 @@ neighbourhood residual in the pair features (`pair_features`).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Block:
+    """A named run of columns in a feature row."""
+
+    name: str
+    width: int
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """One side's feature row: named blocks of columns, in the order they are concatenated."""
+
+    blocks: tuple[Block, ...]
+
+    @property
+    def width(self) -> int:
+        return sum(b.width for b in self.blocks)
+
+    def span(self, name: str) -> slice:
+        """The columns of block `name` (KeyError when the row has no such block)."""
+        start = 0
+        for b in self.blocks:
+            if b.name == name:
+                return slice(start, start + b.width)
+            start += b.width
+        raise KeyError(f"no feature block {name!r} in {[b.name for b in self.blocks]}")
+
+    def mask_without(self, name: str) -> np.ndarray:
+        """(width,) float32 ones with block `name` zeroed: a row times it no longer holds the block."""
+        keep = np.ones(self.width, np.float32)
+        keep[self.span(name)] = 0.0
+        return keep
+
+    def assemble(self, **parts: np.ndarray) -> np.ndarray:
+        """The (n, width) float32 row from one (n, width) array per block; a missing, extra or
+        mis-sized block is an error (a silent shift of columns would be a wrong model, not a crash)."""
+        names = [b.name for b in self.blocks]
+        if sorted(parts) != sorted(names):
+            raise ValueError(f"feature blocks {sorted(parts)} do not match the layout {names}")
+        for b in self.blocks:
+            if parts[b.name].ndim != 2 or parts[b.name].shape[1] != b.width:
+                raise ValueError(f"feature block {b.name!r}: shape {parts[b.name].shape}, width {b.width}")
+        return np.concatenate([parts[name] for name in names], axis=1).astype(np.float32)
+
+    def to_list(self) -> list[list]:
+        return [[b.name, b.width] for b in self.blocks]
+
+    @classmethod
+    def from_list(cls, blocks: list) -> RowLayout:
+        return cls(tuple(Block(str(name), int(width)) for name, width in blocks))
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """The customer and product feature rows by name: what `customer_features` / `product_features`
+    build and what the model's towers (and the pick head's masks) read. Adding a block is one edit
+    in `of` plus the array that fills it."""
+
+    customer: RowLayout
+    product: RowLayout
+
+    @classmethod
+    def of(cls, content: int, customer_text: int, product_text: int) -> FeatureLayout:
+        """The layout for content vectors of width `content` and review-text vectors of the widths given."""
+        stats = (Block("log_count", 1), Block("has_text", 1))
+        return cls(
+            customer=RowLayout(
+                (
+                    Block("review_text", customer_text),  # mean of their reviews' text vectors
+                    Block("content_mean", content),  # mean content of the products they rated
+                    Block("content_wmean", content),  # mean of (rating - mu) * content
+                    *stats,
+                )
+            ),
+            product=RowLayout((Block("content", content), Block("review_text", product_text), *stats)),
+        )
+
+    def to_dict(self) -> dict:
+        return {"customer": self.customer.to_list(), "product": self.product.to_list()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureLayout:
+        return cls(RowLayout.from_list(d["customer"]), RowLayout.from_list(d["product"]))
+
+
+class ModelInputs(NamedTuple):
+    """The hybrid model's inputs, by name (Keras takes them as a dict: `._asdict()`)."""
+
+    customer: np.ndarray  # (n, layout.customer.width) float32
+    product: np.ndarray  # (n, layout.product.width) float32
+    product_id: np.ndarray  # (n,) int32 positions + 1, 0 = unknown
+    customer_prior: np.ndarray  # (n,) ridge bias b_u
+    product_prior: np.ndarray  # (n,) ridge bias b_i
+    history: np.ndarray  # (n, H) int32 rated product ids (0 = none)
+    pair: np.ndarray  # (n, PAIR_DIM) float32 co-occurrence and neighbourhood signals
+
+    @classmethod
+    def dummy(cls, layout: FeatureLayout) -> ModelInputs:
+        """One all-zero row: what builds the model's weights."""
+        z = np.zeros((1,), np.float32)
+        return cls(
+            np.zeros((1, layout.customer.width), np.float32),
+            np.zeros((1, layout.product.width), np.float32),
+            np.zeros((1,), np.int32),
+            z,
+            z,
+            np.zeros((1, 1), np.int32),
+            np.zeros((1, PAIR_DIM), np.float32),
+        )
 
 
 @dataclass
@@ -59,18 +171,11 @@ class FeatureTables:
         return len(self.product_ids)
 
     @property
-    def cust_dim(self) -> int:
-        return self.cust_review_sum.shape[1] + 2 * self.prod_content.shape[1] + 2
-
-    @property
-    def prod_review_span(self) -> tuple[int, int]:
-        """Columns of `product_features` that hold the mean review text."""
-        start = self.prod_content.shape[1]
-        return (start, start + self.prod_review_sum.shape[1])
-
-    @property
-    def prod_dim(self) -> int:
-        return self.prod_content.shape[1] + self.prod_review_sum.shape[1] + 2
+    def layout(self) -> FeatureLayout:
+        """The feature rows these tables give (widths from the stored sums)."""
+        return FeatureLayout.of(
+            self.prod_content.shape[1], self.cust_review_sum.shape[1], self.prod_review_sum.shape[1]
+        )
 
     def save(self, path) -> None:
         np.savez_compressed(path, **{f.name: getattr(self, f.name) for f in fields(self)})
@@ -175,7 +280,6 @@ def _cooccurrence(u: np.ndarray, i: np.ndarray, rating: np.ndarray, n_c: int, n_
     }
 
 
-PRODUCT_LOG_COUNT = -2  # column of product_features holding log1p(training-rating count)
 KNN_SHRINK = (3.0, 30.0)  # shrinkage (in links) of the neighbourhood residual columns
 PAIR_DIM = 1 + len(KNN_SHRINK)
 LINK_ENTRY_BUDGET = 4_000_000  # co-occurrence entries expanded at once by _link_sums (bounds memory)
@@ -358,8 +462,12 @@ def customer_features(
         cwsum = cwsum - content * (ex.rating - t.mu)[:, None]
     csum = csum * known[:, None]
     cwsum = cwsum * known[:, None]
-    return np.concatenate([review_mean, _mean(csum, cnt), _mean(cwsum, cnt), stats], axis=1).astype(
-        np.float32
+    return t.layout.customer.assemble(
+        review_text=review_mean,
+        content_mean=_mean(csum, cnt),
+        content_wmean=_mean(cwsum, cnt),
+        log_count=stats[:, :1],
+        has_text=stats[:, 1:],
     )
 
 
@@ -369,8 +477,11 @@ def product_features(t: FeatureTables, i: np.ndarray, ex: Exclusion | None = Non
     ii, known, review_mean, _, stats = _review_aggregate(
         i, ex, t.prod_review_sum, t.prod_text_count, t.prod_count
     )
-    return np.concatenate([t.prod_content[ii] * known[:, None], review_mean, stats], axis=1).astype(
-        np.float32
+    return t.layout.product.assemble(
+        content=t.prod_content[ii] * known[:, None],
+        review_text=review_mean,
+        log_count=stats[:, :1],
+        has_text=stats[:, 1:],
     )
 
 
@@ -388,15 +499,15 @@ def model_inputs(
     `cust_prior`/`prod_prior` replace the tables' biases row by row (training rows leave their
     own rating out of them)."""
     cust_prior = customer_prior(t, u) if cust_prior is None else np.asarray(cust_prior, np.float32)
-    return {
-        "customer": customer_features(t, u, cust_ex_item, cust_ex),
-        "product": product_features(t, i, prod_ex),
-        "product_id": product_id_input(t, i),
-        "customer_prior": cust_prior,
-        "history": customer_history(t, u, cust_ex_item, cust_ex),
-        "pair": pair_features(t, u, i, None if cust_ex is None else cust_ex.is_rated, cust_prior),
-        "product_prior": product_prior(t, i) if prod_prior is None else np.asarray(prod_prior, np.float32),
-    }
+    return ModelInputs(
+        customer=customer_features(t, u, cust_ex_item, cust_ex),
+        product=product_features(t, i, prod_ex),
+        product_id=product_id_input(t, i),
+        customer_prior=cust_prior,
+        product_prior=product_prior(t, i) if prod_prior is None else np.asarray(prod_prior, np.float32),
+        history=customer_history(t, u, cust_ex_item, cust_ex),
+        pair=pair_features(t, u, i, None if cust_ex is None else cust_ex.is_rated, cust_prior),
+    )._asdict()
 
 
 def customer_history(

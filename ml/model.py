@@ -5,7 +5,7 @@ Two heads, each its own network over the same inputs:
   model fitted first) + learned bias corrections + MLP residual, trained with MSE on observed ratings.
   Starting from the ridge biases matters on sparse data (a few ratings per customer), where free
   neural biases overfit;
-- `interact`: the logit that the customer picks the product at all, trained with binary
+- `pick`: the logit that the customer picks the product at all, trained with binary
   cross-entropy against sampled unrated products. Ratings alone rank obscure, rarely-rated products
   too high; the ranking score combines both (see `ranking_score`).
 Written with `keras.ops` only, so it runs on TensorFlow (default) and JAX.
@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from ml.features import PAIR_DIM, PRODUCT_LOG_COUNT
+from ml.features import FeatureLayout, ModelInputs
 
 ARCHITECTURE_FIELDS = ("id_dim", "tower_dim", "hidden", "dropout", "id_dropout", "l2")
 
@@ -30,8 +30,7 @@ class ModelSpec:
 
     n_customers: int
     n_products: int
-    cust_dim: int
-    prod_dim: int
+    layout: FeatureLayout  # the customer and product feature rows, by named block
     mu: float
     # architecture hyper-parameters; their defaults live in ml.train.TrainConfig
     id_dim: int
@@ -40,21 +39,19 @@ class ModelSpec:
     dropout: float
     id_dropout: float
     l2: float
-    prod_review_span: tuple[int, int] = (0, 0)  # where product features hold review text
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
-        d["prod_review_span"] = list(self.prod_review_span)
+        d["layout"] = self.layout.to_dict()
         return d
 
     def __post_init__(self) -> None:  # JSON gives lists
         self.hidden = tuple(self.hidden)
-        self.prod_review_span = tuple(self.prod_review_span)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
-        return cls(**d)
+        return cls(**{**d, "layout": FeatureLayout.from_dict(d["layout"])})
 
 
 @keras.saving.register_keras_serializable(package="ml")
@@ -88,9 +85,9 @@ def _mlp(units: tuple[int, ...], dropout: float, l2: float, name: str) -> keras.
 
 
 class HeadNet(layers.Layer):
-    """One head's network: customer/product towers over the features, the mean embedding of the
+    """What both heads share: customer/product towers over the features, the mean embedding of the
     products the customer rated (as in SVD++), the co-occurrence signal, an MLP over the pair and
-    a 1-unit output.
+    a 1-unit output. `RatingHead` and `PickHead` add their own product vector and bias.
 
     No free per-customer parameter exists in either head, and the rating head has none per
     product: the features are leave-one-out aggregates, and a learned per-entity vector next to
@@ -98,39 +95,21 @@ class HeadNet(layers.Layer):
     The pick head keeps learned product embeddings and popularity offsets (with id dropout) but
     sees no per-product review text, for the same reason."""
 
-    def __init__(self, spec: ModelSpec, kind: str, seed: int = 0, **kwargs) -> None:
-        super().__init__(name=f"{kind}_net", **kwargs)
+    kind = ""
+
+    def __init__(self, spec: ModelSpec, **kwargs) -> None:
+        super().__init__(name=f"{self.kind}_net", **kwargs)
         self.spec = spec
-        self.kind = kind
-        reg = keras.regularizers.L2(spec.l2)
+        kind = self.kind
+        self.reg = keras.regularizers.L2(spec.l2)
         self.cust_tower = _mlp((spec.tower_dim,), 0.0, spec.l2, f"{kind}_customer_tower")
         self.prod_tower = _mlp((spec.tower_dim,), 0.0, spec.l2, f"{kind}_product_tower")
-        self.hist_emb = layers.Embedding(spec.n_products + 1, spec.id_dim, embeddings_regularizer=reg)
-        if kind == "interact":
-            self.prod_id_drop = IdDropout(spec.id_dropout, seed=seed + 1)
-            self.prod_emb = layers.Embedding(spec.n_products + 1, spec.id_dim, embeddings_regularizer=reg)
-            self.prod_off = layers.Embedding(
-                spec.n_products + 1, 1, embeddings_initializer="zeros", embeddings_regularizer=reg
-            )
-            # popularity prior: a linear term on log1p(rating count), starting at slope 1, so the
-            # head ranks like popularity from the first epoch and learns what departs from it
-            self.popularity = layers.Dense(1, kernel_initializer="ones", name=f"{kind}_popularity")
-            start, stop = spec.prod_review_span
-            keep = np.ones(spec.prod_dim, np.float32)
-            keep[start:stop] = 0.0
-            self.prod_keep = keep
-        else:
-            self.prod_vec = layers.Dense(spec.id_dim, kernel_regularizer=reg, name=f"{kind}_product_vec")
-        self.trunk = _mlp(spec.hidden, spec.dropout, spec.l2, f"{kind}_trunk")
-        init = "zeros" if kind == "rating" else "glorot_uniform"
-        self.out = layers.Dense(1, kernel_initializer=init, name=f"{kind}_out")
-        # "wide" part of the rating head: a linear term on the pair features, so the neighbourhood
-        # residual (ml.features.pair_features) can correct the bias prior directly
-        self.wide = (
-            layers.Dense(1, use_bias=False, kernel_initializer="zeros", name=f"{kind}_wide")
-            if kind == "rating"
-            else None
-        )
+        self.hist_emb = layers.Embedding(spec.n_products + 1, spec.id_dim, embeddings_regularizer=self.reg)
+
+    def _trunk(self, out_init: str) -> None:
+        """The pair MLP and the output unit (created after the head's own layers)."""
+        self.trunk = _mlp(self.spec.hidden, self.spec.dropout, self.spec.l2, f"{self.kind}_trunk")
+        self.out = layers.Dense(1, kernel_initializer=out_init, name=f"{self.kind}_out")
 
     def build(self, input_shape=None):
         self.built = True
@@ -140,52 +119,94 @@ class HeadNet(layers.Layer):
         hist = ops.sum(self.hist_emb(history) * mask[:, :, None], axis=1) / ops.maximum(
             ops.sum(mask, axis=1, keepdims=True), 1.0
         )
-        offset = prior if self.kind == "rating" else ops.zeros_like(prior)
-        return {"t": self.cust_tower(features, training=training), "e": hist, "b": offset}
+        return {"t": self.cust_tower(features, training=training), "e": hist, "b": self._offset(prior)}
+
+    def _offset(self, prior):
+        """The customer's additive term."""
+        raise NotImplementedError
 
     def product_part(self, features, ids, prior, training=False) -> dict:
-        if self.kind == "rating":
-            return {
-                "t": self.prod_tower(features, training=training),
-                "e": self.prod_vec(features),
-                "b": prior,
-            }
-        ids = self.prod_id_drop(ids, training=training)
-        features = features * self.prod_keep
-        log_count = features[:, PRODUCT_LOG_COUNT : PRODUCT_LOG_COUNT + 1]
-        return {
-            "t": self.prod_tower(features, training=training),
-            "e": self.prod_emb(ids),
-            "b": self.prod_off(ids)[:, 0] + self.popularity(log_count)[:, 0],
-        }
+        raise NotImplementedError
 
     def pair_part(self, c: dict, p: dict, pair, training=False):
         x = ops.concatenate([c["t"], p["t"], c["t"] * p["t"], c["e"], p["e"], c["e"] * p["e"], pair], axis=-1)
-        y = self.out(self.trunk(x, training=training))[:, 0] + c["b"] + p["b"]
-        if self.wide is None:
-            return y
-        return y + self.wide(pair)[:, 0] + self.spec.mu
+        return self.out(self.trunk(x, training=training))[:, 0] + c["b"] + p["b"]
 
 
-HEADS = ("rating", "interact")
+class RatingHead(HeadNet):
+    """The rating (1-5): mu + the ridge biases + the MLP residual + a linear ("wide") term on the pair
+    features, so the neighbourhood residual (ml.features.pair_features) corrects the bias prior
+    directly. The product vector is a projection of its features: no per-product parameter."""
+
+    kind = "rating"
+
+    def __init__(self, spec: ModelSpec, seed: int = 0, **kwargs) -> None:
+        super().__init__(spec, **kwargs)
+        self.prod_vec = layers.Dense(spec.id_dim, kernel_regularizer=self.reg, name="rating_product_vec")
+        self._trunk("zeros")
+        self.wide = layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="rating_wide")
+
+    def _offset(self, prior):
+        return prior
+
+    def product_part(self, features, ids, prior, training=False) -> dict:
+        return {"t": self.prod_tower(features, training=training), "e": self.prod_vec(features), "b": prior}
+
+    def pair_part(self, c: dict, p: dict, pair, training=False):
+        return super().pair_part(c, p, pair, training=training) + self.wide(pair)[:, 0] + self.spec.mu
+
+
+class PickHead(HeadNet):
+    """The logit that the customer picks the product: learned product embeddings and offsets (ids
+    dropped at random in training, so content alone can score a never-rated product) and a
+    popularity prior, a linear term on log1p(rating count) starting at slope 1, so the head ranks
+    like popularity from the first epoch and learns what departs from it. The product's review text
+    is masked out of its features (see HeadNet)."""
+
+    kind = "pick"
+
+    def __init__(self, spec: ModelSpec, seed: int = 0, **kwargs) -> None:
+        super().__init__(spec, **kwargs)
+        self.prod_id_drop = IdDropout(spec.id_dropout, seed=seed + 1)
+        self.prod_emb = layers.Embedding(spec.n_products + 1, spec.id_dim, embeddings_regularizer=self.reg)
+        self.prod_off = layers.Embedding(
+            spec.n_products + 1, 1, embeddings_initializer="zeros", embeddings_regularizer=self.reg
+        )
+        self.popularity = layers.Dense(1, kernel_initializer="ones", name="pick_popularity")
+        self.prod_keep = spec.layout.product.mask_without("review_text")
+        self.log_count = spec.layout.product.span("log_count")
+        self._trunk("glorot_uniform")
+
+    def _offset(self, prior):
+        return ops.zeros_like(prior)
+
+    def product_part(self, features, ids, prior, training=False) -> dict:
+        ids = self.prod_id_drop(ids, training=training)
+        features = features * self.prod_keep
+        return {
+            "t": self.prod_tower(features, training=training),
+            "e": self.prod_emb(ids),
+            "b": self.prod_off(ids)[:, 0] + self.popularity(features[:, self.log_count])[:, 0],
+        }
+
+
+HEAD_CLASSES = (RatingHead, PickHead)
+HEADS = tuple(h.kind for h in HEAD_CLASSES)  # ("rating", "pick"): the model's output names
 
 
 @keras.saving.register_keras_serializable(package="ml")
 class HybridModel(keras.Model):
-    """Inputs: dict with `customer` (n, cust_dim), `product` (n, prod_dim) float features,
-    `product_id` int positions + 1 (0 = unknown), `customer_prior`, `product_prior`
-    (n,) ridge biases, `history` (n, H) rated product ids (0 = none) and `pair` (n, PAIR_DIM) the
-    co-occurrence and neighbourhood signals (ml.features.pair_features). Outputs dict `rating`,
-    `interact`, each from its own `HeadNet`, so each can keep the weights of its own best
+    """Inputs: the dict of `ml.features.ModelInputs`. Outputs dict `rating`, `pick`, each from its own
+    head network (`RatingHead`, `PickHead`), so each can keep the weights of its own best
     validation epoch (`BestPerHead`): the rating head overfits sparse data within an epoch or
     two while the pick head is still learning."""
 
     def __init__(self, spec: ModelSpec, seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.spec = spec
-        self.nets = {h: HeadNet(spec, h, seed=seed + 10 * k) for k, h in enumerate(HEADS)}
+        self.nets = {head.kind: head(spec, seed=seed + 10 * k) for k, head in enumerate(HEAD_CLASSES)}
         self.rating_net = self.nets["rating"]
-        self.interact_net = self.nets["interact"]
+        self.pick_net = self.nets["pick"]
 
     def build(self, input_shape=None):
         self.built = True
@@ -216,13 +237,10 @@ class HybridModel(keras.Model):
         return out
 
     def call(self, inputs, training=False):
-        c = self.customer_part(
-            inputs["customer"], inputs["customer_prior"], inputs["history"], training=training
-        )
-        p = self.product_part(
-            inputs["product"], inputs["product_id"], inputs["product_prior"], training=training
-        )
-        return self.pair_part(c, p, inputs["pair"], training=training)
+        x = ModelInputs(**inputs)
+        c = self.customer_part(x.customer, x.customer_prior, x.history, training=training)
+        p = self.product_part(x.product, x.product_id, x.product_prior, training=training)
+        return self.pair_part(c, p, x.pair, training=training)
 
     def get_config(self) -> dict:
         return {"spec": self.spec.to_dict()}
@@ -286,32 +304,23 @@ def masked_mse(y_true, y_pred):
     return ops.sum(err * err) / ops.maximum(ops.sum(mask), 1.0)
 
 
-def interact_bce(y_true, y_pred):
-    """Binary cross-entropy on the interaction logit."""
+def pick_bce(y_true, y_pred):
+    """Binary cross-entropy on the pick logit."""
     y = ops.reshape(y_true, (-1,))
     return ops.mean(keras.losses.binary_crossentropy(y, ops.reshape(y_pred, (-1,)), from_logits=True))
 
 
-def ranking_score(rating: np.ndarray, interact_logit: np.ndarray, rating_weight: float = 1.0) -> np.ndarray:
+def ranking_score(rating: np.ndarray, pick_logit: np.ndarray, rating_weight: float = 1.0) -> np.ndarray:
     """P(customer picks it) × (predicted rating on a 0–1 scale) ** rating_weight.
 
     rating_weight 0 ranks by the pick probability alone; larger values favour what the customer
     would rate highly. Training picks it on validation customers (see ml.train)."""
-    p = 1.0 / (1.0 + np.exp(-np.clip(interact_logit, -30, 30)))
+    p = 1.0 / (1.0 + np.exp(-np.clip(pick_logit, -30, 30)))
     return p * ((np.clip(rating, 1.0, 5.0) - 0.5) / 4.5) ** rating_weight
 
 
 def build_model(spec: ModelSpec, seed: int = 0) -> HybridModel:
     """A built (weights created) model for `spec`."""
     model = HybridModel(spec, seed=seed)
-    dummy = {
-        "customer": np.zeros((1, spec.cust_dim), np.float32),
-        "product": np.zeros((1, spec.prod_dim), np.float32),
-        "product_id": np.zeros((1,), np.int32),
-        "customer_prior": np.zeros((1,), np.float32),
-        "history": np.zeros((1, 1), np.int32),
-        "pair": np.zeros((1, PAIR_DIM), np.float32),
-        "product_prior": np.zeros((1,), np.float32),
-    }
-    model(dummy)
+    model(ModelInputs.dummy(spec.layout)._asdict())
     return model

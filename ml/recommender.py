@@ -273,7 +273,7 @@ class Recommender:
                 for h, v in zip(HEADS, res):
                     if v is not None:
                         out[h][s : s + step, a:b] = v
-        return Heads(out.get("rating"), out.get("interact"))
+        return Heads(out.get("rating"), out.get("pick"))
 
     def score_pairs(self, u: np.ndarray, i: np.ndarray, heads: tuple[str, ...] = HEADS) -> Heads:
         """`score` for aligned rows (u[k], i[k]) (-1 = unknown): the same forward pass with one
@@ -292,7 +292,7 @@ class Recommender:
             for h, v in zip(HEADS, res):
                 if v is not None:
                     out[h][s : s + PASS_ROWS] = v[:, 0]
-        return Heads(out.get("rating"), out.get("interact"))
+        return Heads(out.get("rating"), out.get("pick"))
 
     def predict(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
         """Predicted ratings (1–5) for aligned customer/product positions (-1 = unknown)."""
@@ -459,7 +459,7 @@ class Recommender:
         k = min(top, len(pos))
         if k == 0:
             return [[] for _ in u]
-        need = HEADS if self.rating_weight != 0 else ("interact",)
+        need = HEADS if self.rating_weight != 0 else ("pick",)
         heads = self.score(u, items, heads=need)
         score = self._ranking(heads)
         if exclude_seen:
@@ -591,7 +591,7 @@ class Recommender:
         lengths = np.array([len(c) for c in candidates])
         rows = np.repeat(u, lengths)
         items = np.concatenate(candidates).astype(np.int64) if len(candidates) else np.zeros(0, np.int64)
-        heads = self.score_pairs(rows, items, heads=HEADS if self.rating_weight != 0 else ("interact",))
+        heads = self.score_pairs(rows, items, heads=HEADS if self.rating_weight != 0 else ("pick",))
         score = self._ranking(heads)
         picked, starts = [], np.concatenate([[0], np.cumsum(lengths)])
         for a, b in zip(starts[:-1], starts[1:]):

@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 CURRENT_FILE = "CURRENT"
-# Version of the artifact layout written by ml.train; 2: ratings in tables.npz, 3 pair-feature columns.
-ARTIFACT_FORMAT = 2
+# Version of the artifact layout written by ml.train; 2: ratings in tables.npz, 3 pair-feature columns;
+# 3: the model spec holds the named feature layout, the heads are "rating" and "pick" (was "interact").
+ARTIFACT_FORMAT = 3
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -80,17 +80,17 @@ def teacher_from_recommender(rec) -> Teacher:
     """The pick head's logits (`Recommender.score`, pick head only) as a teacher callable."""
 
     def by_score(u: np.ndarray, items: np.ndarray | None) -> np.ndarray:
-        return np.asarray(rec.score(np.asarray(u), items, heads=("interact",)).logit, np.float32)
+        return np.asarray(rec.score(np.asarray(u), items, heads=("pick",)).logit, np.float32)
 
     return by_score
 
 
 def pick_parts(model, tables: FeatureTables, batch: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(customer inputs (C, Dc'), product inputs (P, Dp'), product bias b_p (P,)) from the features
-    and the fitted pick head's own halves (`HeadNet.customer_part` / `product_part`)."""
+    and the fitted pick head's own halves (`PickHead.customer_part` / `product_part`)."""
     from keras import ops
 
-    net = model.interact_net
+    net = model.pick_net
 
     def np_(x):
         return np.asarray(ops.convert_to_numpy(x), np.float32)

@@ -21,9 +21,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ml.features import PAIR_DIM, PRODUCT_LOG_COUNT
+from ml.features import PAIR_DIM
 
-HEADS = ("rating", "interact")
+HEADS = ("rating", "pick")  # ml.model.HEADS (not imported: this module needs no Keras)
 SMALL_PASS_ROWS = 16_384  # (customer, product) rows up to which a pass runs BLAS single-threaded
 
 
@@ -153,12 +153,13 @@ class HeadWeights:
     prod_off: np.ndarray | None = None
     popularity: Dense | None = None
     prod_keep: np.ndarray | None = None
+    log_count: slice | None = None  # pick head: the product features' log1p(rating count) column
     wide: np.ndarray | None = None  # rating head: (PAIR_DIM,)
     mu: float = 0.0
 
     @classmethod
     def from_net(cls, net, mu: float) -> HeadWeights:
-        """Pull the weights of a built `ml.model.HeadNet`."""
+        """Pull the weights of a built head network (`ml.model.RatingHead` or `PickHead`)."""
         trunk = _stack(net.trunk) + [_dense(net.out)]
         cust_tower, prod_tower = _stack(net.cust_tower), _stack(net.prod_tower)
         t, d = cust_tower[-1].kernel.shape[1], _numpy(net.hist_emb.embeddings).shape[1]
@@ -171,11 +172,12 @@ class HeadWeights:
             trunk[1:],
             mu=float(mu),
         )
-        if net.kind == "interact":
+        if net.kind == "pick":
             w.prod_emb = _numpy(net.prod_emb.embeddings)
             w.prod_off = _numpy(net.prod_off.embeddings)[:, 0]
             w.popularity = _dense(net.popularity)
             w.prod_keep = np.asarray(net.prod_keep, np.float32)
+            w.log_count = net.log_count
         else:
             w.prod_vec = _dense(net.prod_vec)
             w.wide = _dense(net.wide).kernel[:, 0]
@@ -202,8 +204,7 @@ class HeadWeights:
                 np.asarray(prior, np.float32),
             )
         features = features * self.prod_keep
-        log_count = features[:, PRODUCT_LOG_COUNT : PRODUCT_LOG_COUNT + 1]
-        bias = self.prod_off[ids] + self.popularity(log_count)[:, 0]
+        bias = self.prod_off[ids] + self.popularity(features[:, self.log_count])[:, 0]
         return ProductPart(
             np.concatenate([_apply(self.prod_tower, features), self.prod_emb[ids]], axis=1),
             bias.astype(np.float32),
@@ -284,4 +285,4 @@ class ScoringNet:
         self, c: dict[str, CustomerPart], p: dict[str, ProductPart], pair: np.ndarray, heads: tuple[str, ...]
     ) -> Heads:
         out = {h: self.heads[h].forward(c[h], p[h], pair) if h in heads else None for h in HEADS}
-        return Heads(out["rating"], out["interact"])
+        return Heads(out["rating"], out["pick"])

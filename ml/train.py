@@ -41,8 +41,8 @@ from ml.model import (
     EpochReport,
     ModelSpec,
     build_model,
-    interact_bce,
     masked_mse,
+    pick_bce,
     ranking_score,
 )
 from ml.registry import ARTIFACT_FORMAT
@@ -205,7 +205,7 @@ def build_training_rows(
     is_val = np.concatenate([val_pos, val_pos[src]])
     # one shuffle so that every batch (validation ones too) mixes positives and negatives
     perm = rng.permutation(len(all_u))
-    targets = {"rating": rating_t[perm], "interact": observed[perm]}
+    targets = {"rating": rating_t[perm], "pick": observed[perm]}
     return TrainingRows({k: v[perm] for k, v in inputs.items()}, targets, is_val[perm])
 
 
@@ -223,16 +223,13 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
     spec = ModelSpec(
         n_customers=tables.n_customers,
         n_products=tables.n_products,
-        cust_dim=tables.cust_dim,
-        prod_dim=tables.prod_dim,
+        layout=tables.layout,
         mu=tables.mu,
-        prod_review_span=tables.prod_review_span,
         **{name: getattr(config, name) for name in ARCHITECTURE_FIELDS},
     )
     model = build_model(spec, seed=config.seed)
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss={"rating": masked_mse, "interact": interact_bce},
+        optimizer=keras.optimizers.Adam(config.learning_rate), loss={"rating": masked_mse, "pick": pick_bce}
     )
     train_m, val_m = ~rows.is_val, rows.is_val
     has_val = bool(val_m.any())

@@ -110,7 +110,7 @@ def raw_heads(rec, pairs: dict) -> dict:
 
     u, i = np.asarray(pairs["pair_u"]), np.asarray(pairs["pair_i"])
     out = rec.model(model_inputs(rec.tables, u, i), training=False)
-    return {k: np.asarray(ops.convert_to_numpy(out[k])).reshape(-1).tolist() for k in ("rating", "interact")}
+    return {k: np.asarray(ops.convert_to_numpy(out[k])).reshape(-1).tolist() for k in ("rating", "pick")}
 
 
 def both(rec, pairs: dict) -> dict:

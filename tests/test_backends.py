@@ -119,10 +119,10 @@ def test_tf_trained_model_scores_the_same_under_jax(tf_side, jax_side):
 
 def test_raw_keras_model_agrees_across_backends(tf_side, jax_side):
     tf, jax = tf_side["raw"], jax_side["tf_model"]["raw"]
-    diffs = {k: max_diff(tf[k], jax[k]) for k in ("rating", "interact")}
+    diffs = {k: max_diff(tf[k], jax[k]) for k in ("rating", "pick")}
     print(
         f"\nraw HybridModel heads, JAX vs TF: max |diff| rating {diffs['rating']:.2e}, "
-        f"pick logit {diffs['interact']:.2e}"
+        f"pick logit {diffs['pick']:.2e}"
     )
     assert all(np.isfinite(tf[k]).all() and np.ptp(tf[k]) > 1e-3 for k in tf)
     assert max(diffs.values()) < MAX_RAW_DIFF, diffs
@@ -141,7 +141,7 @@ def test_model_trained_under_jax_saves_loads_and_scores(jax_side):
     assert ratings.shape == (len(pairs["predict_u"]),) and ((ratings >= 1) & (ratings <= 5)).all()
     tf = both(rec, pairs)
     score_diff = max(max_diff(tf["score_customers"], grid), max_diff(tf["predict"], ratings))
-    raw_diff = max(max_diff(tf["raw"][k], jax["raw"][k]) for k in ("rating", "interact"))
+    raw_diff = max(max_diff(tf["raw"][k], jax["raw"][k]) for k in ("rating", "pick"))
     print(
         f"\nJAX-trained model, TF vs JAX: max |score or rating| diff {score_diff:.2e}, "
         f"raw heads {raw_diff:.2e}"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from ml.features import Exclusion, build_tables, model_inputs
+from ml.features import Exclusion, FeatureLayout, build_tables, model_inputs
 
 
 def _world(seed: int = 0, n_c: int = 12, n_p: int = 9, dt: int = 5, dc: int = 4):
@@ -96,7 +98,10 @@ def test_missing_modality_is_a_zero_width_block():
     w["prod_content"] = np.zeros((len(w["product_ids"]), 0), np.float32)
     t = _tables(w)
     x = model_inputs(t, w["u"][:3], w["i"][:3])
-    assert x["customer"].shape == (3, t.cust_dim) and x["product"].shape == (3, t.prod_dim)
+    assert x["customer"].shape == (3, t.layout.customer.width) and x["product"].shape == (
+        3,
+        t.layout.product.width,
+    )
     assert np.isfinite(x["customer"]).all() and np.isfinite(x["product"]).all()
 
 
@@ -126,3 +131,41 @@ def test_training_rows_see_biases_without_their_own_rating():
     np.testing.assert_allclose(np.sort(rows.inputs["product_prior"][pos]), np.sort(loo_i), rtol=1e-5)
     # and they differ from the in-sample biases, which contain the rating to predict
     assert not np.allclose(np.sort(rows.inputs["customer_prior"][pos]), np.sort(prior.b_u_[w["u"]]))
+
+
+# ---------------------------------------------------------------- the named feature layout (issue 11)
+
+
+def test_the_layout_names_every_column_of_both_rows():
+    w = _world()
+    t = _tables(w)
+    layout = t.layout
+    u, i = w["u"][:4], w["i"][:4]
+    x = model_inputs(t, u, i)
+    assert x["customer"].shape[1] == layout.customer.width and x["product"].shape[1] == layout.product.width
+    prod = x["product"]
+    np.testing.assert_allclose(prod[:, layout.product.span("content")], t.prod_content[i])
+    np.testing.assert_allclose(prod[:, layout.product.span("log_count")][:, 0], np.log1p(t.prod_count[i]))
+    cust = x["customer"]
+    np.testing.assert_allclose(cust[:, layout.customer.span("log_count")][:, 0], np.log1p(t.cust_count[u]))
+    keep = layout.product.mask_without("review_text")
+    assert (
+        keep[layout.product.span("review_text")].sum() == 0
+        and keep.sum() == layout.product.width - (t.prod_review_sum.shape[1])
+    )
+    assert FeatureLayout.from_dict(json.loads(json.dumps(layout.to_dict()))) == layout
+
+
+def test_a_block_that_does_not_fit_the_layout_fails_loudly():
+    row = FeatureLayout.of(content=3, customer_text=2, product_text=2).product
+    ok = {"content": np.zeros((2, 3)), "review_text": np.zeros((2, 2)), "log_count": np.zeros((2, 1))}
+    ok["has_text"] = np.ones((2, 1))
+    assert row.assemble(**ok).shape == (2, 7)
+    with pytest.raises(ValueError, match="do not match"):
+        row.assemble(**{k: v for k, v in ok.items() if k != "has_text"})
+    with pytest.raises(ValueError, match="do not match"):
+        row.assemble(**ok, extra=np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="'content'"):
+        row.assemble(**{**ok, "content": np.zeros((2, 4))})
+    with pytest.raises(KeyError, match="no feature block"):
+        row.span("price")

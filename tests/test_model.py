@@ -27,10 +27,10 @@ class _Model:
 def _run(callback, losses):
     model = _Model()
     callback.set_model(model)
-    for epoch, (rating, interact) in enumerate(losses):
+    for epoch, (rating, pick) in enumerate(losses):
         model.nets["rating"].w = [np.array([float(epoch)])]  # weights remember their epoch
-        model.nets["interact"].w = [np.array([float(epoch)])]
-        callback.on_epoch_end(epoch, {"val_rating_loss": rating, "val_interact_loss": interact})
+        model.nets["pick"].w = [np.array([float(epoch)])]
+        callback.on_epoch_end(epoch, {"val_rating_loss": rating, "val_pick_loss": pick})
         if model.stop_training:
             break
     callback.on_train_end()
@@ -38,11 +38,11 @@ def _run(callback, losses):
 
 
 def test_creeping_improvements_do_not_keep_training_alive():
-    creep = [(1.0 - 2e-5 * k, 0.5 + 0.01 * k) for k in range(40)]  # rating creeps, interact worsens
+    creep = [(1.0 - 2e-5 * k, 0.5 + 0.01 * k) for k in range(40)]  # rating creeps, pick worsens
     model, last = _run(BestPerHead(patience=4, min_delta=1e-4), creep)
     assert last == 4  # stopped after `patience` epochs without a real improvement
     assert model.nets["rating"].w[0][0] == 4  # yet keeps the strictly best weights seen
-    assert model.nets["interact"].w[0][0] == 0
+    assert model.nets["pick"].w[0][0] == 0
     _, last = _run(BestPerHead(patience=4), creep)
     assert last == 39  # without min_delta it never stops
 
@@ -60,5 +60,5 @@ def test_each_head_keeps_its_own_best_epoch():
         (1.4, 1.0),
     ]
     model, last = _run(BestPerHead(patience=3, min_delta=1e-4), losses)
-    assert model.nets["rating"].w[0][0] == 1 and model.nets["interact"].w[0][0] == 3
+    assert model.nets["rating"].w[0][0] == 1 and model.nets["pick"].w[0][0] == 3
     assert last == 6

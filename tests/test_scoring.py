@@ -63,8 +63,8 @@ def test_numpy_equals_keras_on_aligned_rows(rec):
     ref = _keras(rec, u, i)
     got = rec.score_pairs(u, i)
     np.testing.assert_allclose(got.rating, ref["rating"], **TOL)
-    np.testing.assert_allclose(got.logit, ref["interact"], **TOL)
-    assert np.ptp(ref["interact"]) > 0.1 and np.ptp(ref["rating"]) > 0.01  # a trained, non-constant model
+    np.testing.assert_allclose(got.logit, ref["pick"], **TOL)
+    assert np.ptp(ref["pick"]) > 0.1 and np.ptp(ref["rating"]) > 0.01  # a trained, non-constant model
 
 
 def test_numpy_equals_keras_on_customers_x_items(rec):
@@ -73,7 +73,7 @@ def test_numpy_equals_keras_on_customers_x_items(rec):
     got = rec.score(u, items)
     ref = _keras(rec, np.repeat(u, len(items)), np.tile(items, len(u)))
     np.testing.assert_allclose(got.rating, ref["rating"].reshape(len(u), -1), **TOL)
-    np.testing.assert_allclose(got.logit, ref["interact"].reshape(len(u), -1), **TOL)
+    np.testing.assert_allclose(got.logit, ref["pick"].reshape(len(u), -1), **TOL)
 
 
 def test_pair_features_same_on_both_shapes_and_equal_dense_reference(rec):
