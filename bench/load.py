@@ -393,7 +393,8 @@ def cpu_seconds(stack) -> dict[str, float]:
 
 
 def _catalog(models: Path) -> dict:
-    from ml.registry import ModelRegistry, read_manifest
+    from ml.artifact import read_manifest
+    from ml.registry import ModelRegistry
 
     manifest = read_manifest(ModelRegistry(models).current_path())
     data = manifest.get("data", {})

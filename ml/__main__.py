@@ -180,7 +180,7 @@ def _run(args) -> int:
 
         config = _config(args) if args.epochs else None
         if config is not None and args.model:
-            from ml.registry import read_manifest
+            from ml.artifact import read_manifest
             from ml.train import TrainConfig
 
             manifest = read_manifest(args.model)

@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from ml import baselines
+from ml.artifact import read_manifest
 from ml.config import Settings
 from ml.metrics import csr_from_pairs, mae, paired_bootstrap, ranking_metrics, rmse, squared_errors
 from ml.recommender import Recommender
-from ml.registry import read_manifest
 from ml.split import has_timestamps, split_reviews
 from ml.train import TrainConfig, fit_artifact, is_synthetic
 

@@ -11,7 +11,6 @@ pass) all go through it.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from ml import feedback
+from ml.artifact import Artifact
 from ml.catalog import Catalog, Filters, read_attributes
 from ml.config import Settings
 from ml.features import (
-    FeatureTables,
     customer_features,
     customer_history,
     customer_prior,
@@ -34,9 +33,8 @@ from ml.features import (
     product_id_input,
     product_prior,
 )
-from ml.model import ModelSpec, build_model, ranking_score
-from ml.registry import read_manifest
-from ml.retrieval import ContentIndex, Retriever, positions_in, without_positions
+from ml.model import ranking_score
+from ml.retrieval import ContentIndex, positions_in, without_positions
 from ml.scoring import HEADS, Heads, ProductPart, ScoringNet
 
 if TYPE_CHECKING:
@@ -97,20 +95,18 @@ class Recommender:
     """Top-N recommendations from a trained hybrid model artifact."""
 
     def __init__(
-        self,
-        path: Path,
-        manifest: dict,
-        tables: FeatureTables,
-        model,
-        seen_u: np.ndarray,
-        seen_i: np.ndarray,
-        products: list[dict],
-        retriever: Retriever | None = None,
-        serving: ServingPath = ServingPath(),
-        catalog: Catalog | None = None,
+        self, artifact: Artifact, serving: ServingPath = ServingPath(), catalog: Catalog | None = None
     ) -> None:
-        self.path = path
-        self.retriever = retriever
+        """Serve `artifact` (read from disk, or still in memory while training chooses its ranking
+        weight); `catalog`: the products' category paths and prices (default: from the artifact)."""
+        manifest, tables, model, products = (
+            artifact.manifest,
+            artifact.tables,
+            artifact.model,
+            artifact.products,
+        )
+        seen_u, seen_i = artifact.seen_u, artifact.seen_i
+        self.retriever = artifact.retriever
         self.serving = serving
         self.manifest = manifest
         self.version: str = manifest["version"]
@@ -137,9 +133,7 @@ class Recommender:
         self._popular = np.lexsort((all_i, -mean_rating, -tables.prod_count))
         self._popular_rank = np.empty(tables.n_products, np.int64)
         self._popular_rank[self._popular] = all_i
-        self.catalog = catalog or Catalog(
-            [""] * tables.n_products, np.full(tables.n_products, np.nan), "none"
-        )
+        self.catalog = catalog or read_attributes(products, manifest.get("data", {}))
         # similar products and reasons: cosine over the content vectors the hybrid is given
         self.content = ContentIndex(tables.prod_content)
         self.modalities = content_modalities(manifest, tables.prod_content)
@@ -148,18 +142,7 @@ class Recommender:
     def load(cls, path: str | Path, settings: Settings | None = None) -> Recommender:
         """The artifact at `path`, with its retriever when it has one; `settings` choose the serving
         path (default: the environment's)."""
-        path = Path(path)
-        manifest = read_manifest(path)
-        tables = FeatureTables.load(path / "tables.npz")
-        model = build_model(ModelSpec.from_dict(manifest["spec"]))
-        model.load_weights(path / "model.weights.h5")
-        with np.load(path / "interactions.npz") as z:
-            seen_u, seen_i = z["u"].astype(np.int64), z["i"].astype(np.int64)
-        products = json.loads((path / "products.json").read_text())
-        retriever = Retriever.load(path) if Retriever.exists(path) else None
-        serving = ServingPath.from_settings(settings or Settings.from_env())
-        catalog = read_attributes(products, manifest.get("data", {}))
-        return cls(path, manifest, tables, model, seen_u, seen_i, products, retriever, serving, catalog)
+        return cls(Artifact.read(path), ServingPath.from_settings(settings or Settings.from_env()))
 
     # -- lookups -------------------------------------------------------------------------------
     @property

@@ -13,25 +13,9 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ml.artifact import read_manifest
+
 CURRENT_FILE = "CURRENT"
-# Version of the artifact layout written by ml.train; 2: ratings in tables.npz, 3 pair-feature columns;
-# 3: the model spec holds the named feature layout, the heads are "rating" and "pick" (was "interact").
-ARTIFACT_FORMAT = 3
-
-
-def read_manifest(path: str | Path) -> dict:
-    """An artifact's manifest; FileNotFoundError if `path` is no artifact, ValueError if this code
-    cannot read its format (an artifact from an older version: train again)."""
-    manifest_file = Path(path) / "manifest.json"
-    if not manifest_file.is_file():
-        raise FileNotFoundError(f"{path} is not a model artifact (no manifest.json)")
-    manifest = json.loads(manifest_file.read_text())
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        raise ValueError(
-            f"{path} has artifact format {manifest.get('format')}, this code reads "
-            f"format {ARTIFACT_FORMAT}: train the model again"
-        )
-    return manifest
 
 
 class ModelRegistry:

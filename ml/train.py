@@ -1,19 +1,13 @@
 """Training: data → embeddings → feature tables → Keras hybrid model → versioned artifact directory.
 
-An artifact directory holds `manifest.json` (version, data fingerprint, encoder names, split, config,
-metrics, created time), `model.weights.h5`, `tables.npz` (feature sums/counts), `interactions.npz`
-(training pairs, for "exclude seen"), `products.json` (title, image, category path and price per
-product), `history.json` and `retrieval/` (two-tower vectors and ANN index, ml.retrieval).
-It is written to a temporary sibling and renamed into place, so a reader never sees half of one.
+The model is built and fitted in memory; its ranking weight is chosen, and its retriever distilled,
+on the serving object over that in-memory artifact (`ml.recommender.Recommender(Artifact)`), and the
+artifact is then written once (`ml.artifact.Artifact.write`: atomic, the manifest last).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ml.artifact import ARTIFACT_FORMAT, Artifact
 from ml.baselines import BiasBaseline
 from ml.config import Settings
 from ml.embed import Embeddings, embed_dataset
@@ -45,7 +40,7 @@ from ml.model import (
     pick_bce,
     ranking_score,
 )
-from ml.registry import ARTIFACT_FORMAT
+from ml.recommender import Recommender
 from ml.retrieval import RetrievalConfig, build_retriever, teacher_from_recommender
 from ml.split import split_reviews
 
@@ -254,7 +249,7 @@ RATING_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 def choose_rating_weight(
-    artifact: Path,
+    rec: Recommender,
     u: np.ndarray,
     i: np.ndarray,
     val: np.ndarray,
@@ -269,11 +264,9 @@ def choose_rating_weight(
     validation NDCG beats weight 0's beyond noise (paired-bootstrap 95% interval above 0). With a
     few hundred validation customers the best of five weights is often best by luck."""
     from ml.metrics import csr_from_pairs, paired_bootstrap, ranking_metrics
-    from ml.recommender import Recommender
 
     if not val.any():
         return {"rating_weight": 0.0, "chosen_by": "default (no validation ratings)"}
-    rec = Recommender.load(artifact)
     n_c = rec.tables.n_customers
     users = np.unique(u[val])
     users = np.random.default_rng(config.seed).permutation(users)[:max_customers]
@@ -305,10 +298,6 @@ def choose_rating_weight(
         f"val_ndcg@{k}": {str(w): round(float(v.mean()), 5) for w, v in results.items()},
         "best_minus_weight_0": margin,
     }
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def product_records(products: pd.DataFrame) -> list[dict]:
@@ -449,59 +438,44 @@ def fit_artifact(
         err = pred - rows.targets["rating"][val, 0]
         metrics.update(val_rmse=float(np.sqrt(np.mean(err**2))), val_mae=float(np.mean(np.abs(err))))
 
-    tmp = Path(
-        tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent if out_dir.parent.exists() else None)
-    )
-    try:
-        model.save_weights(tmp / "model.weights.h5")
-        tables.save(tmp / "tables.npz")
-        np.savez_compressed(tmp / "interactions.npz", u=u.astype(np.int32), i=i.astype(np.int32))
-        _write_json(tmp / "products.json", product_records(products))
-        _write_json(tmp / "history.json", hist)
-        manifest = {
-            "format": ARTIFACT_FORMAT,
-            "version": out_dir.name,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "data": {
-                "path": str(dataset.path),
-                "source": dataset.source,
-                "fingerprint": dataset.fingerprint(),
-                "synthetic": is_synthetic(dataset),
-                "n_ratings": int(len(dataset.reviews)),
-                "n_train": int(len(train)),
-                "n_customers": int(len(customer_ids)),
-                "n_products": int(len(products)),
-            },
-            "split": split,
-            "encoders": emb.encoders,
-            "images": {"with_photo": int(np.count_nonzero(emb.has_image)), **image_report},
-            "embedding": {k: v for k, v in emb.stats.items() if k != "seconds"},
-            "config": {**asdict(config), "hidden": list(config.hidden)},
-            "spec": spec.to_dict(),
-            "metrics": metrics,
-            "training_seconds": round(time.time() - started, 1),
-        }
-        if feedback is not None:
-            manifest["feedback"] = feedback
-        _write_json(tmp / "manifest.json", manifest)
-        # whole-catalog scoring of validation customers: bounded to ~5e7 rows on large catalogs
-        rank_customers = int(min(2000, max(50, 50_000_000 // max(len(products), 1))))
-        manifest["ranking"] = choose_rating_weight(tmp, u, i, val_rows, config, max_customers=rank_customers)
-        _write_json(tmp / "manifest.json", manifest)
-        if wants_retriever(config, len(products), settings):
-            manifest["retrieval"] = write_retriever(
-                tmp, model, tables, retrieval or RetrievalConfig(seed=config.seed)
-            )
-        manifest["training_seconds"] = round(time.time() - started, 1)
-        manifest["stages_s"] = {**stages, "fit": round(time.time() - fit_started, 1)}
-        _write_json(tmp / "manifest.json", manifest)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    manifest = {
+        "format": ARTIFACT_FORMAT,
+        "version": out_dir.name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data": {
+            "path": str(dataset.path),
+            "source": dataset.source,
+            "fingerprint": dataset.fingerprint(),
+            "synthetic": is_synthetic(dataset),
+            "n_ratings": int(len(dataset.reviews)),
+            "n_train": int(len(train)),
+            "n_customers": int(len(customer_ids)),
+            "n_products": int(len(products)),
+        },
+        "split": split,
+        "encoders": emb.encoders,
+        "images": {"with_photo": int(np.count_nonzero(emb.has_image)), **image_report},
+        "embedding": {k: v for k, v in emb.stats.items() if k != "seconds"},
+        "config": {**asdict(config), "hidden": list(config.hidden)},
+        "spec": spec.to_dict(),
+        "metrics": metrics,
+    }
+    if feedback is not None:
+        manifest["feedback"] = feedback
+    artifact = Artifact(manifest, model, tables, u, i, product_records(products), hist)
+    # The ranking weight and the retriever are chosen on the model in memory (the serving object
+    # over it, exact path); the artifact is written once, complete.
+    rec = Recommender(artifact)
+    # whole-catalog scoring of validation customers: bounded to ~5e7 rows on large catalogs
+    rank_customers = int(min(2000, max(50, 50_000_000 // max(len(products), 1))))
+    manifest["ranking"] = choose_rating_weight(rec, u, i, val_rows, config, max_customers=rank_customers)
+    if wants_retriever(config, len(products), settings):
+        cfg = retrieval or RetrievalConfig(seed=config.seed)
+        artifact.retriever = build_retriever(model, tables, teacher_from_recommender(rec), cfg)
+        manifest["retrieval"] = artifact.retriever.meta
+    manifest["training_seconds"] = round(time.time() - started, 1)
+    manifest["stages_s"] = {**stages, "fit": round(time.time() - fit_started, 1)}
+    artifact.write(out_dir)
     log.info("model written to %s (%.1fs)", out_dir, manifest["training_seconds"])
     return manifest
 
@@ -513,16 +487,6 @@ def wants_retriever(config: TrainConfig, n_products: int, settings: Settings) ->
     return config.retriever == "always" or (
         config.retriever == "auto" and n_products > settings.exact_max_products
     )
-
-
-def write_retriever(artifact: Path, model, tables: FeatureTables, cfg: RetrievalConfig) -> dict:
-    """Distil the written artifact's pick head into the two-tower retriever, save it inside the
-    artifact and return its manifest section."""
-    from ml.recommender import Recommender
-
-    retriever = build_retriever(model, tables, teacher_from_recommender(Recommender.load(artifact)), cfg)
-    retriever.save(artifact)
-    return retriever.meta
 
 
 def train_model(

@@ -37,8 +37,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ml.artifact import read_manifest
 from ml.config import REPO_ROOT, Settings
-from ml.registry import ModelRegistry, read_manifest
+from ml.registry import ModelRegistry
 from scripts.procs import (
     masked_url,
     port_in_use,

@@ -29,7 +29,7 @@ def test_publish_refuses_non_artifacts_and_bad_names(tmp_path):
 
 
 def test_read_manifest_refuses_other_artifact_formats(tmp_path):
-    from ml.registry import ARTIFACT_FORMAT, read_manifest
+    from ml.artifact import ARTIFACT_FORMAT, read_manifest
 
     with pytest.raises(FileNotFoundError):
         read_manifest(tmp_path)
@@ -41,7 +41,7 @@ def test_read_manifest_refuses_other_artifact_formats(tmp_path):
 
 
 def test_summary_says_what_an_operator_picks_by(tmp_path):
-    from ml.registry import ARTIFACT_FORMAT
+    from ml.artifact import ARTIFACT_FORMAT
 
     reg = ModelRegistry(tmp_path)
     data = {"path": "/data/x", "fingerprint": "abc", "n_ratings": 10}

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ml.artifact import read_manifest
 from ml.config import Settings
 from ml.recommender import Recommender, ServingPath
-from ml.registry import ModelRegistry, read_manifest
+from ml.registry import ModelRegistry
 from ml.retrieval import ExactIndex, HnswIndex, RetrievalConfig, Retriever
 from ml.train import TrainConfig, wants_retriever
 

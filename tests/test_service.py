@@ -428,7 +428,8 @@ def test_run_stack_starts_everything_and_ctrl_c_stops_it(
 def test_make_run_retrains_when_the_published_model_is_of_an_older_format(tmp_path, base_settings):
     import dataclasses
 
-    from ml.registry import ARTIFACT_FORMAT, ModelRegistry
+    from ml.artifact import ARTIFACT_FORMAT
+    from ml.registry import ModelRegistry
     from scripts.run_stack import Stack, StackError, ensure_model
 
     models = tmp_path / "models"
