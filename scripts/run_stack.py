@@ -75,13 +75,20 @@ def say(message: str = "") -> None:
 # ---------------------------------------------------------------- commands (also used by the tests)
 
 
-def worker_command(settings: Settings, hostname: str = "recsys@%h") -> list[str]:
+CELERY_APP = "tasks.celery_app:app"
+
+
+def worker_command(
+    settings: Settings, hostname: str = "recsys@%h", app: str = CELERY_APP, alone: bool = False
+) -> list[str]:
+    """The Celery worker's command line (the launcher's, the tests', the benchmarks'). `alone`: skip
+    gossip and mingle (a worker that needs no word from others starts a second sooner)."""
     return [
         sys.executable,
         "-m",
         "celery",
         "-A",
-        "tasks.celery_app:app",
+        app,
         "worker",
         "-Q",
         names.ALL_QUEUES,
@@ -91,6 +98,7 @@ def worker_command(settings: Settings, hostname: str = "recsys@%h") -> list[str]
         str(settings.worker_concurrency),
         "-n",
         hostname,
+        *(["--without-gossip", "--without-mingle"] if alone else []),
         "-l",
         "INFO",
     ]

@@ -8,6 +8,8 @@ Everything heavy is session-scoped and started only when a test asks for it.
 from __future__ import annotations
 
 import gc
+import os
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +20,16 @@ import pytest
 from ml.config import Settings
 from ml.registry import ModelRegistry
 from scripts.procs import free_port
-from support import WORKER_START_TIMEOUT_S, RedisServer, WebServer, Worker, result_of, worker_env
+from support import WORKER_START_TIMEOUT_S, RedisServer, WebServer, Worker, result_of
+
+
+# Tests never write into the repository's var/: every Settings.from_env() in this process and in the
+# processes it starts reads a var directory of the tests' own (kept across runs, so converted weights
+# and text embeddings are reused; a clean clone starts it empty).
+TEST_VAR_DIR = Path(tempfile.gettempdir()) / f"recsys-tests-{os.getuid()}" / "var"
+os.environ["RECSYS_VAR_DIR"] = str(TEST_VAR_DIR)
+for _name in ("RECSYS_CACHE_DIR", "RECSYS_MODELS_DIR", "RECSYS_DATA_DIR", "RECSYS_DEMO_DATA_DIR"):
+    os.environ.pop(_name, None)  # each follows RECSYS_VAR_DIR
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
@@ -117,7 +128,7 @@ def base_settings(service_root) -> Settings:
         models_dir=service_root / "models",
         data_dir=service_root,  # training requests may name the session world (service_root/world)
         feedback_file=service_root / "feedback" / "feedback.jsonl",
-        cache_dir=Settings.from_env().cache_dir,  # share converted weights / embeddings across runs
+        cache_dir=Settings.from_env().cache_dir,  # TEST_VAR_DIR/cache: weights and embeddings, across runs
         redis_url="redis://127.0.0.1:1/0",
         sync_wait_s=30.0,
         readyz_timeout_s=1.0,
@@ -158,7 +169,7 @@ def worker(settings, service_root, celery_client, known_customers):
     """A real prefork worker serving the session registry; warmed up by one task."""
     from tasks import names
 
-    proc = Worker(worker_env(settings), service_root / "worker.log", "test-worker")
+    proc = Worker(settings, service_root / "worker.log", "test-worker")
     try:
         proc.wait_ready(celery_client)
         result_of(

@@ -9,7 +9,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from scripts.procs import (
     url_with_password,
     wait_until,
 )
-from tasks import names
+from scripts.run_stack import CELERY_APP, web_command, worker_command
 
 WORKER_START_TIMEOUT_S = 240.0
 
@@ -60,43 +59,25 @@ class RedisServer:
 
 
 class Worker:
-    """`celery -A tasks.celery_app:app worker` in its own process group, logging to a file."""
+    """The launcher's Celery worker command (scripts.run_stack.worker_command, one process of the
+    settings' pool) in its own process group, every setting in its environment, logging to a file."""
 
     def __init__(
         self,
-        env: dict[str, str],
+        settings: Settings,
         log_file: Path,
         name: str,
-        pool: str = "prefork",
-        app: str = "tasks.celery_app:app",
+        app: str = CELERY_APP,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.log_file = log_file
         self.hostname = f"{name}@{os.uname().nodename}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            app,
-            "worker",
-            "-Q",
-            names.ALL_QUEUES,
-            "-P",
-            pool,
-            "-c",
-            "1",
-            "-n",
-            self.hostname,
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "INFO",
-        ]
+        cmd = worker_command(replace(settings, worker_concurrency=1), self.hostname, app, alone=True)
         with open(log_file, "ab") as out:
             self.proc = subprocess.Popen(
                 cmd,
                 cwd=REPO_ROOT,
-                env=env,
+                env={**worker_env(settings), **(extra_env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -144,8 +125,6 @@ class WebServer:
     a free port, with one worker process of four threads."""
 
     def __init__(self, settings: Settings, log_file: Path) -> None:
-        from scripts.run_stack import web_command
-
         self.settings = replace(settings, web_port=free_port(), web_workers=1, web_threads=4)
         self.url = f"http://127.0.0.1:{self.settings.web_port}"
         with open(log_file, "ab") as out:
@@ -216,7 +195,7 @@ def empty_service(tmp: Path, settings: Settings, extra_env: dict[str, str] | Non
     server = RedisServer(tmp)
     empty = replace(settings, redis_url=server.url, models_dir=tmp / "models", var_dir=tmp, **overrides)
     client = make_celery(empty)
-    proc = Worker({**worker_env(empty), **(extra_env or {})}, tmp / "worker.log", f"empty-{tmp.name}")
+    proc = Worker(empty, tmp / "worker.log", f"empty-{tmp.name}", extra_env=extra_env)
     try:
         proc.wait_ready(client)
         yield empty, client, proc

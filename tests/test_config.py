@@ -86,3 +86,11 @@ def test_training_data_paths_inside_are_resolved(tmp_path):
     (tmp_path / "data" / "link").symlink_to("/etc")  # a link out of the directory is out
     with pytest.raises(ValueError):
         s.training_data_path("link")
+
+
+def test_the_tests_themselves_keep_out_of_the_repositorys_var():
+    """tests/conftest.py points RECSYS_VAR_DIR at a directory of the tests' own: nothing a test or a
+    process it starts writes through the settings lands in the repository's var/."""
+    s = Settings.from_env()
+    for path in (s.var_dir, s.cache_dir, s.models_dir, s.data_dir, s.feedback_file):
+        assert not Path(path).resolve().is_relative_to((REPO_ROOT / "var").resolve()), path

@@ -23,7 +23,7 @@ import redis
 from fault_app import HOLD
 
 from ml.registry import ModelRegistry
-from support import RedisServer, Worker, worker_env
+from support import RedisServer, Worker
 from tasks import names
 
 pytestmark = [pytest.mark.service, pytest.mark.fault]
@@ -56,7 +56,7 @@ class FaultService:
 
     def start_worker(self) -> Worker:
         name = f"fault{len(self.workers)}"
-        worker = Worker(worker_env(self.settings), self.tmp / f"{name}.log", name, app="tests.fault_app:app")
+        worker = Worker(self.settings, self.tmp / f"{name}.log", name, app="tests.fault_app:app")
         self.workers.append(worker)
         worker.wait_ready(self.celery)
         return worker

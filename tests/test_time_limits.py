@@ -9,17 +9,13 @@ replaces the killed pool child and serves the next task.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
 import redis
 from time_limit_app import RUNS_KEY, STUBBORN
 
-from ml.config import REPO_ROOT
-from scripts.procs import stop_group, wait_until
-from support import RedisServer, outcome, result_of, worker_env
+from support import RedisServer, Worker, outcome, result_of
 from tasks import names
 
 pytestmark = pytest.mark.service
@@ -35,49 +31,14 @@ def stubborn_worker(tmp_path, base_settings):
     server = RedisServer(tmp_path)
     settings = replace(base_settings, redis_url=server.url, var_dir=tmp_path, models_dir=tmp_path / "models")
     client = make_celery(settings)
-    log = tmp_path / "worker.log"
-    hostname = f"stubborn-{tmp_path.name}@localhost"
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "tests.time_limit_app:app",
-        "worker",
-        "-Q",
-        names.INFERENCE_QUEUE,
-        "-P",
-        "prefork",
-        "-c",
-        "1",
-        "-n",
-        hostname,
-        "--without-gossip",
-        "--without-mingle",
-        "-l",
-        "INFO",
-    ]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=worker_env(settings),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    worker = Worker(
+        settings, tmp_path / "worker.log", f"stubborn-{tmp_path.name}", app="tests.time_limit_app:app"
+    )
     try:
-        wait_until(
-            lambda: bool(client.control.ping(destination=[hostname], timeout=0.5)),
-            240,
-            interval_s=0.2,
-            proc=proc,
-            what="celery worker",
-        )
-        yield client, redis.Redis.from_url(server.url), log
+        worker.wait_ready(client)
+        yield client, redis.Redis.from_url(server.url), worker.log_file
     finally:
-        stop_group(proc, timeout_s=20)
+        worker.stop()
         client.close()
         server.stop()
 
