@@ -22,7 +22,6 @@ from ml.registry import ModelRegistry
 from scripts.procs import free_port
 from support import WORKER_START_TIMEOUT_S, RedisServer, WebServer, Worker, result_of
 
-
 # Tests never write into the repository's var/: every Settings.from_env() in this process and in the
 # processes it starts reads a var directory of the tests' own (kept across runs, so converted weights
 # and text embeddings are reused; a clean clone starts it empty).
