@@ -1,7 +1,7 @@
 """Training at catalog size, end to end: `python -m bench training [--sizes 1000,10000]`.
 
 For each size N: a SYNTHETIC world of N products and about 3N reviews with 224x224 JPEG pictures
-(`ml.synthetic.generate_world(..., image_format="jpg")`, kept under var/bench/training/ and reused),
+(`demo.generate_world(..., image_format="jpg")`, kept under var/bench/training/ and reused),
 a copy whose meta lines give every photo as an URL (`with_image_urls`), those photos served by a
 threading http.server on 127.0.0.1 in this process, and `python -m ml train` run twice in a
 subprocess against a fresh cache folder:
@@ -41,7 +41,7 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 
 def _world(n_products: int, seed: int = 0) -> Path:
-    from ml.synthetic import generate_world
+    from demo import generate_world
 
     n_customers = max(10, n_products * REVIEWS_PER_PRODUCT // 8)
     out = WORK / f"world-{n_products}"
@@ -107,7 +107,7 @@ def run(sizes: list[int]) -> dict:
         world = _world(n)
         httpd, base = _serve(world / "images")
         try:
-            from ml.synthetic import with_image_urls
+            from demo import with_image_urls
 
             data = with_image_urls(world, WORK / f"urls-{n}", base)
             cache = WORK / f"cache-{n}"

@@ -107,7 +107,7 @@ def _config(args):
 def _run(args) -> int:
     settings = Settings.from_env()
     if args.command == "demo-data":
-        from ml.synthetic import generate_world
+        from demo import generate_world  # the demo is no part of the library: imported when asked for
 
         summary = generate_world(
             args.out,

@@ -91,7 +91,7 @@ def service_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def world_dir(service_root) -> Path:
-    from ml.synthetic import generate_world
+    from demo import generate_world
 
     path = service_root / "world"
     generate_world(path, **WORLD)

@@ -142,10 +142,10 @@ def probe(work: Path) -> dict:
     """Everything the JAX side computes (runs under KERAS_BACKEND=jax)."""
     import keras
 
+    from demo import generate_world
     from ml.encoders.image import ImageEncoder
     from ml.encoders.text import TextEncoder
     from ml.recommender import Recommender
-    from ml.synthetic import generate_world
     from ml.train import TrainConfig, train_model
 
     start = json.loads((work / "start.json").read_text())

@@ -411,8 +411,8 @@ def test_training_fetches_photos_and_reports_failures_in_the_manifest(tmp_path, 
     from dataclasses import replace
 
     import ml.data.images as images
+    from demo import generate_world, with_image_urls
     from ml.config import Settings
-    from ml.synthetic import generate_world, with_image_urls
     from ml.train import TrainConfig, train_model
 
     base, st = server

@@ -28,7 +28,7 @@ TRAINING_SEEDS = (0, 1)
 
 @pytest.fixture(scope="module")
 def synthetic_world(tmp_path_factory):
-    from ml.synthetic import generate_world
+    from demo import generate_world
 
     world = tmp_path_factory.mktemp("world")
     generate_world(world, seed=0)

@@ -129,7 +129,7 @@ def test_customers_are_real(live, world_dir):
     """GET /customers lists the most active reviewers of the raw data file (ids and counts)."""
     from collections import Counter
 
-    from ml.synthetic import REVIEWS_FILE
+    from demo import REVIEWS_FILE
 
     reviews = Counter(row["user_id"] for row in _raw_rows(world_dir, REVIEWS_FILE))
     status, body = live.json_get("/customers?limit=5")
@@ -144,8 +144,8 @@ def test_never_rated_product_reaches_a_known_customer(live, world_dir, models_di
 
     On the small test world never-rated products rank low (with the 3-epoch model the best is about
     20th of ~28 unseen), so the request asks for as many items as it takes to reach the first one."""
+    from demo import META_FILE, REVIEWS_FILE
     from ml.recommender import Recommender
-    from ml.synthetic import META_FILE, REVIEWS_FILE
 
     never_rated = {row["parent_asin"] for row in _raw_rows(world_dir, META_FILE)} - {
         row["parent_asin"] for row in _raw_rows(world_dir, REVIEWS_FILE)
