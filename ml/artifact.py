@@ -3,7 +3,7 @@ atomically) and how it is read back.
 
 A directory holds
 - `manifest.json`: format, version, data fingerprint, encoders, split, config, model spec (with the
-  feature layout), metrics, ranking weight, timings, created time;
+  feature layout), metrics, ranking rule, timings, created time;
 - `model.weights.h5`: the Keras weights (the network is rebuilt from the spec first);
 - `tables.npz`: the feature sums and counts (`ml.features.FeatureTables`);
 - `interactions.npz`: the training pairs (customer and product positions), for "exclude seen";
@@ -68,7 +68,7 @@ def _write_json(path: Path, obj) -> None:
 @dataclass
 class Artifact:
     """A trained model and what serving needs with it, in memory: what training builds (and hands
-    to a Recommender to choose the ranking weight and distil the retriever) before writing it once,
+    to a Recommender to choose the ranking rule and distil the retriever) before writing it once,
     and what a worker reads."""
 
     manifest: dict

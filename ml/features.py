@@ -310,9 +310,32 @@ def _rated(t: FeatureTables, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return known[owner], j, (t.rated_rating[pos] - t.mu - t.prod_prior[j]).astype(np.float64)
 
 
-def _link_sums(t: FeatureTables, u: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class LinkSums(NamedTuple):
+    """`_link_sums`' accumulators, one entry per key (customer row x product)."""
+
+    links: np.ndarray  # Σ_j C(j, product)
+    resid: np.ndarray  # Σ_j C(j, product)·(r_uj - mu - b_j)
+    knn: np.ndarray | None  # Σ_j C(j, product) / (sqrt(n_j·n_product) + shrink), when asked
+
+
+def rater_norm(t: FeatureTables) -> np.ndarray:
+    """(P,) sqrt of each product's distinct training raters (the diagonal C leaves out): the cosine
+    norm of item-kNN. Computed once per tables object; live feedback adds to the customers' rated
+    lists but not to C: `Recommender` takes the norm at load, before any feedback."""
+    cached = t.__dict__.get("_rater_norm")
+    if cached is None:
+        counts = np.bincount(t.rated_indices[: t.rated_indptr[-1]], minlength=t.n_products)
+        cached = t.__dict__["_rater_norm"] = np.sqrt(counts.astype(np.float64))
+    return cached
+
+
+def _link_sums(
+    t: FeatureTables, u: np.ndarray, keys: np.ndarray, knn_shrink: float | None = None
+) -> LinkSums:
     """THE pair-signal core: for sorted unique keys row * P + product, (Σ_j C(j, product),
-    Σ_j C(j, product)·(r_uj - mu - b_j)) over the products j that customer u[row] rated.
+    Σ_j C(j, product)·(r_uj - mu - b_j)) over the products j that customer u[row] rated, and with
+    `knn_shrink` the shrunk item-kNN score Σ_j C(j, product) / (sqrt(n_j·n_product) + shrink)
+    (`ml.baselines.ItemKNN`'s score, from the same entries).
 
     Works from the sparse rows of C at the rated products only (never a dense catalog row): the
     cost is the customers' co-occurrence entries plus a binary search per entry into `keys`, so
@@ -321,6 +344,8 @@ def _link_sums(t: FeatureTables, u: np.ndarray, keys: np.ndarray) -> tuple[np.nd
     n_p = np.int64(t.n_products)
     links = np.zeros(len(keys), np.float64)
     resid = np.zeros(len(keys), np.float64)
+    knn = None if knn_shrink is None else np.zeros(len(keys), np.float64)
+    norm = None if knn_shrink is None else rater_norm(t)
     row, j, res = _rated(t, u)  # sorted by row
     cum = np.cumsum(np.bincount(row, weights=np.diff(t.cooc_indptr)[j], minlength=len(u)))
     lo = 0
@@ -331,15 +356,20 @@ def _link_sums(t: FeatureTables, u: np.ndarray, keys: np.ndarray) -> tuple[np.nd
         k0, k1 = np.searchsorted(keys, [lo * n_p, hi * n_p])
         if r1 > r0 and k1 > k0:
             owner, pos = _ragged(t.cooc_indptr, j[r0:r1])
-            ek = row[r0:r1][owner] * n_p + t.cooc_indices[pos]
+            other = t.cooc_indices[pos]
+            ek = row[r0:r1][owner] * n_p + other
             val = t.cooc_data[pos].astype(np.float64)
             kk = keys[k0:k1]
             slot = np.minimum(np.searchsorted(kk, ek), len(kk) - 1)
             hit = kk[slot] == ek
-            links[k0:k1] += np.bincount(slot[hit], weights=val[hit], minlength=len(kk))
-            resid[k0:k1] += np.bincount(slot[hit], weights=(val * res[r0:r1][owner])[hit], minlength=len(kk))
+            at = slot[hit]
+            links[k0:k1] += np.bincount(at, weights=val[hit], minlength=len(kk))
+            resid[k0:k1] += np.bincount(at, weights=(val * res[r0:r1][owner])[hit], minlength=len(kk))
+            if knn is not None:
+                sim = val[hit] / (norm[j[r0:r1][owner][hit]] * norm[other[hit]] + knn_shrink)
+                knn[k0:k1] += np.bincount(at, weights=sim, minlength=len(kk))
         lo = hi
-    return links, resid
+    return LinkSums(links, resid, knn)
 
 
 def _own_terms(t: FeatureTables, u: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -362,18 +392,48 @@ def _own_terms(t: FeatureTables, u: np.ndarray, i: np.ndarray) -> tuple[np.ndarr
     return n_rated, total, own
 
 
-def pair_grid(t: FeatureTables, u: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
-    """(len(u), m, PAIR_DIM) pair features of each customer with each of `items` (product positions,
-    -1 = unknown; the whole catalog when None): the grid call shape of `pair_features`, same core."""
+class PairSignals(NamedTuple):
+    """What the co-ratings say of customers x products: the pair features the network takes, and
+    the item-kNN score the ranking may add (None unless asked)."""
+
+    features: np.ndarray | None  # (..., PAIR_DIM)
+    knn: np.ndarray | None  # (...)
+
+
+def pair_signals_grid(
+    t: FeatureTables,
+    u: np.ndarray,
+    items: np.ndarray | None = None,
+    knn_shrink: float | None = None,
+    features: bool = True,
+) -> PairSignals:
+    """Pair signals of each customer `u` with each of `items` (product positions, -1 = unknown; the
+    whole catalog when None): features (len(u), m, PAIR_DIM) unless `features` is False, knn
+    (len(u), m) with `knn_shrink`. The grid call shape of `pair_features`, same core."""
     u = np.asarray(u, np.int64)
     items = np.arange(t.n_products) if items is None else np.asarray(items, np.int64)
     uniq, inv = np.unique(np.maximum(items, 0), return_inverse=True)
     keys = (np.arange(len(u), dtype=np.int64)[:, None] * t.n_products + uniq[None, :]).ravel()
-    links, resid = (x.reshape(len(u), len(uniq))[:, inv] for x in _link_sums(t, u, keys))
+    sums = _link_sums(t, u, keys, knn_shrink)
+    links, resid, knn = (None if x is None else x.reshape(len(u), len(uniq))[:, inv] for x in sums)
     unknown = items < 0
-    links[:, unknown] = 0.0
-    resid[:, unknown] = 0.0
-    return _pair_columns(links, resid, customer_prior(t, u)[:, None])
+    for x in (links, resid, knn):
+        if x is not None:
+            x[:, unknown] = 0.0
+    return PairSignals(
+        _pair_columns(links, resid, customer_prior(t, u)[:, None]) if features else None,
+        None if knn is None else knn.astype(np.float32),
+    )
+
+
+def pair_grid(t: FeatureTables, u: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
+    """(len(u), m, PAIR_DIM) pair features of `pair_signals_grid`."""
+    return pair_signals_grid(t, u, items).features
+
+
+def knn_grid(t: FeatureTables, u: np.ndarray, shrink: float, items: np.ndarray | None = None) -> np.ndarray:
+    """(len(u), m) item-kNN scores of `pair_signals_grid`."""
+    return pair_signals_grid(t, u, items, shrink, features=False).knn
 
 
 def pair_features(
@@ -394,16 +454,40 @@ def pair_features(
     would otherwise give the rating away. `pair_grid` is the customers x items shape of the same."""
     u, i = np.asarray(u, np.int64), np.asarray(i, np.int64)
     b_u = customer_prior(t, u) if cust_prior is None else np.asarray(cust_prior, np.float32)
-    uniq, inv = np.unique(u, return_inverse=True)
-    keys, back = np.unique(inv.astype(np.int64) * t.n_products + np.maximum(i, 0), return_inverse=True)
-    links, resid = (x[back.reshape(-1)] for x in _link_sums(t, uniq, keys))
+    links, resid, _ = _aligned_sums(t, u, i)
     if leave_out is not None:
         lo = np.asarray(leave_out, np.float64)
         n_rated, total, own = _own_terms(t, u, i)
         links = links - lo * np.maximum(n_rated - 1, 0)
         resid = resid - lo * (total - own)
+    return _pair_columns(links, resid, b_u)
+
+
+def pair_signals(
+    t: FeatureTables, u: np.ndarray, i: np.ndarray, knn_shrink: float | None = None
+) -> PairSignals:
+    """Pair signals of aligned serving rows (u[k], i[k]): `pair_features` without leave-out, and the
+    item-kNN score with `knn_shrink`."""
+    u, i = np.asarray(u, np.int64), np.asarray(i, np.int64)
+    links, resid, knn = _aligned_sums(t, u, i, knn_shrink)
+    return PairSignals(
+        _pair_columns(links, resid, customer_prior(t, u)), None if knn is None else knn.astype(np.float32)
+    )
+
+
+def _aligned_sums(
+    t: FeatureTables, u: np.ndarray, i: np.ndarray, knn_shrink: float | None = None
+) -> LinkSums:
+    """`_link_sums` of aligned rows (u[k], i[k]); unknown products (-1) get zeros."""
+    uniq, inv = np.unique(u, return_inverse=True)
+    keys, back = np.unique(inv.astype(np.int64) * t.n_products + np.maximum(i, 0), return_inverse=True)
     known = i >= 0
-    return _pair_columns(np.where(known, links, 0.0), np.where(known, resid, 0.0), b_u)
+    return LinkSums(
+        *(
+            None if x is None else np.where(known, x[back.reshape(-1)], 0.0)
+            for x in _link_sums(t, uniq, keys, knn_shrink)
+        )
+    )
 
 
 @dataclass

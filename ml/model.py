@@ -7,7 +7,7 @@ Two heads, each its own network over the same inputs:
   neural biases overfit;
 - `pick`: the logit that the customer picks the product at all, trained with binary
   cross-entropy against sampled unrated products. Ratings alone rank obscure, rarely-rated products
-  too high; the ranking score combines both (see `ranking_score`).
+  too high; the ranking score combines both (see `ml.ranking`).
 Written with `keras.ops` only, so it runs on TensorFlow (default) and JAX.
 """
 
@@ -308,15 +308,6 @@ def pick_bce(y_true, y_pred):
     """Binary cross-entropy on the pick logit."""
     y = ops.reshape(y_true, (-1,))
     return ops.mean(keras.losses.binary_crossentropy(y, ops.reshape(y_pred, (-1,)), from_logits=True))
-
-
-def ranking_score(rating: np.ndarray, pick_logit: np.ndarray, rating_weight: float = 1.0) -> np.ndarray:
-    """P(customer picks it) × (predicted rating on a 0–1 scale) ** rating_weight.
-
-    rating_weight 0 ranks by the pick probability alone; larger values favour what the customer
-    would rate highly. Training picks it on validation customers (see ml.train)."""
-    p = 1.0 / (1.0 + np.exp(-np.clip(pick_logit, -30, 30)))
-    return p * ((np.clip(rating, 1.0, 5.0) - 0.5) / 4.5) ** rating_weight
 
 
 def build_model(spec: ModelSpec, seed: int = 0) -> HybridModel:

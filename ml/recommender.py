@@ -27,13 +27,14 @@ from ml.features import (
     customer_features,
     customer_history,
     customer_prior,
-    pair_features,
-    pair_grid,
+    pair_signals,
+    pair_signals_grid,
     product_features,
     product_id_input,
     product_prior,
+    rater_norm,
 )
-from ml.model import ranking_score
+from ml.ranking import RankingRule
 from ml.retrieval import ContentIndex, positions_in, without_positions
 from ml.scoring import HEADS, Heads, ProductPart, ScoringNet
 
@@ -110,8 +111,9 @@ class Recommender:
         self.serving = serving
         self.manifest = manifest
         self.version: str = manifest["version"]
-        self.rating_weight: float = float(manifest.get("ranking", {}).get("rating_weight", 0.0))
+        self.ranking = RankingRule.from_manifest(manifest)
         self.tables = tables
+        rater_norm(tables)  # item-kNN's norm, taken before live feedback adds to the rated lists
         self.model = model
         self._customer_index = pd.Index(tables.customer_ids)
         self._product_index = pd.Index(tables.product_ids)
@@ -239,60 +241,68 @@ class Recommender:
     def score(self, u: np.ndarray, items: np.ndarray | None = None, heads: tuple[str, ...] = HEADS) -> Heads:
         """THE scoring function: customers `u` (positions, -1 = unknown) x `items` (product
         positions, -1 = unknown; the same for every customer) or the whole catalog when None.
-        Returns Heads(rating, logit), each (len(u), m); heads not in `heads` come back None.
+        Returns Heads(rating, logit, knn), each (len(u), m); heads not in `heads` come back None,
+        knn too unless the ranking uses it and the pick head is asked for.
         Work is proportional to len(u) x m: candidates never touch the rest of the catalog."""
         u, items = np.asarray(u, np.int64).reshape(-1), self._check_items(items)
         m = self.n_products if items is None else len(items)
+        shrink = self.ranking.shrink if "pick" in heads else None
         out = {h: np.zeros((len(u), m), np.float32) for h in heads}
+        knn = np.zeros((len(u), m), np.float32) if shrink is not None else None
         prod = self._product_part(items)
         step = max(1, PASS_ROWS // max(m, 1))
         for s in range(0, len(u), step):
             uu = u[s : s + step]
-            c, pair = self._customer_part(uu, heads), pair_grid(self.tables, uu, items)
+            c, pair = self._customer_part(uu, heads), pair_signals_grid(self.tables, uu, items, shrink)
+            if knn is not None:
+                knn[s : s + step] = pair.knn
             for a in range(0, m, PASS_ROWS):
                 b = min(a + PASS_ROWS, m)
                 p = {h: ProductPart(v.q[a:b], v.bias[a:b]) for h, v in prod.items()}
-                res = self.net.forward(c, p, pair[:, a:b], heads)
+                res = self.net.forward(c, p, pair.features[:, a:b], heads)
                 for h, v in zip(HEADS, res):
                     if v is not None:
                         out[h][s : s + step, a:b] = v
-        return Heads(out.get("rating"), out.get("pick"))
+        return Heads(out.get("rating"), out.get("pick"), knn)
 
     def score_pairs(self, u: np.ndarray, i: np.ndarray, heads: tuple[str, ...] = HEADS) -> Heads:
         """`score` for aligned rows (u[k], i[k]) (-1 = unknown): the same forward pass with one
         product per customer row; each head (n,)."""
         u, i = np.asarray(u, np.int64).reshape(-1), self._check_items(i)
+        shrink = self.ranking.shrink if "pick" in heads else None
         out = {h: np.zeros(len(u), np.float32) for h in heads}
+        knn = np.zeros(len(u), np.float32) if shrink is not None else None
         for s in range(0, len(u), PASS_ROWS):
             uu, ii = u[s : s + PASS_ROWS], i[s : s + PASS_ROWS]
             p = {h: ProductPart(v.q[:, None, :], v.bias[:, None]) for h, v in self._product_part(ii).items()}
-            pair = pair_features(self.tables, uu, ii)[:, None, :]
+            pair = pair_signals(self.tables, uu, ii, shrink)
+            if knn is not None:
+                knn[s : s + PASS_ROWS] = pair.knn
             # a customer's half once however many of its rows there are (a batch's rows repeat each
             # customer once per candidate): the towers and the history mean are the costly part
             once, row_of = np.unique(uu, return_inverse=True)
             c = {h: v.take(row_of) for h, v in self._customer_part(once, heads).items()}
-            res = self.net.forward(c, p, pair, heads)
+            res = self.net.forward(c, p, pair.features[:, None, :], heads)
             for h, v in zip(HEADS, res):
                 if v is not None:
                     out[h][s : s + PASS_ROWS] = v[:, 0]
-        return Heads(out.get("rating"), out.get("pick"))
+        return Heads(out.get("rating"), out.get("pick"), knn)
 
     def predict(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
         """Predicted ratings (1–5) for aligned customer/product positions (-1 = unknown)."""
         return np.clip(self.score_pairs(u, i, heads=("rating",)).rating, 1.0, 5.0)
 
     def heads_for_customers(self, u: np.ndarray, max_rows: int = MAX_ROWS):
-        """Yield (customer chunk, rating (n, P), logit (n, P)); chunks bound the memory used."""
+        """Yield (customer chunk, its Heads over the catalog); chunks bound the memory used."""
         u = np.asarray(u)
         step = max(1, max_rows // max(self.n_products, 1))
         for s in range(0, len(u), step):
             uu = u[s : s + step]
-            yield (uu, *self.score(uu))
+            yield uu, self.score(uu)
 
-    def score_customers(self, u: np.ndarray, rating_weight: float | None = None) -> np.ndarray:
-        """(len(u), n_products) ranking scores."""
-        w = self.rating_weight if rating_weight is None else rating_weight
-        chunks = [ranking_score(r, logit, w) for _, r, logit in self.heads_for_customers(u)]
+    def score_customers(self, u: np.ndarray) -> np.ndarray:
+        """(len(u), n_products) ranking scores (`self.ranking`, the artifact's rule)."""
+        chunks = [self.ranking.score(heads) for _, heads in self.heads_for_customers(u)]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.n_products), np.float32)
 
     # -- serving -------------------------------------------------------------------------------
@@ -411,12 +421,6 @@ class Recommender:
         return self.catalog.allowed(filters)
 
     # -- ranking -------------------------------------------------------------------------------
-    def _ranking(self, heads: Heads) -> np.ndarray:
-        """Ranking scores from the heads; with rating weight 0 the rating head is not needed
-        (any rating gives the factor 1), so it may be None."""
-        rating = heads.rating if heads.rating is not None else np.ones_like(heads.logit)
-        return ranking_score(rating, heads.logit, self.rating_weight)
-
     def _mask_seen(self, score: np.ndarray, u: np.ndarray, items: np.ndarray | None) -> None:
         """Set the scores of products each customer rated in training to -inf (in place)."""
         for row, uu in enumerate(u):
@@ -442,9 +446,8 @@ class Recommender:
         k = min(top, len(pos))
         if k == 0:
             return [[] for _ in u]
-        need = HEADS if self.rating_weight != 0 else ("pick",)
-        heads = self.score(u, items, heads=need)
-        score = self._ranking(heads)
+        heads = self.score(u, items, heads=self.ranking.heads)
+        score = self.ranking.score(heads)
         if exclude_seen:
             self._mask_seen(score, u, items)
         part = np.argpartition(-score, k - 1, axis=1)[:, :k]
@@ -574,8 +577,8 @@ class Recommender:
         lengths = np.array([len(c) for c in candidates])
         rows = np.repeat(u, lengths)
         items = np.concatenate(candidates).astype(np.int64) if len(candidates) else np.zeros(0, np.int64)
-        heads = self.score_pairs(rows, items, heads=HEADS if self.rating_weight != 0 else ("pick",))
-        score = self._ranking(heads)
+        heads = self.score_pairs(rows, items, heads=self.ranking.heads)
+        score = self.ranking.score(heads)
         picked, starts = [], np.concatenate([[0], np.cumsum(lengths)])
         for a, b in zip(starts[:-1], starts[1:]):
             picked.append(a + np.lexsort((items[a:b], -score[a:b]))[:top])

@@ -29,10 +29,12 @@ SMALL_PASS_ROWS = 16_384  # (customer, product) rows up to which a pass runs BLA
 
 class Heads(NamedTuple):
     """Scores of customers x items: `rating` (predicted rating, unclipped) and `logit` (pick head),
-    each (n, m); a head that was not asked for is None."""
+    each (n, m); a head that was not asked for is None. `knn`: the item-kNN score the ranking adds
+    (`ml.ranking`), from the co-ratings rather than the network; None when not used."""
 
     rating: np.ndarray | None
     logit: np.ndarray | None
+    knn: np.ndarray | None = None
 
 
 @dataclass

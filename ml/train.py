@@ -1,6 +1,6 @@
 """Training: data → embeddings → feature tables → Keras hybrid model → versioned artifact directory.
 
-The model is built and fitted in memory; its ranking weight is chosen, and its retriever distilled,
+The model is built and fitted in memory; its ranking rule is chosen, and its retriever distilled,
 on the serving object over that in-memory artifact (`ml.recommender.Recommender(Artifact)`), and the
 artifact is then written once (`ml.artifact.Artifact.write`: atomic, the manifest last).
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -38,8 +39,8 @@ from ml.model import (
     build_model,
     masked_mse,
     pick_bce,
-    ranking_score,
 )
+from ml.ranking import choose_ranking
 from ml.recommender import Recommender
 from ml.retrieval import RetrievalConfig, build_retriever, teacher_from_recommender
 from ml.split import split_reviews
@@ -245,61 +246,6 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
     return model, spec, hist
 
 
-RATING_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
-
-
-def choose_rating_weight(
-    rec: Recommender,
-    u: np.ndarray,
-    i: np.ndarray,
-    val: np.ndarray,
-    config: TrainConfig,
-    max_customers: int = 2000,
-    k: int = 10,
-) -> dict:
-    """Pick how much the predicted rating weighs in the ranking score, by NDCG@k of the validation
-    ratings ranked among all products the customer had not rated otherwise.
-
-    Weight 0 (the pick probability alone) is the default; another weight is taken only when its
-    validation NDCG beats weight 0's beyond noise (paired-bootstrap 95% interval above 0). With a
-    few hundred validation customers the best of five weights is often best by luck."""
-    from ml.metrics import csr_from_pairs, paired_bootstrap, ranking_metrics
-
-    if not val.any():
-        return {"rating_weight": 0.0, "chosen_by": "default (no validation ratings)"}
-    n_c = rec.tables.n_customers
-    users = np.unique(u[val])
-    users = np.random.default_rng(config.seed).permutation(users)[:max_customers]
-    exclude = csr_from_pairs(u[~val], i[~val], n_c)
-    relevant = csr_from_pairs(u[val], i[val], n_c)
-    heads = {
-        int(c): (r, logit)
-        for uu, ratings, logits in rec.heads_for_customers(users)
-        for c, r, logit in zip(uu, ratings, logits)
-    }
-    results = {}
-    for w in RATING_WEIGHTS:
-
-        def score(cs, w=w):
-            return np.stack([ranking_score(*heads[int(c)], w) for c in cs])
-
-        results[w] = ranking_metrics(score, users, exclude, relevant, rec.n_products, k=k, per_customer=True)[
-            f"ndcg@{k}"
-        ]
-    if not len(results[0.0]):
-        return {"rating_weight": 0.0, "chosen_by": "default (no rankable validation ratings)"}
-    best = max(RATING_WEIGHTS, key=lambda w: (results[w].mean(), -w))
-    margin = paired_bootstrap(results[best], results[0.0], seed=config.seed)
-    if best != 0.0 and not margin["ci95"][0] > 0:
-        best = 0.0
-    return {
-        "rating_weight": best,
-        "chosen_by": f"validation ndcg@{k}; weight 0 unless another beats it beyond noise",
-        f"val_ndcg@{k}": {str(w): round(float(v.mean()), 5) for w, v in results.items()},
-        "best_minus_weight_0": margin,
-    }
-
-
 def product_records(products: pd.DataFrame) -> list[dict]:
     """products.json: what serving shows (title, image) and filters on (category path, price; an unknown
     price is null), so a worker needs no training data files to filter (ml.catalog.read_attributes)."""
@@ -369,6 +315,18 @@ def _recency(train: pd.DataFrame) -> np.ndarray:
     return np.lexsort((order_col, ts)).argsort()
 
 
+class Prepared(NamedTuple):
+    """What training fits from: the tables serving reads, the training rows, the validation rows
+    mask (the network's), and for the ranking's choice `last` (every customer's latest rating, the
+    validation rows among them) with `fit_tables`, the same tables without those ratings."""
+
+    tables: FeatureTables
+    rows: TrainingRows
+    val_rows: np.ndarray
+    last: np.ndarray
+    fit_tables: FeatureTables
+
+
 def _tables_and_rows(r: Ratings, emb: Embeddings, train: pd.DataFrame, config: TrainConfig, drop_raw: bool):
     """(feature tables, training rows, validation rows mask) from the ratings and the embeddings;
     `drop_raw`: let go of the raw vectors once reduced (training holds one copy of them at most).
@@ -388,25 +346,12 @@ def _tables_and_rows(r: Ratings, emb: Embeddings, train: pd.DataFrame, config: T
         emb.product_image = emb.product_text = emb.review_text = None
     recency = _recency(train)
     val_rows = _last_rows(r.u, recency, np.random.default_rng(config.seed), config.val_fraction)
-    n_p = len(r.product_index)
-    prior = BiasBaseline().fit(
-        pd.DataFrame({"u": r.u, "i": r.i, "rating": r.rating}), len(r.customer_ids), n_p
-    )
-    tables = build_tables(
-        r.customer_ids,
-        r.product_index.to_numpy(str),
-        r.u,
-        r.i,
-        r.rating,
-        review_vecs,
-        emb.has_review_text,
-        content,
-        prior.mu_,
-        recency,
-        config.history_len,
-        prior.b_u_,
-        prior.b_i_,
-    )
+    every = np.ones(len(r.u), bool)
+    tables, prior = _build_tables(r, every, review_vecs, emb.has_review_text, content, recency, config)
+    # the ranking rule is chosen on every customer's latest rating (val_rows among them), scored from
+    # tables that hold none of them
+    last = _last_rows(r.u, recency, np.random.default_rng(config.seed), 1.0)
+    fit_tables, _ = _build_tables(r, ~last, review_vecs, emb.has_review_text, content, recency, config)
     rows = build_training_rows(
         tables,
         r.u,
@@ -418,7 +363,32 @@ def _tables_and_rows(r: Ratings, emb: Embeddings, train: pd.DataFrame, config: T
         val_rows,
         loo_prior=prior.leave_one_out(r.u, r.i, r.rating),
     )
-    return tables, rows, val_rows
+    return Prepared(tables, rows, val_rows, last, fit_tables)
+
+
+def _build_tables(
+    r: Ratings, keep: np.ndarray, review_vecs, has_text, content, recency, config: TrainConfig
+) -> tuple[FeatureTables, BiasBaseline]:
+    """Feature tables (and the ridge bias model they start from) of the ratings `keep` selects."""
+    n_c, n_p = len(r.customer_ids), len(r.product_index)
+    u, i, rating = r.u[keep], r.i[keep], r.rating[keep]
+    prior = BiasBaseline().fit(pd.DataFrame({"u": u, "i": i, "rating": rating}), n_c, n_p)
+    tables = build_tables(
+        r.customer_ids,
+        r.product_index.to_numpy(str),
+        u,
+        i,
+        rating,
+        review_vecs[keep],
+        has_text[keep],
+        content,
+        prior.mu_,
+        recency[keep],
+        config.history_len,
+        prior.b_u_,
+        prior.b_i_,
+    )
+    return tables, prior
 
 
 def _validation_metrics(model, rows: TrainingRows, epochs_run: int) -> dict:
@@ -505,7 +475,9 @@ def fit_artifact(
     )
     fit_started = time.time()
     # the raw vectors of embeddings the encoders made here are let go once reduced
-    tables, rows, val_rows = _tables_and_rows(r, emb, train, config, drop_raw=embeddings is None)
+    tables, rows, val_rows, last, fit_tables = _tables_and_rows(
+        r, emb, train, config, drop_raw=embeddings is None
+    )
     report({"stage": "fit", "epoch": 0, "epochs": config.epochs})
     model, spec, hist = fit_model(tables, rows, config, report)
     report({"stage": "finish"})  # validation metrics, rating weight, retriever, writing
@@ -514,12 +486,15 @@ def fit_artifact(
     if feedback is not None:
         manifest["feedback"] = feedback
     artifact = Artifact(manifest, model, tables, r.u, r.i, product_records(products), hist)
-    # The ranking weight and the retriever are chosen on the model in memory (the serving object
+    # The ranking weights and the retriever are chosen on the model in memory (the serving object
     # over it, exact path); the artifact is written once, complete.
     rec = Recommender(artifact)
-    # whole-catalog scoring of validation customers: bounded to ~5e7 rows on large catalogs
-    rank_customers = int(min(2000, max(50, 50_000_000 // max(len(products), 1))))
-    manifest["ranking"] = choose_rating_weight(rec, r.u, r.i, val_rows, config, max_customers=rank_customers)
+    fit = ~last
+    fit_rec = Recommender(replace(artifact, tables=fit_tables, seen_u=r.u[fit], seen_i=r.i[fit]))
+    manifest["ranking"] = choose_ranking(
+        fit_rec, r.u[fit], r.i[fit], r.u[last], r.i[last], unseen=val_rows[last], seed=config.seed
+    )
+    del fit_rec, fit_tables
     if wants_retriever(config, len(products), settings):
         cfg = retrieval or RetrievalConfig(seed=config.seed)
         artifact.retriever = build_retriever(model, tables, teacher_from_recommender(rec), cfg)

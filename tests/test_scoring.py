@@ -10,6 +10,7 @@ import pytest
 from keras import ops
 
 from ml.features import model_inputs, pair_features, pair_grid
+from ml.ranking import RankingRule
 from ml.recommender import Recommender
 from ml.registry import ModelRegistry
 
@@ -136,8 +137,8 @@ def test_heads_for_customers_chunks_cover_every_customer(rec):
     u = np.arange(rec.tables.n_customers)
     chunks = list(rec.heads_for_customers(u, max_rows=rec.n_products * 7))
     assert len(chunks) == -(-len(u) // 7)
-    np.testing.assert_array_equal(np.concatenate([c for c, _, _ in chunks]), u)
-    np.testing.assert_allclose(np.concatenate([lg for _, _, lg in chunks]), rec.score(u).logit, **TOL)
+    np.testing.assert_array_equal(np.concatenate([c for c, _ in chunks]), u)
+    np.testing.assert_allclose(np.concatenate([h.logit for _, h in chunks]), rec.score(u).logit, **TOL)
 
 
 def _ids(items: list[dict]) -> list[str]:
@@ -186,7 +187,7 @@ def test_candidates_rank_only_the_candidates_without_seen_products(rec):
 def test_rating_for_the_top_n_only_equals_the_full_computation(rec, weight):
     """Weight 0 ranks by the pick head alone and computes the rating head for the shown items only."""
     r = copy.copy(rec)
-    r.rating_weight = weight
+    r.ranking = RankingRule(rating_weight=weight)
     cid = rec.customers(4)[3]
     u = rec._customer_index.get_loc(cid)
     full = rec.score(np.array([u]))

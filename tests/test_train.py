@@ -8,7 +8,10 @@ import json
 import numpy as np
 import pytest
 
+import ml.train
 from ml.data import load_dataset
+from ml.ranking import choose_ranking
+from ml.recommender import Recommender
 from ml.split import split_reviews
 from ml.train import TrainConfig, train_model
 
@@ -16,11 +19,21 @@ pytestmark = pytest.mark.slow
 FAST = TrainConfig(epochs=3, verbose=0, progress=False)
 
 
+CHOICE: dict = {}  # what training handed ml.ranking.choose_ranking (the artifact fixture's run)
+
+
 @pytest.fixture(scope="module")
 def artifact(world_dir, tmp_path_factory, base_settings):
     """The session world trained on its 'last' split: the reference the leakage tests retrain against."""
     out = tmp_path_factory.mktemp("train") / "v1"
-    manifest = train_model(world_dir, out, FAST, split="last", settings=base_settings)
+
+    def spy(rec, fit_u, fit_i, val_u, val_i, unseen, **kwargs):
+        CHOICE.update(rec=rec, fit=(fit_u, fit_i), val=(val_u, val_i), unseen=unseen)
+        return choose_ranking(rec, fit_u, fit_i, val_u, val_i, unseen, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ml.train, "choose_ranking", spy)
+        manifest = train_model(world_dir, out, FAST, split="last", settings=base_settings)
     return out, manifest
 
 
@@ -56,8 +69,34 @@ def test_artifact_has_manifest_and_files(artifact, world_dir):
     # a weight other than 0 only when it beat weight 0 on validation beyond noise
     assert set(ranking["val_ndcg@10"]) == {"0.0", "0.25", "0.5", "1.0", "2.0"}
     assert ranking["rating_weight"] == 0.0 or ranking["best_minus_weight_0"]["ci95"][0] > 0
+    assert ranking["knn_weight"] == 0.0 or ranking["knn_best_minus_none"]["ci95"][0] > 0
     assert manifest["created"].endswith("+00:00")
     assert not list(out.parent.glob(".v1.*")), "temporary directory left behind"
+
+
+def test_the_ranking_is_chosen_on_tables_without_the_validation_ratings(artifact):
+    """Scores that read a validation rating (in the customer's history, content sums or co-ratings)
+    would reward whatever leaks it: the ranking choice scores from tables built without them, while
+    the artifact's own tables (what serving reads) hold every training rating."""
+    out, manifest = artifact
+    fit_rec, (fit_u, fit_i), (val_u, val_i) = CHOICE["rec"], CHOICE["fit"], CHOICE["val"]
+    served, unseen, ranking = Recommender.load(out), CHOICE["unseen"], manifest["ranking"]
+    # one rating per customer (their latest); the rating weight only on those the network never fit
+    assert len(val_u) == len(np.unique(val_u)) == ranking["knn_customers"]
+    assert 0 < unseen.sum() == ranking["rating_customers"] < len(val_u)
+    n = fit_rec.n_products
+
+    def rated(t) -> set[int]:
+        rows = np.repeat(np.arange(t.n_customers), np.diff(t.rated_indptr))
+        return set((rows * n + t.rated_indices).tolist())
+
+    val, fit = set((val_u * n + val_i).tolist()), set((fit_u * n + fit_i).tolist())
+    assert not val & rated(fit_rec.tables) and rated(fit_rec.tables) == fit
+    assert val <= rated(served.tables) and rated(served.tables) == fit | val
+    assert not any(int(i) in set(fit_rec.seen(int(u)).tolist()) for u, i in zip(val_u, val_i))
+    # co-ratings and counts follow: the validation ratings are in the served tables' sums only
+    assert fit_rec.tables.prod_count.sum() == len(fit_u) < served.tables.prod_count.sum()
+    assert fit_rec.tables.cooc_data.sum() < served.tables.cooc_data.sum()
 
 
 def test_products_json_carries_what_serving_filters_on(artifact, world_dir):
