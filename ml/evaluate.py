@@ -249,6 +249,8 @@ def evaluate_split(
         "hybrid_minus": compare(units, "hybrid", seed=config.seed),
         "baselines": fitted,
         "model_version": rec.version,
+        "hybrid_ranking": rec.manifest.get("ranking", {}),  # the rule training chose, with its margins
+        "hybrid_training_seconds": rec.manifest.get("training_seconds"),
     }
     if "content_knn" not in models:
         metrics["baselines"]["content_knn"] = {"skipped": "no product content (image/text) in this data"}

@@ -436,6 +436,28 @@ def knn_grid(t: FeatureTables, u: np.ndarray, shrink: float, items: np.ndarray |
     return pair_signals_grid(t, u, items, shrink, features=False).knn
 
 
+def knn_top(t: FeatureTables, u: int, n: int, shrink: float, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the (at most) `n` products with the highest item-kNN score for customer `u`,
+    best first, none of `exclude`: the products co-rated with theirs, from the co-rating rows of
+    their rated products only (no catalog-wide pass). Two-stage serving adds them to the retriever's
+    candidates when the ranking uses the kNN term, which the retriever does not learn."""
+    _, j, _ = _rated(t, np.array([u], np.int64))
+    owner, pos = _ragged(t.cooc_indptr, j)
+    other = t.cooc_indices[pos].astype(np.int64)
+    norm = rater_norm(t)
+    uniq, inv = np.unique(other, return_inverse=True)
+    score = np.bincount(
+        inv, weights=t.cooc_data[pos] / (norm[j[owner]] * norm[other] + shrink), minlength=len(uniq)
+    )
+    if exclude is not None and len(exclude):
+        keep = ~np.isin(uniq, exclude)
+        uniq, score = uniq[keep], score[keep]
+    if len(uniq) > n:
+        best = np.argpartition(-score, n - 1)[:n]
+        uniq, score = uniq[best], score[best]
+    return uniq[np.lexsort((uniq, -score))]
+
+
 def pair_features(
     t: FeatureTables,
     u: np.ndarray,

@@ -27,6 +27,7 @@ from ml.features import (
     customer_features,
     customer_history,
     customer_prior,
+    knn_top,
     pair_signals,
     pair_signals_grid,
     product_features,
@@ -211,10 +212,17 @@ class Recommender:
         return self.retriever is not None and self.n_products > self.serving.exact_max_products
 
     def retrieve(self, u: int, top: int, exclude_seen: bool = True) -> np.ndarray:
-        """The retriever's candidates for customer position `u`: max(retrieval_k, top) products,
-        seen ones removed before the cut (so `top` items come back when the catalog has them)."""
+        """Two-stage candidates for customer position `u`: the retriever's max(retrieval_k, top)
+        products, seen ones removed before the cut (so `top` items come back when the catalog has
+        them), and when the ranking adds the kNN term (which the retriever does not learn) up to
+        retrieval_k / 10 more: the customer's best by item-kNN (`ml.features.knn_top`)."""
         exclude = self.seen(u) if exclude_seen else None
-        return self.retriever.candidates(u, max(self.serving.retrieval_k, top), exclude)
+        k = max(self.serving.retrieval_k, top)
+        found = self.retriever.candidates(u, k, exclude)
+        if self.ranking.shrink is None:
+            return found
+        extra = knn_top(self.tables, u, max(1, k // 10), self.ranking.shrink, exclude)
+        return np.concatenate([found, extra[~np.isin(extra, found)]])
 
     # -- scoring -------------------------------------------------------------------------------
     def _customer_part(self, u: np.ndarray, heads: tuple[str, ...]) -> dict:

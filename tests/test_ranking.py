@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from ml.baselines import ItemKNN
-from ml.features import knn_grid, pair_features, pair_signals, pair_signals_grid
+from ml.features import knn_grid, knn_top, pair_features, pair_signals, pair_signals_grid
 from ml.ranking import RankingRule, ranking_score
-from ml.recommender import Recommender
+from ml.recommender import Recommender, ServingPath
 from ml.registry import ModelRegistry
 from ml.scoring import Heads
 
@@ -107,3 +107,33 @@ def test_serving_ranks_by_the_rule_on_every_path(rec, knn_rec):
         assert [x["product_id"] for x in knn_rec.recommend(cid, top=6, candidates=cand)] == expected
         changed += [x["product_id"] for x in rec.recommend(cid, top=6)] != expected
     assert changed > 0  # the term is not a no-op on this world
+
+
+def test_knn_top_is_the_top_of_the_knn_grid(rec):
+    t = rec.tables
+    for u in range(0, t.n_customers, 7):
+        seen = rec.seen(u)
+        row = knn_grid(t, np.array([u]), 10.0)[0].astype(np.float64)
+        row[seen] = -np.inf
+        ranked = [int(i) for i in np.lexsort((np.arange(len(row)), -row)) if row[i] > 0]
+        got = knn_top(t, u, 6, 10.0, seen)
+        assert list(got) == ranked[:6]
+        assert len(knn_top(t, u, 10**6, 10.0)) == int((knn_grid(t, np.array([u]), 10.0) > 0).sum())
+
+
+def test_two_stage_candidates_add_the_knn_best_when_the_rule_uses_it(rec, knn_rec):
+    """The retriever learns the pick head only: with a kNN term the customer's kNN best join its
+    candidates (seen products never), so the rerank can reach them."""
+    k = 2  # few candidates, so that the kNN best is often not among them
+    staged = knn_rec.with_serving(ServingPath(retrieval_k=k, exact_max_products=0))
+    plain = rec.with_serving(ServingPath(retrieval_k=k, exact_max_products=0))
+    plain.ranking = RankingRule()
+    added = 0
+    for u in range(rec.tables.n_customers):
+        base = plain.retrieve(u, 1)
+        got = staged.retrieve(u, 1)
+        extra = knn_top(rec.tables, u, 1, 10.0, rec.seen(u))
+        assert list(got[: len(base)]) == list(base) and set(got) == set(base) | set(extra)
+        assert not set(got) & set(rec.seen(u).tolist())
+        added += len(set(extra) - set(base))
+    assert added > 0
