@@ -82,6 +82,9 @@ def synthetic_catalog(
             "product_id": [f"p{p:07d}" for p in range(n_products)],
             "title": [f"synthetic product {p} (style {s})" for p, s in enumerate(style)],
             "image": "",
+            # what serving filters on (products.json): a made-up category path per style, a price
+            "categories": [f"Synthetic|Style {s // 10}|Style {s}" for s in style],
+            "price": np.round(rng.lognormal(3.0, 0.6, n_products), 2),
         }
     )
     return reviews, products, image, text

@@ -24,6 +24,7 @@ from ml.artifact import Artifact
 from ml.catalog import Catalog, Filters, read_attributes
 from ml.config import Settings
 from ml.features import (
+    PairSignals,
     customer_features,
     customer_history,
     customer_prior,
@@ -246,11 +247,27 @@ class Recommender:
             raise ValueError(f"product positions must be in -1..{self.n_products - 1}")
         return items
 
-    def score(self, u: np.ndarray, items: np.ndarray | None = None, heads: tuple[str, ...] = HEADS) -> Heads:
+    def pairs(self, u: np.ndarray, items: np.ndarray | None = None, aligned: bool = False) -> PairSignals:
+        """The pair signals `score` (grid) or, `aligned`, `score_pairs` reads, with the kNN term when
+        the ranking uses it: computed once, they serve both heads (the co-rating pass is the costly
+        part of a request, whatever the number of products asked)."""
+        u = np.asarray(u, np.int64).reshape(-1)
+        if aligned:
+            return pair_signals(self.tables, u, np.asarray(items, np.int64).reshape(-1), self.ranking.shrink)
+        return pair_signals_grid(self.tables, u, self._check_items(items), self.ranking.shrink)
+
+    def score(
+        self,
+        u: np.ndarray,
+        items: np.ndarray | None = None,
+        heads: tuple[str, ...] = HEADS,
+        pairs: PairSignals | None = None,
+    ) -> Heads:
         """THE scoring function: customers `u` (positions, -1 = unknown) x `items` (product
         positions, -1 = unknown; the same for every customer) or the whole catalog when None.
         Returns Heads(rating, logit, knn), each (len(u), m); heads not in `heads` come back None,
-        knn too unless the ranking uses it and the pick head is asked for.
+        knn too unless the ranking uses it and the pick head is asked for. `pairs`: `self.pairs(u,
+        items)` when already computed.
         Work is proportional to len(u) x m: candidates never touch the rest of the catalog."""
         u, items = np.asarray(u, np.int64).reshape(-1), self._check_items(items)
         m = self.n_products if items is None else len(items)
@@ -261,7 +278,13 @@ class Recommender:
         step = max(1, PASS_ROWS // max(m, 1))
         for s in range(0, len(u), step):
             uu = u[s : s + step]
-            c, pair = self._customer_part(uu, heads), pair_signals_grid(self.tables, uu, items, shrink)
+            c = self._customer_part(uu, heads)
+            if pairs is None:
+                pair = pair_signals_grid(self.tables, uu, items, shrink)
+            else:
+                pair = PairSignals(
+                    pairs.features[s : s + step], None if knn is None else pairs.knn[s : s + step]
+                )
             if knn is not None:
                 knn[s : s + step] = pair.knn
             for a in range(0, m, PASS_ROWS):
@@ -273,9 +296,11 @@ class Recommender:
                         out[h][s : s + step, a:b] = v
         return Heads(out.get("rating"), out.get("pick"), knn)
 
-    def score_pairs(self, u: np.ndarray, i: np.ndarray, heads: tuple[str, ...] = HEADS) -> Heads:
+    def score_pairs(
+        self, u: np.ndarray, i: np.ndarray, heads: tuple[str, ...] = HEADS, pairs: PairSignals | None = None
+    ) -> Heads:
         """`score` for aligned rows (u[k], i[k]) (-1 = unknown): the same forward pass with one
-        product per customer row; each head (n,)."""
+        product per customer row; each head (n,). `pairs`: `self.pairs(u, i, aligned=True)`."""
         u, i = np.asarray(u, np.int64).reshape(-1), self._check_items(i)
         shrink = self.ranking.shrink if "pick" in heads else None
         out = {h: np.zeros(len(u), np.float32) for h in heads}
@@ -283,7 +308,11 @@ class Recommender:
         for s in range(0, len(u), PASS_ROWS):
             uu, ii = u[s : s + PASS_ROWS], i[s : s + PASS_ROWS]
             p = {h: ProductPart(v.q[:, None, :], v.bias[:, None]) for h, v in self._product_part(ii).items()}
-            pair = pair_signals(self.tables, uu, ii, shrink)
+            if pairs is None:
+                pair = pair_signals(self.tables, uu, ii, shrink)
+            else:
+                end = s + PASS_ROWS
+                pair = PairSignals(pairs.features[s:end], None if knn is None else pairs.knn[s:end])
             if knn is not None:
                 knn[s : s + PASS_ROWS] = pair.knn
             # a customer's half once however many of its rows there are (a batch's rows repeat each
@@ -454,7 +483,8 @@ class Recommender:
         k = min(top, len(pos))
         if k == 0:
             return [[] for _ in u]
-        heads = self.score(u, items, heads=self.ranking.heads)
+        pairs = self.pairs(u, items)
+        heads = self.score(u, items, heads=self.ranking.heads, pairs=pairs)
         score = self.ranking.score(heads)
         if exclude_seen:
             self._mask_seen(score, u, items)
@@ -465,10 +495,9 @@ class Recommender:
         vals = np.take_along_axis(vals, order, 1)
         keep = np.isfinite(vals)
         rows, best = np.nonzero(keep)[0], pos[cols[keep]]
-        if heads.rating is None and len(u) == 1:  # rating head only for the items shown
-            rating = self.score(u, best, heads=("rating",)).rating[0]
-        elif heads.rating is None:
-            rating = self.score_pairs(u[rows], best, heads=("rating",)).rating
+        if heads.rating is None:  # rating head only for the items shown
+            shown = PairSignals(pairs.features[rows, cols[keep]], None)
+            rating = self.score_pairs(u[rows], best, heads=("rating",), pairs=shown).rating
         else:
             rating = heads.rating[rows, cols[keep]]
         rating = np.clip(rating, 1.0, 5.0)
@@ -585,7 +614,8 @@ class Recommender:
         lengths = np.array([len(c) for c in candidates])
         rows = np.repeat(u, lengths)
         items = np.concatenate(candidates).astype(np.int64) if len(candidates) else np.zeros(0, np.int64)
-        heads = self.score_pairs(rows, items, heads=self.ranking.heads)
+        pairs = self.pairs(rows, items, aligned=True)
+        heads = self.score_pairs(rows, items, heads=self.ranking.heads, pairs=pairs)
         score = self.ranking.score(heads)
         picked, starts = [], np.concatenate([[0], np.cumsum(lengths)])
         for a, b in zip(starts[:-1], starts[1:]):
@@ -594,7 +624,9 @@ class Recommender:
         rating = (
             heads.rating[best]
             if heads.rating is not None
-            else self.score_pairs(rows[best], items[best], heads=("rating",)).rating
+            else self.score_pairs(
+                rows[best], items[best], heads=("rating",), pairs=PairSignals(pairs.features[best], None)
+            ).rating
         )
         rating = np.clip(rating, 1.0, 5.0)
         out, at = [], 0
