@@ -219,10 +219,20 @@ class Recommender:
         retrieval_k / 10 more: the customer's best by item-kNN (`ml.features.knn_top`)."""
         exclude = self.seen(u) if exclude_seen else None
         k = max(self.serving.retrieval_k, top)
-        found = self.retriever.candidates(u, k, exclude)
+        return self._with_knn_best(u, self.retriever.candidates(u, k, exclude), k, exclude)
+
+    def _with_knn_best(
+        self, u: int, found: np.ndarray, k: int, exclude: np.ndarray | None, allowed: np.ndarray | None = None
+    ) -> np.ndarray:
+        """`found` and, when the ranking uses the kNN term, up to k / 10 of the customer's best by
+        item-kNN not among them (within `allowed`, sorted positions, when given)."""
         if self.ranking.shrink is None:
             return found
-        extra = knn_top(self.tables, u, max(1, k // 10), self.ranking.shrink, exclude)
+        extra = knn_top(
+            self.tables, u, max(1, k // 10) if allowed is None else len(allowed), self.ranking.shrink, exclude
+        )
+        if allowed is not None:
+            extra = extra[positions_in(allowed, extra) >= 0][: max(1, k // 10)]
         return np.concatenate([found, extra[~np.isin(extra, found)]])
 
     # -- scoring -------------------------------------------------------------------------------
@@ -444,12 +454,13 @@ class Recommender:
         k = max(self.serving.retrieval_k, top)
         if self.two_stage and len(allowed) > k:
             if len(allowed) ** 2 <= FILTER_SCAN_COST * k * self.n_products:
-                return self.retriever.candidates_in(u, k, allowed, seen), "two_stage"
+                found = self.retriever.candidates_in(u, k, allowed, seen)
+                return self._with_knn_best(u, found, k, seen, allowed), "two_stage"
             ask = int(min(self.n_products, np.ceil(k * self.n_products / len(allowed))))
             cand = self.retriever.candidates(u, ask, seen)
             kept = cand[positions_in(allowed, cand) >= 0][:k]
             if len(kept) >= top:
-                return kept, "two_stage"
+                return self._with_knn_best(u, kept, k, seen, allowed), "two_stage"
         return without_positions(allowed, seen), "exact"
 
     def allowed(self, filters: Filters | None) -> np.ndarray | None:

@@ -137,3 +137,21 @@ def test_two_stage_candidates_add_the_knn_best_when_the_rule_uses_it(rec, knn_re
         assert not set(got) & set(rec.seen(u).tolist())
         added += len(set(extra) - set(base))
     assert added > 0
+
+
+def test_filtered_two_stage_candidates_add_the_knn_best_within_the_filter(rec, knn_rec):
+    staged = knn_rec.with_serving(ServingPath(retrieval_k=2, exact_max_products=0))
+    allowed = np.arange(0, rec.n_products, 2)
+    added = 0
+    for u in range(rec.tables.n_customers):
+        got, path = staged._filtered_candidates(u, allowed, 1, True)
+        seen = rec.seen(u)
+        best = [int(i) for i in knn_top(rec.tables, u, rec.n_products, 10.0, seen) if i % 2 == 0][:1]
+        assert (
+            path == "two_stage"
+            and set(best) <= set(got.tolist())
+            and set(got.tolist()) <= set(allowed.tolist())
+        )
+        assert not set(got.tolist()) & set(seen.tolist())
+        added += len(got) > 2
+    assert added > 0
