@@ -21,7 +21,8 @@ different shares of those ratings: see `choose_ranking`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -107,6 +108,10 @@ class _Validation:
     rating: np.ndarray | None = None
     knn: np.ndarray | None = None  # of knn_shrink
     knn_shrink: float | None = None
+    row: dict = field(init=False, repr=False)  # customer position -> row of the arrays
+
+    def __post_init__(self) -> None:
+        self.row = {int(c): n for n, c in enumerate(self.users)}
 
     @classmethod
     def of(cls, rec: Recommender, users: np.ndarray, exclude, relevant, k: int) -> _Validation:
@@ -114,8 +119,7 @@ class _Validation:
 
     def subset(self, users: np.ndarray) -> _Validation:
         """These customers (some of `users`), with their predicted ratings too."""
-        row = {int(c): n for n, c in enumerate(self.users)}
-        at = np.array([row[int(c)] for c in users], np.int64)
+        at = np.array([self.row[int(c)] for c in users], np.int64)
         v = _Validation(self.rec, users, self.logit[at], self.exclude, self.relevant, self.k)
         v.rating = _head(self.rec, users, "rating")
         if self.knn is not None:
@@ -133,10 +137,9 @@ class _Validation:
 
     def ndcg(self, rule: RankingRule) -> np.ndarray:
         """Per-customer NDCG@k of `rule`."""
-        row = {int(c): n for n, c in enumerate(self.users)}
 
         def score(cs):
-            at = [row[int(c)] for c in cs]
+            at = [self.row[int(c)] for c in cs]
             rating = self.rating[at] if rule.rating_weight else np.ones((len(at), 1), np.float32)
             knn = self.with_knn(rule.knn_shrink).knn[at] if rule.knn_weight else None
             return ranking_score(rating, self.logit[at], rule.rating_weight, knn, rule.knn_weight)
@@ -147,17 +150,32 @@ class _Validation:
 
 
 def _best(
-    v: _Validation, base: RankingRule, rules: list[RankingRule], seed: int
+    v: _Validation,
+    base: RankingRule,
+    rules: Iterable[RankingRule],
+    seed: int,
+    base_ndcg: np.ndarray | None = None,
 ) -> tuple[RankingRule, dict, dict]:
     """The rule of `rules` with the best mean validation NDCG, or `base` unless it wins beyond noise;
-    (rule, mean NDCG of each, margin of the best over base). Rules that share a kNN shrinkage come
-    together, so that each kNN grid is computed once."""
-    base_ndcg = v.ndcg(base)
+    (rule, mean NDCG of each, margin of the best over base). Rules are evaluated in the order given
+    (rules that share a kNN shrinkage together: each kNN grid is computed once); `base_ndcg`: base's,
+    when already known."""
+    base_ndcg = v.ndcg(base) if base_ndcg is None else base_ndcg
     results = {r: v.ndcg(r) for r in rules}
-    best = max(rules, key=lambda r: results[r].mean())
+    best = max(results, key=lambda r: results[r].mean())
     margin = paired_bootstrap(results[best], base_ndcg, seed=seed)
     means = {base: float(base_ndcg.mean()), **{r: float(x.mean()) for r, x in results.items()}}
     return (best if margin["ci95"][0] > 0 else base), means, margin
+
+
+def _knn_rules(v: _Validation, unit: dict) -> Iterable[RankingRule]:
+    """The kNN rules, shrinkage by shrinkage: each shrinkage's grid is loaded into `v` once and its
+    unit (the pick logits' spread over the kNN scores', so that weights mean the same on any data)
+    written into `unit` before its rules are given."""
+    spread = float(v.logit.std())
+    for s in KNN_SHRINKS:
+        unit[s] = spread / max(float(v.with_knn(s).knn.std()), 1e-12)
+        yield from (RankingRule(0.0, w * unit[s], s) for w in KNN_WEIGHTS)
 
 
 def choose_ranking(
@@ -189,17 +207,15 @@ def choose_ranking(
     cap = max(50, max_rows // max(n_p, 1))
     users = np.random.default_rng(seed).permutation(np.unique(val_u))[:cap]
     v = _Validation.of(rec, users, exclude, relevant, k)
-    if not len(v.ndcg(RankingRule())):
+    none = v.ndcg(RankingRule())
+    if not len(none):
         return {
             "rating_weight": 0.0,
             "knn_weight": 0.0,
             "chosen_by": "default (no rankable validation ratings)",
         }
-    spread, unit = float(v.logit.std()), {}
-    for s in reversed(KNN_SHRINKS):  # the last one computed is the first the rules use
-        unit[s] = spread / max(float(v.with_knn(s).knn.std()), 1e-12)
-    knn_rules = [RankingRule(0.0, w * unit[s], s) for s in KNN_SHRINKS for w in KNN_WEIGHTS]
-    with_knn, knn_means, knn_margin = _best(v, RankingRule(), knn_rules, seed)
+    unit: dict = {}
+    with_knn, knn_means, knn_margin = _best(v, RankingRule(), _knn_rules(v, unit), seed, base_ndcg=none)
     honest = users[np.isin(users, val_u[unseen])]
     h = v.with_knn(with_knn.knn_shrink).subset(honest)
     del v
