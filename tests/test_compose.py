@@ -235,6 +235,7 @@ def test_worker_command_healthcheck_and_dependencies(base):
     assert cmd[:4] == ["celery", "-A", "tasks.celery_app:app", "worker"]
     assert cmd[cmd.index("-Q") + 1] == "inference,training"
     assert "--concurrency=1" in cmd  # ${RECSYS_WORKER_CONCURRENCY:-1}
+    assert "--task-events" in cmd  # Flower sees every task (the config leaves events off by default)
     check = healthcheck_text(worker)
     assert "inspect ping" in check and "celery@$HOSTNAME" in check, check
     deps = worker["depends_on"]
@@ -343,6 +344,7 @@ def test_gpu_override_reserves_nvidia_gpus_for_workers(gpu, base):
     ), devices
     cmd = as_list(worker["command"])
     assert "--concurrency=1" in cmd, "one worker process per GPU"
+    assert "--task-events" in cmd
     assert env_of(worker)["RECSYS_WORKER_CONCURRENCY"] == "1"
     assert env_of(worker)["KERAS_BACKEND"] in ("jax", "tensorflow")
     args = worker["build"].get("args") or {}

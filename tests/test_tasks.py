@@ -38,7 +38,8 @@ def test_celery_config_is_json_only_and_reliable(settings):
     assert conf.task_serializer == "json" and conf.result_serializer == "json"
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.task_track_started
+    assert not conf.task_track_started and conf.task_annotations[names.TRAIN]["track_started"]
+    assert not conf.worker_send_task_events and not conf.task_send_sent_event
     assert conf.result_expires == settings.result_expires_s
     assert conf.task_soft_time_limit == settings.task_soft_time_limit_s
     assert conf.task_time_limit == settings.task_time_limit_s
