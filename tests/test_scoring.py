@@ -77,6 +77,26 @@ def test_numpy_equals_keras_on_customers_x_items(rec):
     np.testing.assert_allclose(got.logit, ref["pick"].reshape(len(u), -1), **TOL)
 
 
+def test_passes_cut_into_cache_sized_blocks_still_equal_keras(rec, monkeypatch):
+    """Many small blocks (of rows, of products; both BLAS thread settings) give the one-pass result."""
+    import ml.scoring
+
+    u, i = _rows(rec)
+    ref = _keras(rec, u, i)
+    grid_u = np.array([0, 5, -1])
+    grid_ref = _keras(rec, np.repeat(grid_u, rec.n_products), np.tile(np.arange(rec.n_products), 3))
+    for small in (0, 10**9):
+        monkeypatch.setattr(ml.scoring, "SMALL_PASS_ROWS", small)
+        monkeypatch.setattr(ml.scoring, "BLOCK_ROWS", 7)
+        monkeypatch.setattr(ml.scoring, "MIN_BLOCK_PRODUCTS", 2)  # 3 customers x 2 <= 7: blocks of 2
+        got = rec.score_pairs(u, i)
+        np.testing.assert_allclose(got.rating, ref["rating"], **TOL)
+        np.testing.assert_allclose(got.logit, ref["pick"], **TOL)
+        grid = rec.score(grid_u)
+        np.testing.assert_allclose(grid.logit.ravel(), grid_ref["pick"], **TOL)
+        np.testing.assert_allclose(grid.rating.ravel(), grid_ref["rating"], **TOL)
+
+
 def test_pair_features_same_on_both_shapes_and_equal_dense_reference(rec):
     t = rec.tables
     u = np.array([2, -1, 7, 2, 30])
