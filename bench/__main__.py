@@ -19,6 +19,9 @@
 - `reasons`: in-process latency with reasons and filters on vs off, interleaved (bench/reasons.py);
 - `feedback`: POST /feedback to a recommendation that reflects it, p50 over 100 trials, two workers
   (bench/feedback.py);
+- `peer`: our synchronous GET /recommendation next to Cornac's BPR served by `cornac.serving` under
+  gunicorn, same workers/threads, same 100 customers, REAL 2023 ratings (bench/peer.py; Cornac in a
+  throwaway venv under var/bench/peer);
 - `serving`: latency of N sequential recommendations three ways on one catalog and machine:
   in-process `Recommender.recommend`, Celery alone (apply_async + get through Redis), and the
   whole HTTP path three ways: POST /jobs then poll GET /jobs/<id> every 5 ms; POST /jobs then
@@ -342,6 +345,13 @@ def bench_training() -> dict:
     return run([1000, 10000])
 
 
+def bench_peer() -> dict:
+    """Our synchronous GET next to Cornac's BPR under cornac.serving, REAL 2023 ratings (bench/peer.py)."""
+    from bench.peer import run
+
+    return run()
+
+
 def bench_feedback() -> dict:
     """Live feedback: POST /feedback to a recommendation that reflects it, 2 workers (bench/feedback.py)."""
     from bench.feedback import run
@@ -362,6 +372,7 @@ BENCHES = {
     "similar": bench_similar,
     "reasons": bench_reasons,
     "feedback": bench_feedback,
+    "peer": bench_peer,
 }
 
 
