@@ -32,6 +32,7 @@ Results are printed and written to var/bench/<what>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -140,45 +141,62 @@ def _model_dir(settings: Settings, tmp: Path) -> Path:
     return models
 
 
+@contextlib.contextmanager
+def service(models: Path, tmp: Path, hostname: str):
+    """The service as `make run` serves it, on free ports: Redis, one Celery worker (the default pool
+    and concurrency) over `models`, the web app under gunicorn. Yields (settings, stack, celery) once
+    the worker answers a ping; stops everything on exit. Logs under tmp/logs."""
+    from scripts.procs import free_port, redis_reachable, start_redis, stop_group, wait_until
+    from scripts.run_stack import Stack, web_command, worker_command
+    from tasks.celery_app import make_celery
+
+    settings = replace(
+        Settings.from_env(),
+        models_dir=models,
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        web_port=free_port(),
+    )
+    log_dir = tmp / "logs"
+    log_dir.mkdir(exist_ok=True)
+    stack = Stack(settings, log_dir)
+    port = int(settings.redis_url.rsplit(":", 1)[1].split("/")[0])
+    redis_proc = start_redis(port, tmp / "redis", log_file=log_dir / "redis.log")
+    celery = None
+    try:
+        wait_until(lambda: redis_reachable(settings.redis_url, 0.5), 15, proc=redis_proc, what="redis")
+        env = stack.env(
+            RECSYS_MODELS_DIR=str(models),
+            REDIS_URL=settings.redis_url,
+            RECSYS_WEB_PORT=str(settings.web_port),
+        )
+        stack.spawn("worker", worker_command(settings, hostname), env)
+        stack.spawn("web", web_command(settings), env)
+        celery = make_celery(settings)
+        wait_until(lambda: bool(celery.control.ping(timeout=0.5)), 300, interval_s=0.5, what="worker")
+        yield settings, stack, celery
+    finally:
+        if celery is not None:
+            celery.close()
+        stack.stop_all()
+        stop_group(redis_proc, timeout_s=5)
+
+
 def bench_serving(n_jobs: int = 200, top: int = 10) -> dict:
     from ml.recommender import Recommender
     from ml.registry import ModelRegistry
-    from scripts.procs import free_port, redis_reachable, start_redis, stop_group, wait_until
-    from scripts.run_stack import Stack, web_command, worker_command
+    from scripts.procs import wait_until
     from tasks import names
-    from tasks.celery_app import make_celery
 
     base = Settings.from_env()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         models = _model_dir(base, tmp)
-        settings = replace(
-            base, models_dir=models, redis_url=f"redis://127.0.0.1:{free_port()}/0", web_port=free_port()
-        )
         rec = Recommender.load(ModelRegistry(models).current_path())
         customers = rec.customers(n_jobs)
         customers = (customers * (n_jobs // max(len(customers), 1) + 1))[:n_jobs]
         rec.recommend(customers[0], top)
 
-        log_dir = tmp / "logs"
-        log_dir.mkdir()
-        stack = Stack(replace(settings), log_dir)
-        redis_proc = start_redis(
-            int(settings.redis_url.rsplit(":", 1)[1].split("/")[0]),
-            tmp / "redis",
-            log_file=log_dir / "redis.log",
-        )
-        try:
-            wait_until(lambda: redis_reachable(settings.redis_url, 0.5), 15, proc=redis_proc, what="redis")
-            env = stack.env(
-                RECSYS_MODELS_DIR=str(models),
-                REDIS_URL=settings.redis_url,
-                RECSYS_WEB_PORT=str(settings.web_port),
-            )
-            stack.spawn("worker", worker_command(settings, "bench@%h"), env)
-            stack.spawn("web", web_command(settings), env)
-            celery = make_celery(settings)
-            wait_until(lambda: bool(celery.control.ping(timeout=0.5)), 300, interval_s=0.5, what="worker")
+        with service(models, tmp, "bench@%h") as (settings, _, celery):
             celery.send_task(names.RECOMMEND, args=[customers[0], top]).get(timeout=300)  # model loaded
             url = f"http://127.0.0.1:{settings.web_port}"
             wait_until(lambda: _get(url + "/healthz")[0] == 200, 60, interval_s=0.5, what="web")
@@ -192,10 +210,6 @@ def bench_serving(n_jobs: int = 200, top: int = 10) -> dict:
                 "http_sync": lambda c: _http_sync_get(url, c, top),
             }
             samples = _interleaved(paths, customers)
-            celery.close()
-        finally:
-            stack.stop_all()
-            stop_group(redis_proc, timeout_s=5)
     return {
         "catalog_products": rec.n_products,
         "top": top,

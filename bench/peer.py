@@ -90,29 +90,11 @@ def _get_json(url: str) -> dict:
         return json.loads(r.read())
 
 
-def _gunicorn(python: Path, app: str, port: int, settings: Settings) -> list[str]:
-    return [
-        str(python),
-        "-m",
-        "gunicorn",
-        "-w",
-        str(settings.web_workers),
-        "-k",
-        "gthread",
-        "--threads",
-        str(settings.web_threads),
-        "-b",
-        f"127.0.0.1:{port}",
-        app,
-    ]
-
-
 def run() -> dict:
-    from bench.__main__ import _interleaved, _pct
+    from bench.__main__ import _interleaved, _pct, service
     from ml.data import load_dataset
-    from scripts.procs import free_port, redis_reachable, start_redis, stop_group, wait_until
-    from scripts.run_stack import Stack, web_command, worker_command
-    from tasks.celery_app import make_celery
+    from scripts.procs import free_port, wait_until
+    from scripts.run_stack import web_command
 
     WORK.mkdir(parents=True, exist_ok=True)
     python = _venv_python()
@@ -125,33 +107,14 @@ def run() -> dict:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         cornac_file = _cornac_model(python, ratings, tmp)
-        settings = replace(
-            base, models_dir=models, redis_url=f"redis://127.0.0.1:{free_port()}/0", web_port=free_port()
-        )
-        cornac_port = free_port()
-        (tmp / "logs").mkdir()
-        stack = Stack(settings, tmp / "logs")
-        redis_proc = start_redis(int(settings.redis_url.rsplit(":", 1)[1].split("/")[0]), tmp / "redis")
-        try:
-            wait_until(lambda: redis_reachable(settings.redis_url, 0.5), 15, proc=redis_proc, what="redis")
-            env = stack.env(
-                RECSYS_MODELS_DIR=str(models),
-                REDIS_URL=settings.redis_url,
-                RECSYS_WEB_PORT=str(settings.web_port),
-            )
-            stack.spawn("worker", worker_command(settings, "peer@%h"), env)
-            stack.spawn("web", web_command(settings), env)
+        with service(models, tmp, "peer@%h") as (settings, stack, _):
+            cornac = replace(settings, web_port=free_port())
             cornac_env = dict(
                 os.environ, MODEL_PATH=str(cornac_file), MODEL_CLASS="cornac.models.BPR", PYTHONPATH=""
             )
-            stack.spawn(
-                "cornac", _gunicorn(python, "cornac.serving.app:app", cornac_port, settings), cornac_env
-            )
-            celery = make_celery(settings)
-            wait_until(lambda: bool(celery.control.ping(timeout=0.5)), 300, interval_s=0.5, what="worker")
-            celery.close()
+            stack.spawn("cornac", web_command(cornac, "cornac.serving.app:app", str(python)), cornac_env)
             ours = f"http://127.0.0.1:{settings.web_port}/recommendation?top={TOP}&customer_id="
-            theirs = f"http://127.0.0.1:{cornac_port}/recommend?k={TOP}&remove_seen=true&uid="
+            theirs = f"http://127.0.0.1:{cornac.web_port}/recommend?k={TOP}&remove_seen=true&uid="
             paths = {
                 "ours_sync_get": lambda c: _check(_get_json(ours + c)["items"], c),
                 "cornac_bpr": lambda c: _check(_get_json(theirs + c)["recommendations"], c),
@@ -162,9 +125,6 @@ def run() -> dict:
                 for fn in paths.values():
                     fn(c)
             samples = _interleaved(paths, customers)
-        finally:
-            stack.stop_all()
-            stop_group(redis_proc, timeout_s=5)
     p50 = {name: float(np.percentile(s, 50) * 1000) for name, s in samples.items()}
     return {
         "data": "amazon-fashion-2023-ratings-blair (REAL), train + test files",

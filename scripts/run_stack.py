@@ -104,9 +104,10 @@ def worker_command(
     ]
 
 
-def web_command(settings: Settings) -> list[str]:
+def web_command(settings: Settings, app: str = "web:create_app()", python: str = sys.executable) -> list[str]:
+    """gunicorn gthread serving `app` (ours by default; `bench peer` serves Cornac's the same way)."""
     return [
-        sys.executable,
+        python,
         "-m",
         "gunicorn",
         "-w",
@@ -123,7 +124,7 @@ def web_command(settings: Settings) -> list[str]:
         "10",
         "--access-logfile",
         "-",
-        "web:create_app()",
+        app,
     ]
 
 
