@@ -199,14 +199,21 @@ def build_training_rows(
     observed = np.concatenate([np.ones(n, np.float32), np.zeros(len(nu), np.float32)])
     rating_t = np.stack([np.concatenate([r, np.zeros(len(nu), np.float32)]), observed], 1)
     is_val = np.concatenate([val_pos, val_pos[src]])
-    # one shuffle so that every batch (validation ones too) mixes positives and negatives
-    perm = rng.permutation(len(all_u))
-    targets = {"rating": rating_t[perm], "pick": observed[perm]}
-    return TrainingRows({k: v[perm] for k, v in inputs.items()}, targets, is_val[perm])
+    # Shuffled so that every batch (validation ones too) mixes positives and negatives; the training
+    # rows first, then the validation rows, so that fit_model takes each part as a view, not a copy.
+    # Reordered one array at a time: the unshuffled one is freed before the next is copied.
+    order = np.concatenate(
+        [rng.permutation(np.flatnonzero(~is_val)), rng.permutation(np.flatnonzero(is_val))]
+    )
+    targets = {"rating": rating_t[order], "pick": observed[order]}
+    for name in list(inputs):
+        inputs[name] = inputs[name][order]
+    return TrainingRows(inputs, targets, is_val[order])
 
 
-def _take(d: dict, mask: np.ndarray) -> dict:
-    return {k: v[mask] for k, v in d.items()}
+def _take(d: dict, rows) -> dict:
+    """Each array's `rows` (a mask copies; a slice is a view)."""
+    return {k: v[rows] for k, v in d.items()}
 
 
 def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, report: Report | None = None):
@@ -227,15 +234,18 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate), loss={"rating": masked_mse, "pick": pick_bce}
     )
-    train_m, val_m = ~rows.is_val, rows.is_val
-    has_val = bool(val_m.any())
+    n_train = int((~rows.is_val).sum())
+    if rows.is_val[:n_train].any():
+        raise ValueError("training rows must come before validation rows (build_training_rows)")
+    has_val = n_train < len(rows.is_val)
     callbacks = [BestPerHead(config.patience, config.min_delta)] if has_val else []
     if report is not None:
         callbacks.append(EpochReport(report, config.epochs))
+    train, val = slice(0, n_train), slice(n_train, None)  # views: no copy of the rows
     history = model.fit(
-        _take(rows.inputs, train_m),
-        _take(rows.targets, train_m),
-        validation_data=(_take(rows.inputs, val_m), _take(rows.targets, val_m)) if has_val else None,
+        _take(rows.inputs, train),
+        _take(rows.targets, train),
+        validation_data=(_take(rows.inputs, val), _take(rows.targets, val)) if has_val else None,
         epochs=config.epochs,
         batch_size=config.batch_size,
         shuffle=True,
@@ -482,6 +492,7 @@ def fit_artifact(
     model, spec, hist = fit_model(tables, rows, config, report)
     report({"stage": "finish"})  # validation metrics, rating weight, retriever, writing
     metrics = _validation_metrics(model, rows, len(hist.get("loss", [])))
+    del rows  # the largest arrays of training (10k-product world: ~640 MB), not needed from here
     manifest = _manifest(out_dir.name, dataset, train, r, emb, image_report, config, split, spec, metrics)
     if feedback is not None:
         manifest["feedback"] = feedback
