@@ -10,4 +10,3 @@ import os as _os
 # image encoder (EfficientNet-Lite0: 26.5 -> 41.2 images/s in `bench encoders`, 28 -> 53 on synthetic
 # 224x224 batches; MiniLM 112 -> 119 texts/s). An explicit TF_ENABLE_ONEDNN_OPTS=0 still wins.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
