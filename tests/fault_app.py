@@ -22,7 +22,9 @@ def runs_key(job_id: str) -> str:
     return f"tests:hold:runs:{job_id}"
 
 
-@app.task(name=HOLD, bind=True)
+# track_started: the tests kill the worker once this job is STARTED (the service's inference tasks
+# leave that state out, tasks/celery_app.py)
+@app.task(name=HOLD, bind=True, track_started=True)
 def hold(self, seconds: float) -> dict:
     """First run: sleep `seconds`; later runs: return at once. Returns the run count and the pid."""
     client = redis.Redis.from_url(self.app.conf.broker_url)
