@@ -253,7 +253,16 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
         verbose=config.verbose,
     )
     hist = {k: [float(x) for x in v] for k, v in history.history.items()}
-    return model, spec, hist
+    return serving_copy(model, spec), spec, hist
+
+
+def serving_copy(model, spec: ModelSpec):
+    """The fitted network's weights in a fresh, uncompiled model: the optimizer's state (Adam keeps
+    two slots per weight, 2/3 of the weights file on a large catalog) is let go for the rest of
+    training and never written into the artifact, which serving never reads it from."""
+    fresh = build_model(spec)
+    fresh.set_weights(model.get_weights())
+    return fresh
 
 
 def product_records(products: pd.DataFrame) -> list[dict]:

@@ -172,3 +172,42 @@ def test_held_out_ratings_are_never_an_input(artifact, world_dir, tmp_path, base
     assert changed.fingerprint() != ds.fingerprint()
     train_model(changed, tmp_path / "b", FAST, split="last", settings=base_settings)
     _assert_same_scores_on_held_out(artifact[0], tmp_path / "b", test)
+
+
+def test_the_artifact_holds_the_network_without_optimizer_state(artifact):
+    """Adam's two slots per weight are 2/3 of a large catalog's weights file; serving never reads them."""
+    import h5py
+
+    out, _ = artifact
+    with h5py.File(out / "model.weights.h5", "r") as f:
+        names: list[str] = []
+        f.visit(names.append)
+    assert any(n.startswith("layers/") for n in names)
+    assert not [n for n in names if n.startswith("optimizer")]
+
+
+def test_serving_copy_computes_what_the_fitted_network_does(artifact):
+    """The copy kept after fitting is the same function as the compiled, fitted model."""
+    import keras
+
+    from ml.model import ModelInputs, ModelSpec, build_model, masked_mse, pick_bce
+    from ml.train import serving_copy
+
+    spec = ModelSpec.from_dict(artifact[1]["spec"])
+    model = build_model(spec, seed=1)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss={"rating": masked_mse, "pick": pick_bce})
+    rng = np.random.default_rng(0)
+    x = {k: np.repeat(v, 64, axis=0) for k, v in ModelInputs.dummy(spec.layout)._asdict().items()}
+    x["customer"] = rng.normal(size=x["customer"].shape).astype(np.float32)
+    x["product"] = rng.normal(size=x["product"].shape).astype(np.float32)
+    x["product_id"] = rng.integers(0, spec.n_products + 1, 64).astype(np.int32)
+    y = {
+        "rating": np.stack([rng.uniform(1, 5, 64), np.ones(64)], 1).astype(np.float32),
+        "pick": rng.integers(0, 2, 64).astype(np.float32),
+    }
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    copy = serving_copy(model, spec)
+    assert getattr(copy, "optimizer", None) is None
+    want, got = model.predict(x, verbose=0), copy.predict(x, verbose=0)
+    for head in ("rating", "pick"):
+        np.testing.assert_allclose(np.asarray(got[head]), np.asarray(want[head]), rtol=1e-6, atol=1e-6)
