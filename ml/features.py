@@ -530,6 +530,16 @@ class Exclusion:
     has_text: np.ndarray  # (n,) float32 0/1
     is_rated: np.ndarray | None = None  # (n,) 1 where the row's own pair is a training rating
 
+    def take(self, rows) -> Exclusion:
+        """The exclusions of `rows` (positions or a slice)."""
+        return Exclusion(
+            self.active[rows],
+            self.rating[rows],
+            self.review_vec[rows],
+            self.has_text[rows],
+            None if self.is_rated is None else self.is_rated[rows],
+        )
+
     @classmethod
     def none(cls, n: int, dt: int) -> Exclusion:
         z = np.zeros(n, np.float32)

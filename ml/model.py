@@ -250,6 +250,34 @@ class HybridModel(keras.Model):
         return cls(ModelSpec.from_dict(config["spec"]))
 
 
+class RowBatches(keras.utils.PyDataset):
+    """Batches of training rows gathered from the caller's arrays, in a fresh random order each epoch
+    (`shuffle`) or in order. Keras' own adapter for in-memory arrays first copies every array into a
+    backend tensor: on a 10k-product world that copy (~640 MB) was the peak of training. Each batch
+    here is a gather of `batch_size` rows; nothing else is copied."""
+
+    def __init__(self, inputs: dict, targets: dict, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        super().__init__()
+        self.inputs, self.targets = inputs, targets
+        self.n = len(next(iter(targets.values())))
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(self.n) if shuffle else None
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __getitem__(self, idx: int):
+        rows = slice(idx * self.batch_size, min((idx + 1) * self.batch_size, self.n))
+        if self._order is not None:
+            rows = np.sort(self._order[rows])  # sorted: the gather reads memory forwards
+        return ({k: v[rows] for k, v in self.inputs.items()}, {k: v[rows] for k, v in self.targets.items()})
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self._order = self._rng.permutation(self.n)
+
+
 class EpochReport(keras.callbacks.Callback):
     """Calls `report({"stage": "fit", "epoch": n, "epochs": m})` after each epoch: how a training job
     tells its client how far it is (early stopping can end it before epoch m)."""

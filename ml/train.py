@@ -36,6 +36,7 @@ from ml.model import (
     BestPerHead,
     EpochReport,
     ModelSpec,
+    RowBatches,
     build_model,
     masked_mse,
     pick_bce,
@@ -130,6 +131,9 @@ def _last_rows(u: np.ndarray, recency: np.ndarray | None, rng, fraction: float) 
     return last
 
 
+ROWS_CHUNK = 32_768  # training rows whose features are built at once (build_training_rows)
+
+
 def build_training_rows(
     tables: FeatureTables,
     u: np.ndarray,
@@ -180,6 +184,9 @@ def build_training_rows(
 
     all_u = np.concatenate([u, nu])
     all_i = np.concatenate([i, ni])
+    cust_ex_item = np.concatenate([i, i[src]])
+    prod_ex = cat(pos_ex, neg_prod_ex)
+    del pos_ex, neg_prod_ex, neg_cust_ex
     priors = {}
     if loo_prior is not None:
         loo_u, loo_i = (np.asarray(x, np.float32) for x in loo_prior)
@@ -187,27 +194,34 @@ def build_training_rows(
             "cust_prior": np.concatenate([loo_u, loo_u[src]]),
             "prod_prior": np.concatenate([loo_i, product_prior(tables, ni)]),
         }
-    inputs = model_inputs(
-        tables,
-        all_u,
-        all_i,
-        cust_ex=cust_ex,
-        prod_ex=cat(pos_ex, neg_prod_ex),
-        cust_ex_item=np.concatenate([i, i[src]]),
-        **priors,
-    )
     observed = np.concatenate([np.ones(n, np.float32), np.zeros(len(nu), np.float32)])
     rating_t = np.stack([np.concatenate([r, np.zeros(len(nu), np.float32)]), observed], 1)
     is_val = np.concatenate([val_pos, val_pos[src]])
     # Shuffled so that every batch (validation ones too) mixes positives and negatives; the training
     # rows first, then the validation rows, so that fit_model takes each part as a view, not a copy.
-    # Reordered one array at a time: the unshuffled one is freed before the next is copied.
     order = np.concatenate(
         [rng.permutation(np.flatnonzero(~is_val)), rng.permutation(np.flatnonzero(is_val))]
     )
     targets = {"rating": rating_t[order], "pick": observed[order]}
-    for name in list(inputs):
-        inputs[name] = inputs[name][order]
+    # Built in that order, ROWS_CHUNK rows at a time, into arrays allocated once: every feature is a
+    # function of its own row, and the temporaries of a whole build (several times the rows' size on
+    # a 10k-product world) were the peak of training's memory.
+    inputs: dict[str, np.ndarray] = {}
+    for s in range(0, max(len(order), 1), ROWS_CHUNK):  # once when empty: the arrays' shapes
+        rows = order[s : s + ROWS_CHUNK]
+        part = model_inputs(
+            tables,
+            all_u[rows],
+            all_i[rows],
+            cust_ex=cust_ex.take(rows),
+            prod_ex=prod_ex.take(rows),
+            cust_ex_item=cust_ex_item[rows],
+            **{k: v[rows] for k, v in priors.items()},
+        )
+        for name, v in part.items():
+            if name not in inputs:
+                inputs[name] = np.empty((len(order), *v.shape[1:]), v.dtype)
+            inputs[name][s : s + len(rows)] = v
     return TrainingRows(inputs, targets, is_val[order])
 
 
@@ -242,13 +256,17 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
     if report is not None:
         callbacks.append(EpochReport(report, config.epochs))
     train, val = slice(0, n_train), slice(n_train, None)  # views: no copy of the rows
+    batches = RowBatches(
+        _take(rows.inputs, train), _take(rows.targets, train), config.batch_size, True, config.seed
+    )
     history = model.fit(
-        _take(rows.inputs, train),
-        _take(rows.targets, train),
-        validation_data=(_take(rows.inputs, val), _take(rows.targets, val)) if has_val else None,
+        batches,
+        validation_data=RowBatches(
+            _take(rows.inputs, val), _take(rows.targets, val), config.batch_size, False
+        )
+        if has_val
+        else None,
         epochs=config.epochs,
-        batch_size=config.batch_size,
-        shuffle=True,
         callbacks=callbacks,
         verbose=config.verbose,
     )

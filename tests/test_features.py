@@ -133,6 +133,27 @@ def test_training_rows_see_biases_without_their_own_rating():
     assert not np.allclose(np.sort(rows.inputs["customer_prior"][pos]), np.sort(prior.b_u_[w["u"]]))
 
 
+def test_training_rows_built_in_chunks_equal_one_build(monkeypatch):
+    """build_training_rows builds features ROWS_CHUNK rows at a time: the rows are the same."""
+    import ml.train
+    from ml.train import TrainConfig, build_training_rows
+
+    w = _world(seed=4)
+    t = _tables(w)
+    args = (t, w["u"], w["i"], w["rating"], w["review_vecs"], w["review_has_text"], TrainConfig(negatives=3))
+    val = np.random.default_rng(1).random(len(w["u"])) < 0.3
+    whole = build_training_rows(*args, val)
+    monkeypatch.setattr(ml.train, "ROWS_CHUNK", 7)
+    chunked = build_training_rows(*args, val)
+    assert len(whole.is_val) > 7 * 10  # many chunks
+    np.testing.assert_array_equal(chunked.is_val, whole.is_val)
+    assert set(chunked.inputs) == set(whole.inputs)
+    for name in whole.inputs:
+        np.testing.assert_array_equal(chunked.inputs[name], whole.inputs[name], err_msg=name)
+    for name in whole.targets:
+        np.testing.assert_array_equal(chunked.targets[name], whole.targets[name], err_msg=name)
+
+
 # ---------------------------------------------------------------- the named feature layout (issue 11)
 
 

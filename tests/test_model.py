@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ml.model import HEADS, BestPerHead
+from ml.model import HEADS, BestPerHead, RowBatches
 
 
 class _Net:
@@ -62,3 +62,35 @@ def test_each_head_keeps_its_own_best_epoch():
     model, last = _run(BestPerHead(patience=3, min_delta=1e-4), losses)
     assert model.nets["rating"].w[0][0] == 1 and model.nets["pick"].w[0][0] == 3
     assert last == 6
+
+
+def _epoch(batches: RowBatches) -> list[np.ndarray]:
+    out = [batches[b] for b in range(len(batches))]
+    batches.on_epoch_end()
+    return out
+
+
+def test_row_batches_give_every_row_once_per_epoch_rows_aligned():
+    n = 1000
+    inputs = {"a": np.arange(n) * 10, "b": np.stack([np.arange(n), -np.arange(n)], 1)}
+    targets = {"t": np.arange(n) + 0.5}
+    batches = RowBatches(inputs, targets, 64, shuffle=True, seed=3)
+    assert len(batches) == 16  # 15 full batches and one of 40
+    seen = []
+    for _ in range(2):
+        rows = []
+        for x, y in _epoch(batches):
+            assert len(y["t"]) <= 64
+            np.testing.assert_array_equal(x["a"], (y["t"] - 0.5) * 10)  # one row's parts stay together
+            np.testing.assert_array_equal(x["b"][:, 0], y["t"] - 0.5)
+            rows.append((y["t"] - 0.5).astype(int))
+        assert sorted(np.concatenate(rows).tolist()) == list(range(n))
+        seen.append([frozenset(r.tolist()) for r in rows])
+    assert seen[0] != seen[1], "a new order each epoch"
+    assert seen[0][0] != frozenset(range(64)), "shuffled"
+
+
+def test_row_batches_in_order_when_not_shuffled():
+    targets = {"t": np.arange(10)}
+    batches = RowBatches({"x": np.arange(10)}, targets, 4, shuffle=False)
+    assert [y["t"].tolist() for _, y in _epoch(batches)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
