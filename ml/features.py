@@ -161,6 +161,21 @@ class FeatureTables:
     cooc_data: np.ndarray
     cust_prior: np.ndarray  # (C,) ridge bias b_u fitted on the training ratings
     prod_prior: np.ndarray  # (P,) ridge bias b_i
+    # (P,) int32: the product's row in the network's id embeddings, 0 = none (the shared "unknown" row).
+    # Only products rated in training have one: the tables (and each step of training, which updates
+    # whole embedding tables) grow with the rated products, not the catalog. Artifacts from before it
+    # was stored: position + 1 for the rated products, as their networks were built.
+    prod_id: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.prod_id is None:
+            rated = self.prod_count > 0
+            self.prod_id = np.where(rated, np.arange(1, len(rated) + 1), 0).astype(np.int32)
+
+    @property
+    def n_ids(self) -> int:
+        """Rows of the network's id embeddings these tables index (the unknown row included)."""
+        return int(self.prod_id.max(initial=0)) + 1
 
     @property
     def n_customers(self) -> int:
@@ -183,7 +198,7 @@ class FeatureTables:
     @classmethod
     def load(cls, path) -> FeatureTables:
         with np.load(path, allow_pickle=False) as z:
-            kwargs = {f.name: z[f.name] for f in fields(cls)}
+            kwargs = {f.name: z[f.name] for f in fields(cls) if f.name in z.files}  # older: no prod_id
         kwargs["mu"] = float(kwargs["mu"])
         return cls(**kwargs)
 
@@ -202,10 +217,13 @@ def build_tables(
     history_len: int = 32,
     cust_prior: np.ndarray | None = None,
     prod_prior: np.ndarray | None = None,
+    ids: np.ndarray | None = None,
 ) -> FeatureTables:
     """Aggregate training ratings (u, i, rating) and their review vectors into sums and counts.
 
-    `mu`, `cust_prior`, `prod_prior`: a bias model (mu + b_u + b_i) the network starts from."""
+    `mu`, `cust_prior`, `prod_prior`: a bias model (mu + b_u + b_i) the network starts from.
+    `ids`: the id rows of a network trained on other tables (`FeatureTables.prod_id`), kept for the
+    products rated here; default: rows 1..K for the K rated products, in position order."""
     n_c, n_p = len(customer_ids), len(product_ids)
     rating = rating.astype(np.float64)
     if mu is None:
@@ -220,6 +238,8 @@ def build_tables(
         return out.astype(np.float32)
 
     content = prod_content[i] if dc else np.zeros((len(i), 0), np.float32)
+    rated = np.bincount(i, minlength=n_p) > 0
+    ids = np.cumsum(rated) if ids is None else ids
     return FeatureTables(
         customer_ids=np.asarray(customer_ids, dtype=str),
         product_ids=np.asarray(product_ids, dtype=str),
@@ -240,6 +260,7 @@ def build_tables(
         **_cooccurrence(u, i, rating, n_c, n_p),
         cust_prior=(np.zeros(n_c) if cust_prior is None else cust_prior).astype(np.float32),
         prod_prior=(np.zeros(n_p) if prod_prior is None else prod_prior).astype(np.float32),
+        prod_id=np.where(rated, ids, 0).astype(np.int32),
     )
 
 
@@ -635,13 +656,14 @@ def model_inputs(
 def customer_history(
     t: FeatureTables, u: np.ndarray, ex_item: np.ndarray | None = None, ex: Exclusion | None = None
 ) -> np.ndarray:
-    """(n, H) rated-product ids per row, without the excluded product (leave-one-out)."""
+    """(n, H) id rows (`FeatureTables.prod_id`) of each row's rated products, without the excluded
+    product (leave-one-out); 0 = none."""
     u = np.asarray(u)
     hist = np.where((u >= 0)[:, None], t.cust_history[np.maximum(u, 0)], 0)
     if ex_item is not None and ex is not None:
         drop = (hist == (np.asarray(ex_item) + 1)[:, None]) & (ex.active > 0)[:, None]
         hist = np.where(drop, 0, hist)
-    return hist.astype(np.int32)
+    return np.where(hist > 0, t.prod_id[np.maximum(hist - 1, 0)], 0).astype(np.int32)
 
 
 def customer_prior(t: FeatureTables, u: np.ndarray) -> np.ndarray:
@@ -655,11 +677,12 @@ def product_prior(t: FeatureTables, i: np.ndarray) -> np.ndarray:
 
 
 def product_id_input(t: FeatureTables, i: np.ndarray) -> np.ndarray:
-    """Model id input for products: position + 1, or 0 ("unknown") for products without a training
-    rating — their own embedding was never trained, the shared unknown one was (id dropout)."""
+    """Model id input for products: their id row (`FeatureTables.prod_id`), or 0 ("unknown") for
+    products without a training rating — they have no embedding of their own, the shared unknown one
+    was trained (id dropout). Fixed at training: a product first rated by live feedback stays unknown
+    until the next training gives it a row."""
     i = np.asarray(i)
-    known = (i >= 0) & (t.prod_count[np.maximum(i, 0)] > 0)
-    return np.where(known, i + 1, 0).astype(np.int32)
+    return np.where(i >= 0, t.prod_id[np.maximum(i, 0)], 0).astype(np.int32)
 
 
 def reduce_block(x: np.ndarray, present: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:

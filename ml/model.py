@@ -39,6 +39,13 @@ class ModelSpec:
     dropout: float
     id_dropout: float
     l2: float
+    # rows of the id embeddings (FeatureTables.n_ids: the rated products and "unknown"); None in
+    # specs written before it existed, whose networks had a row per product
+    n_ids: int | None = None
+
+    @property
+    def id_rows(self) -> int:
+        return self.n_products + 1 if self.n_ids is None else self.n_ids
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -104,7 +111,7 @@ class HeadNet(layers.Layer):
         self.reg = keras.regularizers.L2(spec.l2)
         self.cust_tower = _mlp((spec.tower_dim,), 0.0, spec.l2, f"{kind}_customer_tower")
         self.prod_tower = _mlp((spec.tower_dim,), 0.0, spec.l2, f"{kind}_product_tower")
-        self.hist_emb = layers.Embedding(spec.n_products + 1, spec.id_dim, embeddings_regularizer=self.reg)
+        self.hist_emb = layers.Embedding(spec.id_rows, spec.id_dim, embeddings_regularizer=self.reg)
 
     def _trunk(self, out_init: str) -> None:
         """The pair MLP and the output unit (created after the head's own layers)."""
@@ -168,9 +175,9 @@ class PickHead(HeadNet):
     def __init__(self, spec: ModelSpec, seed: int = 0, **kwargs) -> None:
         super().__init__(spec, **kwargs)
         self.prod_id_drop = IdDropout(spec.id_dropout, seed=seed + 1)
-        self.prod_emb = layers.Embedding(spec.n_products + 1, spec.id_dim, embeddings_regularizer=self.reg)
+        self.prod_emb = layers.Embedding(spec.id_rows, spec.id_dim, embeddings_regularizer=self.reg)
         self.prod_off = layers.Embedding(
-            spec.n_products + 1, 1, embeddings_initializer="zeros", embeddings_regularizer=self.reg
+            spec.id_rows, 1, embeddings_initializer="zeros", embeddings_regularizer=self.reg
         )
         self.popularity = layers.Dense(1, kernel_initializer="ones", name="pick_popularity")
         self.prod_keep = spec.layout.product.mask_without("review_text")

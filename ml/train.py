@@ -7,6 +7,7 @@ artifact is then written once (`ml.artifact.Artifact.write`: atomic, the manifes
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -242,6 +243,7 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
         n_products=tables.n_products,
         layout=tables.layout,
         mu=tables.mu,
+        n_ids=tables.n_ids,
         **{name: getattr(config, name) for name in ARCHITECTURE_FIELDS},
     )
     model = build_model(spec, seed=config.seed)
@@ -388,7 +390,9 @@ def _tables_and_rows(r: Ratings, emb: Embeddings, train: pd.DataFrame, config: T
     # the ranking rule is chosen on every customer's latest rating (val_rows among them), scored from
     # tables that hold none of them
     last = _last_rows(r.u, recency, np.random.default_rng(config.seed), 1.0)
-    fit_tables, _ = _build_tables(r, ~last, review_vecs, emb.has_review_text, content, recency, config)
+    fit_tables, _ = _build_tables(
+        r, ~last, review_vecs, emb.has_review_text, content, recency, config, ids=tables.prod_id
+    )
     rows = build_training_rows(
         tables,
         r.u,
@@ -404,9 +408,10 @@ def _tables_and_rows(r: Ratings, emb: Embeddings, train: pd.DataFrame, config: T
 
 
 def _build_tables(
-    r: Ratings, keep: np.ndarray, review_vecs, has_text, content, recency, config: TrainConfig
+    r: Ratings, keep: np.ndarray, review_vecs, has_text, content, recency, config: TrainConfig, ids=None
 ) -> tuple[FeatureTables, BiasBaseline]:
-    """Feature tables (and the ridge bias model they start from) of the ratings `keep` selects."""
+    """Feature tables (and the ridge bias model they start from) of the ratings `keep` selects;
+    `ids`: the network's id rows (tables for a network fitted on other ratings)."""
     n_c, n_p = len(r.customer_ids), len(r.product_index)
     u, i, rating = r.u[keep], r.i[keep], r.rating[keep]
     prior = BiasBaseline().fit(pd.DataFrame({"u": u, "i": i, "rating": rating}), n_c, n_p)
@@ -424,6 +429,7 @@ def _build_tables(
         config.history_len,
         prior.b_u_,
         prior.b_i_,
+        ids=ids,
     )
     return tables, prior
 
@@ -519,7 +525,10 @@ def fit_artifact(
     model, spec, hist = fit_model(tables, rows, config, report)
     report({"stage": "finish"})  # validation metrics, rating weight, retriever, writing
     metrics = _validation_metrics(model, rows, len(hist.get("loss", [])))
-    del rows  # the largest arrays of training (10k-product world: ~640 MB), not needed from here
+    # the largest arrays of training (10k-product world: ~640 MB), not needed from here; the fitted
+    # Keras model (a reference cycle) holds its data adapters' views of them until collected
+    del rows
+    gc.collect()
     manifest = _manifest(out_dir.name, dataset, train, r, emb, image_report, config, split, spec, metrics)
     if feedback is not None:
         manifest["feedback"] = feedback

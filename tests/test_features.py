@@ -154,6 +154,41 @@ def test_training_rows_built_in_chunks_equal_one_build(monkeypatch):
         np.testing.assert_array_equal(chunked.targets[name], whole.targets[name], err_msg=name)
 
 
+def test_only_rated_products_get_an_id_row_and_history_reads_them():
+    """The network's id embeddings have a row per rated product (and "unknown"), not per product."""
+    from ml.features import customer_history, product_id_input
+
+    w = _world()
+    t = _tables(w)
+    rated = np.bincount(w["i"], minlength=len(w["product_ids"])) > 0
+    assert not rated[-1] and rated[:-1].all()  # the world never rates its last product
+    np.testing.assert_array_equal(t.prod_id, np.where(rated, np.cumsum(rated), 0))
+    assert t.n_ids == rated.sum() + 1
+    np.testing.assert_array_equal(
+        product_id_input(t, np.array([0, len(rated) - 1, -1])), [t.prod_id[0], 0, 0]
+    )
+    u = np.arange(len(w["customer_ids"]))
+    hist = customer_history(t, u)
+    positions = t.cust_history[u]
+    np.testing.assert_array_equal(hist, np.where(positions > 0, t.prod_id[np.maximum(positions - 1, 0)], 0))
+    # tables of fewer ratings keep the ids of the network they are scored with
+    keep = w["i"] != w["i"][0]  # product i0 loses every rating
+    fewer = build_tables(
+        w["customer_ids"],
+        w["product_ids"],
+        w["u"][keep],
+        w["i"][keep],
+        w["rating"][keep],
+        w["review_vecs"][keep],
+        w["review_has_text"][keep],
+        w["prod_content"],
+        ids=t.prod_id,
+    )
+    expect = t.prod_id.copy()
+    expect[w["i"][0]] = 0
+    np.testing.assert_array_equal(fewer.prod_id, expect)
+
+
 # ---------------------------------------------------------------- the named feature layout (issue 11)
 
 

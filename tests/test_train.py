@@ -186,6 +186,21 @@ def test_the_artifact_holds_the_network_without_optimizer_state(artifact):
     assert not [n for n in names if n.startswith("optimizer")]
 
 
+def test_id_embeddings_have_a_row_per_rated_product_shared_with_the_choice_tables(artifact):
+    from ml.artifact import Artifact
+
+    out, manifest = artifact
+    served = Artifact.read(out)
+    rated = served.tables.prod_count > 0
+    assert manifest["spec"]["n_ids"] == rated.sum() + 1 == served.tables.n_ids
+    assert served.model.pick_net.prod_emb.embeddings.shape[0] == rated.sum() + 1
+    # the ranking is chosen with the network's ids: same row for every product the choice tables rate
+    choice = CHOICE["rec"].tables
+    both = choice.prod_count > 0
+    np.testing.assert_array_equal(choice.prod_id[both], served.tables.prod_id[both])
+    assert (choice.prod_id[~both] == 0).all()
+
+
 def test_serving_copy_computes_what_the_fitted_network_does(artifact):
     """The copy kept after fitting is the same function as the compiled, fitted model."""
     import keras
@@ -200,7 +215,7 @@ def test_serving_copy_computes_what_the_fitted_network_does(artifact):
     x = {k: np.repeat(v, 64, axis=0) for k, v in ModelInputs.dummy(spec.layout)._asdict().items()}
     x["customer"] = rng.normal(size=x["customer"].shape).astype(np.float32)
     x["product"] = rng.normal(size=x["product"].shape).astype(np.float32)
-    x["product_id"] = rng.integers(0, spec.n_products + 1, 64).astype(np.int32)
+    x["product_id"] = rng.integers(0, spec.id_rows, 64).astype(np.int32)
     y = {
         "rating": np.stack([rng.uniform(1, 5, 64), np.ones(64)], 1).astype(np.float32),
         "pick": rng.integers(0, 2, 64).astype(np.float32),
