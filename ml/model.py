@@ -284,6 +284,11 @@ class RowBatches(keras.utils.PyDataset):
         if self.shuffle:
             self._order = self._rng.permutation(self.n)
 
+    def release(self) -> None:
+        """Drop the arrays: Keras (and tf.data's generator registry) keep the dataset object alive
+        after fit, and with it the views that keep the whole training rows in memory."""
+        self.inputs, self.targets = {}, {}
+
 
 class EpochReport(keras.callbacks.Callback):
     """Calls `report({"stage": "fit", "epoch": n, "epochs": m})` after each epoch: how a training job

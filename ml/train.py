@@ -261,17 +261,21 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
     batches = RowBatches(
         _take(rows.inputs, train), _take(rows.targets, train), config.batch_size, True, config.seed
     )
+    val_batches = (
+        RowBatches(_take(rows.inputs, val), _take(rows.targets, val), config.batch_size, False)
+        if has_val
+        else None
+    )
     history = model.fit(
         batches,
-        validation_data=RowBatches(
-            _take(rows.inputs, val), _take(rows.targets, val), config.batch_size, False
-        )
-        if has_val
-        else None,
+        validation_data=val_batches,
         epochs=config.epochs,
         callbacks=callbacks,
         verbose=config.verbose,
     )
+    for b in (batches, val_batches):
+        if b is not None:
+            b.release()
     hist = {k: [float(x) for x in v] for k, v in history.history.items()}
     return serving_copy(model, spec), spec, hist
 
