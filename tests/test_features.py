@@ -33,7 +33,7 @@ def _world(seed: int = 0, n_c: int = 12, n_p: int = 9, dt: int = 5, dc: int = 4)
     )
 
 
-def _tables(w, keep=None, mu=3.0, priors=(None, None)):
+def _tables(w, keep=None, mu=3.0, priors=(None, None), ids=None):
     keep = np.ones(len(w["u"]), bool) if keep is None else keep
     return build_tables(
         w["customer_ids"],
@@ -47,6 +47,7 @@ def _tables(w, keep=None, mu=3.0, priors=(None, None)):
         mu=mu,
         cust_prior=priors[0],
         prod_prior=priors[1],
+        ids=ids,
     )
 
 
@@ -173,17 +174,7 @@ def test_only_rated_products_get_an_id_row_and_history_reads_them():
     np.testing.assert_array_equal(hist, np.where(positions > 0, t.prod_id[np.maximum(positions - 1, 0)], 0))
     # tables of fewer ratings keep the ids of the network they are scored with
     keep = w["i"] != w["i"][0]  # product i0 loses every rating
-    fewer = build_tables(
-        w["customer_ids"],
-        w["product_ids"],
-        w["u"][keep],
-        w["i"][keep],
-        w["rating"][keep],
-        w["review_vecs"][keep],
-        w["review_has_text"][keep],
-        w["prod_content"],
-        ids=t.prod_id,
-    )
+    fewer = _tables(w, keep, mu=None, ids=t.prod_id)
     expect = t.prod_id.copy()
     expect[w["i"][0]] = 0
     np.testing.assert_array_equal(fewer.prod_id, expect)
