@@ -7,7 +7,6 @@ artifact is then written once (`ml.artifact.Artifact.write`: atomic, the manifes
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -529,10 +528,7 @@ def fit_artifact(
     model, spec, hist = fit_model(tables, rows, config, report)
     report({"stage": "finish"})  # validation metrics, rating weight, retriever, writing
     metrics = _validation_metrics(model, rows, len(hist.get("loss", [])))
-    # the largest arrays of training (10k-product world: ~640 MB), not needed from here; the fitted
-    # Keras model (a reference cycle) holds its data adapters' views of them until collected
-    del rows
-    gc.collect()
+    del rows  # the largest arrays of training (10k-product world: ~640 MB), not needed from here
     manifest = _manifest(out_dir.name, dataset, train, r, emb, image_report, config, split, spec, metrics)
     if feedback is not None:
         manifest["feedback"] = feedback
