@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ml.config import Settings
+from ml.registry import ModelRegistry
 
 TRIALS = 100
 TOP = 10
@@ -82,7 +83,7 @@ def _ranks(rec, u: int) -> np.ndarray:
     return rank
 
 
-def category_response(models: Path, n_trained: int = 200) -> dict:
+def category_response(artifact: Path, n_trained: int = 200) -> dict:
     """In process: how far the model moves a category for a customer who rated it, next to how far it
     does for trained customers (their most-rated leaf category, ranked for them vs for the others)."""
     import itertools
@@ -92,9 +93,8 @@ def category_response(models: Path, n_trained: int = 200) -> dict:
     from ml.catalog import Filters
     from ml.feedback import Rating
     from ml.recommender import Recommender
-    from ml.registry import ModelRegistry
 
-    rec = Recommender.load(ModelRegistry(models).current_path())
+    rec = Recommender.load(artifact)
     found = rec.catalog.prefixes()
     leaves = [p for p in found if not any(q != p and q.startswith(p + " >") for q in found)]
     kinds = {p: rec.allowed(Filters(category=p)) for p in leaves}
@@ -161,7 +161,7 @@ def run(trials: int = TRIALS, workers: int = 2) -> dict:
                 sum(1 for _ in (tmp / "feedback.jsonl").open()) if (tmp / "feedback.jsonl").is_file() else 0
             )
         served = _served_by(tmp / "logs", workers)
-        response = category_response(models)
+        response = category_response(ModelRegistry(models).current_path())
         pairs = [(served.get(a), served.get(b)) for a, b in (r["jobs"] for r in results)]
     return {
         "post_to_reflected": _pct([r["ms"] for r in results]),

@@ -21,7 +21,9 @@ from keras import layers, ops
 
 from ml.features import FeatureLayout, ModelInputs
 
-ARCHITECTURE_FIELDS = ("id_dim", "tower_dim", "hidden", "dropout", "id_dropout", "l2")
+# the customer's content aggregates whose cosine with the product's content the heads take
+AFFINITY_BLOCKS = ("content_mean", "content_wmean")
+ARCHITECTURE_FIELDS = ("id_dim", "tower_dim", "hidden", "dropout", "id_dropout", "l2", "affinity")
 
 
 @dataclass
@@ -42,6 +44,14 @@ class ModelSpec:
     # rows of the id embeddings (FeatureTables.n_ids: the rated products and "unknown"); None in
     # specs written before it existed, whose networks had a row per product
     n_ids: int | None = None
+    # content affinity inputs (`AFFINITY_BLOCKS`); False in specs written before they existed
+    affinity: bool = False
+
+    @property
+    def n_affinity(self) -> int:
+        """Affinity columns the heads take: one per customer content block, none without content."""
+        content = self.layout.product.span("content")
+        return len(AFFINITY_BLOCKS) if self.affinity and content.stop > content.start else 0
 
     @property
     def id_rows(self) -> int:
@@ -78,6 +88,11 @@ class IdDropout(layers.Layer):
         return ops.where(keep, ids, ops.zeros_like(ids))
 
 
+def unit_rows(x):
+    """Rows scaled to unit L2 length; all-zero rows (no content, no rated product) stay zero."""
+    return x / ops.maximum(ops.sqrt(ops.sum(x * x, axis=-1, keepdims=True)), 1e-12)
+
+
 def _mlp(units: tuple[int, ...], dropout: float, l2: float, name: str) -> keras.Sequential:
     stack = []
     for k, n in enumerate(units):
@@ -112,6 +127,13 @@ class HeadNet(layers.Layer):
         self.cust_tower = _mlp((spec.tower_dim,), 0.0, spec.l2, f"{kind}_customer_tower")
         self.prod_tower = _mlp((spec.tower_dim,), 0.0, spec.l2, f"{kind}_product_tower")
         self.hist_emb = layers.Embedding(spec.id_rows, spec.id_dim, embeddings_regularizer=self.reg)
+        self.n_affinity = spec.n_affinity
+        if self.n_affinity:
+            self.cust_content = [spec.layout.customer.span(b) for b in AFFINITY_BLOCKS]
+            self.prod_content = spec.layout.product.span("content")
+            self.affinity = layers.Dense(
+                1, use_bias=False, kernel_initializer="zeros", name=f"{kind}_affinity"
+            )
 
     def _trunk(self, out_init: str) -> None:
         """The pair MLP and the output unit (created after the head's own layers)."""
@@ -126,18 +148,38 @@ class HeadNet(layers.Layer):
         hist = ops.sum(self.hist_emb(history) * mask[:, :, None], axis=1) / ops.maximum(
             ops.sum(mask, axis=1, keepdims=True), 1.0
         )
-        return {"t": self.cust_tower(features, training=training), "e": hist, "b": self._offset(prior)}
+        out = {"t": self.cust_tower(features, training=training), "e": hist, "b": self._offset(prior)}
+        if self.n_affinity:  # (n, A, Dc): the customer's content aggregates, unit length
+            out["a"] = ops.stack([unit_rows(features[:, s]) for s in self.cust_content], axis=1)
+        return out
 
     def _offset(self, prior):
         """The customer's additive term."""
         raise NotImplementedError
 
     def product_part(self, features, ids, prior, training=False) -> dict:
+        out = self._product_part(features, ids, prior, training=training)
+        if self.n_affinity:  # (n, Dc): the product's content, unit length
+            out["a"] = unit_rows(features[:, self.prod_content])
+        return out
+
+    def _product_part(self, features, ids, prior, training=False) -> dict:
         raise NotImplementedError
 
     def pair_part(self, c: dict, p: dict, pair, training=False):
-        x = ops.concatenate([c["t"], p["t"], c["t"] * p["t"], c["e"], p["e"], c["e"] * p["e"], pair], axis=-1)
-        return self.out(self.trunk(x, training=training))[:, 0] + c["b"] + p["b"]
+        """The head's output for aligned rows. With content affinity, the cosines between the
+        customer's content aggregates and the product's content (what content-kNN ranks by) enter
+        the MLP and a linear term: a plain MLP over concatenated vectors approximates a dot product
+        poorly (Rendle et al. 2020), and this one is what scores products nobody has rated yet and
+        moves at once when live feedback changes the customer's aggregates."""
+        parts = [c["t"], p["t"], c["t"] * p["t"], c["e"], p["e"], c["e"] * p["e"], pair]
+        linear = 0.0
+        if self.n_affinity:
+            aff = ops.sum(c["a"] * p["a"][:, None, :], axis=-1)
+            parts.append(aff)
+            linear = self.affinity(aff)[:, 0]
+        x = ops.concatenate(parts, axis=-1)
+        return self.out(self.trunk(x, training=training))[:, 0] + c["b"] + p["b"] + linear
 
 
 class RatingHead(HeadNet):
@@ -156,7 +198,7 @@ class RatingHead(HeadNet):
     def _offset(self, prior):
         return prior
 
-    def product_part(self, features, ids, prior, training=False) -> dict:
+    def _product_part(self, features, ids, prior, training=False) -> dict:
         return {"t": self.prod_tower(features, training=training), "e": self.prod_vec(features), "b": prior}
 
     def pair_part(self, c: dict, p: dict, pair, training=False):
@@ -187,7 +229,7 @@ class PickHead(HeadNet):
     def _offset(self, prior):
         return ops.zeros_like(prior)
 
-    def product_part(self, features, ids, prior, training=False) -> dict:
+    def _product_part(self, features, ids, prior, training=False) -> dict:
         ids = self.prod_id_drop(ids, training=training)
         features = features * self.prod_keep
         return {

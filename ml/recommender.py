@@ -245,7 +245,7 @@ class Recommender:
     def _product_part(self, i: np.ndarray | None) -> dict[str, ProductPart]:
         """Precomputed product halves of positions `i` (-1 = unknown), or of the whole catalog."""
         if i is None:
-            return {h: ProductPart(p.q[:-1], p.bias[:-1]) for h, p in self._prod.items()}
+            return {h: p.take(slice(0, -1)) for h, p in self._prod.items()}
         idx = np.where(i < 0, self.n_products, i)
         return {h: p.take(idx) for h, p in self._prod.items()}
 
@@ -299,7 +299,7 @@ class Recommender:
                 knn[s : s + step] = pair.knn
             for a in range(0, m, PASS_ROWS):
                 b = min(a + PASS_ROWS, m)
-                p = {h: ProductPart(v.q[a:b], v.bias[a:b]) for h, v in prod.items()}
+                p = {h: v.take(slice(a, b)) for h, v in prod.items()}
                 res = self.net.forward(c, p, pair.features[:, a:b], heads)
                 for h, v in zip(HEADS, res):
                     if v is not None:
@@ -317,7 +317,7 @@ class Recommender:
         knn = np.zeros(len(u), np.float32) if shrink is not None else None
         for s in range(0, len(u), PASS_ROWS):
             uu, ii = u[s : s + PASS_ROWS], i[s : s + PASS_ROWS]
-            p = {h: ProductPart(v.q[:, None, :], v.bias[:, None]) for h, v in self._product_part(ii).items()}
+            p = {h: v.aligned() for h, v in self._product_part(ii).items()}
             if pairs is None:
                 pair = pair_signals(self.tables, uu, ii, shrink)
             else:

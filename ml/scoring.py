@@ -106,15 +106,17 @@ class FirstLayer:
     w_q: np.ndarray  # (K, H), K = T + D
     w_x: np.ndarray  # (K, H)
     w_pair: np.ndarray  # (PAIR_DIM, H)
+    w_aff: np.ndarray  # (A, H): the content affinity columns (A = 0 without them)
     bias: np.ndarray  # (H,)
     relu: bool
 
     @classmethod
-    def split(cls, layer: Dense, t: int, d: int) -> FirstLayer:
+    def split(cls, layer: Dense, t: int, d: int, n_affinity: int = 0) -> FirstLayer:
         w = layer.kernel
-        if w.shape[0] != 3 * t + 3 * d + PAIR_DIM:
-            raise ValueError(f"first layer has {w.shape[0]} inputs, expected {3 * t + 3 * d + PAIR_DIM}")
-        blocks = np.split(w, np.cumsum([t, t, t, d, d, d]))
+        expected = 3 * t + 3 * d + PAIR_DIM + n_affinity
+        if w.shape[0] != expected:
+            raise ValueError(f"first layer has {w.shape[0]} inputs, expected {expected}")
+        blocks = np.split(w, np.cumsum([t, t, t, d, d, d, PAIR_DIM]))
         bias = layer.bias if layer.bias is not None else np.zeros(w.shape[1], np.float32)
         return cls(
             blocks[0],
@@ -122,6 +124,7 @@ class FirstLayer:
             np.concatenate([blocks[1], blocks[4]]),
             np.concatenate([blocks[2], blocks[5]]),
             blocks[6],
+            blocks[7],
             bias,
             layer.relu,
         )
@@ -130,25 +133,45 @@ class FirstLayer:
 @dataclass
 class CustomerPart:
     """Customer halves of one head: c = [c_t, c_e] (n, K), the customer-only first-layer term
-    (n, H) and the additive bias (n,)."""
+    (n, H), the additive bias (n,) and, with content affinity, the unit content aggregates (n, A, Dc)."""
 
     c: np.ndarray
     base: np.ndarray
     bias: np.ndarray
+    a: np.ndarray | None = None
 
     def take(self, rows: np.ndarray) -> CustomerPart:
-        return CustomerPart(self.c[rows], self.base[rows], self.bias[rows])
+        return CustomerPart(self.c[rows], self.base[rows], self.bias[rows], _take(self.a, rows))
 
 
 @dataclass
 class ProductPart:
-    """Product halves of one head: q = [p_t, p_e] (m, K) and the additive bias (m,)."""
+    """Product halves of one head: q = [p_t, p_e] (m, K), the additive bias (m,) and, with content
+    affinity, the unit content vector (m, Dc)."""
 
     q: np.ndarray
     bias: np.ndarray
+    a: np.ndarray | None = None
 
-    def take(self, i: np.ndarray) -> ProductPart:
-        return ProductPart(self.q[i], self.bias[i])
+    def take(self, i) -> ProductPart:
+        """Rows `i` (positions or a slice)."""
+        return ProductPart(self.q[i], self.bias[i], _take(self.a, i))
+
+    def aligned(self) -> ProductPart:
+        """One product per customer row: the (n, 1, ...) shape `HeadWeights.forward` reads as aligned."""
+        return ProductPart(
+            self.q[:, None, :], self.bias[:, None], None if self.a is None else self.a[:, None, :]
+        )
+
+
+def _take(x: np.ndarray | None, rows) -> np.ndarray | None:
+    return None if x is None else x[rows]
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """`ml.model.unit_rows` in numpy: rows at unit L2 length, zero rows stay zero."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -169,6 +192,9 @@ class HeadWeights:
     log_count: slice | None = None  # pick head: the product features' log1p(rating count) column
     wide: np.ndarray | None = None  # rating head: (PAIR_DIM,)
     mu: float = 0.0
+    cust_content: list[slice] | None = None  # content affinity: the customer blocks and
+    prod_content: slice | None = None  # the product block whose cosines the head takes,
+    aff_wide: np.ndarray | None = None  # and their linear term (A,)
 
     @classmethod
     def from_net(cls, net, mu: float) -> HeadWeights:
@@ -181,10 +207,13 @@ class HeadWeights:
             cust_tower,
             prod_tower,
             _numpy(net.hist_emb.embeddings),
-            FirstLayer.split(trunk[0], t, d),
+            FirstLayer.split(trunk[0], t, d, net.n_affinity),
             trunk[1:],
             mu=float(mu),
         )
+        if net.n_affinity:
+            w.cust_content, w.prod_content = list(net.cust_content), net.prod_content
+            w.aff_wide = _dense(net.affinity).kernel[:, 0]
         if net.kind == "pick":
             w.prod_emb = _numpy(net.prod_emb.embeddings)
             w.prod_off = _numpy(net.prod_off.embeddings)[:, 0]
@@ -203,25 +232,49 @@ class HeadWeights:
         ce = np.einsum("nh,nhd->nd", mask, self.hist_emb[history]) / np.maximum(mask.sum(1), 1.0)[:, None]
         bias = prior if self.kind == "rating" else np.zeros_like(prior)
         base = ct @ self.first.w_ct + ce @ self.first.w_ce + self.first.bias
+        a = None
+        if self.cust_content:
+            a = np.stack([unit_rows(features[:, s]) for s in self.cust_content], axis=1)
         return CustomerPart(
             np.concatenate([ct, ce], axis=1).astype(np.float32),
             base.astype(np.float32),
             np.asarray(bias, np.float32),
+            a,
         )
 
-    def product_part(self, features: np.ndarray, ids: np.ndarray, prior: np.ndarray) -> ProductPart:
-        """Tower, vector and bias of product rows (ids: positions + 1, 0 = unknown)."""
+    def product_part(
+        self, features: np.ndarray, ids: np.ndarray, prior: np.ndarray, a: np.ndarray | None = None
+    ) -> ProductPart:
+        """Tower, vector and bias of product rows (ids: positions + 1, 0 = unknown). `a`: the rows'
+        `unit_content`, when already computed (both heads share one copy: 296 MB at 1M products)."""
+        if a is None:
+            a = self.unit_content(features)
         if self.kind == "rating":
             return ProductPart(
                 np.concatenate([_apply(self.prod_tower, features), self.prod_vec(features)], axis=1),
                 np.asarray(prior, np.float32),
+                a,
             )
         features = features * self.prod_keep
         bias = self.prod_off[ids] + self.popularity(features[:, self.log_count])[:, 0]
         return ProductPart(
             np.concatenate([_apply(self.prod_tower, features), self.prod_emb[ids]], axis=1),
             bias.astype(np.float32),
+            a,
         )
+
+    def unit_content(self, features: np.ndarray) -> np.ndarray | None:
+        """(m, Dc) the products' content at unit length, or None when the head takes no affinity."""
+        return None if self.prod_content is None else unit_rows(features[:, self.prod_content])
+
+    def affinity(self, c: CustomerPart, p: ProductPart) -> np.ndarray | None:
+        """(n, m, A) cosines of the customers' content aggregates with the products' content, rows
+        ordered as `forward` orders its pair rows; None when the head takes none."""
+        if self.aff_wide is None:
+            return None
+        if p.a.ndim == 2:  # the same products for every customer
+            return np.einsum("nad,md->nma", c.a, p.a)
+        return np.einsum("nad,nmd->nma", c.a, p.a)
 
     def forward(self, c: CustomerPart, p: ProductPart, pair: np.ndarray) -> np.ndarray:
         """(n, m) head outputs for customers c (n rows) against products p: p.q is (m, K) for
@@ -236,6 +289,8 @@ class HeadWeights:
             h = (p.q @ kernels).reshape(m, n, width)
             h += c.base[None, :, :]
             pair_rows = pair.transpose(1, 0, 2).reshape(m * n, -1)
+            aff = self.affinity(c, p)
+            aff_rows = None if aff is None else aff.transpose(1, 0, 2).reshape(m * n, -1)
         else:  # products per customer row: the same sum without per-row kernels; rows (customer, product)
             m = p.q.shape[1]
             h = (p.q.reshape(n * m, k) @ f.w_q + (p.q * c.c[:, None, :]).reshape(n * m, k) @ f.w_x).reshape(
@@ -243,13 +298,19 @@ class HeadWeights:
             )
             h += c.base[:, None, :]
             pair_rows = pair.reshape(n * m, -1)
+            aff = self.affinity(c, p)
+            aff_rows = None if aff is None else aff.reshape(n * m, -1)
         h = h.reshape(-1, width)
         h += pair_rows @ f.w_pair
+        if aff_rows is not None:
+            h += aff_rows @ f.w_aff
         if f.relu:
             np.maximum(h, 0.0, out=h)
         y = _apply(self.rest, h)[:, 0]
         if self.wide is not None:
             y += pair_rows @ self.wide + self.mu
+        if aff_rows is not None:
+            y += aff_rows @ self.aff_wide
         y = y.reshape(m, n).T if p.q.ndim == 2 else y.reshape(n, m)
         return y + c.bias[:, None] + p.bias
 
@@ -275,7 +336,11 @@ class ScoringNet:
     def product_part(
         self, features: np.ndarray, ids: np.ndarray, prior: np.ndarray
     ) -> dict[str, ProductPart]:
-        return {h: w.product_part(features, ids, prior) for h, w in self.heads.items()}
+        a = next((w.unit_content(features) for w in self.heads.values() if w.prod_content), None)
+        return {
+            h: w.product_part(features, ids, prior, a if w.prod_content else None)
+            for h, w in self.heads.items()
+        }
 
     def forward(
         self,

@@ -74,6 +74,7 @@ class TrainConfig:
     dropout: float = 0.2
     id_dropout: float = 0.25
     l2: float = 1e-4
+    affinity: bool = True  # the heads take customer-product content cosines (ml.model.AFFINITY_BLOCKS)
     history_len: int = 32
     verbose: int = 2
     progress: bool = True

@@ -77,6 +77,60 @@ def test_numpy_equals_keras_on_customers_x_items(rec):
     np.testing.assert_allclose(got.logit, ref["pick"].reshape(len(u), -1), **TOL)
 
 
+def test_the_trained_heads_take_content_affinity_and_use_it(rec):
+    """The session model is trained with affinity, so the equality tests above cover its path."""
+    assert rec.model.spec.n_affinity == 2
+    for head in rec.net.heads.values():
+        assert head.first.w_aff.shape[0] == 2 and np.abs(head.aff_wide).max() > 0
+
+
+def test_affinity_is_the_cosine_of_the_customer_content_with_the_product_content(rec):
+    """Both call shapes give cos(customer content_mean / content_wmean, product content); a customer
+    or product without content gets 0."""
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    from ml.features import customer_features, product_features
+
+    t, layout = rec.tables, rec.tables.layout
+    u = np.array([0, 3, -1, 9])
+    items = np.array([0, 7, -1, rec.n_products - 1])
+    head = rec.net.heads["pick"]
+    c = rec._customer_part(u, ("pick",))["pick"]
+    grid = head.affinity(c, rec._product_part(items)["pick"])
+    aligned = head.affinity(
+        c.take(np.repeat(np.arange(4), 4)), rec._product_part(np.tile(items, 4))["pick"].aligned()
+    )
+    cf, pf = customer_features(t, u), product_features(t, items)
+    for k, block in enumerate(("content_mean", "content_wmean")):
+        want = cosine_similarity(cf[:, layout.customer.span(block)], pf[:, layout.product.span("content")])
+        np.testing.assert_allclose(grid[:, :, k], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(aligned[:, 0, k].reshape(4, 4), want, rtol=1e-5, atol=1e-6)
+    assert (grid[2] == 0).all() and (grid[:, 2] == 0).all() and np.abs(grid).max() > 0.1
+
+
+def test_a_spec_from_before_content_affinity_builds_and_scores_without_it(rec):
+    """Artifacts written before affinity existed have no `affinity` in their spec: their networks
+    have no affinity inputs, and the numpy path still equals Keras on them."""
+    from ml.model import ModelSpec, build_model
+    from ml.scoring import ScoringNet
+
+    old = rec.model.spec.to_dict()
+    old.pop("affinity")
+    model = build_model(ModelSpec.from_dict(old), seed=4)
+    assert model.spec.n_affinity == 0 and not [w for w in model.weights if "affinity" in w.path]
+    net = ScoringNet.from_model(model)
+    u, i = _rows(rec)
+    x = model_inputs(rec.tables, u, i)
+    want = {k: np.asarray(ops.convert_to_numpy(v)) for k, v in model(x, training=False).items()}
+    c = net.customer_part(x["customer"], x["customer_prior"], x["history"])
+    p = {
+        h: v.aligned() for h, v in net.product_part(x["product"], x["product_id"], x["product_prior"]).items()
+    }
+    got = net.forward(c, p, x["pair"][:, None, :])
+    np.testing.assert_allclose(got.rating[:, 0], want["rating"], **TOL)
+    np.testing.assert_allclose(got.logit[:, 0], want["pick"], **TOL)
+
+
 def test_passes_cut_into_cache_sized_blocks_still_equal_keras(rec, monkeypatch):
     """Many small blocks (of rows, of products; both BLAS thread settings) give the one-pass result."""
     import ml.scoring
