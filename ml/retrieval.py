@@ -59,7 +59,10 @@ class RetrievalConfig:
     holdout: float = 0.2
     pool: int = 20000  # larger catalogs: the teacher scores this many products per chunk
     min_steps: int = 150  # gradient steps at least (small worlds repeat their lists), at most
-    max_epochs: int = 20  # max_epochs passes over large ones
+    # max_epochs passes over large ones. The student was under-trained at 20: on the 100k bench
+    # catalog (content-affinity teacher), held-out recall@10 in 1,000 candidates 0.936 at 20, 0.964 at
+    # 40 and 0.974 at 80 passes (distillation 108 / 123 / 159 s)
+    max_epochs: int = 80
     batch: int = 64
     learning_rate: float = 3e-3
     temperature: float = 1.0
@@ -100,15 +103,31 @@ def pick_parts(model, tables: FeatureTables, batch: int = 65536) -> tuple[np.nda
         u = np.arange(s, min(s + batch, tables.n_customers))
         f = customer_features(tables, u)
         part = net.customer_part(f, customer_prior(tables, u), customer_history(tables, u), training=False)
-        cust.append(np.concatenate([f, np_(part["t"]), np_(part["e"])], axis=1))
+        cust.append(
+            np.concatenate([f, np_(part["t"]), np_(part["e"]), *_affinity_input(part, len(u))], axis=1)
+        )
     prod, bias = [], []
     for s in range(0, tables.n_products, batch):
         i = np.arange(s, min(s + batch, tables.n_products))
         f = product_features(tables, i)
         part = net.product_part(f, product_id_input(tables, i), product_prior(tables, i), training=False)
-        prod.append(np.concatenate([f, np_(part["t"]), np_(part["e"])], axis=1))
+        prod.append(
+            np.concatenate([f, np_(part["t"]), np_(part["e"]), *_affinity_input(part, len(i))], axis=1)
+        )
         bias.append(np_(part["b"]).reshape(-1))
     return np.concatenate(cust), np.concatenate(prod), np.concatenate(bias)
+
+
+def _affinity_input(part: dict, n: int) -> list[np.ndarray]:
+    """The head's unit content vectors (`ml.model.HeadNet`, content affinity) as (n, ·) tower inputs,
+    or nothing: the teacher ranks by cosines of them, which towers over the raw (standardised)
+    features had to learn to normalise (at 100k products, held-out recall@10 in 1,000 candidates
+    0.919 without them, 0.936 with them, at the same 500 steps)."""
+    if "a" not in part:
+        return []
+    from keras import ops
+
+    return [np.asarray(ops.convert_to_numpy(part["a"]), np.float32).reshape(n, -1)]
 
 
 def _seen_rows(tables: FeatureTables, u: np.ndarray) -> list[np.ndarray]:
