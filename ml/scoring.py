@@ -272,9 +272,11 @@ class HeadWeights:
         ordered as `forward` orders its pair rows; None when the head takes none."""
         if self.aff_wide is None:
             return None
-        if p.a.ndim == 2:  # the same products for every customer
-            return np.einsum("nad,md->nma", c.a, p.a)
-        return np.einsum("nad,nmd->nma", c.a, p.a)
+        n, n_aff, dim = c.a.shape
+        if p.a.ndim == 2:  # the same products for every customer: one BLAS call, computed as
+            # (m, n, A), the order `forward` reads rows in (a view back; einsum took 2x longer)
+            return (p.a @ c.a.reshape(n * n_aff, dim).T).reshape(len(p.a), n, n_aff).transpose(1, 0, 2)
+        return np.matmul(p.a, c.a.transpose(0, 2, 1))
 
     def forward(self, c: CustomerPart, p: ProductPart, pair: np.ndarray) -> np.ndarray:
         """(n, m) head outputs for customers c (n rows) against products p: p.q is (m, K) for
