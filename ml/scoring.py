@@ -5,13 +5,15 @@ Why: a request through Keras eager mode costs thousands of small op dispatches (
 from the Keras model once at load (`ScoringNet.from_model`); a request is then a few BLAS matmuls.
 
 How the first trunk layer is split (per head): its input is
-x = [c_t, p_t, c_t*p_t, c_e, p_e, c_e*p_e, pair], so with the kernel's row blocks W1..W7
-    h1 = (c_t W1 + c_e W4 + b)  +  q @ (Wq + c[:, None] * Wx)  +  pair W7,
+x = [c_t, p_t, c_t*p_t, c_e, p_e, c_e*p_e, pair, aff], so with the kernel's row blocks W1..W8
+    h1 = (c_t W1 + c_e W4 + b)  +  q @ (Wq + c[:, None] * Wx)  +  pair W7  +  aff W8,
 where c = [c_t, c_e] is the customer half, q = [p_t, p_e] the product half (precomputed for the
 whole catalog), Wq = [W2; W5] and Wx = [W3; W6]. Per customer that is one (K, H1) matrix applied to
-every product row: no (customer, product) concatenation is ever built. Dropout and id dropout are
-inactive at inference, so they are left out. `forward` is the one function for both call shapes:
-customers x candidates (q of shape (m, K)) and aligned rows (q of shape (n, 1, K)).
+every product row: no (customer, product) concatenation is ever built. aff (content affinity, when
+the head takes it) is A cosines per row, one small matmul against the products' unit content.
+Dropout and id dropout are inactive at inference, so they are left out. `forward` is the one
+function for both call shapes: customers x candidates (q of shape (m, K)) and aligned rows (q of
+shape (n, 1, K)).
 """
 
 from __future__ import annotations
@@ -268,8 +270,8 @@ class HeadWeights:
         return None if self.prod_content is None else unit_rows(features[:, self.prod_content])
 
     def affinity(self, c: CustomerPart, p: ProductPart) -> np.ndarray | None:
-        """(n, m, A) cosines of the customers' content aggregates with the products' content, rows
-        ordered as `forward` orders its pair rows; None when the head takes none."""
+        """(n, m, A) cosines of the customers' content aggregates with the products' content, for
+        either call shape of `forward`; None when the head takes none."""
         if self.aff_wide is None:
             return None
         n, n_aff, dim = c.a.shape
