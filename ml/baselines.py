@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from ml.features import LIKED_RATING
 from ml.metrics import csr_from_pairs, ranking_metrics
 
 __all__ = [
@@ -438,7 +439,7 @@ class ContentKNN:
 
     name = "content_knn"
 
-    def __init__(self, content: np.ndarray, min_rating: float = 4.0):
+    def __init__(self, content: np.ndarray, min_rating: float = LIKED_RATING):
         self.content = np.asarray(content, dtype=np.float64)
         self.min_rating = float(min_rating)
 

@@ -3,7 +3,7 @@
 Product  = content (image embedding, text embedding of title/features/description; PCA-reduced)
            + mean of its training reviews' text embeddings + rating statistics.
 Customer = mean of their training reviews' text embeddings + mean and rating-weighted mean of the
-           content of the products they rated + rating statistics.
+           content of the products they rated + mean content of those they liked + rating statistics.
 
 Everything is stored as *sums and counts* (`FeatureTables`), so that a training row can subtract its
 own review ("leave-one-out"): the text and rating of the review whose rating is predicted is never an
@@ -22,6 +22,10 @@ from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import numpy as np
+
+# A rating at or above this is "liked" (1-5 stars): the customer's liked-content block, and the
+# profile of the content-kNN baseline (`ml.baselines.ContentKNN`), which that block lets the heads use.
+LIKED_RATING = 4.0
 
 
 @dataclass(frozen=True)
@@ -86,15 +90,19 @@ class FeatureLayout:
     product: RowLayout
 
     @classmethod
-    def of(cls, content: int, customer_text: int, product_text: int) -> FeatureLayout:
-        """The layout for content vectors of width `content` and review-text vectors of the widths given."""
+    def of(cls, content: int, customer_text: int, product_text: int, liked: bool = True) -> FeatureLayout:
+        """The layout for content vectors of width `content` and review-text vectors of the widths
+        given. `liked=False`: the layout of tables written before the liked-content block existed."""
         stats = (Block("log_count", 1), Block("has_text", 1))
+        # mean content of the products they liked (rated >= LIKED_RATING; all they rated when none)
+        liked_block = (Block("content_liked", content),) if liked else ()
         return cls(
             customer=RowLayout(
                 (
                     Block("review_text", customer_text),  # mean of their reviews' text vectors
                     Block("content_mean", content),  # mean content of the products they rated
                     Block("content_wmean", content),  # mean of (rating - mu) * content
+                    *liked_block,
                     *stats,
                 )
             ),
@@ -166,6 +174,10 @@ class FeatureTables:
     # whole embedding tables) grow with the rated products, not the catalog. Artifacts from before it
     # was stored: position + 1 for the rated products, as their networks were built.
     prod_id: np.ndarray | None = None
+    # (C, Dc) sum of the content of the products the customer rated >= LIKED_RATING, and (C,) how
+    # many; None in tables written before they existed (their layouts have no "content_liked" block)
+    cust_liked_sum: np.ndarray | None = None
+    cust_liked_count: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.prod_id is None:
@@ -189,16 +201,21 @@ class FeatureTables:
     def layout(self) -> FeatureLayout:
         """The feature rows these tables give (widths from the stored sums)."""
         return FeatureLayout.of(
-            self.prod_content.shape[1], self.cust_review_sum.shape[1], self.prod_review_sum.shape[1]
+            self.prod_content.shape[1],
+            self.cust_review_sum.shape[1],
+            self.prod_review_sum.shape[1],
+            liked=self.cust_liked_sum is not None,
         )
 
     def save(self, path) -> None:
-        np.savez_compressed(path, **{f.name: getattr(self, f.name) for f in fields(self)})
+        arrays = {f.name: getattr(self, f.name) for f in fields(self)}
+        np.savez_compressed(path, **{k: v for k, v in arrays.items() if v is not None})
 
     @classmethod
     def load(cls, path) -> FeatureTables:
         with np.load(path, allow_pickle=False) as z:
-            kwargs = {f.name: z[f.name] for f in fields(cls) if f.name in z.files}  # older: no prod_id
+            # older tables lack the later fields (prod_id, the liked sums): their defaults stand
+            kwargs = {f.name: z[f.name] for f in fields(cls) if f.name in z.files}
         kwargs["mu"] = float(kwargs["mu"])
         return cls(**kwargs)
 
@@ -238,6 +255,7 @@ def build_tables(
         return out.astype(np.float32)
 
     content = prod_content[i] if dc else np.zeros((len(i), 0), np.float32)
+    liked = rating >= LIKED_RATING
     rated = np.bincount(i, minlength=n_p) > 0
     ids = np.cumsum(rated) if ids is None else ids
     return FeatureTables(
@@ -261,6 +279,8 @@ def build_tables(
         cust_prior=(np.zeros(n_c) if cust_prior is None else cust_prior).astype(np.float32),
         prod_prior=(np.zeros(n_p) if prod_prior is None else prod_prior).astype(np.float32),
         prod_id=np.where(rated, ids, 0).astype(np.int32),
+        cust_liked_sum=scatter(u[liked], n_c, content[liked]),
+        cust_liked_count=np.bincount(u[liked], minlength=n_c).astype(np.float32),
     )
 
 
@@ -599,16 +619,28 @@ def customer_features(
     a = ex.active
     csum = t.cust_content_sum[uu]
     cwsum = t.cust_content_wsum[uu]
+    liked = t.cust_liked_sum is not None
+    lsum = t.cust_liked_sum[uu] if liked else None
+    lcnt = t.cust_liked_count[uu] if liked else None
     if csum.shape[1] and ex_item is not None:
         content = t.prod_content[np.maximum(ex_item, 0)] * a[:, None]
         csum = csum - content
         cwsum = cwsum - content * (ex.rating - t.mu)[:, None]
+        if liked:
+            was_liked = (ex.rating >= LIKED_RATING).astype(np.float32)
+            lsum = lsum - content * was_liked[:, None]
+            lcnt = lcnt - a * was_liked
     csum = csum * known[:, None]
     cwsum = cwsum * known[:, None]
+    parts = {}
+    if liked:  # a customer who liked none of theirs: the mean of all they rated (as content-kNN)
+        parts["content_liked"] = np.where((lcnt > 0)[:, None], _mean(lsum, lcnt), _mean(csum, cnt))
+        parts["content_liked"] *= known[:, None]
     return t.layout.customer.assemble(
         review_text=review_mean,
         content_mean=_mean(csum, cnt),
         content_wmean=_mean(cwsum, cnt),
+        **parts,
         log_count=stats[:, :1],
         has_text=stats[:, 1:],
     )

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ml.baselines import BiasBaseline
-from ml.features import FeatureTables
+from ml.features import LIKED_RATING, FeatureTables
 
 MIN_RATING, MAX_RATING = 1.0, 5.0
 
@@ -88,11 +88,19 @@ def check_rating(value) -> float:
 def add_customer(t: FeatureTables, customer_id: str) -> int:
     """Append an empty customer row to every customer-indexed table; its position."""
     t.customer_ids = np.append(t.customer_ids, customer_id)
-    for name in ("cust_review_sum", "cust_content_sum", "cust_content_wsum", "cust_history"):
+    for name in (
+        "cust_review_sum",
+        "cust_content_sum",
+        "cust_content_wsum",
+        "cust_history",
+        "cust_liked_sum",
+    ):
         table = getattr(t, name)
-        setattr(t, name, np.concatenate([table, np.zeros((1,) + table.shape[1:], table.dtype)]))
-    for name in ("cust_text_count", "cust_count", "cust_prior"):
-        setattr(t, name, np.append(getattr(t, name), np.float32(0)))
+        if table is not None:  # None: tables from before the liked sums
+            setattr(t, name, np.concatenate([table, np.zeros((1,) + table.shape[1:], table.dtype)]))
+    for name in ("cust_text_count", "cust_count", "cust_prior", "cust_liked_count"):
+        if getattr(t, name) is not None:
+            setattr(t, name, np.append(getattr(t, name), np.float32(0)))
     t.rated_indptr = np.append(t.rated_indptr, t.rated_indptr[-1])
     return t.n_customers - 1
 
@@ -137,6 +145,10 @@ def fold_in(t: FeatureTables, u: int, i: int, rating: float) -> bool:
         t.cust_content_wsum[u] += content * np.float32(rating - t.mu)
     else:  # a replaced rating: only the rating moves
         t.cust_content_wsum[u] += content * np.float32(rating - old)
+    if t.cust_liked_sum is not None:  # in or out of the liked set: +1 joins, -1 leaves, 0 stays
+        move = float(rating >= LIKED_RATING) - float(old is not None and old >= LIKED_RATING)
+        t.cust_liked_sum[u] += content * np.float32(move)
+        t.cust_liked_count[u] += np.float32(move)
     _push_history(t, u, i)
     _refit_bias(t, u)
     return old is None

@@ -21,8 +21,9 @@ from keras import layers, ops
 
 from ml.features import FeatureLayout, ModelInputs
 
-# the customer's content aggregates whose cosine with the product's content the heads take
-AFFINITY_BLOCKS = ("content_mean", "content_wmean")
+# the customer's content aggregates whose cosine with the product's content the heads take (those
+# of them the layout has: older layouts lack "content_liked")
+AFFINITY_BLOCKS = ("content_mean", "content_wmean", "content_liked")
 ARCHITECTURE_FIELDS = ("id_dim", "tower_dim", "hidden", "dropout", "id_dropout", "l2", "affinity")
 
 
@@ -48,10 +49,18 @@ class ModelSpec:
     affinity: bool = False
 
     @property
-    def n_affinity(self) -> int:
-        """Affinity columns the heads take: one per customer content block, none without content."""
+    def affinity_blocks(self) -> tuple[str, ...]:
+        """The customer content blocks the heads take cosines of: none without affinity or content."""
         content = self.layout.product.span("content")
-        return len(AFFINITY_BLOCKS) if self.affinity and content.stop > content.start else 0
+        if not self.affinity or content.stop == content.start:
+            return ()
+        names = {b.name for b in self.layout.customer.blocks}
+        return tuple(b for b in AFFINITY_BLOCKS if b in names)
+
+    @property
+    def n_affinity(self) -> int:
+        """Affinity columns the heads take: one per customer content block."""
+        return len(self.affinity_blocks)
 
     @property
     def id_rows(self) -> int:
@@ -129,7 +138,7 @@ class HeadNet(layers.Layer):
         self.hist_emb = layers.Embedding(spec.id_rows, spec.id_dim, embeddings_regularizer=self.reg)
         self.n_affinity = spec.n_affinity
         if self.n_affinity:
-            self.cust_content = [spec.layout.customer.span(b) for b in AFFINITY_BLOCKS]
+            self.cust_content = [spec.layout.customer.span(b) for b in spec.affinity_blocks]
             self.prod_content = spec.layout.product.span("content")
             self.affinity = layers.Dense(
                 1, use_bias=False, kernel_initializer="zeros", name=f"{kind}_affinity"

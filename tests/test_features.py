@@ -8,7 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml.features import Exclusion, FeatureLayout, build_tables, model_inputs
+from ml.features import (
+    LIKED_RATING,
+    Exclusion,
+    FeatureLayout,
+    FeatureTables,
+    build_tables,
+    customer_features,
+    model_inputs,
+)
 
 
 def _world(seed: int = 0, n_c: int = 12, n_p: int = 9, dt: int = 5, dc: int = 4):
@@ -201,6 +209,35 @@ def test_the_layout_names_every_column_of_both_rows():
         and keep.sum() == layout.product.width - (t.prod_review_sum.shape[1])
     )
     assert FeatureLayout.from_dict(json.loads(json.dumps(layout.to_dict()))) == layout
+
+
+def test_the_liked_block_is_the_mean_content_of_liked_products_or_of_all_when_none():
+    w = _world()
+    w["rating"][w["u"] == 0] = 2.0  # customer 0 liked nothing: the mean of all theirs
+    t, layout = _tables(w), _tables(w).layout
+    us = np.arange(len(w["customer_ids"]))
+    liked = layout.customer.span("content_liked")
+    got = customer_features(t, us)[:, liked]
+    for u in us:
+        mine = w["u"] == u
+        good = mine & (w["rating"] >= LIKED_RATING)
+        want = w["prod_content"][w["i"][good if good.any() else mine]].mean(axis=0)
+        np.testing.assert_allclose(got[u], want, rtol=1e-5, atol=1e-6, err_msg=str(u))
+
+
+def test_tables_from_before_the_liked_sums_keep_their_layout(tmp_path):
+    """Artifacts written before the liked block: their tables load without it, and their feature
+    rows (and so their models' inputs) keep the layout they were trained on."""
+    w = _world()
+    t = _tables(w)
+    t.cust_liked_sum = t.cust_liked_count = None
+    t.save(tmp_path / "tables.npz")
+    old = FeatureTables.load(tmp_path / "tables.npz")
+    assert old.cust_liked_sum is None
+    names = [b.name for b in old.layout.customer.blocks]
+    assert "content_liked" not in names and "content_wmean" in names
+    x = model_inputs(old, w["u"][:3], w["i"][:3])
+    assert x["customer"].shape[1] == old.layout.customer.width == _tables(w).layout.customer.width - 4  # dc
 
 
 def test_a_block_that_does_not_fit_the_layout_fails_loudly():

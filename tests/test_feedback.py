@@ -15,7 +15,17 @@ from ml.feedback import FeedbackFile, Rating, check_rating, fold_in, merge_into
 from ml.recommender import Recommender
 from ml.registry import ModelRegistry
 
-CUSTOMER_SIDE = ("cust_count", "cust_content_sum", "cust_content_wsum", "cust_history")
+CUSTOMER_SIDE = (
+    "cust_count",
+    "cust_content_sum",
+    "cust_content_wsum",
+    "cust_history",
+    "cust_liked_sum",
+    "cust_liked_count",
+)
+
+
+LIKED = ("cust_liked_sum", "cust_liked_count")
 
 
 def _tables(u, i, r, n_c=3, n_p=5, seed=0):
@@ -50,7 +60,16 @@ def test_a_second_rating_of_the_same_product_replaces_the_first():
     t = _tables([0, 0], [0, 1], [5.0, 2.0])
     assert fold_in(t, 0, 1, 4.0) is False
     built = _tables([0, 0], [0, 1], [5.0, 4.0])
-    for name in ("cust_count", "cust_content_sum", "cust_content_wsum", "rated_rating"):
+    for name in ("cust_count", "cust_content_sum", "cust_content_wsum", "rated_rating", *LIKED):
+        np.testing.assert_allclose(getattr(t, name), getattr(built, name), rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize(("old", "new"), [(5.0, 2.0), (4.0, 5.0), (1.0, 3.0)])
+def test_a_replaced_rating_moves_the_product_in_or_out_of_the_liked_sums(old, new):
+    t = _tables([0, 0], [0, 1], [5.0, old])
+    fold_in(t, 0, 1, new)
+    built = _tables([0, 0], [0, 1], [5.0, new])
+    for name in LIKED:
         np.testing.assert_allclose(getattr(t, name), getattr(built, name), rtol=1e-6, err_msg=name)
 
 

@@ -79,14 +79,14 @@ def test_numpy_equals_keras_on_customers_x_items(rec):
 
 def test_the_trained_heads_take_content_affinity_and_use_it(rec):
     """The session model is trained with affinity, so the equality tests above cover its path."""
-    assert rec.model.spec.n_affinity == 2
+    assert rec.model.spec.affinity_blocks == ("content_mean", "content_wmean", "content_liked")
     for head in rec.net.heads.values():
-        assert head.first.w_aff.shape[0] == 2 and np.abs(head.aff_wide).max() > 0
+        assert head.first.w_aff.shape[0] == 3 and np.abs(head.aff_wide).max() > 0
 
 
 def test_affinity_is_the_cosine_of_the_customer_content_with_the_product_content(rec):
-    """Both call shapes give cos(customer content_mean / content_wmean, product content); a customer
-    or product without content gets 0."""
+    """Both call shapes give cos(customer content_mean / content_wmean / content_liked, product
+    content); a customer or product without content gets 0."""
     from sklearn.metrics.pairwise import cosine_similarity
 
     from ml.features import customer_features, product_features
@@ -101,7 +101,7 @@ def test_affinity_is_the_cosine_of_the_customer_content_with_the_product_content
         c.take(np.repeat(np.arange(4), 4)), rec._product_part(np.tile(items, 4))["pick"].aligned()
     )
     cf, pf = customer_features(t, u), product_features(t, items)
-    for k, block in enumerate(("content_mean", "content_wmean")):
+    for k, block in enumerate(("content_mean", "content_wmean", "content_liked")):
         want = cosine_similarity(cf[:, layout.customer.span(block)], pf[:, layout.product.span("content")])
         np.testing.assert_allclose(grid[:, :, k], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(aligned[:, 0, k].reshape(4, 4), want, rtol=1e-5, atol=1e-6)
@@ -319,3 +319,16 @@ def test_two_stage_batch_equals_single_requests(rec):
             [it["predicted_rating"] or 0 for it in single],
             atol=2e-4,
         )
+
+
+def test_a_spec_from_before_the_liked_block_takes_the_two_older_affinity_blocks(rec):
+    """Session-11 artifacts: affinity on, a customer layout without "content_liked"."""
+    from ml.model import ModelSpec, build_model
+    from ml.scoring import ScoringNet
+
+    old = rec.model.spec.to_dict()
+    old["layout"]["customer"] = [b for b in old["layout"]["customer"] if b[0] != "content_liked"]
+    spec = ModelSpec.from_dict(old)
+    assert spec.affinity_blocks == ("content_mean", "content_wmean")
+    net = ScoringNet.from_model(build_model(spec, seed=4))
+    assert all(head.first.w_aff.shape[0] == 2 for head in net.heads.values())
