@@ -24,7 +24,16 @@ from ml.features import FeatureLayout, ModelInputs
 # the customer's content aggregates whose cosine with the product's content the heads take (those
 # of them the layout has: older layouts lack "content_liked")
 AFFINITY_BLOCKS = ("content_mean", "content_wmean", "content_liked")
-ARCHITECTURE_FIELDS = ("id_dim", "tower_dim", "hidden", "dropout", "id_dropout", "l2", "affinity")
+ARCHITECTURE_FIELDS = (
+    "id_dim",
+    "tower_dim",
+    "hidden",
+    "dropout",
+    "id_dropout",
+    "l2",
+    "affinity",
+    "cold_dropout",
+)
 
 
 @dataclass
@@ -47,6 +56,9 @@ class ModelSpec:
     n_ids: int | None = None
     # content affinity inputs (`AFFINITY_BLOCKS`); False in specs written before they existed
     affinity: bool = False
+    # training only: a pick-head row whose product id is dropped also loses the product's rating
+    # statistics and the pair's co-rating signals (`PickHead`); False in specs written before it
+    cold_dropout: bool = False
 
     @property
     def affinity_blocks(self) -> tuple[str, ...]:
@@ -91,10 +103,14 @@ class IdDropout(layers.Layer):
         self.seed_gen = keras.random.SeedGenerator(seed)
 
     def call(self, ids, training=None):
+        return self.drop(ids, training)[0]
+
+    def drop(self, ids, training=None):
+        """(ids with the dropped ones 0, float 0/1 keep mask or None when nothing is dropped)."""
         if not training or self.rate <= 0:
-            return ids
+            return ids, None
         keep = keras.random.uniform(ops.shape(ids), seed=self.seed_gen) >= self.rate
-        return ops.where(keep, ids, ops.zeros_like(ids))
+        return ops.where(keep, ids, ops.zeros_like(ids)), ops.cast(keep, "float32")
 
 
 def unit_rows(x):
@@ -219,7 +235,13 @@ class PickHead(HeadNet):
     dropped at random in training, so content alone can score a never-rated product) and a
     popularity prior, a linear term on log1p(rating count) starting at slope 1, so the head ranks
     like popularity from the first epoch and learns what departs from it. The product's review text
-    is masked out of its features (see HeadNet)."""
+    is masked out of its features (see HeadNet).
+
+    With `spec.cold_dropout` (and product content) a row whose id is dropped is made to look like a
+    never-rated product throughout, as DropoutNet (Volkovs et al. 2017) trains for cold start: its
+    rating statistics (log count, has text) and the pair's co-rating signals are zeroed too.
+    Without it such a row still shows how often the product was rated, so the content path learns
+    to score products that have ratings and never sees the inputs a new arrival has."""
 
     kind = "pick"
 
@@ -233,19 +255,37 @@ class PickHead(HeadNet):
         self.popularity = layers.Dense(1, kernel_initializer="ones", name="pick_popularity")
         self.prod_keep = spec.layout.product.mask_without("review_text")
         self.log_count = spec.layout.product.span("log_count")
+        stats = np.zeros(spec.layout.product.width, np.float32)
+        for name in ("log_count", "has_text"):
+            stats[spec.layout.product.span(name)] = 1.0
+        self.rating_stats = stats  # the columns a never-rated product has at 0
+        # only with content: without it a never-rated product has nothing to be scored by, and rows
+        # made cold would teach the head nothing but to ignore the statistics
+        content = spec.layout.product.span("content")
+        self.cold_dropout = spec.cold_dropout and content.stop > content.start
         self._trunk("glorot_uniform")
 
     def _offset(self, prior):
         return ops.zeros_like(prior)
 
     def _product_part(self, features, ids, prior, training=False) -> dict:
-        ids = self.prod_id_drop(ids, training=training)
+        ids, keep = self.prod_id_drop.drop(ids, training=training)
         features = features * self.prod_keep
-        return {
-            "t": self.prod_tower(features, training=training),
-            "e": self.prod_emb(ids),
-            "b": self.prod_off(ids)[:, 0] + self.popularity(features[:, self.log_count])[:, 0],
-        }
+        out = {}
+        if keep is not None and self.cold_dropout:  # dropped rows: as if never rated
+            features = features * (1.0 - (1.0 - keep)[:, None] * self.rating_stats)
+            out["keep"] = keep
+        out.update(
+            t=self.prod_tower(features, training=training),
+            e=self.prod_emb(ids),
+            b=self.prod_off(ids)[:, 0] + self.popularity(features[:, self.log_count])[:, 0],
+        )
+        return out
+
+    def pair_part(self, c: dict, p: dict, pair, training=False):
+        if "keep" in p:  # training with cold dropout: a dropped product has no co-ratings either
+            pair = pair * p["keep"][:, None]
+        return super().pair_part(c, p, pair, training=training)
 
 
 HEAD_CLASSES = (RatingHead, PickHead)

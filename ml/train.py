@@ -75,6 +75,7 @@ class TrainConfig:
     id_dropout: float = 0.25
     l2: float = 1e-4
     affinity: bool = True  # the heads take customer-product content cosines (ml.model.AFFINITY_BLOCKS)
+    cold_dropout: bool = True  # pick rows with a dropped id look never-rated (ml.model.PickHead)
     history_len: int = 32
     verbose: int = 2
     progress: bool = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ml.model import HEADS, BestPerHead, RowBatches
 
@@ -94,3 +95,45 @@ def test_row_batches_in_order_when_not_shuffled():
     targets = {"t": np.arange(10)}
     batches = RowBatches({"x": np.arange(10)}, targets, 4, shuffle=False)
     assert [y["t"].tolist() for _, y in _epoch(batches)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def _inputs(layout, n: int = 6, seed: int = 0) -> dict:
+    from ml.features import PAIR_DIM
+
+    rng = np.random.default_rng(seed)
+    return {
+        "customer": rng.normal(size=(n, layout.customer.width)).astype(np.float32),
+        "product": rng.normal(size=(n, layout.product.width)).astype(np.float32),
+        "product_id": rng.integers(1, 7, n).astype(np.int32),
+        "customer_prior": rng.normal(size=n).astype(np.float32),
+        "product_prior": rng.normal(size=n).astype(np.float32),
+        "history": rng.integers(0, 7, (n, 3)).astype(np.int32),
+        "pair": rng.normal(size=(n, PAIR_DIM)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize(("cold_dropout", "content"), [(True, 4), (False, 4), (True, 0)])
+def test_a_dropped_product_id_looks_never_rated_with_cold_dropout(cold_dropout, content):
+    """With every id dropped (rate 1), the pick head in training scores a row as it scores, at
+    serving time, a never-rated product: id 0, no rating statistics, no co-ratings. Without cold
+    dropout, or without product content to score a new product by, only the id is gone."""
+    from keras import ops
+
+    from ml.features import FeatureLayout
+    from ml.model import ModelSpec, build_model
+
+    layout = FeatureLayout.of(content=content, customer_text=3, product_text=3)
+    spec = ModelSpec(5, 6, layout, 3.5, 4, 4, (8,), 0.0, 1.0, 0.0, 7, True, cold_dropout)
+    model = build_model(spec, seed=3)
+    x = _inputs(layout)
+    served = {**x, "product_id": np.zeros_like(x["product_id"])}
+    if cold_dropout and content:
+        served["product"] = x["product"].copy()
+        for name in ("log_count", "has_text"):
+            served["product"][:, layout.product.span(name)] = 0.0
+        served["pair"] = np.zeros_like(x["pair"])
+    got = ops.convert_to_numpy(model(x, training=True)["pick"])
+    want = ops.convert_to_numpy(model(served, training=False)["pick"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    as_given = ops.convert_to_numpy(model(x, training=False)["pick"])
+    assert np.abs(got - as_given).max() > 1e-3  # the dropout changed something
