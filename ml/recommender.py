@@ -126,11 +126,15 @@ class Recommender:
         self._seen_start = np.searchsorted(seen_u[order], np.arange(tables.n_customers + 1))
         all_i = np.arange(tables.n_products)
         self.net = ScoringNet.from_model(model)
+        # similar products and reasons: cosine over the content vectors the hybrid is given
+        self.content = ContentIndex(tables.prod_content)
         with_unknown = np.append(all_i, -1)  # row P: the "unknown product" (position -1)
         self._prod = self.net.product_part(
             product_features(tables, with_unknown),
             product_id_input(tables, with_unknown),
             product_prior(tables, with_unknown),
+            # the affinity cosines read the tables' content and the index's inverse norms: no copy
+            (tables.prod_content, np.append(self.content.exact.inv_norm, np.float32(0))),
         )
         all_i = np.arange(tables.n_products)
         mean_rating = tables.prod_rating_sum / np.maximum(tables.prod_count, 1)
@@ -138,8 +142,6 @@ class Recommender:
         self._popular_rank = np.empty(tables.n_products, np.int64)
         self._popular_rank[self._popular] = all_i
         self.catalog = catalog or read_attributes(products, manifest.get("data", {}))
-        # similar products and reasons: cosine over the content vectors the hybrid is given
-        self.content = ContentIndex(tables.prod_content)
         self.modalities = content_modalities(manifest, tables.prod_content)
 
     @classmethod

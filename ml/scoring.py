@@ -149,25 +149,48 @@ class CustomerPart:
 @dataclass
 class ProductPart:
     """Product halves of one head: q = [p_t, p_e] (m, K), the additive bias (m,) and, with content
-    affinity, the unit content vector (m, Dc)."""
+    affinity, the content vectors as given (a, not normalised) and their inverse L2 norms (a_inv (m,),
+    0 for a row without content): the cosine is (a · x) · a_inv. A unit-length copy would double the
+    content in memory (288 MB at 10^6 products); `a` may be the tables' own array. It may also hold
+    fewer rows than q: the rows past its end (the "unknown product" row) have a_inv 0."""
 
     q: np.ndarray
     bias: np.ndarray
     a: np.ndarray | None = None
+    a_inv: np.ndarray | None = None
 
     def take(self, i) -> ProductPart:
         """Rows `i` (positions or a slice)."""
-        return ProductPart(self.q[i], self.bias[i], _take(self.a, i))
+        a = None if self.a is None else _rows_of(self.a, i, len(self.bias))
+        return ProductPart(self.q[i], self.bias[i], a, _take(self.a_inv, i))
 
     def aligned(self) -> ProductPart:
         """One product per customer row: the (n, 1, ...) shape `HeadWeights.forward` reads as aligned."""
-        return ProductPart(
-            self.q[:, None, :], self.bias[:, None], None if self.a is None else self.a[:, None, :]
-        )
+        if self.a is None:
+            return ProductPart(self.q[:, None, :], self.bias[:, None])
+        a = _rows_of(self.a, slice(None), len(self.bias))
+        return ProductPart(self.q[:, None, :], self.bias[:, None], a[:, None, :], self.a_inv[:, None])
 
 
 def _take(x: np.ndarray | None, rows) -> np.ndarray | None:
     return None if x is None else x[rows]
+
+
+def _rows_of(a: np.ndarray, i, n: int) -> np.ndarray:
+    """Rows `i` (positions or a slice, of n rows) of `a`, which holds the first len(a) of them: a
+    view when it can be; rows past its end come back as its last row (their a_inv is 0)."""
+    if isinstance(i, slice):
+        start, stop, step = i.indices(n)
+        if stop <= len(a):
+            return a[start:stop:step]
+        i = np.arange(start, stop, step)
+    return a[np.minimum(np.asarray(i), len(a) - 1)]
+
+
+def inverse_norms(x: np.ndarray) -> np.ndarray:
+    """float32 1 / |row| (0 for a zero row): `unit_rows(x) == x * inverse_norms(x)[:, None]`."""
+    norms = np.linalg.norm(np.asarray(x, np.float32), axis=-1)
+    return np.where(norms > 0, 1.0 / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -245,29 +268,33 @@ class HeadWeights:
         )
 
     def product_part(
-        self, features: np.ndarray, ids: np.ndarray, prior: np.ndarray, a: np.ndarray | None = None
+        self,
+        features: np.ndarray,
+        ids: np.ndarray,
+        prior: np.ndarray,
+        content: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ProductPart:
-        """Tower, vector and bias of product rows (ids: positions + 1, 0 = unknown). `a`: the rows'
-        `unit_content`, when already computed (both heads share one copy: 296 MB at 1M products)."""
-        if a is None:
-            a = self.unit_content(features)
+        """Tower, vector and bias of product rows (ids: positions + 1, 0 = unknown). `content`: the
+        rows' (content, inverse norms) when the caller holds them (see `ProductPart`); default: the
+        features' content block (a copy)."""
+        if self.prod_content is None:
+            a = a_inv = None
+        elif content is not None:
+            a, a_inv = content
+        else:
+            a = np.ascontiguousarray(features[:, self.prod_content], np.float32)
+            a_inv = inverse_norms(a)
         if self.kind == "rating":
-            return ProductPart(
-                np.concatenate([_apply(self.prod_tower, features), self.prod_vec(features)], axis=1),
-                np.asarray(prior, np.float32),
-                a,
-            )
+            q = np.concatenate([_apply(self.prod_tower, features), self.prod_vec(features)], axis=1)
+            return ProductPart(q, np.asarray(prior, np.float32), a, a_inv)
         features = features * self.prod_keep
         bias = self.prod_off[ids] + self.popularity(features[:, self.log_count])[:, 0]
         return ProductPart(
             np.concatenate([_apply(self.prod_tower, features), self.prod_emb[ids]], axis=1),
             bias.astype(np.float32),
             a,
+            a_inv,
         )
-
-    def unit_content(self, features: np.ndarray) -> np.ndarray | None:
-        """(m, Dc) the products' content at unit length, or None when the head takes no affinity."""
-        return None if self.prod_content is None else unit_rows(features[:, self.prod_content])
 
     def affinity(self, c: CustomerPart, p: ProductPart) -> np.ndarray | None:
         """(n, m, A) cosines of the customers' content aggregates with the products' content, for
@@ -277,8 +304,10 @@ class HeadWeights:
         n, n_aff, dim = c.a.shape
         if p.a.ndim == 2:  # the same products for every customer: one BLAS call, computed as
             # (m, n, A), the order `forward` reads rows in (a view back; einsum took 2x longer)
-            return (p.a @ c.a.reshape(n * n_aff, dim).T).reshape(len(p.a), n, n_aff).transpose(1, 0, 2)
-        return np.matmul(p.a, c.a.transpose(0, 2, 1))
+            dots = p.a @ c.a.reshape(n * n_aff, dim).T
+            dots *= p.a_inv[:, None]
+            return dots.reshape(len(p.a), n, n_aff).transpose(1, 0, 2)
+        return np.matmul(p.a, c.a.transpose(0, 2, 1)) * p.a_inv[:, :, None]
 
     def forward(self, c: CustomerPart, p: ProductPart, pair: np.ndarray) -> np.ndarray:
         """(n, m) head outputs for customers c (n rows) against products p: p.q is (m, K) for
@@ -338,13 +367,19 @@ class ScoringNet:
         return {h: self.heads[h].customer_part(features, prior, history) for h in heads}
 
     def product_part(
-        self, features: np.ndarray, ids: np.ndarray, prior: np.ndarray
+        self,
+        features: np.ndarray,
+        ids: np.ndarray,
+        prior: np.ndarray,
+        content: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> dict[str, ProductPart]:
-        a = next((w.unit_content(features) for w in self.heads.values() if w.prod_content), None)
-        return {
-            h: w.product_part(features, ids, prior, a if w.prod_content else None)
-            for h, w in self.heads.items()
-        }
+        """Both heads' product halves; they share one (content, inverse norms) pair: `content` when
+        given (see `ProductPart`), else one copy of the features' content block."""
+        block = next((w.prod_content for w in self.heads.values() if w.prod_content), None)
+        if content is None and block is not None:
+            a = np.ascontiguousarray(features[:, block], np.float32)
+            content = (a, inverse_norms(a))
+        return {h: w.product_part(features, ids, prior, content) for h, w in self.heads.items()}
 
     def forward(
         self,
