@@ -75,7 +75,9 @@ class TrainConfig:
     id_dropout: float = 0.25
     l2: float = 1e-4
     affinity: bool = True  # the heads take customer-product content cosines (ml.model.AFFINITY_BLOCKS)
-    cold_dropout: bool = True  # pick rows with a dropped id look never-rated (ml.model.PickHead)
+    # pick rows with a dropped id look never-rated (ml.model.PickHead). Off: at 10^6 products, 95% never
+    # rated, it moved the pick head's top 10 to never-rated products the retriever does not find (README)
+    cold_dropout: bool = False
     history_len: int = 32
     verbose: int = 2
     progress: bool = True
