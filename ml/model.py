@@ -61,10 +61,15 @@ class ModelSpec:
     cold_dropout: bool = False
 
     @property
+    def has_content(self) -> bool:
+        """Whether products have a content block (image / text embeddings) of non-zero width."""
+        content = self.layout.product.span("content")
+        return content.stop > content.start
+
+    @property
     def affinity_blocks(self) -> tuple[str, ...]:
         """The customer content blocks the heads take cosines of: none without affinity or content."""
-        content = self.layout.product.span("content")
-        if not self.affinity or content.stop == content.start:
+        if not self.affinity or not self.has_content:
             return ()
         names = {b.name for b in self.layout.customer.blocks}
         return tuple(b for b in AFFINITY_BLOCKS if b in names)
@@ -261,8 +266,7 @@ class PickHead(HeadNet):
         self.rating_stats = stats  # the columns a never-rated product has at 0
         # only with content: without it a never-rated product has nothing to be scored by, and rows
         # made cold would teach the head nothing but to ignore the statistics
-        content = spec.layout.product.span("content")
-        self.cold_dropout = spec.cold_dropout and content.stop > content.start
+        self.cold_dropout = spec.cold_dropout and spec.has_content
         self._trunk("glorot_uniform")
 
     def _offset(self, prior):

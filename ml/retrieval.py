@@ -39,6 +39,7 @@ from ml.features import (
     product_id_input,
     product_prior,
 )
+from ml.scoring import inverse_norms
 
 log = logging.getLogger(__name__)
 
@@ -372,9 +373,8 @@ class CosineIndex(ExactIndex):
 
     def __init__(self, vectors: np.ndarray) -> None:
         super().__init__(vectors)
-        norms = np.linalg.norm(self.vectors, axis=1)
-        self.inv_norm = np.where(norms > 0, 1.0 / np.maximum(norms, 1e-30), 0.0).astype(np.float32)
-        self.empty = np.flatnonzero(norms == 0)
+        self.inv_norm = inverse_norms(self.vectors)
+        self.empty = np.flatnonzero(self.inv_norm == 0)
 
     def scores(self, q: np.ndarray) -> np.ndarray:
         """Cosine of every row with `q` (any norm); -inf for zero rows."""

@@ -190,7 +190,7 @@ def _rows_of(a: np.ndarray, i, n: int) -> np.ndarray:
 def inverse_norms(x: np.ndarray) -> np.ndarray:
     """float32 1 / |row| (0 for a zero row): `unit_rows(x) == x * inverse_norms(x)[:, None]`."""
     norms = np.linalg.norm(np.asarray(x, np.float32), axis=-1)
-    return np.where(norms > 0, 1.0 / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+    return np.where(norms > 0, 1.0 / np.maximum(norms, 1e-30), 0.0).astype(np.float32)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
