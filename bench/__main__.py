@@ -1,6 +1,7 @@
 """Benchmarks (timing lives here, not in the tests): `make bench` or `python -m bench [what ...]`.
 
-- `encoders`: TextEncoder texts/s on real 2018 reviews, ImageEncoder images/s on real photos;
+- `encoders`: TextEncoder texts/s on real 2018 reviews, ImageEncoder images/s on real photos as 224x224
+  JPEGs, both image runtimes (TFLite, Keras) side by side;
 - `train`: wall time of `python -m ml train` on the real 2023 ratings (issue: <= 10 minutes);
 - `quality`: the README's claims on the REAL data sets, each against its paired-bootstrap interval
   (bench/quality.py; too slow for `make test`); exit status 1 when one fails;
@@ -44,6 +45,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ml.config import REPO_ROOT, Settings
 
@@ -61,6 +63,17 @@ def _pct(samples_s: list[float]) -> dict:
     }
 
 
+def _jpegs_224(photos: list[Path], out: Path) -> list[Path]:
+    """The real photos as 224x224 JPEGs (the network's input size, what a shop's photos decode to
+    after the training path's resize; the subset's own files are 60x80), written under `out`."""
+    paths = []
+    for p in photos:
+        dest = out / p.name
+        Image.open(p).convert("RGB").resize((224, 224), Image.Resampling.BICUBIC).save(dest, quality=90)
+        paths.append(dest)
+    return paths
+
+
 def bench_encoders(n_texts: int = 1024, n_images: int = 256) -> dict:
     from ml.data import load_dataset
     from ml.encoders import ImageEncoder, TextEncoder
@@ -72,19 +85,28 @@ def bench_encoders(n_texts: int = 1024, n_images: int = 256) -> dict:
     t = time.perf_counter()
     enc.encode(texts)
     text_s = time.perf_counter() - t
-    images = sorted((SHARED / "fashion-product-images-small-subset" / "images").glob("*.jpg"))[:n_images]
-    ienc = ImageEncoder()
-    ienc.encode(images[:32])
-    t = time.perf_counter()
-    ienc.encode(images)
-    image_s = time.perf_counter() - t
+    photos = sorted((SHARED / "fashion-product-images-small-subset" / "images").glob("*.jpg"))[:n_images]
+    images = _jpegs_224(photos, Path(tempfile.mkdtemp(prefix="bench-encoders-")))
+    # both image runtimes (ml.encoders.lite), alternated twice so a noisy minute hits both; each
+    # encoder is built and warmed first (the TFLite file is converted once, before timing)
+    runtimes = {name: ImageEncoder(runtime=name) for name in ("tflite", "keras")}
+    seconds: dict[str, float] = {name: 0.0 for name in runtimes}
+    for enc_ in runtimes.values():
+        enc_.encode(images[:32])
+    for _ in range(2):
+        for name, enc_ in runtimes.items():
+            t = time.perf_counter()
+            enc_.encode(images)
+            seconds[name] += time.perf_counter() - t
+    rates = {name: round(2 * len(images) / s, 1) for name, s in seconds.items()}
     return {
         "texts": len(texts),
         "mean_chars": round(float(np.mean([len(x) for x in texts])), 1),
         "texts_per_s": round(len(texts) / text_s, 1),
         "text_batch": enc.batch_size if hasattr(enc, "batch_size") else None,
         "images": len(images),
-        "images_per_s": round(len(images) / image_s, 1),
+        "image_size": list(Image.open(images[0]).size) if images else None,
+        "images_per_s": rates,
         "image_batch": 32,
         "cpu_count": os.cpu_count(),
     }

