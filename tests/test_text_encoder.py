@@ -57,7 +57,20 @@ def test_attributes(encoder):
     assert isinstance(encoder.version, str) and encoder.version
     assert encoder.dim == 384
     assert encoder.max_length == 256
-    assert encoder.batch_size == 64
+    assert encoder.runtime == "tflite"  # the default on the TensorFlow backend (ml.encoders.lite)
+    assert encoder.batch_size == 16
+
+
+def test_keras_runtime_gives_the_same_vectors(encoder, sentence_vectors, reference):
+    """The TFLite runtime (~1.3-1.6x the texts/s here) is the Keras network: the same vectors, on
+    the sentences and on the reference texts (long ones truncated, an empty one)."""
+    from ml.encoders.text import TextEncoder
+
+    by_keras = TextEncoder(runtime="keras")
+    assert by_keras.runtime == "keras" and by_keras.batch_size == 64
+    np.testing.assert_allclose(by_keras.encode(SENTENCES), sentence_vectors, atol=1e-5)
+    texts = reference["texts"]
+    np.testing.assert_allclose(by_keras.encode(texts), encoder.encode(texts), atol=1e-5)
 
 
 def test_model_dir_comes_from_the_package():
