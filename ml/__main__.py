@@ -106,6 +106,9 @@ def _config(args):
 
 def _run(args) -> int:
     settings = Settings.from_env()
+    data = getattr(args, "data", None)
+    if data is not None and not Path(data).exists():  # before the seconds of importing TensorFlow
+        raise FileNotFoundError(f"data path not found: {data}")
     if args.command == "demo-data":
         from demo import generate_world  # the demo is no part of the library: imported when asked for
 

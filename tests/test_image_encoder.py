@@ -152,15 +152,12 @@ def photos():
 
 
 @pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("weights")
-
-
-@pytest.fixture(scope="module")
-def encoder(weights_dir):
+def encoder():
+    """The encoder training uses: weights (and their TFLite form) in the tests' shared cache, so the
+    session converts them once (test_weights_conversion_is_atomic converts into a folder of its own)."""
     from ml.encoders.image import ImageEncoder
 
-    return ImageEncoder(weights_path=weights_dir / "lite0.weights.h5", batch_size=32)
+    return ImageEncoder(batch_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -185,11 +182,10 @@ def _loo_1nn_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
 
 
 @pytest.mark.slow
-def test_encode_contract(encoder, photos, outputs, weights_dir):
+def test_encode_contract(encoder, photos, outputs):
     from PIL import Image
 
     from ml.encoders.image import ImageEncoder
-    from ml.encoders.lite import lite_path
 
     paths, _ = photos
     feats, logits = outputs
@@ -211,13 +207,17 @@ def test_encode_contract(encoder, photos, outputs, weights_dir):
     assert top5.shape == (3, 5) and np.issubdtype(top5.dtype, np.integer)
     np.testing.assert_array_equal(top5[:, 0], logits[:3].argmax(axis=1))
 
-    # converted once, atomically: only the final files are left (the Keras weights and, on the
-    # TFLite runtime, the flatbuffer keyed by them); a second encoder reads them back
-    lite_files = ["lite0.weights.h5"] + (
-        [lite_path(encoder.weights_path).name] if encoder.runtime == "tflite" else []
-    )
-    assert sorted(p.name for p in weights_dir.iterdir()) == sorted(lite_files)
     assert small_batches.runtime == encoder.runtime
+
+
+@pytest.mark.slow
+def test_weights_conversion_is_atomic(tmp_path):
+    """Converted once, atomically: only the final file is left; an encoder reads it back."""
+    from ml.encoders.image import ImageEncoder, convert_weights
+
+    path = convert_weights(tmp_path / "lite0.weights.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lite0.weights.h5"]
+    assert ImageEncoder(weights_path=path, runtime="keras").weights_path == path
 
 
 @pytest.mark.slow
@@ -236,6 +236,28 @@ def test_tflite_runtime_matches_keras(encoder, photos, outputs):
     np.testing.assert_allclose(outputs[1][:20], logits, rtol=1e-4, atol=1e-4)
     # one odd-sized batch (5 rows, padded to 8): the interpreter is resized, rows stay in order
     np.testing.assert_allclose(encoder.encode(paths[3:8]), feats[3:8], rtol=1e-4, atol=1e-4)
+
+
+def test_tflite_conversion_is_cached_atomically(tmp_path):
+    """A network converted once: the flatbuffer is written whole under its final name, read back
+    without building the Keras model again, and computes what the Keras model computes."""
+    import keras
+
+    from ml.encoders import lite
+
+    inp = keras.Input((5,), name="x")
+    model = keras.Model(inp, [keras.layers.Dense(3)(inp), keras.layers.Dense(2)(inp)])
+    path = tmp_path / "tiny.abc.tflite"
+    blob = lite.cached_flatbuffer(path, lambda: model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name] and path.read_bytes() == blob
+
+    def must_not_build():
+        raise AssertionError("a cached flatbuffer needs no model")
+
+    assert lite.cached_flatbuffer(path, must_not_build) == blob
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    for got, want in zip(lite.LiteModel(blob).predict_on_batch(x), model.predict_on_batch(x), strict=True):
+        np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
 def test_tflite_cache_file_follows_the_weights(tmp_path):
