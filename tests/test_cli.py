@@ -58,7 +58,9 @@ def test_demo_data_then_describe(tmp_path):
 def test_train_publishes_into_the_registry(world_dir, tmp_path):
     import os
 
-    env = dict(os.environ, RECSYS_MODELS_DIR=str(tmp_path / "models"))
+    # no cache check (RECSYS_CACHE_VERIFY_SAMPLE=0): what is tested here is publishing, and the
+    # check would build both encoders in this subprocess (test_embedding_cache tests the check)
+    env = dict(os.environ, RECSYS_MODELS_DIR=str(tmp_path / "models"), RECSYS_CACHE_VERIFY_SAMPLE="0")
     r = run("train", "--data", str(world_dir), "--epochs", "1", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     from ml.registry import ModelRegistry

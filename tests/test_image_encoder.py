@@ -16,7 +16,7 @@ import pytest
 from ml.config import REPO_ROOT
 
 PHOTOS = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small-subset"
-RANDOM_SEEDS = (0, 1, 2)
+RANDOM_SEEDS = (0, 1)  # ~10 s each over the 1,000 photos; observed 0.82-0.87 against 0.976
 
 
 # --- the pickle reader and the weight mapping (no network run) -----------------------------------
