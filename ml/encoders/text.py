@@ -139,8 +139,11 @@ class TextEncoder:
         self.pad_id = int(getattr(self.tokenizer, "pad_token_id", PAD_ID_FALLBACK))
         self._model = None
         if self.runtime == "tflite":  # a cached flatbuffer needs no Keras network at all
+            # keyed by the weights and by `version` (bumped when the pooling graph changes)
             path = lite.lite_path(
-                self.model_dir / "model.safetensors", settings.cache_dir / "weights", "all-MiniLM-L6-v2"
+                self.model_dir / "model.safetensors",
+                settings.cache_dir / "weights",
+                f"{self.name}-v{self.version}",
             )
             self._runner = lite.LiteModel(lite.cached_flatbuffer(path, self.keras_model))
             self.per_shape_compile = False
