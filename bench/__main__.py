@@ -86,7 +86,8 @@ def bench_encoders(n_texts: int = 1024, n_images: int = 256) -> dict:
     enc.encode(texts)
     text_s = time.perf_counter() - t
     photos = sorted((SHARED / "fashion-product-images-small-subset" / "images").glob("*.jpg"))[:n_images]
-    images = _jpegs_224(photos, Path(tempfile.mkdtemp(prefix="bench-encoders-")))
+    jpegs = tempfile.TemporaryDirectory(prefix="bench-encoders-")
+    images = _jpegs_224(photos, Path(jpegs.name))
     # both image runtimes (ml.encoders.lite), alternated twice so a noisy minute hits both; each
     # encoder is built and warmed first (the TFLite file is converted once, before timing)
     runtimes = {name: ImageEncoder(runtime=name) for name in ("tflite", "keras")}
@@ -99,13 +100,15 @@ def bench_encoders(n_texts: int = 1024, n_images: int = 256) -> dict:
             enc_.encode(images)
             seconds[name] += time.perf_counter() - t
     rates = {name: round(2 * len(images) / s, 1) for name, s in seconds.items()}
+    image_size = list(Image.open(images[0]).size) if images else None
+    jpegs.cleanup()
     return {
         "texts": len(texts),
         "mean_chars": round(float(np.mean([len(x) for x in texts])), 1),
         "texts_per_s": round(len(texts) / text_s, 1),
         "text_batch": enc.batch_size if hasattr(enc, "batch_size") else None,
         "images": len(images),
-        "image_size": list(Image.open(images[0]).size) if images else None,
+        "image_size": image_size,
         "images_per_s": rates,
         "image_batch": 32,
         "cpu_count": os.cpu_count(),

@@ -40,8 +40,8 @@ class Settings:
     cache_dir: Path = _setting("RECSYS_CACHE_DIR", REPO_ROOT / "var" / "cache", under_var="cache")
     # Cached embedding rows re-encoded per modality and run to check the cache (0: trust it blindly).
     cache_verify_sample: int = _setting("RECSYS_CACHE_VERIFY_SAMPLE", 4)
-    # How the pretrained image encoder runs (ml.encoders.lite): "tflite" (TFLite's XNNPACK kernels,
-    # ~3x Keras on a CPU; TensorFlow backend only), "keras", or "auto" (tflite where it can run).
+    # How the pretrained image and text encoders run (ml.encoders.lite): "tflite" (TFLite's XNNPACK
+    # kernels, ~1.2-2x Keras on a CPU; TensorFlow backend only), "keras", or "auto" (tflite where it can).
     encoder_runtime: str = _setting("RECSYS_ENCODER_RUNTIME", "auto")
     # The demo "fashion world" (synthetic) built by `make run` when no data is given.
     demo_data_dir: Path = _setting(

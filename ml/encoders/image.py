@@ -198,10 +198,9 @@ class ImageEncoder:
         else:
             self.weights_path = Path(weights_path) if weights_path else default_weights_path()
             self._load_weights()
-        runtime = runtime or Settings.from_env().encoder_runtime
         self._runner = self._model
         self.runtime = "keras"
-        if lite.use_lite(runtime) and self.weights_path is not None:
+        if self.weights_path is not None and lite.use_lite(runtime):
             stem = f"{self.weights_path.name.removesuffix('.weights.h5')}-v{self.version}"
             path = lite.lite_path(self.weights_path, stem=stem)  # the network's version keys it too
             self._runner = lite.LiteModel(lite.cached_flatbuffer(path, lambda: self._model))

@@ -6,9 +6,9 @@ TensorFlow's oneDNN kernels) and at ~100-108 images/s through TFLite with XNNPAC
 the same outputs to ~1e-5 (measured 2026-11-30; `tests/test_image_encoder.py` pins the agreement).
 The network was designed for this runtime (the "Lite" in its name).
 
-The converted flatbuffer is cached on disk next to the weights it was made from, its file name keyed
-by a hash of those weights and the TensorFlow version, and written atomically; converting takes
-~20 s, once. Other backends (JAX on the GPU machine) keep the Keras model: `available()` says
+The converted flatbuffer is cached on disk (`lite_path`), its file name keyed by a hash of the
+weights it was made from, the TensorFlow version and the encoder's version, and written atomically;
+converting takes ~20 s, once. Other backends (JAX on the GPU machine) keep the Keras model: `available()` says
 whether this runtime can be used.
 """
 
@@ -45,8 +45,13 @@ def available() -> bool:
         return False
 
 
-def use_lite(runtime: str) -> bool:
-    """Whether `runtime` (one of RUNTIMES) means TFLite here; "tflite" where it is unavailable fails."""
+def use_lite(runtime: str | None = None) -> bool:
+    """Whether `runtime` (one of RUNTIMES; None: `Settings.encoder_runtime`) means TFLite here;
+    "tflite" where it is unavailable fails."""
+    if runtime is None:
+        from ml.config import Settings
+
+        runtime = Settings.from_env().encoder_runtime
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown encoder runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     if runtime == "keras":

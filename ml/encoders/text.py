@@ -111,8 +111,7 @@ class TextEncoder:
         from . import lite
 
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
-        settings = Settings.from_env()
-        self.runtime = "tflite" if lite.use_lite(runtime or settings.encoder_runtime) else "keras"
+        self.runtime = "tflite" if lite.use_lite(runtime) else "keras"
         # measured (2-core box, texts sorted by length, 2018 reviews / synthetic ones): TFLite is
         # fastest at 8-16 rows, Keras at 16-64
         batch_size = batch_size if batch_size is not None else (16 if self.runtime == "tflite" else 64)
@@ -142,7 +141,7 @@ class TextEncoder:
             # keyed by the weights and by `version` (bumped when the pooling graph changes)
             path = lite.lite_path(
                 self.model_dir / "model.safetensors",
-                settings.cache_dir / "weights",
+                Settings.from_env().cache_dir / "weights",
                 f"{self.name}-v{self.version}",
             )
             self._runner = lite.LiteModel(lite.cached_flatbuffer(path, self.keras_model))
