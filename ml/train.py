@@ -8,6 +8,7 @@ artifact is then written once (`ml.artifact.Artifact.write`: atomic, the manifes
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -57,7 +58,9 @@ class TrainConfig:
     """Hyper-parameters; every field is recorded in the manifest."""
 
     epochs: int = 40
-    batch_size: int = 256
+    # Rows per step; 0: chosen by the number of training rows (`step_plan`), with the learning rate
+    # (given for BASE_BATCH rows) scaled to it. A set size is used as it is, with learning_rate as given.
+    batch_size: int = 0
     learning_rate: float = 1e-3
     negatives: int = 8
     val_fraction: float = 0.3  # share of customers whose latest training rating validates
@@ -229,6 +232,27 @@ def build_training_rows(
     return TrainingRows(inputs, targets, is_val[order])
 
 
+BASE_BATCH = 256  # rows per step of a small data set (and what TrainConfig.learning_rate is for)
+MAX_BATCH = 1024
+MAX_STEPS = 256  # an automatic batch grows (powers of two, up to MAX_BATCH) while an epoch has more steps
+
+
+def step_plan(config: TrainConfig, n_rows: int) -> tuple[int, float]:
+    """(batch size, learning rate) for `n_rows` training rows.
+
+    A step's cost on the CPU is mostly fixed, not per row (hundreds of small ops: 20 ms for 256 rows,
+    37 ms for 1,024 on this 2-core machine, 10k-product world), so a large data set trains in larger
+    batches: an epoch of 263k rows took 21 s at 256 and 9.6 s at 1,024. Adam's step size grows with
+    the square root of the batch (Hoffer et al. 2017; Malladi et al. 2022), keeping the update noise
+    about the same. Small data sets (the demo world, the tests) keep 256 rows and the given rate."""
+    if config.batch_size > 0:
+        return config.batch_size, config.learning_rate
+    batch = BASE_BATCH
+    while batch < MAX_BATCH and n_rows > batch * MAX_STEPS:
+        batch *= 2
+    return batch, config.learning_rate * math.sqrt(batch / BASE_BATCH)
+
+
 def _take(d: dict, rows) -> dict:
     """Each array's `rows` (a mask copies; a slice is a view)."""
     return {k: v[rows] for k, v in d.items()}
@@ -250,24 +274,19 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
         **{name: getattr(config, name) for name in ARCHITECTURE_FIELDS},
     )
     model = build_model(spec, seed=config.seed)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate), loss={"rating": masked_mse, "pick": pick_bce}
-    )
     n_train = int((~rows.is_val).sum())
     if rows.is_val[:n_train].any():
         raise ValueError("training rows must come before validation rows (build_training_rows)")
+    batch, rate = step_plan(config, n_train)
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss={"rating": masked_mse, "pick": pick_bce})
     has_val = n_train < len(rows.is_val)
     callbacks = [BestPerHead(config.patience, config.min_delta)] if has_val else []
     if report is not None:
         callbacks.append(EpochReport(report, config.epochs))
     train, val = slice(0, n_train), slice(n_train, None)  # views: no copy of the rows
-    batches = RowBatches(
-        _take(rows.inputs, train), _take(rows.targets, train), config.batch_size, True, config.seed
-    )
+    batches = RowBatches(_take(rows.inputs, train), _take(rows.targets, train), batch, True, config.seed)
     val_batches = (
-        RowBatches(_take(rows.inputs, val), _take(rows.targets, val), config.batch_size, False)
-        if has_val
-        else None
+        RowBatches(_take(rows.inputs, val), _take(rows.targets, val), batch, False) if has_val else None
     )
     history = model.fit(
         batches,
@@ -532,6 +551,8 @@ def fit_artifact(
     model, spec, hist = fit_model(tables, rows, config, report)
     report({"stage": "finish"})  # validation metrics, rating weight, retriever, writing
     metrics = _validation_metrics(model, rows, len(hist.get("loss", [])))
+    steps = step_plan(config, int((~rows.is_val).sum()))
+    metrics.update(batch_size=steps[0], learning_rate=steps[1])  # what fit_model trained with
     del rows  # the largest arrays of training (10k-product world: ~640 MB), not needed from here
     manifest = _manifest(out_dir.name, dataset, train, r, emb, image_report, config, split, spec, metrics)
     if feedback is not None:

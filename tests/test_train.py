@@ -13,7 +13,7 @@ from ml.data import load_dataset
 from ml.ranking import choose_ranking
 from ml.recommender import Recommender
 from ml.split import split_reviews
-from ml.train import TrainConfig, train_model
+from ml.train import BASE_BATCH, MAX_BATCH, MAX_STEPS, TrainConfig, step_plan, train_model
 
 pytestmark = pytest.mark.slow
 FAST = TrainConfig(epochs=3, verbose=0, progress=False)
@@ -58,6 +58,9 @@ def test_artifact_has_manifest_and_files(artifact, world_dir):
     assert manifest["encoders"]["image"].startswith("efficientnet-lite0")
     assert manifest["split"] == "last"
     assert 1 <= manifest["metrics"]["epochs_run"] <= 3
+    # a few thousand rows: the base batch and the configured learning rate, recorded
+    assert manifest["metrics"]["batch_size"] == BASE_BATCH
+    assert manifest["metrics"]["learning_rate"] == FAST.learning_rate
     # validation error: below the spread of the ratings (what predicting their mean would score)
     # and consistent with the MAE (MAE <= RMSE <= sqrt(4 * MAE) for errors of at most 4 stars)
     ratings = load_dataset(world_dir).reviews["rating"].to_numpy(np.float64)
@@ -248,3 +251,16 @@ def test_fit_lets_go_of_the_training_rows():
     gc.collect()
     assert model is not None
     assert [r for r in alive if r() is not None] == []
+
+
+def test_step_plan_grows_the_batch_with_the_rows_and_scales_the_rate():
+    auto = TrainConfig(learning_rate=1e-3)
+    assert step_plan(auto, BASE_BATCH * MAX_STEPS) == (BASE_BATCH, 1e-3)  # exactly MAX_STEPS steps
+    batch, rate = step_plan(auto, BASE_BATCH * MAX_STEPS + 1)
+    assert batch == 2 * BASE_BATCH and rate == pytest.approx(1e-3 * np.sqrt(2))
+    batch, rate = step_plan(auto, 263_000)  # the 10k-product world's training rows
+    assert -(-263_000 // batch) <= MAX_STEPS or batch == MAX_BATCH
+    assert batch == 1024 and rate == pytest.approx(2e-3)
+    assert step_plan(auto, 10**9)[0] == MAX_BATCH
+    # a batch size that is set is used as it is, with the rate as given
+    assert step_plan(TrainConfig(batch_size=64, learning_rate=5e-4), 10**9) == (64, 5e-4)
