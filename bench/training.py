@@ -8,8 +8,9 @@ subprocess against a fresh cache folder:
 - cold: every photo fetched over HTTP, every image and text embedded;
 - warm: the same command again (photos and embeddings cached).
 Each run reports wall time, peak RSS of the training process (`wait4` rusage), the stage breakdown
-from the manifest (`stages_s`: load, fetch, embed_images, embed_texts, fit) and the image
-embedding rate (images encoded / embed_images seconds). Table to stdout, JSON to
+from the manifest (`stages_s`: load, fetch, embed_images, embed_texts, fit, and the fit's parts:
+rows, network, validation, ranking, retriever) and the image embedding rate (images encoded /
+embed_images seconds). Table to stdout, JSON to
 var/bench/training.json. The load average before and after is recorded: on a shared machine the
 figures are only as good as the idle cores.
 """
@@ -130,8 +131,10 @@ def run(sizes: list[int]) -> dict:
 def table(results: dict) -> str:
     cols = ("load", "fetch", "embed_images", "embed_texts", "fit")
     lines = [
-        "| products | reviews | run | wall s | peak RSS MB | " + " | ".join(cols) + " | images/s |",
-        "|---" * (6 + len(cols)) + "|",
+        "| products | reviews | run | wall s | peak RSS MB | "
+        + " | ".join(cols)
+        + " | fit parts | images/s |",
+        "|---" * (7 + len(cols)) + "|",
     ]
     for n, row in results["sizes"].items():
         for phase in ("cold", "warm"):
@@ -140,6 +143,8 @@ def table(results: dict) -> str:
             lines.append(
                 f"| {n} | {row['n_reviews']} | {phase} | {r['wall_s']} | {r['peak_rss_mb']:.0f} | "
                 + " | ".join(str(st.get(c, "")) for c in cols)
+                + " | "
+                + ", ".join(f"{k} {v}" for k, v in st.get("fit_parts", {}).items())
                 + f" | {r['image_embed_per_s'] or '-'} |"
             )
     lines.append(

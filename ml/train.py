@@ -543,16 +543,20 @@ def fit_artifact(
         (embeddings, {}) if embeddings is not None else _embed(products, train, config, settings, stages)
     )
     fit_started = time.time()
+    parts = _Clock()  # the fit stage's parts, for the manifest (stages_s.fit_parts)
     # the raw vectors of embeddings the encoders made here are let go once reduced
     tables, rows, val_rows, last, fit_tables = _tables_and_rows(
         r, emb, train, config, drop_raw=embeddings is None
     )
+    parts.lap("rows")
     report({"stage": "fit", "epoch": 0, "epochs": config.epochs})
     model, spec, hist = fit_model(tables, rows, config, report)
+    parts.lap("network")
     report({"stage": "finish"})  # validation metrics, rating weight, retriever, writing
     metrics = _validation_metrics(model, rows, len(hist.get("loss", [])))
     steps = step_plan(config, int((~rows.is_val).sum()))
     metrics.update(batch_size=steps[0], learning_rate=steps[1])  # what fit_model trained with
+    parts.lap("validation")
     del rows  # the largest arrays of training (10k-product world: ~640 MB), not needed from here
     manifest = _manifest(out_dir.name, dataset, train, r, emb, image_report, config, split, spec, metrics)
     if feedback is not None:
@@ -567,15 +571,31 @@ def fit_artifact(
         fit_rec, r.u[fit], r.i[fit], r.u[last], r.i[last], unseen=val_rows[last], seed=config.seed
     )
     del fit_rec, fit_tables
+    parts.lap("ranking")
     if wants_retriever(config, len(products), settings):
         cfg = retrieval or RetrievalConfig(seed=config.seed)
         artifact.retriever = build_retriever(model, tables, teacher_from_recommender(rec), cfg)
         manifest["retrieval"] = artifact.retriever.meta
+        parts.lap("retriever")
     manifest["training_seconds"] = round(time.time() - started, 1)
-    manifest["stages_s"] = {**stages, "fit": round(time.time() - fit_started, 1)}
+    # "fit": everything after embedding (with the write below, which is not timed into it)
+    manifest["stages_s"] = {**stages, "fit": round(time.time() - fit_started, 1), "fit_parts": parts.laps}
     artifact.write(out_dir)
     log.info("model written to %s (%.1fs)", out_dir, manifest["training_seconds"])
     return manifest
+
+
+class _Clock:
+    """Seconds between successive `lap`s, by name."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.time()
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.laps[name] = round(now - self._t, 1)
+        self._t = now
 
 
 def wants_retriever(config: TrainConfig, n_products: int, settings: Settings) -> bool:
