@@ -141,6 +141,23 @@ def _last_rows(u: np.ndarray, recency: np.ndarray | None, rng, fraction: float) 
 ROWS_CHUNK = 32_768  # training rows whose features are built at once (build_training_rows)
 
 
+@dataclass
+class _LeftOut:
+    """One side's left-out training review for every training row, by position: row k leaves out
+    review `review[k]` times `active[k]` (0: nothing). `take` gathers a chunk's `Exclusion`, so the
+    review vectors are never copied for all rows at once (they were: ~270 MB on a 10k-product world,
+    at the peak of training's memory)."""
+
+    review: np.ndarray  # (rows,) int64
+    active: np.ndarray  # (rows,) float32 0/1
+    is_rated: np.ndarray | None = None
+
+    def take(self, rows, rating: np.ndarray, review_vecs: np.ndarray, has_text: np.ndarray) -> Exclusion:
+        idx, a = self.review[rows], self.active[rows]
+        is_rated = None if self.is_rated is None else self.is_rated[rows]
+        return Exclusion(a, rating[idx] * a, review_vecs[idx] * a[:, None], has_text[idx] * a, is_rated)
+
+
 def build_training_rows(
     tables: FeatureTables,
     u: np.ndarray,
@@ -163,7 +180,6 @@ def build_training_rows(
     n = len(u)
     ht = has_text.astype(np.float32)
     r = rating.astype(np.float32)
-    pos_ex = Exclusion(np.ones(n, np.float32), r, review_vecs, ht)
 
     src, nu, ni = _sample_negatives(u, i, tables.n_products, config.negatives, rng)
     order = np.argsort(i, kind="stable")
@@ -171,29 +187,19 @@ def build_training_rows(
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     c = counts[ni]
     pick = order[np.minimum(starts[ni] + (rng.random(len(ni)) * c).astype(np.int64), max(n - 1, 0))]
-    active = (c > 0).astype(np.float32)
-    neg_prod_ex = Exclusion(active, r[pick] * active, review_vecs[pick] * active[:, None], ht[pick] * active)
-    neg_cust_ex = Exclusion(pos_ex.active[src], r[src], review_vecs[src], ht[src])
-
-    def cat(a, b):
-        return Exclusion(
-            *(
-                np.concatenate([x, y])
-                for x, y in zip(
-                    (a.active, a.rating, a.review_vec, a.has_text),
-                    (b.active, b.rating, b.review_vec, b.has_text),
-                )
-            )
-        )
-
-    cust_ex = cat(pos_ex, neg_cust_ex)
+    # Which review each row leaves out of each side, as positions (no copy of any review vector):
+    # a positive its own on both sides; a negative its source's on the customer side and `pick` (a
+    # review of its product, none when the product has no review) on the product side.
+    cust_ex = _LeftOut(np.concatenate([np.arange(n), src]), np.ones(n + len(src), np.float32))
     cust_ex.is_rated = np.concatenate([np.ones(n, np.float32), np.zeros(len(nu), np.float32)])
+    prod_ex = _LeftOut(
+        np.concatenate([np.arange(n), pick]), np.concatenate([np.ones(n), c > 0]).astype(np.float32)
+    )
+    reviews = (r, review_vecs, ht)
 
     all_u = np.concatenate([u, nu])
     all_i = np.concatenate([i, ni])
     cust_ex_item = np.concatenate([i, i[src]])
-    prod_ex = cat(pos_ex, neg_prod_ex)
-    del pos_ex, neg_prod_ex, neg_cust_ex
     priors = {}
     if loo_prior is not None:
         loo_u, loo_i = (np.asarray(x, np.float32) for x in loo_prior)
@@ -220,8 +226,8 @@ def build_training_rows(
             tables,
             all_u[rows],
             all_i[rows],
-            cust_ex=cust_ex.take(rows),
-            prod_ex=prod_ex.take(rows),
+            cust_ex=cust_ex.take(rows, *reviews),
+            prod_ex=prod_ex.take(rows, *reviews),
             cust_ex_item=cust_ex_item[rows],
             **{k: v[rows] for k, v in priors.items()},
         )
