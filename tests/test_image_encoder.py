@@ -238,6 +238,20 @@ def test_tflite_runtime_matches_keras(encoder, photos, outputs):
     np.testing.assert_allclose(encoder.encode(paths[3:8]), feats[3:8], rtol=1e-4, atol=1e-4)
 
 
+def test_a_cached_tflite_file_needs_no_keras_network(encoder, photos, outputs):
+    """With its TFLite file cached, an encoder neither builds nor loads the Keras network (1.8 s of
+    every training run's start here); asking for `model` builds it then, with the same weights."""
+    from ml.encoders.image import ImageEncoder
+
+    paths, _ = photos
+    again = ImageEncoder(weights_path=encoder.weights_path, runtime="tflite")
+    assert again.runtime == "tflite" and again._model is None
+    np.testing.assert_allclose(again.encode(paths[:4]), outputs[0][:4], rtol=1e-4, atol=1e-4)
+    assert again._model is None
+    feats = np.asarray(again.model.predict_on_batch(again._load_batch(paths[:4]))[0])
+    np.testing.assert_allclose(feats, outputs[0][:4], rtol=1e-4, atol=1e-4)
+
+
 def test_tflite_conversion_is_cached_atomically(tmp_path):
     """A network converted once: the flatbuffer is written whole under its final name, read back
     without building the Keras model again, and computes what the Keras model computes."""

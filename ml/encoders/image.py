@@ -190,21 +190,32 @@ class ImageEncoder:
         self.batch_size = int(batch_size)
         self.loader_threads = max(0, int(loader_threads))
         self.random_init = bool(random_init)
-        self._model = effnet.build_efficientnet_lite0()
+        self._model = None  # the Keras network, built on first use (`model`)
         if self.random_init:
             self.name = f"{type(self).name}-random{seed}"
             self.weights_path: Path | None = None
+            self._model = effnet.build_efficientnet_lite0()
             _random_weights(self._model, seed)
         else:
             self.weights_path = Path(weights_path) if weights_path else default_weights_path()
-            self._load_weights()
-        self._runner = self._model
+            if not self.weights_path.exists():
+                convert_weights(self.weights_path)
         self.runtime = "keras"
         if self.weights_path is not None and lite.use_lite(runtime):
-            stem = f"{self.weights_path.name.removesuffix('.weights.h5')}-v{self.version}"
-            path = lite.lite_path(self.weights_path, stem=stem)  # the network's version keys it too
-            self._runner = lite.LiteModel(lite.cached_flatbuffer(path, lambda: self._model))
+            path = self._lite_path()
+            if not path.is_file():  # converting: load the weights first, so that an unreadable
+                _ = self.model  # file is converted again before its bytes name the TFLite file
+                path = self._lite_path()
+            self._runner = lite.LiteModel(lite.cached_flatbuffer(path, lambda: self.model))
             self.runtime = "tflite"
+        else:
+            self._runner = self.model
+
+    def _lite_path(self) -> Path:
+        """The TFLite file for these weights and this network's version."""
+        assert self.weights_path is not None
+        stem = f"{self.weights_path.name.removesuffix('.weights.h5')}-v{self.version}"
+        return lite.lite_path(self.weights_path, stem=stem)
 
     @classmethod
     def random(cls, seed: int = 0, batch_size: int = 32) -> ImageEncoder:
@@ -224,7 +235,11 @@ class ImageEncoder:
 
     @property
     def model(self):
-        """The Keras model: normalised (n, 224, 224, 3) -> [features (n, 1280), logits (n, 1000)]."""
+        """The Keras model: normalised (n, 224, 224, 3) -> [features (n, 1280), logits (n, 1000)];
+        built and loaded on first use (the TFLite runtime with its file cached never needs it)."""
+        if self._model is None:
+            self._model = effnet.build_efficientnet_lite0()
+            self._load_weights()
         return self._model
 
     def _load_batch(self, chunk: Sequence[ImageInput]) -> np.ndarray:
