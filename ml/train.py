@@ -251,6 +251,8 @@ def step_plan(config: TrainConfig, n_rows: int) -> tuple[int, float]:
     batches: an epoch of 263k rows took 21 s at 256 and 9.6 s at 1,024. Adam's step size grows with
     the square root of the batch (Hoffer et al. 2017; Malladi et al. 2022), keeping the update noise
     about the same. Small data sets (the demo world, the tests) keep 256 rows and the given rate."""
+    if config.batch_size < 0:
+        raise ValueError(f"batch_size must be 0 (automatic) or positive, got {config.batch_size}")
     if config.batch_size > 0:
         return config.batch_size, config.learning_rate
     batch = BASE_BATCH
@@ -533,7 +535,9 @@ def fit_artifact(
     encoders (the catalog benchmark generates content vectors for a million products).
     `retrieval`: two-tower/index settings, when the retriever is built (`TrainConfig.retriever`).
     `timings`: seconds of stages before this call (`load`), recorded with fetch, embed_images,
-    embed_texts and fit (everything after embedding) in the manifest's `stages_s`.
+    embed_texts and fit (everything after embedding but the write) in the manifest's `stages_s`,
+    with the fit's parts in `stages_s.fit_parts` (rows, network, validation, ranking; retriever
+    when one is built).
     `report`: told each stage as it starts ({"stage": "embed" | "fit" | "finish"}) and each epoch.
     `feedback`: what live feedback `train` holds (ml.feedback.merge_into's report), for the manifest:
     a worker replays the feedback stream after its `last_id`."""
@@ -560,8 +564,9 @@ def fit_artifact(
     parts.lap("network")
     report({"stage": "finish"})  # validation metrics, rating weight, retriever, writing
     metrics = _validation_metrics(model, rows, len(hist.get("loss", [])))
+    # fit_model's batch and rate: step_plan is a function of the config and the training rows alone
     steps = step_plan(config, int((~rows.is_val).sum()))
-    metrics.update(batch_size=steps[0], learning_rate=steps[1])  # what fit_model trained with
+    metrics.update(batch_size=steps[0], learning_rate=steps[1])
     parts.lap("validation")
     del rows  # the largest arrays of training (10k-product world: ~640 MB), not needed from here
     manifest = _manifest(out_dir.name, dataset, train, r, emb, image_report, config, split, spec, metrics)
@@ -584,7 +589,7 @@ def fit_artifact(
         manifest["retrieval"] = artifact.retriever.meta
         parts.lap("retriever")
     manifest["training_seconds"] = round(time.time() - started, 1)
-    # "fit": everything after embedding (with the write below, which is not timed into it)
+    # "fit": everything after embedding except the artifact's write below
     manifest["stages_s"] = {**stages, "fit": round(time.time() - fit_started, 1), "fit_parts": parts.laps}
     artifact.write(out_dir)
     log.info("model written to %s (%.1fs)", out_dir, manifest["training_seconds"])

@@ -238,11 +238,13 @@ def test_tflite_runtime_matches_keras(encoder, photos, outputs):
     np.testing.assert_allclose(encoder.encode(paths[3:8]), feats[3:8], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_cached_tflite_file_needs_no_keras_network(encoder, photos, outputs):
     """With its TFLite file cached, an encoder neither builds nor loads the Keras network (1.8 s of
     every training run's start here); asking for `model` builds it then, with the same weights."""
     from ml.encoders.image import ImageEncoder
 
+    assert encoder.runtime == "tflite"  # the fixture's encoder converted (and cached) the file
     paths, _ = photos
     again = ImageEncoder(weights_path=encoder.weights_path, runtime="tflite")
     assert again.runtime == "tflite" and again._model is None

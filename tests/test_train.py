@@ -258,9 +258,48 @@ def test_step_plan_grows_the_batch_with_the_rows_and_scales_the_rate():
     assert step_plan(auto, BASE_BATCH * MAX_STEPS) == (BASE_BATCH, 1e-3)  # exactly MAX_STEPS steps
     batch, rate = step_plan(auto, BASE_BATCH * MAX_STEPS + 1)
     assert batch == 2 * BASE_BATCH and rate == pytest.approx(1e-3 * np.sqrt(2))
-    batch, rate = step_plan(auto, 263_000)  # the 10k-product world's training rows
-    assert -(-263_000 // batch) <= MAX_STEPS or batch == MAX_BATCH
-    assert batch == 1024 and rate == pytest.approx(2e-3)
+    batch, rate = step_plan(auto, 100_000)  # 391 steps of 256, 196 of 512
+    assert batch == 512 and rate == pytest.approx(1e-3 * np.sqrt(2))
+    batch, rate = step_plan(auto, 263_000)  # the 10k-product world's training rows: the cap
+    assert batch == MAX_BATCH == 1024 and rate == pytest.approx(2e-3)
     assert step_plan(auto, 10**9)[0] == MAX_BATCH
     # a batch size that is set is used as it is, with the rate as given
     assert step_plan(TrainConfig(batch_size=64, learning_rate=5e-4), 10**9) == (64, 5e-4)
+    with pytest.raises(ValueError, match="batch_size"):
+        step_plan(TrainConfig(batch_size=-1), 100)
+
+
+@pytest.mark.parametrize("text_dim", [0, 3])
+def test_left_out_reviews_gathered_by_position_equal_whole_copies(text_dim):
+    """`ml.train._LeftOut` gathers a chunk's left-out reviews from positions; what it gives equals
+    the Exclusion built from whole per-row copies (how build_training_rows made it before): a
+    positive leaves out its own review; a negative its source's on the customer side and `pick`'s on
+    the product side, times 0 when the product has no review. Also with no review text (0 columns)."""
+    from ml.features import Exclusion
+    from ml.train import _LeftOut
+
+    rng = np.random.default_rng(0)
+    n, m = 6, 9  # positives, negatives
+    r = rng.integers(1, 6, n).astype(np.float32)
+    vecs = rng.normal(size=(n, text_dim)).astype(np.float32)
+    ht = (rng.random(n) < 0.5).astype(np.float32)
+    src, pick = rng.integers(0, n, m), rng.integers(0, n, m)
+    active = np.array([1, 0, 1, 1, 0, 1, 1, 1, 0], np.float32)  # 0: the product has no review
+    whole_cust = Exclusion(
+        np.ones(n + m, np.float32), np.concatenate([r, r[src]]), np.concatenate([vecs, vecs[src]]),
+        np.concatenate([ht, ht[src]]),
+    )  # fmt: skip
+    whole_prod = Exclusion(
+        np.concatenate([np.ones(n, np.float32), active]), np.concatenate([r, r[pick] * active]),
+        np.concatenate([vecs, vecs[pick] * active[:, None]]), np.concatenate([ht, ht[pick] * active]),
+    )  # fmt: skip
+    cust = _LeftOut(np.concatenate([np.arange(n), src]), np.ones(n + m, np.float32))
+    prod = _LeftOut(
+        np.concatenate([np.arange(n), pick]), np.concatenate([np.ones(n), active]).astype(np.float32)
+    )
+    rows = rng.permutation(n + m)[:10]
+    for lazy, whole in ((cust, whole_cust), (prod, whole_prod)):
+        got, want = lazy.take(rows, r, vecs, ht), whole.take(rows)
+        for field in ("active", "rating", "review_vec", "has_text"):
+            a, b = getattr(got, field), getattr(want, field)
+            assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), field

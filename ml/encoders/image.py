@@ -221,25 +221,26 @@ class ImageEncoder:
     def random(cls, seed: int = 0, batch_size: int = 32) -> ImageEncoder:
         return cls(batch_size=batch_size, random_init=True, seed=seed)
 
-    def _load_weights(self) -> None:
+    def _load_weights(self, model) -> None:
         path = self.weights_path
         assert path is not None
         if not path.exists():
             convert_weights(path)
         try:
-            self._model.load_weights(str(path))
+            model.load_weights(str(path))
         except Exception as exc:  # noqa: BLE001 - a stale or foreign file: rebuild it once
             log.warning("weights file %s unreadable (%s); converting again", path, exc)
             convert_weights(path)
-            self._model.load_weights(str(path))
+            model.load_weights(str(path))
 
     @property
     def model(self):
         """The Keras model: normalised (n, 224, 224, 3) -> [features (n, 1280), logits (n, 1000)];
         built and loaded on first use (the TFLite runtime with its file cached never needs it)."""
         if self._model is None:
-            self._model = effnet.build_efficientnet_lite0()
-            self._load_weights()
+            model = effnet.build_efficientnet_lite0()
+            self._load_weights(model)
+            self._model = model  # kept only once loaded: a failed load leaves no half-made network
         return self._model
 
     def _load_batch(self, chunk: Sequence[ImageInput]) -> np.ndarray:
