@@ -127,6 +127,24 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(idx, order, axis=1)
 
 
+# `ranking_metrics` counts the positions of the relevant items instead of sorting when a chunk's
+# customers have at most this many relevant items on average (each costs one pass over the row)
+RANK_PATH_MAX_RELEVANT = 4
+
+
+def relevant_ranks(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The position (0 = best) of item cols[j] in row rows[j] of `scores` in `top_k`'s order: the
+    items scoring higher plus the equal ones with a lower index (NaN counts as -inf, as there)."""
+    s = np.where(np.isnan(scores), -np.inf, scores)
+    if len(rows) == len(s) and np.array_equal(rows, np.arange(len(s))):
+        row_s = s  # one item per row (the common case): no copy of the rows
+    else:
+        row_s = s[rows]
+    target = row_s[np.arange(len(rows)), cols][:, None]
+    lower_index = np.arange(s.shape[1])[None, :] < cols[:, None]
+    return (row_s > target).sum(axis=1) + ((row_s == target) & lower_index).sum(axis=1)
+
+
 def ranking_metrics(
     score_fn: Callable[[np.ndarray], np.ndarray],
     customer_idx: np.ndarray,
@@ -196,6 +214,16 @@ def ranking_metrics(
         excluded[e_rows[ok], e_cols[ok]] = True
 
         scores, rel, excluded, n_rel = scores[keep], rel[keep], excluded[keep], n_rel[keep]
+        if n_rel.sum() <= RANK_PATH_MAX_RELEVANT * len(n_rel):
+            # few relevant items per customer (leave-last-out: one): their positions in top_k's order
+            # are counted directly, which gives the same hits as sorting (and is ~10x cheaper)
+            rows, cols = np.nonzero(rel)
+            rank = relevant_ranks(scores, rows, cols)
+            hit = (rank < kk) & ~excluded[rows, cols]
+            gain = np.where(hit, discounts[np.minimum(rank, kk - 1)], 0.0)
+            recalls.append(np.bincount(rows, hit, len(n_rel)) / n_rel)
+            ndcgs.append(np.bincount(rows, gain, len(n_rel)) / ideal_cum[np.minimum(n_rel, kk)])
+            continue
         top = top_k(scores, kk)
         hits = np.take_along_axis(rel, top, axis=1) & ~np.take_along_axis(excluded, top, axis=1)
         recalls.append(hits.sum(axis=1) / n_rel)

@@ -112,6 +112,43 @@ def test_chunking_and_csr_give_same_result():
     )
 
 
+@pytest.mark.parametrize("max_relevant", [1, 3, 6])
+def test_counted_ranks_equal_the_sorted_top_k(monkeypatch, max_relevant):
+    """The rank-counting path gives every customer exactly what sorting gives: ties by index, NaN
+    scores, -inf scores, excluded relevant items, k past the catalog, customers without relevance."""
+    import ml.metrics as metrics
+
+    rng = np.random.default_rng(max_relevant)
+    n_c, n_i = 300, 40
+    s = rng.integers(0, 6, size=(n_c, n_i)).astype(float)  # few values: many ties
+    s[rng.random(s.shape) < 0.05] = np.nan
+    s[rng.random(s.shape) < 0.05] = -np.inf
+    customers = np.arange(n_c)
+    rel = [rng.choice(n_i, size=rng.integers(0, max_relevant + 1), replace=False) for _ in customers]
+    excl = [
+        np.union1d(rng.choice(n_i, 5), r[:1] if c % 7 == 0 else []).astype(int) for c, r in enumerate(rel)
+    ]
+    for k in (1, 5, 10, 60):
+        monkeypatch.setattr(metrics, "RANK_PATH_MAX_RELEVANT", 0)  # always sort
+        ref = ranking_metrics(scorer(s), customers, excl, rel, n_items=n_i, k=k, chunk=64, per_customer=True)
+        monkeypatch.setattr(metrics, "RANK_PATH_MAX_RELEVANT", 10**6)  # always count
+        got = ranking_metrics(scorer(s), customers, excl, rel, n_items=n_i, k=k, chunk=64, per_customer=True)
+        for key in ref:
+            np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=1e-12)
+        assert ref[f"ndcg@{k}"].max() > 0 and ref[f"ndcg@{k}"].min() == 0  # hits and misses both seen
+
+
+def test_relevant_ranks_are_positions_in_top_k():
+    from ml.metrics import relevant_ranks
+
+    s = np.array([[1.0, 2.0, 2.0, np.nan, 2.0, -np.inf], [0.0, 0.0, 0.0, 1.0, np.nan, 0.0]])
+    order = top_k(s, 6)
+    rows, cols = np.repeat([0, 1], 6), np.tile(np.arange(6), 2)
+    expected = np.array([np.flatnonzero(order[r] == c)[0] for r, c in zip(rows, cols)])
+    assert relevant_ranks(s, rows, cols).tolist() == expected.tolist()
+    assert relevant_ranks(s, np.array([0, 1]), np.array([4, 3])).tolist() == [2, 0]
+
+
 def test_misaligned_lists_rejected():
     with pytest.raises(ValueError):
         ranking_metrics(scorer([[1, 2]]), np.array([0]), None, [], n_items=2)
