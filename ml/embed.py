@@ -68,25 +68,31 @@ class Embeddings:
 
 
 @functools.cache
-def shared_encoder(cls):
-    """One instance of an encoder class per process, built on first use and kept: building one loads
-    a network (MiniLM and EfficientNet-Lite0 together ~6 s on this 2-core machine), and a process that
-    trains more than once (a training worker, the test session: ~10 trainings) paid it every time,
-    even on a warm cache, for the few rows the cache check re-encodes."""
-    return cls()
+def shared_encoder(cls, version: str | None = None):
+    """One instance of an encoder class (per version, for an encoder whose version follows the
+    settings) per process, built on first use and kept: building one loads a network (MiniLM and
+    EfficientNet-Lite0 together ~6 s on this 2-core machine), and a process that trains more than
+    once (a training worker, the test session: ~10 trainings) paid it every time, even on a warm
+    cache, for the few rows the cache check re-encodes."""
+    enc = cls()
+    if version is not None and enc.version != version:  # the settings changed in between
+        raise RuntimeError(f"{cls.__name__} built as version {enc.version!r}, expected {version!r}")
+    return enc
 
 
 class _LazyEncoder:
     """An encoder built on its first `encode` call: with everything cached (a warm run, cache check
     off), the networks are never loaded. `name`, `version`, `dim` (what keys the cache) come from
-    the class."""
+    the class (`cache_version()` when it has one: the version the settings give)."""
 
     def __init__(self, cls):
         self._cls = cls
-        self.name, self.version, self.dim = cls.name, cls.version, int(cls.dim)
+        # an encoder whose vectors depend on settings (the text encoder's precision) says so
+        version = cls.cache_version() if hasattr(cls, "cache_version") else cls.version
+        self.name, self.version, self.dim = cls.name, version, int(cls.dim)
 
     def encode(self, items):
-        return shared_encoder(self._cls).encode(items)
+        return shared_encoder(self._cls, self.version).encode(items)
 
 
 def _image_key(ref: str) -> str:

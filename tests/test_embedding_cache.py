@@ -407,3 +407,51 @@ def test_embed_dataset_does_not_serve_rows_stored_under_the_wrong_text(tmp_path,
     for k, t in enumerate(rtexts):
         np.testing.assert_array_equal(emb.review_text[k], tenc.vector(t))
     assert emb.stats["texts"]["cache_corrupt"] is True and emb.stats["texts"]["encoded"] == 5
+
+
+class PrecisionTextEncoder(FakeEncoder):
+    """A text encoder whose vectors depend on a setting, as TextEncoder's on RECSYS_TEXT_PRECISION."""
+
+    name, version, dim = "fake-text", "1", 5
+    instances: list = []
+
+    @classmethod
+    def cache_version(cls) -> str:
+        import os
+
+        precision = os.environ.get("RECSYS_TEXT_PRECISION", "int8")
+        return cls.version if precision == "float32" else f"{cls.version}-{precision}"
+
+    def __init__(self):
+        super().__init__(name="fake-text", version=self.cache_version(), dim=5)
+        PrecisionTextEncoder.instances.append(self)
+
+
+def test_text_vectors_of_two_precisions_are_cached_apart(tmp_path, monkeypatch):
+    """Switching RECSYS_TEXT_PRECISION never serves the other precision's cached vectors: each has
+    its own cache folder, manifest name and encoder instance (ml.embed.shared_encoder per version)."""
+    import ml.encoders.text
+    from ml.embed import embed_dataset, shared_encoder
+
+    monkeypatch.setattr(ml.encoders.text, "TextEncoder", PrecisionTextEncoder)
+    PrecisionTextEncoder.instances = []
+    shared_encoder.cache_clear()
+    try:
+        products, reviews = _frames(["", ""], ["red dress", "hat"], ["Great fit."])
+        runs = {}
+        for precision in ("float32", "int8", "float32"):
+            monkeypatch.setenv("RECSYS_TEXT_PRECISION", precision)
+            emb = embed_dataset(products, reviews, tmp_path / "cache", progress=False, verify_sample=0)
+            runs.setdefault(precision, []).append(emb)
+    finally:
+        shared_encoder.cache_clear()
+    assert [e.encoders["text"] for e in runs["float32"]] == ["fake-text-1"] * 2
+    assert runs["int8"][0].encoders["text"] == "fake-text-1-int8"
+    assert [enc.version for enc in PrecisionTextEncoder.instances] == ["1", "1-int8"]
+    assert [len(enc.calls) for enc in PrecisionTextEncoder.instances] == [1, 1]  # the rerun: from cache
+    assert not np.allclose(runs["float32"][0].product_text, runs["int8"][0].product_text)
+    np.testing.assert_array_equal(runs["float32"][1].product_text, runs["float32"][0].product_text)
+    assert sorted(p.name for p in (tmp_path / "cache" / "embeddings").iterdir()) == [
+        "fake-text-1",
+        "fake-text-1-int8",
+    ]

@@ -40,11 +40,24 @@ SENTENCES = [
 ]
 
 
+# int8 weights (the default, `Settings.text_precision`) against float32: measured 2026-11-30 on 512
+# real 2018 reviews, cosine min 0.9947, mean 0.9985; on 1,024 synthetic ones min 0.9969.
+MIN_INT8_COSINE = 0.98  # measured min 0.9912 over the 39 texts below (odd strings among them)
+
+
 @pytest.fixture(scope="module")
 def encoder():
+    """The float32 TFLite encoder: the one held to the Keras network and to sentence-transformers."""
     from ml.encoders.text import TextEncoder
 
-    return TextEncoder()
+    return TextEncoder(precision="float32")
+
+
+@pytest.fixture(scope="module")
+def int8_encoder():
+    from ml.encoders.text import TextEncoder
+
+    return TextEncoder(precision="int8")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +72,38 @@ def test_attributes(encoder):
     assert encoder.max_length == 256
     assert encoder.runtime == "tflite"  # the default on the TensorFlow backend (ml.encoders.lite)
     assert encoder.batch_size == 16
+
+
+def test_precision_follows_the_settings_and_keys_the_cache(monkeypatch, encoder, int8_encoder):
+    from ml.encoders.text import TextEncoder
+
+    assert (encoder.precision, encoder.version) == ("float32", TextEncoder.version)
+    assert (int8_encoder.precision, int8_encoder.version) == ("int8", f"{TextEncoder.version}-int8")
+    monkeypatch.setenv("RECSYS_TEXT_PRECISION", "int8")
+    assert TextEncoder.cache_version() == int8_encoder.version
+    monkeypatch.setenv("RECSYS_TEXT_PRECISION", "float32")
+    assert TextEncoder.cache_version() == encoder.version
+    assert TextEncoder.cache_version(runtime="keras", precision="int8") == encoder.version  # Keras: float32
+    monkeypatch.setenv("RECSYS_TEXT_PRECISION", "int4")
+    with pytest.raises(ValueError, match="unknown text precision 'int4'"):
+        TextEncoder.cache_version()
+
+
+def test_int8_weights_give_nearly_the_float32_vectors(encoder, int8_encoder, reference):
+    """Dynamic-range int8 (2.5-3x the texts/s on this CPU): unit vectors close to float32's, the same
+    neighbours, not the same numbers (which is why they are cached under another version)."""
+    texts = reference["texts"] + SENTENCES
+    exact, quantised = encoder.encode(texts), int8_encoder.encode(texts)
+    np.testing.assert_allclose(np.linalg.norm(quantised, axis=1), 1.0, atol=1e-5)
+    cosine = np.sum(exact * quantised, axis=1)
+    print(
+        f"\nint8 vs float32 over {len(texts)} texts: min cosine {cosine.min():.5f}, mean {cosine.mean():.5f}"
+    )
+    assert cosine.min() >= MIN_INT8_COSINE
+    assert np.abs(exact - quantised).max() > 1e-4  # really another network
+    nearest = lambda v: np.argsort(-(v @ v.T), axis=1)[:, 1]  # noqa: E731
+    assert np.mean(nearest(exact) == nearest(quantised)) >= 0.9
+    test_semantic_sanity(int8_encoder)
 
 
 def test_keras_runtime_gives_the_same_vectors(encoder, sentence_vectors, reference):
