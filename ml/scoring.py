@@ -30,14 +30,14 @@ HEADS = ("rating", "pick")  # ml.model.HEADS (not imported: this module needs no
 # BLAS thread costs more than it saves (240 rows: 4.6 vs 0.5 ms on a busy machine); at a 7,642-product
 # catalog two threads halve the pass (11.3 -> 5.6 ms, measured)
 SMALL_PASS_ROWS = 4_096
-# rows per block of a pass: the first layer's activations of a block (rows x 128 floats) stay in the
-# CPU cache between its steps; one pass over a 7,642-product catalog took 18.8 ms as a whole and
-# 11.3 ms in blocks of 1,024 rows (one BLAS thread, measured)
+# rows per block of an aligned pass: the first layer's activations of a block (rows x 128 floats)
+# stay in the CPU cache between its steps; one pass over a 7,642-product catalog took 18.8 ms as a
+# whole and 11.3 ms in blocks of 1,024 rows (one BLAS thread, measured)
 BLOCK_ROWS = 1_024
-# a grid is cut into blocks of at least this many products; a grid of more customers than
-# BLOCK_ROWS / MIN_BLOCK_PRODUCTS runs in one pass (each block recomputes the customers' first-layer
-# kernels: a batch of 100 customers x 7,642 products ran at 86/s in blocks, 94/s in one pass)
-MIN_BLOCK_PRODUCTS = 64
+# products per block of a customers x products pass (`HeadWeights._grid` runs each customer over a
+# block): a block's inputs and activations (2,048 x ~100 and x 128 floats) stay in cache; per pair on a
+# 10,000-product catalog 0.58 us in blocks of 1,024, 0.52 at 2,048, 0.50 at 4,096, 0.51 whole (measured)
+GRID_BLOCK_PRODUCTS = 2_048
 
 
 class Heads(NamedTuple):
@@ -313,39 +313,67 @@ class HeadWeights:
         """(n, m) head outputs for customers c (n rows) against products p: p.q is (m, K) for
         customers x items (the same items for every customer), or (n, m, K) per customer (aligned
         rows use m = 1). pair: (n, m, PAIR_DIM). Every matmul is one 2-D BLAS call."""
+        aff = self.affinity(c, p)
+        if p.q.ndim == 2:
+            y = self._grid(c, p, pair, aff)
+        else:
+            y = self._aligned(c, p, pair, aff)
+        if self.wide is not None:
+            y += pair @ self.wide + self.mu
+        if aff is not None:
+            y += aff @ self.aff_wide
+        return y + c.bias[:, None] + p.bias
+
+    def _grid(self, c: CustomerPart, p: ProductPart, pair: np.ndarray, aff: np.ndarray | None) -> np.ndarray:
+        """The trunk for customers x the same m products, one customer at a time: the first layer is
+        one matmul of x = [q, pair, aff, 1] (m, K + PAIR_DIM + A + 1) by that customer's kernel
+        [Wq + c * Wx; W_pair; W_aff; base], so its customer term, pair and affinity blocks and bias
+        cost no pass of their own over the (m, H) activations (0.5 against 0.8 us a row, measured
+        on a 10,000-product catalog). The x rows of q are written once for all customers."""
         f = self.first
         n, k = c.c.shape
+        m = len(p.q)
+        n_aff = 0 if aff is None else aff.shape[2]
+        x = np.empty((m, k + PAIR_DIM + n_aff + 1), np.float32)
+        x[:, :k] = p.q
+        x[:, -1] = 1.0
+        w = np.empty((x.shape[1], f.w_q.shape[1]), np.float32)
+        w[k : k + PAIR_DIM] = f.w_pair
+        w[k + PAIR_DIM : k + PAIR_DIM + n_aff] = f.w_aff
+        y = np.empty((n, m), np.float32)
+        for r in range(n):
+            np.multiply(c.c[r][:, None], f.w_x, out=w[:k])
+            w[:k] += f.w_q
+            w[-1] = c.base[r]
+            x[:, k : k + PAIR_DIM] = pair[r]
+            if n_aff:
+                x[:, k + PAIR_DIM : -1] = aff[r]
+            h = x @ w
+            if f.relu:
+                np.maximum(h, 0.0, out=h)
+            y[r] = _apply(self.rest, h)[:, 0]
+        return y
+
+    def _aligned(
+        self, c: CustomerPart, p: ProductPart, pair: np.ndarray, aff: np.ndarray | None
+    ) -> np.ndarray:
+        """The trunk for one set of m products per customer row (rows (customer, product)): the
+        first layer as a sum of matmuls, without per-row kernels."""
+        f = self.first
+        n, k = c.c.shape
+        m = p.q.shape[1]
         width = f.w_q.shape[1]
-        if p.q.ndim == 2:  # the same products for every customer: one (K, H) kernel per customer,
-            m = len(p.q)  # all customers' kernels side by side -> rows ordered (product, customer)
-            kernels = (f.w_q[:, None, :] + c.c.T[:, :, None] * f.w_x[:, None, :]).reshape(k, n * width)
-            h = (p.q @ kernels).reshape(m, n, width)
-            h += c.base[None, :, :]
-            pair_rows = pair.transpose(1, 0, 2).reshape(m * n, -1)
-            aff = self.affinity(c, p)
-            aff_rows = None if aff is None else aff.transpose(1, 0, 2).reshape(m * n, -1)
-        else:  # products per customer row: the same sum without per-row kernels; rows (customer, product)
-            m = p.q.shape[1]
-            h = (p.q.reshape(n * m, k) @ f.w_q + (p.q * c.c[:, None, :]).reshape(n * m, k) @ f.w_x).reshape(
-                n, m, width
-            )
-            h += c.base[:, None, :]
-            pair_rows = pair.reshape(n * m, -1)
-            aff = self.affinity(c, p)
-            aff_rows = None if aff is None else aff.reshape(n * m, -1)
+        q = p.q.reshape(n * m, k)
+        h = q @ f.w_q + (p.q * c.c[:, None, :]).reshape(n * m, k) @ f.w_x
+        h = h.reshape(n, m, width)
+        h += c.base[:, None, :]
         h = h.reshape(-1, width)
-        h += pair_rows @ f.w_pair
-        if aff_rows is not None:
-            h += aff_rows @ f.w_aff
+        h += pair.reshape(n * m, -1) @ f.w_pair
+        if aff is not None:
+            h += aff.reshape(n * m, -1) @ f.w_aff
         if f.relu:
             np.maximum(h, 0.0, out=h)
-        y = _apply(self.rest, h)[:, 0]
-        if self.wide is not None:
-            y += pair_rows @ self.wide + self.mu
-        if aff_rows is not None:
-            y += aff_rows @ self.aff_wide
-        y = y.reshape(m, n).T if p.q.ndim == 2 else y.reshape(n, m)
-        return y + c.bias[:, None] + p.bias
+        return _apply(self.rest, h)[:, 0].reshape(n, m)
 
 
 class ScoringNet:
@@ -392,7 +420,7 @@ class ScoringNet:
 
         Small passes (a single request on a small catalog) run BLAS on one thread: a multi-threaded
         OpenBLAS spends more on waking and syncing its threads than on a (240 x 96) @ (96 x 128)
-        product. Every pass runs in blocks of about BLOCK_ROWS rows (products of a grid, rows of
+        product. Every pass runs in blocks (GRID_BLOCK_PRODUCTS products of a grid, BLOCK_ROWS rows of
         aligned calls), each block's activations staying in the CPU cache."""
         if pair.shape[0] * pair.shape[1] > SMALL_PASS_ROWS:
             return self._blocks(c, p, pair, heads)
@@ -419,7 +447,7 @@ class ScoringNet:
             ]
             axis = 0
         else:  # customers x products: blocks of products
-            step = BLOCK_ROWS // max(n, 1) if n * MIN_BLOCK_PRODUCTS <= BLOCK_ROWS else m
+            step = GRID_BLOCK_PRODUCTS
             parts = [
                 self._forward(
                     c, {h: v.take(slice(a, a + step)) for h, v in p.items()}, pair[:, a : a + step], heads

@@ -152,7 +152,7 @@ def test_passes_cut_into_cache_sized_blocks_still_equal_keras(rec, monkeypatch):
     for small in (0, 10**9):
         monkeypatch.setattr(ml.scoring, "SMALL_PASS_ROWS", small)
         monkeypatch.setattr(ml.scoring, "BLOCK_ROWS", 7)
-        monkeypatch.setattr(ml.scoring, "MIN_BLOCK_PRODUCTS", 2)  # 3 customers x 2 <= 7: blocks of 2
+        monkeypatch.setattr(ml.scoring, "GRID_BLOCK_PRODUCTS", 2)  # 3 customers x blocks of 2 products
         got = rec.score_pairs(u, i)
         np.testing.assert_allclose(got.rating, ref["rating"], **TOL)
         np.testing.assert_allclose(got.logit, ref["pick"], **TOL)
