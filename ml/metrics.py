@@ -112,7 +112,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     k = min(int(k), n_items)
     if k <= 0 or n_rows == 0:
         return np.empty((n_rows, 0), dtype=np.int64)
-    s = np.where(np.isnan(scores), -np.inf, scores)
+    s = np.where(np.isnan(scores), -np.inf, scores) if np.isnan(scores).any() else scores
     # k-th best value per row (argpartition), then take everything strictly better plus the
     # lowest-index items equal to it until k are chosen.
     part = np.argpartition(-s, k - 1, axis=1)[:, :k]
@@ -135,7 +135,7 @@ RANK_PATH_MAX_RELEVANT = 4
 def relevant_ranks(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """The position (0 = best) of item cols[j] in row rows[j] of `scores` in `top_k`'s order: the
     items scoring higher plus the equal ones with a lower index (NaN counts as -inf, as there)."""
-    s = np.where(np.isnan(scores), -np.inf, scores)
+    s = np.where(np.isnan(scores), -np.inf, scores) if np.isnan(scores).any() else scores
     if len(rows) == len(s) and np.array_equal(rows, np.arange(len(s))):
         row_s = s  # one item per row (the common case): no copy of the rows
     else:
@@ -204,7 +204,10 @@ def ranking_metrics(
         keep = n_rel > 0
         if not keep.any():
             continue
-        scores = np.array(score_fn(cust), dtype=np.float64, copy=True)
+        raw = np.asarray(score_fn(cust))
+        # float32 scores stay float32 (orders and ties are those of their float64 values; half the
+        # memory traffic); anything else is compared as float64
+        scores = np.array(raw, dtype=np.float32 if raw.dtype == np.float32 else np.float64, copy=True)
         if scores.shape != (len(pos), n_items):
             raise ValueError(f"score_fn returned shape {scores.shape}, expected {(len(pos), n_items)}")
         e_rows, e_cols = _chunk_pairs(exclude, pos, cust)

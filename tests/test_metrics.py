@@ -133,8 +133,11 @@ def test_counted_ranks_equal_the_sorted_top_k(monkeypatch, max_relevant):
         ref = ranking_metrics(scorer(s), customers, excl, rel, n_items=n_i, k=k, chunk=64, per_customer=True)
         monkeypatch.setattr(metrics, "RANK_PATH_MAX_RELEVANT", 10**6)  # always count
         got = ranking_metrics(scorer(s), customers, excl, rel, n_items=n_i, k=k, chunk=64, per_customer=True)
+        f32 = s.astype(np.float32)  # float32 scores are ranked as float32 (the same order and ties)
+        got32 = ranking_metrics(lambda c: f32[c], customers, excl, rel, n_items=n_i, k=k, per_customer=True)
         for key in ref:
             np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=1e-12)
+            np.testing.assert_allclose(got32[key], ref[key], rtol=0, atol=1e-12)
         assert ref[f"ndcg@{k}"].max() > 0 and ref[f"ndcg@{k}"].min() == 0  # hits and misses both seen
 
 
