@@ -18,9 +18,11 @@ import hashlib
 import io
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -171,64 +173,107 @@ def embed_dataset(
     use_text: bool = True,
     progress: bool = True,
     verify_sample: int = Settings.cache_verify_sample,
+    localize: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> Embeddings:
     """Embeddings for every product and for the given (training) reviews.
 
-    `products["image"]` must hold local paths (URLs are localised by `ml.data.images.fetch_images`
-    before this; a URL left here counts as no image). `verify_sample` cached rows per modality are
-    re-encoded to check the cache (see `ml.encoders.cache`)."""
+    `products["image"]` must hold local paths, or `localize` turns its URLs into local paths
+    (`ml.data.images.fetch_images`; a URL left here counts as no image). `localize` runs in a thread
+    while the texts are embedded, which need no photo: downloading a catalog's photos (network
+    bound) hides behind the text encoder (CPU bound), and the images are embedded once both are
+    done. `verify_sample` cached rows per modality are re-encoded to check the cache (see
+    `ml.encoders.cache`). `stats["seconds"]`: fetch (when localizing; it overlaps embed_texts),
+    embed_texts, embed_images."""
     from ml.encoders.cache import EmbeddingCache
 
-    encoders: dict = {}
-    stats: dict = {"seconds": {}}
-    p_ids = products["product_id"].astype(str).tolist()
     cache = EmbeddingCache(cache_dir, verify_sample=verify_sample)
+    stats: dict = {"seconds": {}}
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-images") if localize else None
+    try:
+        fetched = pool.submit(_timed, localize, products) if pool is not None and use_images else None
+        texts = _embed_texts(cache, products, reviews, use_text, progress, stats)
+        if fetched is not None:
+            products, stats["seconds"]["fetch"] = fetched.result()
+    finally:
+        if pool is not None:  # on an error the download is left to finish in its thread
+            pool.shutdown(wait=False, cancel_futures=True)
+    image_vecs, has_image, image_encoder = _embed_images(cache, products, use_images, progress, stats)
+    stats["seconds"] = {
+        k: stats["seconds"][k] for k in ("fetch", "embed_images", "embed_texts") if k in stats["seconds"]
+    }
+    log.info(
+        "embeddings: images %s, texts %s, seconds %s", stats["images"], stats.get("texts"), stats["seconds"]
+    )
+    return Embeddings(
+        image_vecs,
+        has_image,
+        texts.product,
+        texts.has_product,
+        texts.review,
+        texts.has_review,
+        {**image_encoder, **texts.encoder},
+        stats,
+    )
 
+
+def _timed(fn: Callable, *args):
     t0 = time.perf_counter()
-    image_refs = products["image"].fillna("").astype(str).tolist() if use_images else [""] * len(p_ids)
+    return fn(*args), round(time.perf_counter() - t0, 2)
+
+
+def _embed_images(cache, products: pd.DataFrame, use_images: bool, progress: bool, stats: dict):
+    """(vectors or None, has_image, {"image": encoder name} or {}) of the products' local photos."""
+    t0 = time.perf_counter()
+    n = len(products)
+    image_refs = products["image"].fillna("").astype(str).tolist() if use_images else [""] * n
     keys = image_keys(image_refs)
     has_image = np.array([bool(k) for k in keys], dtype=bool)
-    image_vecs = None
+    image_vecs, encoder = None, {}
     stats["images"] = {"rows": int(has_image.sum())}
     if has_image.any():
         from ml.encoders.image import ImageEncoder
 
         enc = _LazyEncoder(ImageEncoder)
-        image_vecs = np.zeros((len(p_ids), enc.dim), np.float32)
+        image_vecs = np.zeros((n, enc.dim), np.float32)
         _embed_unique(cache, enc, keys, image_refs, progress, "embed images", image_vecs, stats["images"])
-        encoders["image"] = f"{enc.name}-{enc.version}"
-        del enc
+        encoder = {"image": f"{enc.name}-{enc.version}"}
     stats["seconds"]["embed_images"] = round(time.perf_counter() - t0, 2)
+    return image_vecs, has_image, encoder
 
+
+class _Texts(NamedTuple):
+    product: np.ndarray | None
+    has_product: np.ndarray
+    review: np.ndarray | None
+    has_review: np.ndarray
+    encoder: dict  # {"text": encoder name} or {}
+
+
+def _embed_texts(
+    cache, products: pd.DataFrame, reviews: pd.DataFrame, use_text: bool, progress: bool, stats: dict
+) -> _Texts:
+    """The products' and reviews' text vectors: one pass over their distinct texts, then scattered."""
     t0 = time.perf_counter()
-    ptext = product_text(products).tolist() if use_text else [""] * len(p_ids)
+    ptext = product_text(products).tolist() if use_text else [""] * len(products)
     rtext = review_text(reviews["title"], reviews["text"]).tolist() if use_text else [""] * len(reviews)
     has_ptext = np.array([bool(t) for t in ptext], dtype=bool)
     has_rtext = np.array([bool(t) for t in rtext], dtype=bool)
-    ptext_vecs = rtext_vecs = None
+    out = _Texts(None, has_ptext, None, has_rtext, {})
     if has_ptext.any() or has_rtext.any():
         from ml.encoders.text import TextEncoder
 
         enc = _LazyEncoder(TextEncoder)
-        encoders["text"] = f"{enc.name}-{enc.version}"
-        # one pass over the distinct texts of products and reviews together, then scattered
         texts = ptext + rtext
         both = np.zeros((len(texts), enc.dim), np.float32)
         stats["texts"] = {}
-        _embed_unique(
-            cache,
-            enc,
-            [text_key(t) if t else "" for t in texts],
-            texts,
-            progress,
-            "embed texts",
-            both,
-            stats["texts"],
+        keys = [text_key(t) if t else "" for t in texts]
+        _embed_unique(cache, enc, keys, texts, progress, "embed texts", both, stats["texts"])
+        out = _Texts(
+            both[: len(ptext)],
+            has_ptext,
+            both[len(ptext) :],
+            has_rtext,
+            {"text": f"{enc.name}-{enc.version}"},
         )
-        ptext_vecs, rtext_vecs = both[: len(ptext)], both[len(ptext) :]
-        del enc
     stats["seconds"]["embed_texts"] = round(time.perf_counter() - t0, 2)
-    log.info(
-        "embeddings: images %s, texts %s, seconds %s", stats["images"], stats.get("texts"), stats["seconds"]
-    )
-    return Embeddings(image_vecs, has_image, ptext_vecs, has_ptext, rtext_vecs, has_rtext, encoders, stats)
+    return out

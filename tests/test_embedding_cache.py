@@ -455,3 +455,43 @@ def test_text_vectors_of_two_precisions_are_cached_apart(tmp_path, monkeypatch):
         "fake-text-1",
         "fake-text-1-int8",
     ]
+
+
+def test_photos_are_localised_while_the_texts_are_embedded(tmp_path, fake_encoders, monkeypatch):
+    """`localize` (fetching photo URLs) runs beside the text encoder, and the images are embedded
+    from what it returns; a failure in it is raised, not swallowed."""
+    import threading
+
+    from ml.embed import embed_dataset
+
+    texts_started = threading.Event()
+    encode = FakeTextEncoder.encode
+
+    def encode_and_tell(self, items):
+        texts_started.set()
+        return encode(self, items)
+
+    monkeypatch.setattr(FakeTextEncoder, "encode", encode_and_tell)
+    a, b = _photos(2)
+    products, reviews = _frames(
+        ["https://shop.test/a.jpg", "https://shop.test/b.jpg"], ["red dress", "hat"], ["Fit."]
+    )
+
+    def localize(frame):
+        assert texts_started.wait(20), "the photos were fetched before the texts were embedded, not beside"
+        return frame.assign(image=[str(a), str(b)])
+
+    emb = embed_dataset(
+        products, reviews, tmp_path / "cache", progress=False, verify_sample=0, localize=localize
+    )
+    assert emb.has_image.tolist() == [True, True]
+    np.testing.assert_array_equal(emb.product_image[1], fake_encoders[0][0].vector(b))
+    assert list(emb.stats["seconds"]) == ["fetch", "embed_images", "embed_texts"]
+
+    def broken(frame):
+        raise OSError("image cache not writable")
+
+    with pytest.raises(OSError, match="not writable"):
+        embed_dataset(
+            products, reviews, tmp_path / "cache2", progress=False, verify_sample=0, localize=broken
+        )
