@@ -68,7 +68,7 @@ def sides(request, tf_artifact, tf_rec) -> tuple[dict, dict]:
     tf = {
         **both(tf_rec, pairs),
         "pairs": pairs,
-        "text": TextEncoder().encode(probe.start["texts"]),
+        "text": TextEncoder(precision="float32").encode(probe.start["texts"]),  # the network JAX runs
         "image": ImageEncoder().encode(probe.start["images"]),
     }
     jax = probe.finish(str(tf_artifact), pairs)
