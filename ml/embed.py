@@ -17,6 +17,7 @@ import functools
 import hashlib
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -173,29 +174,32 @@ def embed_dataset(
     use_text: bool = True,
     progress: bool = True,
     verify_sample: int = Settings.cache_verify_sample,
-    localize: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    localize: Callable[[pd.DataFrame, threading.Event], pd.DataFrame] | None = None,
 ) -> Embeddings:
     """Embeddings for every product and for the given (training) reviews.
 
-    `products["image"]` must hold local paths, or `localize` turns its URLs into local paths
-    (`ml.data.images.fetch_images`; a URL left here counts as no image). `localize` runs in a thread
-    while the texts are embedded, which need no photo: downloading a catalog's photos (network
-    bound) hides behind the text encoder (CPU bound), and the images are embedded once both are
-    done. `verify_sample` cached rows per modality are re-encoded to check the cache (see
-    `ml.encoders.cache`). `stats["seconds"]`: fetch (when localizing; it overlaps embed_texts),
-    embed_texts, embed_images."""
+    `products["image"]` must hold local paths, or `localize(products, stop)` turns its URLs into
+    local paths (`ml.data.images.fetch_images`; a URL left here counts as no image). `localize` runs
+    in a thread while the texts are embedded, which need no photo: downloading a catalog's photos
+    (network bound) hides behind the text encoder (CPU bound), and the images are embedded once both
+    are done. If the texts fail, `stop` is set: the downloads not yet started are cancelled.
+    `verify_sample` cached rows per modality are re-encoded to check the cache (see
+    `ml.encoders.cache`). `stats["seconds"]`: fetch (when localizing images; it overlaps
+    embed_texts), embed_images, embed_texts."""
     from ml.encoders.cache import EmbeddingCache
 
     cache = EmbeddingCache(cache_dir, verify_sample=verify_sample)
     stats: dict = {"seconds": {}}
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-images") if localize else None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fetch-images") if localize and use_images else None
+    stop = threading.Event()
     try:
-        fetched = pool.submit(_timed, localize, products) if pool is not None and use_images else None
+        fetched = pool.submit(_timed, localize, products, stop) if pool is not None else None
         texts = _embed_texts(cache, products, reviews, use_text, progress, stats)
         if fetched is not None:
             products, stats["seconds"]["fetch"] = fetched.result()
     finally:
-        if pool is not None:  # on an error the download is left to finish in its thread
+        stop.set()  # after a failure: what is not downloaded yet is cancelled, and the thread ends
+        if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
     image_vecs, has_image, image_encoder = _embed_images(cache, products, use_images, progress, stats)
     stats["seconds"] = {

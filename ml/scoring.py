@@ -303,7 +303,8 @@ class HeadWeights:
             return None
         n, n_aff, dim = c.a.shape
         if p.a.ndim == 2:  # the same products for every customer: one BLAS call, computed as
-            # (m, n, A), the order `forward` reads rows in (a view back; einsum took 2x longer)
+            # (m, n, A) and given back as an (n, m, A) view (einsum took 2x longer); `_grid` copies
+            # one customer's (m, A) slice into its input block
             dots = p.a @ c.a.reshape(n * n_aff, dim).T
             dots *= p.a_inv[:, None]
             return dots.reshape(len(p.a), n, n_aff).transpose(1, 0, 2)
@@ -312,7 +313,8 @@ class HeadWeights:
     def forward(self, c: CustomerPart, p: ProductPart, pair: np.ndarray) -> np.ndarray:
         """(n, m) head outputs for customers c (n rows) against products p: p.q is (m, K) for
         customers x items (the same items for every customer), or (n, m, K) per customer (aligned
-        rows use m = 1). pair: (n, m, PAIR_DIM). Every matmul is one 2-D BLAS call."""
+        rows use m = 1). pair: (n, m, PAIR_DIM). The trunk's matmuls are 2-D BLAS calls; the
+        wide, affinity and bias terms are added over the (n, m) result."""
         aff = self.affinity(c, p)
         if p.q.ndim == 2:
             y = self._grid(c, p, pair, aff)

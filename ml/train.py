@@ -364,10 +364,10 @@ def _embed(
     seconds into `stages` (fetch overlaps embed_texts: the stages add up to more than the wall time)."""
     image_report: dict = {}
 
-    def localize(products: pd.DataFrame) -> pd.DataFrame:
+    def localize(products: pd.DataFrame, stop) -> pd.DataFrame:
         from ml.data.images import fetch_images
 
-        local, report = fetch_images(products, settings.cache_dir, progress=config.progress)
+        local, report = fetch_images(products, settings.cache_dir, progress=config.progress, stop=stop)
         image_report.update(report)
         return local
 

@@ -458,26 +458,28 @@ def test_text_vectors_of_two_precisions_are_cached_apart(tmp_path, monkeypatch):
 
 
 def test_photos_are_localised_while_the_texts_are_embedded(tmp_path, fake_encoders, monkeypatch):
-    """`localize` (fetching photo URLs) runs beside the text encoder, and the images are embedded
-    from what it returns; a failure in it is raised, not swallowed."""
+    """`localize` (fetching photo URLs) runs beside the text encoder: each waits until the other has
+    started, which one after the other never happens. The images are embedded from what it returns;
+    a failure in it is raised; a failure in the texts sets its `stop` event."""
     import threading
 
     from ml.embed import embed_dataset
 
-    texts_started = threading.Event()
+    texts_started, fetch_started = threading.Event(), threading.Event()
     encode = FakeTextEncoder.encode
 
-    def encode_and_tell(self, items):
+    def encode_and_wait(self, items):
         texts_started.set()
+        assert fetch_started.wait(20), "the photos were not fetched while the texts were embedded"
         return encode(self, items)
 
-    monkeypatch.setattr(FakeTextEncoder, "encode", encode_and_tell)
+    monkeypatch.setattr(FakeTextEncoder, "encode", encode_and_wait)
     a, b = _photos(2)
-    products, reviews = _frames(
-        ["https://shop.test/a.jpg", "https://shop.test/b.jpg"], ["red dress", "hat"], ["Fit."]
-    )
+    urls = ["https://shop.test/a.jpg", "https://shop.test/b.jpg"]
+    products, reviews = _frames(urls, ["red dress", "hat"], ["Fit."])
 
-    def localize(frame):
+    def localize(frame, stop):
+        fetch_started.set()
         assert texts_started.wait(20), "the photos were fetched before the texts were embedded, not beside"
         return frame.assign(image=[str(a), str(b)])
 
@@ -488,10 +490,26 @@ def test_photos_are_localised_while_the_texts_are_embedded(tmp_path, fake_encode
     np.testing.assert_array_equal(emb.product_image[1], fake_encoders[0][0].vector(b))
     assert list(emb.stats["seconds"]) == ["fetch", "embed_images", "embed_texts"]
 
-    def broken(frame):
+    def broken(frame, stop):
         raise OSError("image cache not writable")
 
     with pytest.raises(OSError, match="not writable"):
         embed_dataset(
             products, reviews, tmp_path / "cache2", progress=False, verify_sample=0, localize=broken
         )
+
+    def failing_texts(self, items):
+        raise RuntimeError("text encoder crashed")
+
+    stopped = threading.Event()
+
+    def slow_fetch(frame, stop):
+        stopped.set() if stop.wait(20) else None
+        return frame
+
+    monkeypatch.setattr(FakeTextEncoder, "encode", failing_texts)
+    with pytest.raises(RuntimeError, match="crashed"):
+        embed_dataset(
+            products, reviews, tmp_path / "cache3", progress=False, verify_sample=0, localize=slow_fetch
+        )
+    assert stopped.wait(20)  # the fetch was told to stop, and did not hold the caller up

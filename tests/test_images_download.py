@@ -457,3 +457,18 @@ def test_training_fetches_photos_and_reports_failures_in_the_manifest(tmp_path, 
 
     shown = json.loads((tmp_path / "m1" / "products.json").read_text())
     assert all(p["image"].startswith(base) for p in shown)
+
+
+def test_a_set_stop_event_cancels_the_downloads_not_yet_started(tmp_path, monkeypatch):
+    """What a training run whose text stage failed does to the fetch running beside it: every
+    download not yet started fails at once as "cancelled", without a request."""
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    dl = ImageDownloader(tmp_path, progress=False, stop=stop, retries=3, backoff_s=5.0)
+    monkeypatch.setattr(dl, "_get_to", lambda *a: pytest.fail("a cancelled download made a request"))
+    t0 = time.perf_counter()
+    result = dl.fetch({f"P{k}": f"http://127.0.0.1:9/{k}.jpg" for k in range(5)})
+    assert time.perf_counter() - t0 < 2.0
+    assert result.by_reason() == {"cancelled": 5} and not result.paths

@@ -139,6 +139,21 @@ def test_a_spec_from_before_content_affinity_builds_and_scores_without_it(rec):
     got = net.forward(c, p, x["pair"][:, None, :])
     np.testing.assert_allclose(got.rating[:, 0], want["rating"], **TOL)
     np.testing.assert_allclose(got.logit[:, 0], want["pick"], **TOL)
+    # customers x the same products (the grid path, one customer at a time), without affinity too
+    gu, gi = np.array([0, 3, -1]), np.array([1, 4, -1, rec.n_products - 1])
+    gx = model_inputs(rec.tables, np.repeat(gu, len(gi)), np.tile(gi, len(gu)))
+    gwant = {k: np.asarray(ops.convert_to_numpy(v)) for k, v in model(gx, training=False).items()}
+    cust = {
+        h: v.take(np.arange(0, len(gx["customer"]), len(gi)))
+        for h, v in net.customer_part(gx["customer"], gx["customer_prior"], gx["history"]).items()
+    }
+    prod = {
+        h: v.take(slice(0, len(gi)))
+        for h, v in net.product_part(gx["product"], gx["product_id"], gx["product_prior"]).items()
+    }
+    grid = net.forward(cust, prod, gx["pair"].reshape(len(gu), len(gi), -1))
+    np.testing.assert_allclose(grid.rating.ravel(), gwant["rating"], **TOL)
+    np.testing.assert_allclose(grid.logit.ravel(), gwant["pick"], **TOL)
 
 
 def test_passes_cut_into_cache_sized_blocks_still_equal_keras(rec, monkeypatch):

@@ -84,6 +84,14 @@ def test_precision_follows_the_settings_and_keys_the_cache(monkeypatch, encoder,
     monkeypatch.setenv("RECSYS_TEXT_PRECISION", "float32")
     assert TextEncoder.cache_version() == encoder.version
     assert TextEncoder.cache_version(runtime="keras", precision="int8") == encoder.version  # Keras: float32
+    from ml.encoders import lite
+
+    weights = encoder.model_dir / "model.safetensors"  # the file names of the two flatbuffers differ
+    assert (
+        lite.lite_path(weights, quantize=True)
+        != lite.lite_path(weights)
+        == lite.lite_path(weights, quantize=False)
+    )
     monkeypatch.setenv("RECSYS_TEXT_PRECISION", "int4")
     with pytest.raises(ValueError, match="unknown text precision 'int4'"):
         TextEncoder.cache_version()

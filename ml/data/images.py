@@ -144,8 +144,12 @@ class ImageDownloader:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_pixels: int | None = None,
         check_content: bool = True,
+        stop: threading.Event | None = None,
     ):
+        """`stop`: once set, the downloads not yet started fail at once as "cancelled" (how a
+        training run whose text stage failed lets go of a fetch running beside it)."""
         self.cache_dir = Path(cache_dir)
+        self.stop = stop
         self.timeout_s = float(timeout_s)
         self.retries = max(0, int(retries))
         self.backoff_s = max(0.0, float(backoff_s))
@@ -255,6 +259,8 @@ class ImageDownloader:
         target = self.cache_path(url)
         attempt = 0
         while True:
+            if self.stop is not None and self.stop.is_set():
+                raise _Failure("cancelled: the training run stopped", False, "cancelled")
             try:
                 self._get_to(url, target)
                 return target

@@ -69,14 +69,19 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def lite_path(source: Path, folder: Path | None = None, stem: str | None = None) -> Path:
+def lite_path(
+    source: Path, folder: Path | None = None, stem: str | None = None, quantize: bool = False
+) -> Path:
     """Where the flatbuffer converted from the weights file `source` lives (in `folder`, default
-    beside it): named by a hash of its bytes and the TensorFlow version, so changed weights or a new
-    converter never reuse a stale file."""
+    beside it): named by a hash of its bytes, the TensorFlow version and (when `quantize`, see
+    `convert`) the precision, so changed weights, a new converter or the other precision never
+    reuse a stale file."""
     import tensorflow as tf
 
     digest = hashlib.sha1(source.read_bytes())
     digest.update(tf.__version__.encode())
+    if quantize:  # (float32 names stay what they were: no cached file is orphaned)
+        digest.update(b"dynamic-range-int8")
     stem = stem or source.name.removesuffix(".weights.h5")
     return (folder or source.parent) / f"{stem}.{digest.hexdigest()[:16]}.tflite"
 

@@ -157,6 +157,7 @@ class TextEncoder:
                 self.model_dir / "model.safetensors",
                 Settings.from_env().cache_dir / "weights",
                 f"{self.name}-v{self.version}",
+                quantize=self.precision == "int8",
             )
             flatbuffer = lite.cached_flatbuffer(path, self.keras_model, quantize=self.precision == "int8")
             self._runner = lite.LiteModel(flatbuffer)
