@@ -419,7 +419,7 @@ class PrecisionTextEncoder(FakeEncoder):
     def cache_version(cls) -> str:
         import os
 
-        precision = os.environ.get("RECSYS_TEXT_PRECISION", "int8")
+        precision = os.environ.get("RECSYS_TEXT_PRECISION", "float32")
         return cls.version if precision == "float32" else f"{cls.version}-{precision}"
 
     def __init__(self):
