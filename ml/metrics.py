@@ -101,6 +101,11 @@ def _chunk_pairs(sets, positions: np.ndarray, customers: np.ndarray):
     return rows, cols
 
 
+def _nan_as_lowest(scores: np.ndarray) -> np.ndarray:
+    """`scores` with NaN as -inf (a copy only when there is a NaN): how rankings order a NaN."""
+    return np.where(np.isnan(scores), -np.inf, scores) if np.isnan(scores).any() else scores
+
+
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores per row, best first.
 
@@ -112,7 +117,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     k = min(int(k), n_items)
     if k <= 0 or n_rows == 0:
         return np.empty((n_rows, 0), dtype=np.int64)
-    s = np.where(np.isnan(scores), -np.inf, scores) if np.isnan(scores).any() else scores
+    s = _nan_as_lowest(scores)
     # k-th best value per row (argpartition), then take everything strictly better plus the
     # lowest-index items equal to it until k are chosen.
     part = np.argpartition(-s, k - 1, axis=1)[:, :k]
@@ -135,7 +140,7 @@ RANK_PATH_MAX_RELEVANT = 4
 def relevant_ranks(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """The position (0 = best) of item cols[j] in row rows[j] of `scores` in `top_k`'s order: the
     items scoring higher plus the equal ones with a lower index (NaN counts as -inf, as there)."""
-    s = np.where(np.isnan(scores), -np.inf, scores) if np.isnan(scores).any() else scores
+    s = _nan_as_lowest(scores)
     if len(rows) == len(s) and np.array_equal(rows, np.arange(len(s))):
         row_s = s  # one item per row (the common case): no copy of the rows
     else:

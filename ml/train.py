@@ -190,8 +190,8 @@ def build_training_rows(
     # Which review each row leaves out of each side, as positions (no copy of any review vector):
     # a positive its own on both sides; a negative its source's on the customer side and `pick` (a
     # review of its product, none when the product has no review) on the product side.
-    cust_ex = _LeftOut(np.concatenate([np.arange(n), src]), np.ones(n + len(src), np.float32))
-    cust_ex.is_rated = np.concatenate([np.ones(n, np.float32), np.zeros(len(nu), np.float32)])
+    is_rated = np.concatenate([np.ones(n, np.float32), np.zeros(len(nu), np.float32)])
+    cust_ex = _LeftOut(np.concatenate([np.arange(n), src]), np.ones(n + len(src), np.float32), is_rated)
     prod_ex = _LeftOut(
         np.concatenate([np.arange(n), pick]), np.concatenate([np.ones(n), c > 0]).astype(np.float32)
     )

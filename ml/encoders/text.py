@@ -154,14 +154,15 @@ class TextEncoder:
         self.pad_id = int(getattr(self.tokenizer, "pad_token_id", PAD_ID_FALLBACK))
         self._model = None
         if self.runtime == "tflite":  # a cached flatbuffer needs no Keras network at all
+            quantize = self.precision == "int8"
             # keyed by the weights and by `version` (bumped when the pooling graph changes)
             path = lite.lite_path(
                 self.model_dir / "model.safetensors",
                 Settings.from_env().cache_dir / "weights",
                 f"{self.name}-v{self.version}",
-                quantize=self.precision == "int8",
+                quantize=quantize,
             )
-            flatbuffer = lite.cached_flatbuffer(path, self.keras_model, quantize=self.precision == "int8")
+            flatbuffer = lite.cached_flatbuffer(path, self.keras_model, quantize=quantize)
             self._runner = lite.LiteModel(flatbuffer)
             self.per_shape_compile = False
         else:
