@@ -21,7 +21,6 @@ import tempfile
 import uuid
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +108,7 @@ def cached_flatbuffer(path: Path, build: Callable[[], Any], quantize: bool = Fal
     if path.is_file():
         return path.read_bytes()
     model = build()
-    blob = _beside(lambda: convert(model, quantize))
+    blob = convert(model, quantize)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -119,19 +118,6 @@ def cached_flatbuffer(path: Path, build: Callable[[], Any], quantize: bool = Fal
         tmp.unlink(missing_ok=True)
     log.info("converted %s to TFLite: %s", model.name, path)
     return blob
-
-
-def _beside(fn: Callable[[], Any]) -> Any:
-    """fn() in a helper thread, waited for from this one. The converter is seconds of C++ (8-14 s
-    here) during which the calling thread could not run a signal handler: Celery's soft time limit
-    (a signal to the main thread) would wait for it, and a training task past its soft limit
-    reached its hard kill instead (tests/test_tasks.py). The wait is interruptible; when it is
-    interrupted the conversion finishes in its thread and nothing is written."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tflite-convert")
-    try:
-        return pool.submit(fn).result()
-    finally:
-        pool.shutdown(wait=False)
 
 
 class LiteModel:
