@@ -444,17 +444,14 @@ SHORT = {
     "result_expires_s": 4,
     "job_registry_ttl_s": 8,
     "train_soft_time_limit_s": 1,
-    # the soft limit's exception is raised when the main thread next runs Python: a C++ call that
-    # holds the GIL (a TFLite conversion: 8-14 s here) delays it, and with 3 s CI reached the hard kill
-    # twice in three clean-clone runs once the text stage came first (production: 3600 / 3900 s)
-    "train_time_limit_s": 30,
+    "train_time_limit_s": 3,
     "model_retry_s": 4.0,
 }
 SHORT_ENV = {
     "RECSYS_RESULT_EXPIRES_S": "4",
     "RECSYS_JOB_TTL_S": "8",
     "RECSYS_TRAIN_SOFT_LIMIT_S": "1",
-    "RECSYS_TRAIN_HARD_LIMIT_S": "30",
+    "RECSYS_TRAIN_HARD_LIMIT_S": "3",
     "RECSYS_MODEL_RETRY_S": "4",
 }
 
