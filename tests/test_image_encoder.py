@@ -276,6 +276,59 @@ def test_tflite_conversion_is_cached_atomically(tmp_path):
         np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
+class _Interrupted(Exception):
+    """Stands in for Celery's SoftTimeLimitExceeded (raised by a SIGUSR1 handler)."""
+
+
+def test_a_signal_during_tflite_conversion_interrupts_it_and_kills_the_converter(tmp_path, monkeypatch):
+    """The converter runs in a child (it holds the GIL for seconds, which would hold back a signal
+    handler in every thread): a signal that arrives meanwhile raises in the caller at once, and the
+    child is killed, not left behind. A converter that never finishes stands in for a slow one."""
+    import signal
+    import time
+
+    import keras
+
+    from ml.encoders import lite
+
+    marker = tmp_path / "converter.pid"
+    script = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    monkeypatch.setattr(lite, "_CONVERT_SCRIPT", script)
+    inp = keras.Input((5,), name="x")
+    model = keras.Model(inp, keras.layers.Dense(3)(inp))
+
+    def interrupt(signum, frame):
+        if marker.exists():
+            raise _Interrupted
+        signal.setitimer(signal.ITIMER_REAL, 0.1)  # the child has not started yet: try again soon
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        t0 = time.monotonic()
+        with pytest.raises(_Interrupted):
+            lite.convert(model)
+        assert time.monotonic() - t0 < 120
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    pid = int(marker.read_text())
+    with pytest.raises(ChildProcessError):  # killed and reaped: no such child of ours any more
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_failed_tflite_conversion_says_why(monkeypatch):
+    """The converter's own error (its stderr's tail) reaches the caller as a RuntimeError."""
+    import keras
+
+    from ml.encoders import lite
+
+    monkeypatch.setattr(lite, "_CONVERT_SCRIPT", "raise SystemExit('converter says no')")
+    inp = keras.Input((5,), name="x")
+    with pytest.raises(RuntimeError, match="converter says no"):
+        lite.convert(keras.Model(inp, keras.layers.Dense(3)(inp)))
+
+
 def test_tflite_cache_file_follows_the_weights(tmp_path):
     """The converted file is named by the weights' bytes: new weights never reuse a stale one."""
     from ml.encoders import lite

@@ -8,8 +8,8 @@ The network was designed for this runtime (the "Lite" in its name).
 
 The converted flatbuffer is cached on disk (`lite_path`), its file name keyed by a hash of the
 weights it was made from, the TensorFlow version and the encoder's version, and written atomically;
-converting takes ~20 s, once. Other backends (JAX on the GPU machine) keep the Keras model: `available()` says
-whether this runtime can be used.
+converting takes ~15-20 s, once, in a child process (see `convert`). Other backends (JAX on the
+GPU machine) keep the Keras model: `available()` says whether this runtime can be used.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import uuid
 import warnings
@@ -86,20 +88,44 @@ def lite_path(
     return (folder or source.parent) / f"{stem}.{digest.hexdigest()[:16]}.tflite"
 
 
+# The converter's own step, run in a child interpreter (see `convert`): reads a SavedModel, writes a
+# flatbuffer. Self-contained: the child needs TensorFlow, not this repository on its path.
+_CONVERT_SCRIPT = """
+import sys
+import tensorflow as tf
+saved, out, quantize = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+if quantize:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+blob = converter.convert()
+with open(out, "wb") as fh:
+    fh.write(blob)
+"""
+
+
 def convert(model, quantize: bool = False) -> bytes:
     """The Keras `model` as a TFLite flatbuffer, weights frozen in: float32, or with `quantize`
     dynamic-range int8 (int8 weights; activations quantised per batch at run time, no calibration
     data needed). XNNPACK runs the int8 matmuls of a transformer 2.5-3x faster here; for
     EfficientNet-Lite0's convolutions it was slower (57 vs 100 images/s, measured), so only the
-    text encoder uses it."""
-    import tensorflow as tf
+    text encoder uses it.
 
-    with tempfile.TemporaryDirectory(prefix="lite-export-") as saved:
-        model.export(saved, format="tf_saved_model", verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-        if quantize:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        return converter.convert()
+    The model is exported here; the converter runs in a child process. Why: it is one C++ call that
+    holds the GIL for seconds (1.8 s for EfficientNet-Lite0, 2.9 s for MiniLM, measured on an idle
+    2-core machine), and while it does no Python signal handler runs in ANY thread - Celery's soft
+    time limit (SIGUSR1) would wait behind it until the hard limit kills the pool child. Waiting on a
+    child is interruptible: the handler raises at once, and the child is killed on the way out.
+    Its memory is the child's too. Costs one TensorFlow import (~3 s) per conversion, once per
+    cache."""
+    with tempfile.TemporaryDirectory(prefix="lite-export-") as tmp:
+        saved, out = Path(tmp) / "saved", Path(tmp) / "model.tflite"
+        model.export(str(saved), format="tf_saved_model", verbose=False)
+        cmd = [sys.executable, "-c", _CONVERT_SCRIPT, str(saved), str(out), "1" if quantize else "0"]
+        done = subprocess.run(cmd, capture_output=True, text=True)  # kills the child on any exception
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(f"TFLite conversion of {model.name} failed ({done.returncode}):\n{tail}")
+        return out.read_bytes()
 
 
 def cached_flatbuffer(path: Path, build: Callable[[], Any], quantize: bool = False) -> bytes:
