@@ -219,9 +219,15 @@ class Recommender:
         products, seen ones removed before the cut (so `top` items come back when the catalog has
         them), and when the ranking adds the kNN term (which the retriever does not learn) up to
         retrieval_k / 10 more: the customer's best by item-kNN (`ml.features.knn_top`)."""
-        exclude = self.seen(u) if exclude_seen else None
+        return self.retrieve_many(np.array([u]), top, exclude_seen)[0]
+
+    def retrieve_many(self, u: np.ndarray, top: int, exclude_seen: bool = True) -> list[np.ndarray]:
+        """`retrieve` for each customer position of `u`, the index asked once for them all
+        (`Retriever.candidates_many`): a batch job's candidates."""
+        excludes = [self.seen(int(x)) if exclude_seen else None for x in u]
         k = max(self.serving.retrieval_k, top)
-        return self._with_knn_best(u, self.retriever.candidates(u, k, exclude), k, exclude)
+        found = self.retriever.candidates_many(u, k, excludes)
+        return [self._with_knn_best(int(x), f, k, e) for x, f, e in zip(u, found, excludes)]
 
     def _with_knn_best(
         self, u: int, found: np.ndarray, k: int, exclude: np.ndarray | None, allowed: np.ndarray | None = None
@@ -599,12 +605,11 @@ class Recommender:
             if shared:
                 lists = self._top(uu, allowed, top, exclude_seen, "exact", reasons)
             elif self.two_stage:
-                picked = [
-                    self._filtered_candidates(int(x), allowed, top, exclude_seen)
+                picked = (
+                    [self._filtered_candidates(int(x), allowed, top, exclude_seen) for x in uu]
                     if allowed is not None
-                    else (self.retrieve(int(x), top, exclude_seen), "two_stage")
-                    for x in uu
-                ]
+                    else [(c, "two_stage") for c in self.retrieve_many(uu, top, exclude_seen)]
+                )
                 lists = self._top_of_candidates(
                     uu, [c for c, _ in picked], top, [p for _, p in picked], reasons
                 )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -272,6 +273,10 @@ class ExactIndex:
         top = np.argpartition(-scores, k - 1)[:k]
         return top[np.argsort(-scores[top], kind="stable")]
 
+    def search_many(self, q: np.ndarray, k: int) -> np.ndarray:
+        """(len(q), k) `search` of each row of `q`."""
+        return np.stack([self.search(row, k) for row in q]) if len(q) else np.zeros((0, k), np.int64)
+
     def save(self, path: Path) -> None:
         pass  # the vectors are saved by the Retriever
 
@@ -326,10 +331,17 @@ class HnswIndex:
         }
 
     def search(self, q: np.ndarray, k: int) -> np.ndarray:
+        return self.search_many(q[None], k)[0]
+
+    def search_many(self, q: np.ndarray, k: int) -> np.ndarray:
+        """(len(q), k) best products of each row of `q`; a row's answer does not depend on the other
+        rows (the search is per query; ef follows k), so a batch finds what single requests find.
+        More than one query runs on every CPU this process may use (hnswlib threads per query)."""
         k = int(min(k, self.index.get_current_count()))
         self.index.set_ef(int(max(k * self.ef_factor, 64)))
-        labels, _ = self.index.knn_query(np.append(q, 0.0).astype(np.float32)[None], k=k)
-        return labels[0].astype(np.int64)
+        x = np.concatenate([q, np.zeros((len(q), 1))], axis=1).astype(np.float32)
+        labels, _ = self.index.knn_query(x, k=k, num_threads=1 if len(q) == 1 else _cpus())
+        return labels.astype(np.int64)
 
     def save(self, path: Path) -> None:
         self.index.save_index(str(path / "index.hnsw"))
@@ -348,6 +360,25 @@ INDEXES = {ExactIndex.kind: ExactIndex, HnswIndex.kind: HnswIndex}
 
 
 _BLAS = None
+
+
+# The index is asked for products in multiples of this: customers whose seen products and safety
+# net differ by a few ask for the same number, so a batch asks the index once for all of them (and
+# the search's beam, which follows the number asked, is the same for a customer alone or in a batch).
+ASK_GRAIN = 64
+
+
+def _ask(n: int, n_products: int) -> int:
+    """`n` rounded up to a multiple of ASK_GRAIN, at most the catalog."""
+    return int(min(-(-n // ASK_GRAIN) * ASK_GRAIN, n_products))
+
+
+def _cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
@@ -480,19 +511,48 @@ class Retriever:
         """k product positions (fewer only when the catalog minus `exclude` has fewer): up to k/10
         of the top products by bias alone (the safety net), then the index's best for customer `u`;
         none of them in `exclude`."""
-        exclude = np.unique(np.asarray([] if exclude is None else exclude, np.int64))
-        k = int(min(k, self.n_products - len(exclude)))
-        if k <= 0:
-            return np.zeros(0, np.int64)
-        net = self.bias_net[~np.isin(self.bias_net, exclude)][: k // 10 if safety_net else 0]
+        return self.candidates_many(np.array([u]), k, [exclude], safety_net)[0]
+
+    def candidates_many(
+        self, u: np.ndarray, k: int, excludes: list[np.ndarray | None], safety_net: bool = True
+    ) -> list[np.ndarray]:
+        """`candidates` of each customer of `u` (excludes[r] for u[r]), the index asked once for all
+        of them that ask for the same number of products (see `_ask`): what a batch job saves
+        against single requests, with the same answers."""
+        excl = [np.unique(np.asarray([] if e is None else e, np.int64)) for e in excludes]
+        ks = [int(min(k, self.n_products - len(e))) for e in excl]
+        nets = [
+            self.bias_net[~np.isin(self.bias_net, e)][: kk // 10 if safety_net else 0]
+            for e, kk in zip(excl, ks)
+        ]
+        asks = np.array([_ask(kk + len(e) + len(n), self.n_products) for kk, e, n in zip(ks, excl, nets)])
+        found: list[np.ndarray | None] = [None] * len(u)
+        live = [r for r in range(len(u)) if ks[r] > 0]
+        for ask in np.unique(asks[live]) if live else []:
+            rows = [r for r in live if asks[r] == ask]
+            labels = self.index.search_many(self.customer_vecs[np.asarray(u)[rows]], int(ask))
+            for r, got in zip(rows, labels):
+                found[r] = got
+        return [
+            np.zeros(0, np.int64)
+            if ks[r] <= 0
+            else self._finish(int(u[r]), ks[r], excl[r], nets[r], found[r], int(asks[r]))
+            for r in range(len(u))
+        ]
+
+    def _finish(
+        self, u: int, k: int, exclude: np.ndarray, net: np.ndarray, found: np.ndarray, ask: int
+    ) -> np.ndarray:
+        """The safety net then the index's `found` (asked for `ask`) minus `exclude` and the net, cut
+        to k; the index asked again for twice as many while too few pass, the rest found exactly when
+        an approximate index returns fewer than asked."""
         q = self.customer_vecs[u]
-        ask = k + len(exclude) + len(net)
         while True:
-            found = np.asarray(self.index.search(q, min(ask, self.n_products)), np.int64)
             found = found[~np.isin(found, exclude) & ~np.isin(found, net)]
             if len(found) + len(net) >= k or ask >= self.n_products:
                 break
-            ask *= 2
+            ask = min(ask * 2, self.n_products)
+            found = np.asarray(self.index.search(q, ask), np.int64)
         out = np.concatenate([net, found])[:k]
         if len(out) < k:  # an approximate index can return fewer than asked: finish exactly
             rest = ExactIndex(self.product_vecs).search(q, self.n_products)
