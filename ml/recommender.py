@@ -581,9 +581,11 @@ class Recommender:
         filters: Filters | None = None,
         reasons: bool = True,
     ) -> list[list[dict]]:
-        """`recommend` for many customers, the known ones scored as matrices in chunks of
-        customers (chunk x n_products <= MAX_ROWS, or x retrieval_k when two-stage); unknown
-        customers get the popularity list. `filters` as in `recommend`, the same for every customer."""
+        """`recommend` for many customers, in chunks of customers (chunk x n_products <= MAX_ROWS, or
+        x retrieval_k when two-stage): exact serving scores a chunk as one matrix; two-stage asks
+        the index once for a chunk's candidates (`retrieve_many`) and ranks each customer's as its
+        single request does. Unknown customers get the popularity list. `filters` as in
+        `recommend`, the same for every customer."""
         if top < 1:
             raise ValueError("top must be at least 1")
         allowed = self.allowed(filters)
@@ -610,54 +612,17 @@ class Recommender:
                     if allowed is not None
                     else [(c, "two_stage") for c in self.retrieve_many(uu, top, exclude_seen)]
                 )
-                lists = self._top_of_candidates(
-                    uu, [c for c, _ in picked], top, [p for _, p in picked], reasons
-                )
+                # each customer's own candidates ranked as a single request ranks them (the grid
+                # forward of one customer): 4.86 against 5.83 ms a customer for one aligned-rows
+                # pass over all of them (100k SYNTHETIC catalog, 200 customers, alternated)
+                lists = [
+                    self._top(np.array([x]), np.unique(c), top, exclude_seen, path, reasons)[0]
+                    for x, (c, path) in zip(uu, picked)
+                ]
             else:
                 lists = self._top(uu, None, top, exclude_seen, "exact", reasons)
             for k, items in zip(known[s : s + step], lists):
                 out[k] = items
-        return out
-
-    def _top_of_candidates(
-        self,
-        u: np.ndarray,
-        candidates: list[np.ndarray],
-        top: int,
-        paths: list[str] | None = None,
-        reasons: bool = True,
-    ) -> list[list[dict]]:
-        """Best `top` of each customer's own candidates (seen ones already removed), all customers in
-        one aligned-rows forward pass (`score_pairs`): the batch form of the two-stage path."""
-        lengths = np.array([len(c) for c in candidates])
-        rows = np.repeat(u, lengths)
-        items = np.concatenate(candidates).astype(np.int64) if len(candidates) else np.zeros(0, np.int64)
-        pairs = self.pairs(rows, items, aligned=True)
-        heads = self.score_pairs(rows, items, heads=self.ranking.heads, pairs=pairs)
-        score = self.ranking.score(heads)
-        picked, starts = [], np.concatenate([[0], np.cumsum(lengths)])
-        for a, b in zip(starts[:-1], starts[1:]):
-            picked.append(a + np.lexsort((items[a:b], -score[a:b]))[:top])
-        best = np.concatenate(picked) if picked else np.zeros(0, np.int64)
-        rating = (
-            heads.rating[best]
-            if heads.rating is not None
-            else self.score_pairs(
-                rows[best], items[best], heads=("rating",), pairs=PairSignals(pairs.features[best], None)
-            ).rating
-        )
-        rating = np.clip(rating, 1.0, 5.0)
-        out, at = [], 0
-        for row, sel in enumerate(picked):
-            why = self.because(int(u[row]), items[sel]) if reasons else [None] * len(sel)
-            path = "two_stage" if paths is None else paths[row]
-            out.append(
-                [
-                    self._item(int(items[j]), score[j], rating[at + n], False, "hybrid", path, why[n])
-                    for n, j in enumerate(sel)
-                ]
-            )
-            at += len(sel)
         return out
 
     # -- similar products ----------------------------------------------------------------------

@@ -331,19 +331,13 @@ def test_two_stage_ranks_the_retrievers_candidates_without_seen_products(rec):
 
 
 def test_two_stage_batch_equals_single_requests(rec):
+    """A batch job's customers get exactly their single requests' answers: the index is asked once
+    for the chunk, and each customer's candidates are ranked as its single request ranks them."""
     staged = _two_stage(rec, 12)
     ids = rec.customers(10) + ["nobody-knows-me"]
     batch = staged.recommend_many(ids, top=4)
-    for cid, items in zip(ids, batch):
-        single = staged.recommend(cid, top=4)
-        assert [it["product_id"] for it in items] == [it["product_id"] for it in single]
-        assert [it["path"] for it in items] == [it["path"] for it in single]
-        np.testing.assert_allclose([it["score"] for it in items], [it["score"] for it in single], atol=2e-6)
-        np.testing.assert_allclose(
-            [it["predicted_rating"] or 0 for it in items],
-            [it["predicted_rating"] or 0 for it in single],
-            atol=2e-4,
-        )
+    assert batch == [staged.recommend(cid, top=4) for cid in ids]
+    assert {it["path"] for items in batch[:10] for it in items} == {"two_stage"}
 
 
 def test_a_spec_from_before_the_liked_block_takes_the_two_older_affinity_blocks(rec):
