@@ -14,6 +14,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which a container or taskset narrows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _setting(env: str, default, under_var: str = ""):
     """A settings field read from the environment variable `env`; `under_var`: a path that defaults
     to that sub-path of `var_dir` (so RECSYS_VAR_DIR moves every such path at once)."""

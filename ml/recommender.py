@@ -564,14 +564,22 @@ class Recommender:
                 raise ValueError("candidates must be product positions (>= 0)")
             if allowed is not None:
                 items = items[np.isin(items, allowed, assume_unique=True)]
-        elif allowed is not None:
-            items, path = self._filtered_candidates(u, allowed, top, exclude_seen)
-            items = np.sort(items) if path == "two_stage" else items
-        elif self.two_stage:
-            items, path = np.unique(self.retrieve(u, top, exclude_seen)), "two_stage"
+        elif allowed is not None or self.two_stage:
+            items, path = self._candidates_of(np.array([u]), allowed, top, exclude_seen)[0]
         else:
             items, path = None, "exact"
         return self._top(np.array([u]), items, top, exclude_seen, path, reasons)[0]
+
+    def _candidates_of(
+        self, u: np.ndarray, allowed: np.ndarray | None, top: int, exclude_seen: bool
+    ) -> list[tuple[np.ndarray, str]]:
+        """(sorted candidate positions, path) of each customer of `u` when serving is filtered or
+        two-stage: a single request's and a batch's, the index asked once for all of `u`."""
+        if allowed is not None:
+            picked = [self._filtered_candidates(int(x), allowed, top, exclude_seen) for x in u]
+        else:
+            picked = [(c, "two_stage") for c in self.retrieve_many(u, top, exclude_seen)]
+        return [(np.unique(c), path) for c, path in picked]
 
     def recommend_many(
         self,
@@ -607,17 +615,12 @@ class Recommender:
             if shared:
                 lists = self._top(uu, allowed, top, exclude_seen, "exact", reasons)
             elif self.two_stage:
-                picked = (
-                    [self._filtered_candidates(int(x), allowed, top, exclude_seen) for x in uu]
-                    if allowed is not None
-                    else [(c, "two_stage") for c in self.retrieve_many(uu, top, exclude_seen)]
-                )
                 # each customer's own candidates ranked as a single request ranks them (the grid
                 # forward of one customer): 4.86 against 5.83 ms a customer for one aligned-rows
                 # pass over all of them (100k SYNTHETIC catalog, 200 customers, alternated)
                 lists = [
-                    self._top(np.array([x]), np.unique(c), top, exclude_seen, path, reasons)[0]
-                    for x, (c, path) in zip(uu, picked)
+                    self._top(np.array([x]), items, top, exclude_seen, path, reasons)[0]
+                    for x, (items, path) in zip(uu, self._candidates_of(uu, allowed, top, exclude_seen))
                 ]
             else:
                 lists = self._top(uu, None, top, exclude_seen, "exact", reasons)

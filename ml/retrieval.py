@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ml.config import usable_cpus
 from ml.features import (
     FeatureTables,
     customer_features,
@@ -285,6 +285,9 @@ class ExactIndex:
         return cls(vectors)
 
 
+MIN_BEAM = 64  # the narrowest HNSW search beam (hnswlib's ef), whatever the number of results
+
+
 class HnswIndex:
     """hnswlib HNSW graph over the product vectors, for inner product through the usual MIPS-to-L2
     reduction: x -> [x, sqrt(R^2 - |x|^2)], q -> [q, 0], so the nearest in L2 is the best in inner
@@ -296,6 +299,8 @@ class HnswIndex:
     def __init__(self, index, ef_factor: float) -> None:
         self.index = index
         self.ef_factor = ef_factor
+        # set once, never per query: a query's beam is its number of results (see search_many)
+        index.set_ef(MIN_BEAM)
 
     @staticmethod
     def _augment(vectors: np.ndarray) -> np.ndarray:
@@ -320,7 +325,6 @@ class HnswIndex:
         index.init_index(max_elements=len(x), ef_construction=ef_construction, M=m, random_seed=seed)
         index.set_num_threads(threads)
         index.add_items(x, np.arange(len(x)))
-        index.set_num_threads(1)  # queries: one request, one thread
         return cls(index, ef_factor)
 
     def params(self) -> dict:
@@ -334,14 +338,18 @@ class HnswIndex:
         return self.search_many(q[None], k)[0]
 
     def search_many(self, q: np.ndarray, k: int) -> np.ndarray:
-        """(len(q), k) best products of each row of `q`; a row's answer does not depend on the other
-        rows (the search is per query; ef follows k), so a batch finds what single requests find.
-        More than one query runs on every CPU this process may use (hnswlib threads per query)."""
-        k = int(min(k, self.index.get_current_count()))
-        self.index.set_ef(int(max(k * self.ef_factor, 64)))
+        """(len(q), k) best products of each row of `q`, searched with a beam of max(k x ef_factor,
+        MIN_BEAM): a row's answer depends on k alone, never on the other rows, so a batch finds what
+        single requests find. The beam is asked as the number of results (hnswlib searches with
+        max(ef, k)) rather than by set_ef, which would be shared state between threads serving
+        requests at once; the first k of them are the answer. hnswlib spreads a call's queries over
+        the process's CPUs when there are more than 4 per CPU."""
+        count = self.index.get_current_count()
+        k = int(min(k, count))
+        beam = int(min(max(k * self.ef_factor, MIN_BEAM, k), count))
         x = np.concatenate([q, np.zeros((len(q), 1))], axis=1).astype(np.float32)
-        labels, _ = self.index.knn_query(x, k=k, num_threads=1 if len(q) == 1 else _cpus())
-        return labels.astype(np.int64)
+        labels, _ = self.index.knn_query(x, k=beam, num_threads=1 if len(q) == 1 else usable_cpus())
+        return labels[:, :k].astype(np.int64)
 
     def save(self, path: Path) -> None:
         self.index.save_index(str(path / "index.hnsw"))
@@ -352,7 +360,6 @@ class HnswIndex:
 
         index = hnswlib.Index(space="l2", dim=vectors.shape[1] + 1)
         index.load_index(str(path / "index.hnsw"), max_elements=len(vectors))
-        index.set_num_threads(1)
         return cls(index, float(params["ef_factor"]))
 
 
@@ -371,14 +378,6 @@ ASK_GRAIN = 64
 def _ask(n: int, n_products: int) -> int:
     """`n` rounded up to a multiple of ASK_GRAIN, at most the catalog."""
     return int(min(-(-n // ASK_GRAIN) * ASK_GRAIN, n_products))
-
-
-def _cpus() -> int:
-    """CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
@@ -519,6 +518,8 @@ class Retriever:
         """`candidates` of each customer of `u` (excludes[r] for u[r]), the index asked once for all
         of them that ask for the same number of products (see `_ask`): what a batch job saves
         against single requests, with the same answers."""
+        if len(excludes) != len(u):
+            raise ValueError(f"{len(excludes)} excludes for {len(u)} customers")
         excl = [np.unique(np.asarray([] if e is None else e, np.int64)) for e in excludes]
         ks = [int(min(k, self.n_products - len(e))) for e in excl]
         nets = [

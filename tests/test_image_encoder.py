@@ -282,9 +282,11 @@ class _Interrupted(Exception):
 
 def test_a_signal_during_tflite_conversion_interrupts_it_and_kills_the_converter(tmp_path, monkeypatch):
     """The converter runs in a child (it holds the GIL for seconds, which would hold back a signal
-    handler in every thread): a signal that arrives meanwhile raises in the caller at once, and the
-    child is killed, not left behind. A converter that never finishes stands in for a slow one."""
+    handler in every thread): a signal that arrives meanwhile raises in the caller at once, as
+    Celery's soft time limit does (SIGUSR1), and the child is killed, not left behind. A converter
+    that never finishes stands in for a slow one."""
     import signal
+    import threading
     import time
 
     import keras
@@ -292,26 +294,34 @@ def test_a_signal_during_tflite_conversion_interrupts_it_and_kills_the_converter
     from ml.encoders import lite
 
     marker = tmp_path / "converter.pid"
-    script = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    script = (
+        "import os, time; open(os.environ['PID_TMP'], 'w').write(str(os.getpid())); "
+        "os.replace(os.environ['PID_TMP'], os.environ['PID_FILE']); time.sleep(600)"
+    )
     monkeypatch.setattr(lite, "_CONVERT_SCRIPT", script)
+    monkeypatch.setenv("PID_TMP", str(tmp_path / "pid.tmp"))
+    monkeypatch.setenv("PID_FILE", str(marker))
     inp = keras.Input((5,), name="x")
     model = keras.Model(inp, keras.layers.Dense(3)(inp))
+    sent: list[float] = []
 
-    def interrupt(signum, frame):
-        if marker.exists():
-            raise _Interrupted
-        signal.setitimer(signal.ITIMER_REAL, 0.1)  # the child has not started yet: try again soon
+    def soft_limit():  # once the converter runs, as Celery's pool does at a task's soft limit
+        while not marker.exists():
+            time.sleep(0.05)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGUSR1)
 
-    previous = signal.signal(signal.SIGALRM, interrupt)
+    def raise_interrupted(signum, frame):
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, raise_interrupted)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.5)
-        t0 = time.monotonic()
+        threading.Thread(target=soft_limit, daemon=True).start()
         with pytest.raises(_Interrupted):
             lite.convert(model)
-        assert time.monotonic() - t0 < 120
+        assert time.monotonic() - sent[0] < 2.0  # not held until the converter is done
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGUSR1, previous)
     pid = int(marker.read_text())
     with pytest.raises(ChildProcessError):  # killed and reaped: no such child of ours any more
         os.waitpid(pid, os.WNOHANG)

@@ -96,22 +96,26 @@ def test_save_load_round_trip_gives_identical_candidates(tmp_path):
         assert len(a) == 300 and not np.isin(a, exclude).any()
 
 
-def test_a_batch_of_customers_gets_what_each_gets_alone_and_what_brute_force_finds():
+def test_a_batch_of_customers_gets_what_each_gets_alone_and_what_brute_force_finds(monkeypatch):
     """`candidates_many` asks the index once per group of customers that ask for as many products
-    (on 2 threads): each customer's answer is the one it gets alone, and, with a search wide enough
-    to be exact, the safety net then the best by inner product, seen products and the net removed."""
+    (hnswlib spreads a group of more than 4 per thread over 2 threads here): each customer's answer
+    is the one it gets alone, and, with a search wide enough to be exact, the safety net then the
+    best by inner product, seen products and the net removed."""
+    import ml.retrieval as module
+
+    monkeypatch.setattr(module, "usable_cpus", lambda: 2)
     rng = np.random.default_rng(2)
     vecs = rng.normal(size=(4000, 8)).astype(np.float32)
-    users = rng.normal(size=(40, 8)).astype(np.float32)
+    users = rng.normal(size=(60, 8)).astype(np.float32)
     net = np.argsort(-vecs[:, -1])[:30]
     ret = Retriever(users, vecs, HnswIndex.build(vecs, ef_factor=100.0), {}, net)
-    u = np.arange(40)
-    excludes = [rng.choice(4000, int(n), replace=False) for n in rng.integers(0, 200, 40)]
-    excludes[3] = None
+    u = np.arange(60)
+    excludes = [rng.choice(4000, int(n), replace=False) for n in rng.integers(0, 200, 60)]
+    excludes[:20] = [None] * 20  # one group of 20 customers asking for the same number
     k = 150
     batch = ret.candidates_many(u, k, excludes)
     brute = ExactIndex(vecs)
-    for r in range(40):
+    for r in range(60):
         alone = ret.candidates(int(u[r]), k, excludes[r])
         assert batch[r].tolist() == alone.tolist()
         gone = np.asarray([] if excludes[r] is None else excludes[r], np.int64)
@@ -120,6 +124,8 @@ def test_a_batch_of_customers_gets_what_each_gets_alone_and_what_brute_force_fin
         best = best[~np.isin(best, gone) & ~np.isin(best, kept_net)][: k - len(kept_net)]
         assert batch[r].tolist() == kept_net.tolist() + best.tolist()
     assert [len(c) for c in ret.candidates_many(u[:2], 4000, [None, np.arange(10)])] == [4000, 3990]
+    with pytest.raises(ValueError):
+        ret.candidates_many(u[:2], k, [None])
 
 
 def test_distillation_recall_beats_random_candidates(artifact):

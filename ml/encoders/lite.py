@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ml.config import usable_cpus
+
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "keras", "tflite")
@@ -63,14 +65,6 @@ def use_lite(runtime: str | None = None) -> bool:
     return available()
 
 
-def cpu_threads() -> int:
-    """CPUs this process may run on (the interpreter's thread count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def lite_path(
     source: Path, folder: Path | None = None, stem: str | None = None, quantize: bool = False
 ) -> Path:
@@ -89,9 +83,16 @@ def lite_path(
 
 
 # The converter's own step, run in a child interpreter (see `convert`): reads a SavedModel, writes a
-# flatbuffer. Self-contained: the child needs TensorFlow, not this repository on its path.
+# flatbuffer. Self-contained: the child needs TensorFlow only (run with -P: not even this repository
+# on its path). It dies with the process that started it (Linux: PR_SET_PDEATHSIG), so a worker
+# killed at its hard time limit leaves no converter running on.
 _CONVERT_SCRIPT = """
 import sys
+try:
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
 import tensorflow as tf
 saved, out, quantize = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 converter = tf.lite.TFLiteConverter.from_saved_model(saved)
@@ -115,12 +116,12 @@ def convert(model, quantize: bool = False) -> bytes:
     2-core machine), and while it does no Python signal handler runs in ANY thread - Celery's soft
     time limit (SIGUSR1) would wait behind it until the hard limit kills the pool child. Waiting on a
     child is interruptible: the handler raises at once, and the child is killed on the way out.
-    Its memory is the child's too. Costs one TensorFlow import (~3 s) per conversion, once per
-    cache."""
+    Its memory is the child's too. Costs the child's TensorFlow import and start (5-7 s measured)
+    per conversion, once per cache."""
     with tempfile.TemporaryDirectory(prefix="lite-export-") as tmp:
         saved, out = Path(tmp) / "saved", Path(tmp) / "model.tflite"
         model.export(str(saved), format="tf_saved_model", verbose=False)
-        cmd = [sys.executable, "-c", _CONVERT_SCRIPT, str(saved), str(out), "1" if quantize else "0"]
+        cmd = [sys.executable, "-P", "-c", _CONVERT_SCRIPT, str(saved), str(out), "1" if quantize else "0"]
         done = subprocess.run(cmd, capture_output=True, text=True)  # kills the child on any exception
         if done.returncode != 0:
             tail = "\n".join(done.stderr.strip().splitlines()[-15:])
@@ -156,7 +157,7 @@ class LiteModel:
         with warnings.catch_warnings():  # tf.lite.Interpreter's notice that LiteRT is its successor
             warnings.simplefilter("ignore")
             self._interpreter = tf.lite.Interpreter(
-                model_content=flatbuffer, num_threads=int(threads or cpu_threads())
+                model_content=flatbuffer, num_threads=int(threads or usable_cpus())
             )
         self._runner = self._interpreter.get_signature_runner()
         self.inputs = list(self._runner.get_input_details())
