@@ -8,6 +8,8 @@
 - `training`: training wall time, peak RSS and stage breakdown at 1,000 and 10,000 SYNTHETIC products,
   photos fetched from a local HTTP server, cold and warm cache (bench/training.py);
 - `catalog`: serving against catalog size (10k-1M SYNTHETIC products), exact and two-stage (bench/catalog.py);
+- `jobs`: single and batch jobs through the whole service on the 100k `catalog` artifact: HTTP and Celery
+  against in-process p50, one batch job against sequential single jobs (bench/jobs_at_scale.py);
 - `two_stage`: two-stage against exact serving on the REAL data, leave-last-out, with intervals
   (bench/two_stage.py);
 - `faults`: worker kill -9 (pool child, main process) and a Redis crash with 100 jobs, 10k jobs of
@@ -399,6 +401,13 @@ def bench_peer() -> dict:
     return run()
 
 
+def bench_jobs() -> dict:
+    """Single and batch jobs through the service on the 100k `catalog` artifact (bench/jobs_at_scale.py)."""
+    from bench.jobs_at_scale import _artifact, run
+
+    return run(_artifact(100_000))
+
+
 def bench_feedback() -> dict:
     """Live feedback: POST /feedback to a recommendation that reflects it, 2 workers (bench/feedback.py)."""
     from bench.feedback import run
@@ -411,6 +420,7 @@ BENCHES = {
     "train": bench_train,
     "serving": bench_serving,
     "catalog": bench_catalog,
+    "jobs": bench_jobs,
     "quality": bench_quality,
     "two_stage": bench_two_stage,
     "faults": bench_faults,

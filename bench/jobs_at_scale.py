@@ -60,13 +60,13 @@ def _median_s(fn, rounds: list[float]) -> None:
     rounds.append(time.perf_counter() - t)
 
 
-def run(products: int, n_customers: int, top: int = 10) -> dict:
+def run(artifact: Path, n_customers: int = 200, top: int = 10) -> dict:
+    """The figures above for the model artifact at `artifact` (a models directory is made for it)."""
     from bench.__main__ import _get, _http_post_and_poll, _http_sync_get, _interleaved, _pct, service
     from ml.recommender import Recommender
     from scripts.procs import wait_until
     from tasks import names
 
-    artifact = _artifact(products)
     rec = Recommender.load(artifact)
     ids = [
         str(c) for c in rec.tables.customer_ids[np.random.default_rng(0).permutation(rec.tables.n_customers)]
@@ -78,6 +78,10 @@ def run(products: int, n_customers: int, top: int = 10) -> dict:
 
             def task(name: str, *args):
                 return celery.send_task(name, args=list(args)).get(timeout=300, interval=0.005)
+
+            def batch(cs: list[str]) -> None:
+                got = task(names.RECOMMEND_BATCH, cs, top)
+                assert got["count"] == len(cs) and all(len(r["items"]) == top for r in got["results"]), got
 
             path = task(names.RECOMMEND, warm[0], top)["items"][0]["path"]  # the worker loads the model
             url = f"http://127.0.0.1:{settings.web_port}"
@@ -91,13 +95,13 @@ def run(products: int, n_customers: int, top: int = 10) -> dict:
             for c in warm:
                 for fn in paths.values():
                     fn(c)
-            task(names.RECOMMEND_BATCH, warm, top)
+            batch(warm)
             rec.recommend_many(warm, top)
             samples = _interleaved(paths, customers)
             rounds: dict[str, list[float]] = {"single_jobs": [], "batch_job": [], "in_process_many": []}
             for _ in range(BATCH_ROUNDS):
                 _median_s(lambda: [task(names.RECOMMEND, c, top) for c in customers], rounds["single_jobs"])
-                _median_s(lambda: task(names.RECOMMEND_BATCH, customers, top), rounds["batch_job"])
+                _median_s(lambda: batch(customers), rounds["batch_job"])
                 _median_s(lambda: rec.recommend_many(customers, top), rounds["in_process_many"])
     per_s = {name: round(n_customers / float(np.median(r)), 1) for name, r in rounds.items()}
     return {
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--products", type=int, default=100_000)
     p.add_argument("--customers", type=int, default=200)
     args = p.parse_args(argv)
-    result = run(args.products, args.customers)
+    result = run(_artifact(args.products), args.customers)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
