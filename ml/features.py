@@ -401,19 +401,19 @@ def _link_sums(
         if r1 > r0 and k1 > k0:
             owner, pos = _ragged(t.cooc_indptr, j[r0:r1])
             other = t.cooc_indices[pos]
-            ek = row[r0:r1][owner] * n_p + other - lo * n_p
-            val = t.cooc_data[pos].astype(np.float64)
             kk = keys[k0:k1]
             # each entry's key slot by a table lookup (a binary search per entry cost 3x more)
             lookup = np.full((hi - lo) * int(n_p), -1, np.int32)
             lookup[kk - lo * n_p] = np.arange(len(kk), dtype=np.int32)
-            slot = lookup[ek]
-            hit = slot >= 0
-            at = slot[hit]
-            links[k0:k1] += np.bincount(at, weights=val[hit], minlength=len(kk))
-            resid[k0:k1] += np.bincount(at, weights=(val * res[r0:r1][owner])[hit], minlength=len(kk))
+            at = lookup[row[r0:r1][owner] * n_p + other - lo * n_p]
+            hit = at >= 0
+            if not hit.all():  # a few candidates: most entries are other products, gathered no further
+                at, owner, pos, other = at[hit], owner[hit], pos[hit], other[hit]
+            val = t.cooc_data[pos].astype(np.float64)
+            links[k0:k1] += np.bincount(at, weights=val, minlength=len(kk))
+            resid[k0:k1] += np.bincount(at, weights=val * res[r0:r1][owner], minlength=len(kk))
             if knn is not None:
-                sim = val[hit] / (norm[j[r0:r1][owner][hit]] * norm[other[hit]] + knn_shrink)
+                sim = val / (norm[j[r0:r1][owner]] * norm[other] + knn_shrink)
                 knn[k0:k1] += np.bincount(at, weights=sim, minlength=len(kk))
         lo = hi
     return LinkSums(links, resid, knn)
