@@ -36,11 +36,19 @@ OUT = REPO_ROOT / "var" / "bench" / "jobs_at_scale.json"
 BATCH_ROUNDS = 3
 
 
-def _artifact(products: int) -> Path:
+def artifact_of(products: int) -> Path | None:
+    """The `bench catalog` artifact of `products` products, None when it has not been built."""
     path = REPO_ROOT / "var" / "bench" / "catalog" / f"artifact-{products}"
-    if not (path / "manifest.json").is_file():
-        raise SystemExit(f"no {path}: build it first with `python -m bench.catalog --sizes {products}`")
-    return path
+    return path if (path / "manifest.json").is_file() else None
+
+
+def missing(products: int) -> str:
+    """What to do when `artifact_of(products)` is None."""
+    build = f"python -m bench.catalog --sizes {products}"
+    return f"no catalog artifact of {products} products: build it with `{build}`"
+
+
+MODEL_VERSION = "bench-catalog"
 
 
 def _registry_of(artifact: Path, tmp: Path) -> Path:
@@ -49,12 +57,13 @@ def _registry_of(artifact: Path, tmp: Path) -> Path:
 
     models = tmp / "models"
     models.mkdir()
-    (models / "bench-catalog").symlink_to(artifact.resolve(), target_is_directory=True)
-    ModelRegistry(models).publish("bench-catalog")
+    (models / MODEL_VERSION).symlink_to(artifact.resolve(), target_is_directory=True)
+    ModelRegistry(models).publish(MODEL_VERSION)
     return models
 
 
-def _median_s(fn, rounds: list[float]) -> None:
+def _time_into(fn, rounds: list[float]) -> None:
+    """Run `fn` once and append its seconds to `rounds`."""
     t = time.perf_counter()
     fn()
     rounds.append(time.perf_counter() - t)
@@ -63,25 +72,36 @@ def _median_s(fn, rounds: list[float]) -> None:
 def run(artifact: Path, n_customers: int = 200, top: int = 10) -> dict:
     """The figures above for the model artifact at `artifact` (a models directory is made for it)."""
     from bench.__main__ import _get, _http_post_and_poll, _http_sync_get, _interleaved, _pct, service
+    from ml.config import Settings
     from ml.recommender import Recommender
     from scripts.procs import wait_until
     from tasks import names
 
+    if not 1 <= n_customers <= Settings.from_env().max_batch:
+        raise ValueError(f"customers must be 1..RECSYS_MAX_BATCH ({Settings.from_env().max_batch})")
     rec = Recommender.load(artifact)
     ids = [
         str(c) for c in rec.tables.customer_ids[np.random.default_rng(0).permutation(rec.tables.n_customers)]
     ]
-    customers, warm = ids[:n_customers], ids[n_customers : n_customers + 20] or ids[:20]
+    if len(ids) <= n_customers:
+        raise ValueError(f"the artifact has {len(ids)} customers: measure fewer than that")
+    customers, warm = ids[:n_customers], ids[n_customers : n_customers + 20]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         with service(_registry_of(artifact, tmp), tmp, "jobs@%h") as (settings, _, celery):
 
             def task(name: str, *args):
-                return celery.send_task(name, args=list(args)).get(timeout=300, interval=0.005)
+                got = celery.send_task(name, args=list(args)).get(timeout=300, interval=0.005)
+                assert got["model_version"] == MODEL_VERSION, got.get("model_version")
+                return got
 
-            def batch(cs: list[str]) -> None:
+            def single_jobs(cs: list[str]) -> list[list[dict]]:
+                return [task(names.RECOMMEND, c, top)["items"] for c in cs]
+
+            def batch_job(cs: list[str]) -> list[list[dict]]:
                 got = task(names.RECOMMEND_BATCH, cs, top)
-                assert got["count"] == len(cs) and all(len(r["items"]) == top for r in got["results"]), got
+                assert got["count"] == len(cs), got
+                return [r["items"] for r in got["results"]]
 
             path = task(names.RECOMMEND, warm[0], top)["items"][0]["path"]  # the worker loads the model
             url = f"http://127.0.0.1:{settings.web_port}"
@@ -95,15 +115,25 @@ def run(artifact: Path, n_customers: int = 200, top: int = 10) -> dict:
             for c in warm:
                 for fn in paths.values():
                     fn(c)
-            batch(warm)
+            # a batch answers what single jobs answer (ml.recommender: same path per customer)
+            assert batch_job(warm) == single_jobs(warm)
             rec.recommend_many(warm, top)
             samples = _interleaved(paths, customers)
             rounds: dict[str, list[float]] = {"single_jobs": [], "batch_job": [], "in_process_many": []}
-            for _ in range(BATCH_ROUNDS):
-                _median_s(lambda: [task(names.RECOMMEND, c, top) for c in customers], rounds["single_jobs"])
-                _median_s(lambda: batch(customers), rounds["batch_job"])
-                _median_s(lambda: rec.recommend_many(customers, top), rounds["in_process_many"])
-    per_s = {name: round(n_customers / float(np.median(r)), 1) for name, r in rounds.items()}
+            runs = {
+                "single_jobs": lambda: single_jobs(customers),
+                "batch_job": lambda: batch_job(customers),
+                "in_process_many": lambda: rec.recommend_many(customers, top),
+            }
+            order = list(runs)
+            for r in range(BATCH_ROUNDS):  # the order rotates, as _interleaved's does
+                for name in order[r % 3 :] + order[: r % 3]:
+                    _time_into(runs[name], rounds[name])
+            stack_sizes = {
+                "web": f"gunicorn gthread -w {settings.web_workers} --threads {settings.web_threads}",
+                "worker": f"celery prefork, concurrency {settings.worker_concurrency}",
+            }
+    per_s = {name: round(len(customers) / float(np.median(r)), 1) for name, r in rounds.items()}
     return {
         "synthetic": True,
         "products": rec.n_products,
@@ -111,6 +141,7 @@ def run(artifact: Path, n_customers: int = 200, top: int = 10) -> dict:
         "customers": n_customers,
         "top": top,
         **{name: _pct(s) for name, s in samples.items()},
+        # the median over customers of (path - in-process), not a difference of p50s
         "minus_in_process_p50_ms": {
             name: round(float(np.percentile(np.subtract(s, samples["in_process"]), 50) * 1000), 2)
             for name, s in samples.items()
@@ -119,9 +150,10 @@ def run(artifact: Path, n_customers: int = 200, top: int = 10) -> dict:
         "customers_per_s": per_s,
         "batch_over_single_jobs": round(per_s["batch_job"] / per_s["single_jobs"], 2),
         "batch_rounds": BATCH_ROUNDS,
+        "stack": stack_sizes,
         "cpu_count": os.cpu_count(),
         "notes": {
-            "celery": "send_task + result get (5 ms poll of the Redis backend's pub/sub) ",
+            "celery": "send_task + result get (5 ms poll of the Redis backend's pub/sub)",
             "http_sync": "GET /recommendation",
             "http_poll": "POST /jobs, then GET /jobs/<id> every 5 ms until succeeded",
             "batch": f"{n_customers} sequential RECOMMEND tasks vs one RECOMMEND_BATCH task, medians of "
@@ -135,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--products", type=int, default=100_000)
     p.add_argument("--customers", type=int, default=200)
     args = p.parse_args(argv)
-    result = run(_artifact(args.products), args.customers)
+    artifact = artifact_of(args.products)
+    if artifact is None:
+        raise SystemExit(missing(args.products))
+    result = run(artifact, args.customers)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
