@@ -250,12 +250,13 @@ class Recommender:
             customer_features(t, u), customer_prior(t, u), customer_history(t, u), heads
         )
 
-    def _product_part(self, i: np.ndarray | None) -> dict[str, ProductPart]:
-        """Precomputed product halves of positions `i` (-1 = unknown), or of the whole catalog."""
+    def _product_part(self, i: np.ndarray | None, heads: tuple[str, ...] = HEADS) -> dict[str, ProductPart]:
+        """Precomputed product halves of positions `i` (-1 = unknown), or of the whole catalog, for
+        `heads` only (a pick-only ranking gathers no rating-head rows for its candidates)."""
         if i is None:
-            return {h: p.take(slice(0, -1)) for h, p in self._prod.items()}
+            return {h: p.take(slice(0, -1)) for h, p in self._prod.items() if h in heads}
         idx = np.where(i < 0, self.n_products, i)
-        return {h: p.take(idx) for h, p in self._prod.items()}
+        return {h: p.take(idx) for h, p in self._prod.items() if h in heads}
 
     def _check_items(self, items) -> np.ndarray | None:
         if items is None:
@@ -292,7 +293,7 @@ class Recommender:
         shrink = self.ranking.shrink if "pick" in heads else None
         out = {h: np.zeros((len(u), m), np.float32) for h in heads}
         knn = np.zeros((len(u), m), np.float32) if shrink is not None else None
-        prod = self._product_part(items)
+        prod = self._product_part(items, heads)
         step = max(1, PASS_ROWS // max(m, 1))
         for s in range(0, len(u), step):
             uu = u[s : s + step]
@@ -325,7 +326,7 @@ class Recommender:
         knn = np.zeros(len(u), np.float32) if shrink is not None else None
         for s in range(0, len(u), PASS_ROWS):
             uu, ii = u[s : s + PASS_ROWS], i[s : s + PASS_ROWS]
-            p = {h: v.aligned() for h, v in self._product_part(ii).items()}
+            p = {h: v.aligned() for h, v in self._product_part(ii, heads).items()}
             if pairs is None:
                 pair = pair_signals(self.tables, uu, ii, shrink)
             else:
