@@ -390,7 +390,8 @@ def _link_sums(
     knn = None if knn_shrink is None else np.zeros(len(keys), np.float64)
     norm = None if knn_shrink is None else rater_norm(t)
     row, j, res = _rated(t, u)  # sorted by row
-    cum = np.cumsum(np.bincount(row, weights=np.diff(t.cooc_indptr)[j], minlength=len(u)))
+    entries = t.cooc_indptr[j + 1] - t.cooc_indptr[j]  # (not a diff of the whole catalog's indptr)
+    cum = np.cumsum(np.bincount(row, weights=entries, minlength=len(u)))
     per_chunk = max(1, DENSE_KEYS // int(n_p))  # customers whose key slots fit one lookup table
     lo = 0
     while lo < len(u):
