@@ -278,9 +278,14 @@ def _dir_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
 
 
+def artifact_path(n_products: int) -> Path:
+    """Where the artifact of `n_products` products is built (and reused: `bench jobs` serves it)."""
+    return WORK / f"artifact-{n_products}"
+
+
 def bench_size(n_products: int, n_customers: int, epochs: int, k: int, n_recall: int, rebuild: bool) -> dict:
     """Build (or reuse) the artifact for one size and measure it in fresh subprocesses."""
-    artifact = WORK / f"artifact-{n_products}"
+    artifact = artifact_path(n_products)
     t = time.perf_counter()
     if rebuild or not (artifact / "manifest.json").is_file():
         build_artifact(n_products, n_customers, artifact, epochs)

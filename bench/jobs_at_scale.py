@@ -38,7 +38,9 @@ BATCH_ROUNDS = 3
 
 def artifact_of(products: int) -> Path | None:
     """The `bench catalog` artifact of `products` products, None when it has not been built."""
-    path = REPO_ROOT / "var" / "bench" / "catalog" / f"artifact-{products}"
+    from bench.catalog import artifact_path
+
+    path = artifact_path(products)
     return path if (path / "manifest.json").is_file() else None
 
 
@@ -81,8 +83,9 @@ def run(artifact: Path, n_customers: int = 200, top: int = 10) -> dict:
     from scripts.procs import wait_until
     from tasks import names
 
-    if not 1 <= n_customers <= Settings.from_env().max_batch:
-        raise ValueError(f"customers must be 1..RECSYS_MAX_BATCH ({Settings.from_env().max_batch})")
+    max_batch = Settings.from_env().max_batch
+    if not 1 <= n_customers <= max_batch:
+        raise ValueError(f"customers must be 1..RECSYS_MAX_BATCH ({max_batch})")
     rec = Recommender.load(artifact)
     ids = [
         str(c) for c in rec.tables.customer_ids[np.random.default_rng(0).permutation(rec.tables.n_customers)]

@@ -382,8 +382,7 @@ def _link_sums(
     Works from the sparse rows of C at the rated products only (never a dense catalog row): the
     cost is the customers' co-occurrence entries plus a table lookup per entry into `keys`, and
     only the entries that land on a key are gathered further, so scoring a few candidates does not
-    touch the rest of the catalog. Rows are processed in chunks
-    of at most LINK_ENTRY_BUDGET entries."""
+    touch the rest of the catalog. Rows are processed in chunks of at most LINK_ENTRY_BUDGET entries."""
     n_p = np.int64(t.n_products)
     links = np.zeros(len(keys), np.float64)
     resid = np.zeros(len(keys), np.float64)

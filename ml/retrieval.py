@@ -369,17 +369,6 @@ INDEXES = {ExactIndex.kind: ExactIndex, HnswIndex.kind: HnswIndex}
 _BLAS = None
 
 
-# The index is asked for products in multiples of this: customers whose seen products and safety
-# net differ by a few ask for the same number, so a batch asks the index once for all of them (and
-# the search's beam, which follows the number asked, is the same for a customer alone or in a batch).
-ASK_GRAIN = 64
-
-
-def _ask(n: int, n_products: int) -> int:
-    """`n` rounded up to a multiple of ASK_GRAIN, at most the catalog."""
-    return int(min(-(-n // ASK_GRAIN) * ASK_GRAIN, n_products))
-
-
 @contextlib.contextmanager
 def one_blas_thread():
     """Run one request's matrix-vector products on one BLAS thread (as ml.scoring does for small
@@ -486,6 +475,17 @@ def without_positions(sorted_positions: np.ndarray, values: np.ndarray | None) -
         return sorted_positions
     at = positions_in(sorted_positions, values)
     return np.delete(sorted_positions, np.unique(at[at >= 0]))
+
+
+# The index is asked for products in multiples of this: customers whose seen products and safety
+# net differ by a few ask for the same number, so a batch asks the index once for all of them (and
+# the search's beam, which follows the number asked, is the same for a customer alone or in a batch).
+ASK_GRAIN = 64
+
+
+def _ask(n: int, n_products: int) -> int:
+    """`n` rounded up to a multiple of ASK_GRAIN, at most the catalog."""
+    return int(min(-(-n // ASK_GRAIN) * ASK_GRAIN, n_products))
 
 
 class Retriever:
