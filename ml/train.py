@@ -32,6 +32,7 @@ from ml.features import (
     product_prior,
     reduce_block,
 )
+from ml.heap import arrays_on_heap
 from ml.model import (
     ARCHITECTURE_FIELDS,
     BestPerHead,
@@ -306,6 +307,7 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
     for b in (batches, val_batches):
         if b is not None:
             b.release()
+    arrays_on_heap()  # the generator dataset pinned malloc's mmap threshold (ml/heap.py)
     hist = {k: [float(x) for x in v] for k, v in history.history.items()}
     return serving_copy(model, spec), spec, hist
 
