@@ -32,7 +32,7 @@ from ml.features import (
     product_prior,
     reduce_block,
 )
-from ml.heap import arrays_on_heap
+from ml.heap import generator_fit
 from ml.model import (
     ARCHITECTURE_FIELDS,
     BestPerHead,
@@ -297,17 +297,19 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
     val_batches = (
         RowBatches(_take(rows.inputs, val), _take(rows.targets, val), batch, False) if has_val else None
     )
-    history = model.fit(
-        batches,
-        validation_data=val_batches,
-        epochs=config.epochs,
-        callbacks=callbacks,
-        verbose=config.verbose,
-    )
-    for b in (batches, val_batches):
-        if b is not None:
-            b.release()
-    arrays_on_heap()  # the generator dataset pinned malloc's mmap threshold (ml/heap.py)
+    try:
+        with generator_fit():  # malloc as TensorFlow sets it for the fit, large arrays on the heap after
+            history = model.fit(
+                batches,
+                validation_data=val_batches,
+                epochs=config.epochs,
+                callbacks=callbacks,
+                verbose=config.verbose,
+            )
+    finally:
+        for b in (batches, val_batches):
+            if b is not None:
+                b.release()
     hist = {k: [float(x) for x in v] for k, v in history.history.items()}
     return serving_copy(model, spec), spec, hist
 

@@ -48,6 +48,7 @@ def train_and_publish(
     """Train a version from `data_path` (checked by `training_data`) and the live feedback so far,
     publish it when `publish`; `report` is told how far the run is (ml.train.Report)."""
     # Imported here: ml.train pulls in TensorFlow, which must never load in the worker's parent.
+    from ml.heap import release_free
     from ml.train import TrainConfig, train_model
 
     path, epochs = training_data(data_path), check_epochs(epochs)
@@ -68,6 +69,8 @@ def train_and_publish(
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)  # never leave a half-written version behind
         raise
+    finally:
+        release_free()  # this worker serves on: training's freed heap pages go back (ml/heap.py)
     if publish:
         registry.publish(version)
         log.info("published model %s", version)

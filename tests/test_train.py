@@ -4,7 +4,6 @@ an input."""
 from __future__ import annotations
 
 import json
-import platform
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from ml.ranking import choose_ranking
 from ml.recommender import Recommender
 from ml.split import split_reviews
 from ml.train import BASE_BATCH, MAX_BATCH, MAX_STEPS, TrainConfig, step_plan, train_model
+from tests.test_heap import is_own_mapping, needs_glibc
 
 pytestmark = pytest.mark.slow
 FAST = TrainConfig(epochs=3, verbose=0, progress=False)
@@ -306,33 +306,7 @@ def test_left_out_reviews_gathered_by_position_equal_whole_copies(text_dim):
             assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), field
 
 
-def _mapped_bytes() -> int:
-    """Bytes malloc holds in mmap'd chunks of their own (glibc's mallinfo2().hblkhd)."""
-    import ctypes
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [  # all ten: the struct is returned by value
-            (name, ctypes.c_size_t)
-            for name in (
-                "arena",
-                "ordblks",
-                "smblks",
-                "hblks",
-                "hblkhd",
-                "usmblks",
-                "fsmblks",
-                "uordblks",
-                "fordblks",
-                "keepcost",
-            )
-        ]
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-    return int(libc.mallinfo2().hblkhd)
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+@needs_glibc
 def test_after_a_fit_large_arrays_come_from_the_heap_again():
     """TensorFlow's generator dataset (what a PyDataset fit builds) pins malloc's mmap threshold at
     128 KiB: then every array above it is a mapping of its own, page-faulted in afresh each time
@@ -347,6 +321,4 @@ def test_after_a_fit_large_arrays_come_from_the_heap_again():
     args = (w["u"], w["i"], w["rating"], w["review_vecs"], w["review_has_text"])
     rows = build_training_rows(t, *args, TrainConfig(negatives=2), val)
     fit_model(t, rows, TrainConfig(epochs=1, batch_size=16, verbose=0, progress=False))
-    before = _mapped_bytes()
-    a = np.ones(24 << 20, np.uint8)
-    assert _mapped_bytes() - before < a.nbytes
+    assert not is_own_mapping()

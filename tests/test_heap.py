@@ -1,0 +1,70 @@
+"""ml.heap: glibc's mmap threshold as TensorFlow's generator dataset sets it during a fit, and back on
+the heap after (also when the fit raises); the heap's free pages handed back."""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+import numpy as np
+import pytest
+
+from ml.heap import arrays_on_heap, generator_fit, release_free
+
+needs_glibc = pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc" or not hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2"),
+    reason="glibc >= 2.33 (mallopt, mallinfo2)",
+)
+pytestmark = needs_glibc
+BIG = 24 << 20  # above TensorFlow's 128 KiB, below glibc's 32 MiB ceiling
+
+
+def mapped_bytes() -> int:
+    """Bytes malloc holds in mmap'd chunks of their own (glibc's mallinfo2().hblkhd)."""
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [  # all ten: the struct is returned by value
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    return int(libc.mallinfo2().hblkhd)
+
+
+def is_own_mapping(nbytes: int = BIG) -> bool:
+    """Whether an array of `nbytes` gets a mapping of its own (else it comes from the heap)."""
+    before = mapped_bytes()
+    a = np.ones(nbytes, np.uint8)
+    return mapped_bytes() - before >= a.nbytes
+
+
+def test_inside_a_generator_fit_large_arrays_are_mapped_and_on_the_heap_after():
+    with generator_fit():
+        assert is_own_mapping()
+    assert not is_own_mapping()
+
+
+def test_the_heap_comes_back_when_the_fit_raises():
+    with pytest.raises(RuntimeError), generator_fit():
+        raise RuntimeError("soft time limit")
+    assert not is_own_mapping()
+
+
+def test_freed_heap_pages_go_back():
+    assert arrays_on_heap()
+    blocks = [np.ones(BIG, np.uint8) for _ in range(2)]  # on the heap, below the trim threshold once freed
+    del blocks
+    assert release_free()
