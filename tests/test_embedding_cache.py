@@ -20,6 +20,10 @@ class FakeEncoder:
         self.dim = dim
         self.calls: list[list] = []
         self.fail_on_call = fail_on_call
+        self.releases = 0
+
+    def release_arena(self) -> None:
+        self.releases += 1
 
     @property
     def n_encoded(self) -> int:
@@ -306,6 +310,8 @@ def test_embed_dataset_encodes_each_distinct_content_once_and_scatters(tmp_path,
     np.testing.assert_array_equal(emb.product_text[2], tenc.vector("red dress"))
     assert emb.stats["texts"] == {"rows": 40, "distinct": 5, "encoded": 5, "verified": 0}
     assert emb.stats["images"] == {"rows": 3, "distinct": 2, "encoded": 2, "verified": 0}
+    # once embedded, each encoder lets go of its runtime's activation memory (ml/encoders/lite.py)
+    assert (ienc.releases, tenc.releases) == (1, 1)
 
     # Second run, one product's text edited and one photo replaced: only those are encoded.
     c = _photos(3)[2]
@@ -326,7 +332,7 @@ def test_embed_dataset_encodes_each_distinct_content_once_and_scatters(tmp_path,
 
     shared_encoder.cache_clear()
     emb3 = embed_dataset(products2, reviews2, tmp_path / "cache", progress=False, verify_sample=0)
-    assert len(img_encs) == 1 and len(txt_encs) == 1
+    assert len(img_encs) == 1 and len(txt_encs) == 1  # (and releasing built none either)
     np.testing.assert_array_equal(emb3.product_image, emb2.product_image)
     assert emb3.encoders == emb2.encoders == {"image": "fake-image-1", "text": "fake-text-1"}
 

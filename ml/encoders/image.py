@@ -294,6 +294,13 @@ class ImageEncoder:
         """int64 (n, 5): ImageNet-1k class indices, most likely first."""
         return top5(self.features_and_logits(images)[1])
 
+    def release_arena(self) -> None:
+        """Let go of the TFLite interpreter's activation memory (`ml.encoders.lite.LiteModel
+        .release_arena`); the next call rebuilds it. Keras keeps its own."""
+        release = getattr(self._runner, "release_arena", None)
+        if release is not None:
+            release()
+
     def __repr__(self) -> str:
         src: Any = "random" if self.random_init else self.weights_path
         return (

@@ -293,6 +293,13 @@ class TextEncoder:
 
     __call__ = encode
 
+    def release_arena(self) -> None:
+        """Let go of the TFLite interpreter's activation memory, sized by the longest batch it ran
+        (`ml.encoders.lite.LiteModel.release_arena`); the next call rebuilds it. Keras keeps its own."""
+        release = getattr(self._runner, "release_arena", None)
+        if release is not None:
+            release()
+
     def __repr__(self) -> str:
         return (
             f"TextEncoder(name={self.name!r}, version={self.version!r}, dim={self.dim}, "
