@@ -251,8 +251,10 @@ def _embed_images(cache, products: pd.DataFrame, use_images: bool, progress: boo
 
         enc = _LazyEncoder(ImageEncoder)
         image_vecs = np.zeros((n, enc.dim), np.float32)
-        _embed_unique(cache, enc, keys, image_refs, progress, "embed images", image_vecs, stats["images"])
-        enc.release_arena()
+        try:
+            _embed_unique(cache, enc, keys, image_refs, progress, "embed images", image_vecs, stats["images"])
+        finally:
+            enc.release_arena()
         encoder = {"image": f"{enc.name}-{enc.version}"}
     stats["seconds"]["embed_images"] = round(time.perf_counter() - t0, 2)
     return image_vecs, has_image, encoder
@@ -284,8 +286,10 @@ def _embed_texts(
         both = np.zeros((len(texts), enc.dim), np.float32)
         stats["texts"] = {}
         keys = [text_key(t) if t else "" for t in texts]
-        _embed_unique(cache, enc, keys, texts, progress, "embed texts", both, stats["texts"])
-        enc.release_arena()
+        try:
+            _embed_unique(cache, enc, keys, texts, progress, "embed texts", both, stats["texts"])
+        finally:  # (also when a time limit stops it: the worker serves on)
+            enc.release_arena()
         out = _Texts(
             both[: len(ptext)],
             has_ptext,

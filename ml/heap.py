@@ -54,7 +54,9 @@ def arrays_on_heap() -> bool:
 
 @contextmanager
 def generator_fit() -> Iterator[None]:
-    """TensorFlow's 128 KiB threshold for the fit inside, `arrays_on_heap` after it (also when it raises)."""
+    """TensorFlow's 128 KiB threshold for the fit inside, `arrays_on_heap` after it (also when it raises).
+    The trim threshold (TensorFlow sets none) stays as the last call left it. Process-wide: fits in
+    concurrent threads of one process (a threads pool) share it."""
     _mallopt(M_MMAP_THRESHOLD, GENERATOR_MMAP_THRESHOLD)
     try:
         yield

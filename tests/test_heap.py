@@ -4,7 +4,9 @@ the heap after (also when the fit raises); the heap's free pages handed back."""
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,8 +65,14 @@ def test_the_heap_comes_back_when_the_fit_raises():
     assert not is_own_mapping()
 
 
+def _rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def test_freed_heap_pages_go_back():
     assert arrays_on_heap()
-    blocks = [np.ones(BIG, np.uint8) for _ in range(2)]  # on the heap, below the trim threshold once freed
-    del blocks
+    block = np.ones(BIG, np.uint8)  # on the heap, and kept there once freed (24 < 64 MiB trim threshold)
+    del block
+    before = _rss_mb()
     assert release_free()
+    assert before - _rss_mb() >= 20  # the block's pages, touched by np.ones

@@ -267,6 +267,7 @@ def test_releasing_the_arena_gives_its_memory_back_and_the_same_vectors(encoder)
     """TFLite keeps its tensor arena at the size of the longest batch it ran (64 texts of 256 tokens:
     ~245 MB here), and a training process used to carry it through the fit; `release_arena` lets it
     go and the next call rebuilds the interpreter."""
+    assert encoder.runtime == "tflite"  # (Keras holds no arena of its own to let go)
     long = [("word " * 300) + str(i) for i in range(64)]
     want = encoder.encode(long, batch_size=64)
     before = _rss_mb()

@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import Callable
@@ -149,11 +150,13 @@ def cached_flatbuffer(path: Path, build: Callable[[], Any], quantize: bool = Fal
 
 class LiteModel:
     """Calls a converted network like `predict_on_batch`: a float32 batch in, the model's outputs (in
-    the Keras model's output order) out as numpy arrays. Not thread-safe: one caller at a time."""
+    the Keras model's output order) out as numpy arrays. One call at a time (a lock: an encoder is
+    shared by the threads of a process, `ml.embed.shared_encoder`); TFLite runs its own threads."""
 
     def __init__(self, flatbuffer: bytes, threads: int | None = None) -> None:
         self._flatbuffer, self._threads = flatbuffer, int(threads or usable_cpus())
         self._interpreter = self._runner = None
+        self._lock = threading.Lock()
         runner = self._built()
         self.inputs = list(runner.get_input_details())
         names = list(runner.get_output_details())
@@ -176,12 +179,15 @@ class LiteModel:
         """Let go of the interpreter: its tensor arena keeps the size of the largest batch it ran
         (TFLite grows it, never shrinks it: MiniLM holds ~245 MB more after 64 texts of 256 tokens
         than before). The next call builds a fresh interpreter from the flatbuffer."""
-        self._interpreter = self._runner = None
+        with self._lock:
+            self._interpreter = self._runner = None
 
     def predict_on_batch(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | list[np.ndarray]:
         """`x`: the batch (one input) or {input name: batch}; returns what Keras would: one array for
         a one-output model, else a list in output order."""
         feed = x if isinstance(x, dict) else {self.inputs[0]: x}
-        out = self._built()(**{name: np.ascontiguousarray(v) for name, v in feed.items()})
+        feed = {name: np.ascontiguousarray(v) for name, v in feed.items()}
+        with self._lock:
+            out = self._built()(**feed)
         got = [np.asarray(out[name]) for name in self._outputs]
         return got[0] if len(got) == 1 else got
