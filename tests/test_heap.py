@@ -65,7 +65,8 @@ def test_the_heap_comes_back_when_the_fit_raises():
     assert not is_own_mapping()
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
+    """Resident memory of this process (/proc/self/statm), MiB."""
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
@@ -73,6 +74,6 @@ def test_freed_heap_pages_go_back():
     assert arrays_on_heap()
     block = np.ones(BIG, np.uint8)  # on the heap, and kept there once freed (24 < 64 MiB trim threshold)
     del block
-    before = _rss_mb()
+    before = rss_mb()
     assert release_free()
-    assert before - _rss_mb() >= 20  # the block's pages, touched by np.ones
+    assert before - rss_mb() >= 20  # the block's pages, touched by np.ones

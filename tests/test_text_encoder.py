@@ -16,7 +16,6 @@ Regenerate it when the model wheel or the reference stack changes (versions are 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -258,20 +257,18 @@ def test_matches_sentence_transformers_reference(encoder, reference):
     assert np.abs(got - expected).max() <= MAX_ABS_DIFF
 
 
-def _rss_mb() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc")
 def test_releasing_the_arena_gives_its_memory_back_and_the_same_vectors(encoder):
     """TFLite keeps its tensor arena at the size of the longest batch it ran (64 texts of 256 tokens:
     ~245 MB here), and a training process used to carry it through the fit; `release_arena` lets it
     go and the next call rebuilds the interpreter."""
     assert encoder.runtime == "tflite"  # (Keras holds no arena of its own to let go)
+    from tests.test_heap import rss_mb
+
     long = [("word " * 300) + str(i) for i in range(64)]
     want = encoder.encode(long, batch_size=64)
-    before = _rss_mb()
+    before = rss_mb()
     encoder.release_arena()
-    freed = before - _rss_mb()
+    freed = before - rss_mb()
     np.testing.assert_array_equal(encoder.encode(long, batch_size=64), want)
     assert freed > 100, f"released {freed:.0f} MB"
