@@ -16,7 +16,6 @@ from tasks import errors, names
 from tasks.celery_app import app
 from tasks.model_holder import holder
 from tasks.recommend import jsonable
-from tasks.soft_limit import insistent_soft_limit
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +58,14 @@ def train_and_publish(
     config = TrainConfig() if epochs is None else TrainConfig(epochs=epochs)
     log.info("training model %s from %s", version, path)
     try:
-        with insistent_soft_limit():  # (a soft limit raised inside a gc callback would be lost)
-            manifest = train_model(
-                path,
-                out_dir,
-                config=config,
-                settings=holder.settings,
-                report=report,
-                feedback_file=holder.settings.feedback_file,
-            )
+        manifest = train_model(
+            path,
+            out_dir,
+            config=config,
+            settings=holder.settings,
+            report=report,
+            feedback_file=holder.settings.feedback_file,
+        )
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)  # never leave a half-written version behind
         raise
