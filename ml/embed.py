@@ -93,19 +93,20 @@ class _LazyEncoder:
         # an encoder whose vectors depend on settings (the text encoder's precision) says so
         version = cls.cache_version() if hasattr(cls, "cache_version") else cls.version
         self.name, self.version, self.dim = cls.name, version, int(cls.dim)
-        self.used = False
+        self._built = None  # the shared encoder, once this one has built (or found) it
 
     def encode(self, items):
-        self.used = True
-        return shared_encoder(self._cls, self.version).encode(items)
+        if self._built is None:
+            self._built = shared_encoder(self._cls, self.version)
+        return self._built.encode(items)
 
     def release_arena(self) -> None:
-        """Once a dataset is embedded: the shared encoder (when built) lets go of its runtime's
-        activation memory, which would otherwise stay through training (MiniLM's TFLite arena: ~245 MB
-        after long texts); the network stays, and the next encode rebuilds the arena (~0.4 s)."""
-        release = (
-            getattr(shared_encoder(self._cls, self.version), "release_arena", None) if self.used else None
-        )
+        """Once a dataset is embedded: the shared encoder (when this one got it) lets go of its
+        runtime's activation memory, which would otherwise stay through training (MiniLM's TFLite
+        arena: ~245 MB after long texts); the network stays, and the next encode rebuilds the arena
+        (~0.4 s). Never builds one: called in a `finally`, after a build that a time limit stopped, a
+        second build would run into the hard limit."""
+        release = getattr(self._built, "release_arena", None)
         if release is not None:  # (an encoder without runtime memory to let go has none)
             release()
 

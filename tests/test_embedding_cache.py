@@ -519,3 +519,29 @@ def test_photos_are_localised_while_the_texts_are_embedded(tmp_path, fake_encode
             products, reviews, tmp_path / "cache3", progress=False, verify_sample=0, localize=slow_fetch
         )
     assert stopped.wait(20)  # the fetch was told to stop, and did not hold the caller up
+
+
+def test_releasing_after_a_build_that_failed_builds_nothing():
+    """`release_arena` runs in a `finally`: after a build a time limit stopped, building the encoder
+    again there ran the training task into its hard limit (tests/test_tasks.py's soft-limit test)."""
+    from ml.embed import _LazyEncoder, shared_encoder
+
+    class Stopped(Exception):
+        pass
+
+    class SlowToBuild:
+        name, version, dim = "slow", "1", 3
+        builds = 0
+
+        def __init__(self):
+            SlowToBuild.builds += 1
+            raise Stopped("the soft limit, mid-build")
+
+    lazy = _LazyEncoder(SlowToBuild)
+    try:
+        with pytest.raises(Stopped):
+            lazy.encode(["x"])
+        lazy.release_arena()
+        assert SlowToBuild.builds == 1
+    finally:
+        shared_encoder.cache_clear()
