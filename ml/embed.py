@@ -146,7 +146,18 @@ def _embed_unique(
     cache, enc, keys: list[str], items: list, progress: bool, desc: str, out: np.ndarray, stats: dict
 ) -> None:
     """out[k] = embedding of items[k] for every k with a key; each distinct key is encoded at most
-    once (and not at all when cached). Rows without a key are left as they are (zeros)."""
+    once (and not at all when cached). Rows without a key are left as they are (zeros). `enc` (a
+    `_LazyEncoder`) lets go of its runtime's activation memory after, also when encoding fails (the
+    worker serves on)."""
+    try:
+        _encode_distinct(cache, enc, keys, items, progress, desc, out, stats)
+    finally:
+        enc.release_arena()
+
+
+def _encode_distinct(
+    cache, enc, keys: list[str], items: list, progress: bool, desc: str, out: np.ndarray, stats: dict
+) -> None:
     first: dict[str, int] = {}  # distinct key -> its position among the distinct keys
     first_row: list[int] = []  # the row where each distinct key occurs first
     inverse = np.full(len(keys), -1, np.int64)
@@ -252,10 +263,7 @@ def _embed_images(cache, products: pd.DataFrame, use_images: bool, progress: boo
 
         enc = _LazyEncoder(ImageEncoder)
         image_vecs = np.zeros((n, enc.dim), np.float32)
-        try:
-            _embed_unique(cache, enc, keys, image_refs, progress, "embed images", image_vecs, stats["images"])
-        finally:
-            enc.release_arena()
+        _embed_unique(cache, enc, keys, image_refs, progress, "embed images", image_vecs, stats["images"])
         encoder = {"image": f"{enc.name}-{enc.version}"}
     stats["seconds"]["embed_images"] = round(time.perf_counter() - t0, 2)
     return image_vecs, has_image, encoder
@@ -287,10 +295,7 @@ def _embed_texts(
         both = np.zeros((len(texts), enc.dim), np.float32)
         stats["texts"] = {}
         keys = [text_key(t) if t else "" for t in texts]
-        try:
-            _embed_unique(cache, enc, keys, texts, progress, "embed texts", both, stats["texts"])
-        finally:  # (also when a time limit stops it: the worker serves on)
-            enc.release_arena()
+        _embed_unique(cache, enc, keys, texts, progress, "embed texts", both, stats["texts"])
         out = _Texts(
             both[: len(ptext)],
             has_ptext,

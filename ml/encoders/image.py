@@ -297,9 +297,7 @@ class ImageEncoder:
     def release_arena(self) -> None:
         """Let go of the TFLite interpreter's activation memory (`ml.encoders.lite.LiteModel
         .release_arena`); the next call rebuilds it. Keras keeps its own."""
-        release = getattr(self._runner, "release_arena", None)
-        if release is not None:
-            release()
+        lite.release_arena(self._runner)
 
     def __repr__(self) -> str:
         src: Any = "random" if self.random_init else self.weights_path

@@ -148,6 +148,12 @@ def cached_flatbuffer(path: Path, build: Callable[[], Any], quantize: bool = Fal
     return blob
 
 
+def release_arena(runner) -> None:
+    """`runner.release_arena()` when the runner is a `LiteModel` (a Keras model keeps its memory)."""
+    if isinstance(runner, LiteModel):
+        runner.release_arena()
+
+
 class LiteModel:
     """Calls a converted network like `predict_on_batch`: a float32 batch in, the model's outputs (in
     the Keras model's output order) out as numpy arrays. One call at a time (a lock: an encoder is

@@ -296,9 +296,9 @@ class TextEncoder:
     def release_arena(self) -> None:
         """Let go of the TFLite interpreter's activation memory, sized by the longest batch it ran
         (`ml.encoders.lite.LiteModel.release_arena`); the next call rebuilds it. Keras keeps its own."""
-        release = getattr(self._runner, "release_arena", None)
-        if release is not None:
-            release()
+        from . import lite
+
+        lite.release_arena(self._runner)
 
     def __repr__(self) -> str:
         return (
