@@ -11,12 +11,13 @@ import os as _os
 # 224x224 batches; MiniLM 112 -> 119 texts/s). An explicit TF_ENABLE_ONEDNN_OPTS=0 still wins.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-# OpenBLAS (numpy's BLAS) keeps its helper threads spinning for 2^28 cycles (~0.1 s of a whole core)
-# after every matrix product. Where processes share the cores (prefork children, workers scaled on one
-# host, a worker beside training or a benchmark) those spins take the core the next request needs:
-# the REAL 2023 catalog served by 2 prefork children, `bench serving` interleaved, Celery p50 / p99
-# 33.6 / 95.6 ms against 11.5 / 19.5 ms with 2^18 cycles (~0.1 ms: the threads stay hot across one
-# pass's back-to-back products, then sleep). OpenBLAS reads this when numpy loads it, so before anything
-# imports numpy (the worker, `python -m ml` and `python -m bench` import `ml` first); an explicit
-# OPENBLAS_THREAD_TIMEOUT still wins.
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "18")
+# OpenBLAS (numpy's BLAS) keeps each of its helper threads spinning for 2^28 cycles (~0.1 s of a core
+# each) after every multi-threaded matrix product. Everything else on the host waits for those cores:
+# another pool child or worker serving, the Celery parent, Redis, the web server. The REAL 2023
+# catalog served by 2 prefork children (`bench serving`, README session 18): Celery p50 / p99 32.5 /
+# 100.8 ms, against 10.9 / 18.3 ms with 2^18 cycles (~0.1 ms: the threads stay hot across one pass's
+# back-to-back products, then sleep). OpenBLAS reads this when numpy loads it, so before anything
+# imports numpy (the worker, `python -m ml` and `python -m bench` import `ml` first; child processes
+# inherit it). A value set (not empty) in the environment wins.
+if not _os.environ.get("OPENBLAS_THREAD_TIMEOUT"):
+    _os.environ["OPENBLAS_THREAD_TIMEOUT"] = "18"

@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import ml  # noqa: F401  # isort: skip (first: ml's process defaults must precede numpy)
 import jax_probe
 import pytest
 

@@ -48,14 +48,18 @@ def idle_cpu(first: str, **env: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def openblas_threads() -> None:
-    if idle_cpu("plain")["threads"] < 2:
-        pytest.skip("needs numpy on a multi-threaded OpenBLAS")
+def spinning() -> dict:
+    """A process that loads numpy without `ml`: OpenBLAS's own spin (~0.1 s of a core per idle)."""
+    plain = idle_cpu("plain")
+    if plain["threads"] < 2:
+        pytest.skip(
+            f"OpenBLAS runs {plain['threads']} thread(s) here (CPUs: {os.cpu_count()}): nothing spins"
+        )
+    return plain
 
 
-def test_ml_stops_openblas_spinning_between_products(openblas_threads):
+def test_ml_stops_openblas_spinning_between_products(spinning):
     # without the default, each idle 0.3 s costs ~0.1 s of a core: 3 of them ~0.3 s
-    spinning = idle_cpu("plain")
     assert spinning["timeout"] is None
     assert spinning["idle_cpu_s"] > 0.1, spinning
     quiet = idle_cpu("ml")
@@ -63,7 +67,14 @@ def test_ml_stops_openblas_spinning_between_products(openblas_threads):
     assert quiet["idle_cpu_s"] < 0.05, quiet
 
 
-def test_an_explicit_openblas_thread_timeout_wins(openblas_threads):
+def test_an_explicit_openblas_thread_timeout_wins(spinning):
     explicit = idle_cpu("ml", OPENBLAS_THREAD_TIMEOUT="28")
     assert explicit["timeout"] == "28"
     assert explicit["idle_cpu_s"] > 0.1, explicit
+
+
+def test_an_empty_openblas_thread_timeout_gets_the_default(spinning):
+    # OpenBLAS reads "" as 0, its own 2^28: empty means unset, as for every setting here
+    empty = idle_cpu("ml", OPENBLAS_THREAD_TIMEOUT="")
+    assert empty["timeout"] == "18"
+    assert empty["idle_cpu_s"] < 0.05, empty
