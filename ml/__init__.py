@@ -14,11 +14,10 @@ _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # OpenBLAS (numpy's BLAS) keeps each of its helper threads spinning for 2^28 cycles (~0.1 s of a core
 # each) after every multi-threaded matrix product. Everything else on the host waits for those cores:
 # another pool child or worker serving, the Celery parent, Redis, the web server. 2^22 cycles (~1.6 ms)
-# instead: the REAL 2023 catalog served by 2 prefork children (`bench serving`, README session 18),
-# Celery p50 / p99 10.1 / 28.8 and 13.0 / 32.2 ms against 37.3 / 96.2 ms. Shorter still (2^18) helped
-# serving's p99 a little more but cost a training process alone on the cores 13% in the ranking
-# choice, whose back-to-back products reuse spinning threads (2^22: 6%). OpenBLAS reads this when
-# numpy loads it, so before anything imports numpy (the worker, `python -m ml` and `python -m bench`
-# import `ml` first; child processes inherit it). A value set (not empty) in the environment wins.
+# instead; not shorter, because a training process alone on the cores reuses the spinning threads
+# between back-to-back products (the ranking choice: +6% at 2^22, +14% at 2^18). Measurements: README,
+# Results, session 18. OpenBLAS reads this when numpy loads it, so before anything imports numpy (the
+# worker, `python -m ml` and `python -m bench` import `ml` first; child processes inherit it). A value
+# set (not empty) in the environment wins.
 if not _os.environ.get("OPENBLAS_THREAD_TIMEOUT"):
     _os.environ["OPENBLAS_THREAD_TIMEOUT"] = "22"

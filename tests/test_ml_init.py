@@ -61,7 +61,7 @@ def spinning() -> dict:
 def test_ml_stops_openblas_spinning_between_products(spinning):
     # without the default, each idle 0.3 s costs ~0.1 s of a core: 3 of them ~0.3 s; with it ~2 ms each
     assert spinning["timeout"] is None
-    assert spinning["idle_cpu_s"] > 0.1, spinning
+    assert spinning["idle_cpu_s"] > 0.06, spinning
     quiet = idle_cpu("ml")
     assert quiet["timeout"] == "22"
     assert quiet["idle_cpu_s"] < 0.05, quiet
@@ -70,7 +70,7 @@ def test_ml_stops_openblas_spinning_between_products(spinning):
 def test_an_explicit_openblas_thread_timeout_wins(spinning):
     explicit = idle_cpu("ml", OPENBLAS_THREAD_TIMEOUT="28")
     assert explicit["timeout"] == "28"
-    assert explicit["idle_cpu_s"] > 0.1, explicit
+    assert explicit["idle_cpu_s"] > 0.06, explicit
 
 
 def test_an_empty_openblas_thread_timeout_gets_the_default(spinning):
