@@ -47,8 +47,11 @@ class Loaded:
 def _default_loader(path):
     # Imported here, never at module import: this pulls in TensorFlow.
     from ml.recommender import Recommender
+    from tasks.gc_callbacks import drop_idle_jax_callback
 
-    return Recommender.load(path)
+    model = Recommender.load(path)
+    drop_idle_jax_callback()  # TensorFlow is loaded now: see tasks/gc_callbacks.py
+    return model
 
 
 class ModelHolder:

@@ -50,7 +50,9 @@ def train_and_publish(
     # Imported here: ml.train pulls in TensorFlow, which must never load in the worker's parent.
     from ml.heap import release_free
     from ml.train import TrainConfig, train_model
+    from tasks.gc_callbacks import drop_idle_jax_callback
 
+    drop_idle_jax_callback()  # (TensorFlow is loaded now) so the soft time limit is never swallowed
     path, epochs = training_data(data_path), check_epochs(epochs)
     registry = holder.registry
     version = registry.new_version()

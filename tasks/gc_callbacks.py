@@ -1,0 +1,29 @@
+"""A worker's Python gc callbacks, where a soft time limit can be lost.
+
+Celery's soft time limit is a signal: its handler raises SoftTimeLimitExceeded in the main thread at
+the next bytecode. When that bytecode belongs to a gc callback, Python prints "Exception ignored in
+<callback>" and drops the exception, and the task runs on into its hard limit (TimeLimitExceeded, the
+pool child killed): seen twice in CI, both times in JAX's `_xla_gc_callback`. JAX is there even with
+the TensorFlow backend: TensorFlow's lite module imports it whenever it is installed (an optional
+`from jax import jit` in tensorflow/lite/python/util.py), and importing JAX registers that callback,
+which frees XLA's buffers after each collection. With another Keras backend there are none to free.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+
+def drop_idle_jax_callback() -> bool:
+    """Remove JAX's gc callbacks when JAX is loaded but is not Keras's backend; whether any went."""
+    if "jax" not in sys.modules:
+        return False
+    import keras
+
+    if keras.backend.backend() == "jax":
+        return False
+    idle = [cb for cb in gc.callbacks if getattr(cb, "__module__", "").split(".")[0] == "jax"]
+    for cb in idle:
+        gc.callbacks.remove(cb)
+    return bool(idle)

@@ -1,0 +1,55 @@
+"""tasks.gc_callbacks: JAX's gc callback, loaded by TensorFlow's lite module, is dropped where JAX is
+not Keras's backend (a soft time limit raised inside it was swallowed), and kept where it is."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ml.config import REPO_ROOT
+from tasks.gc_callbacks import drop_idle_jax_callback
+
+
+def jax_callbacks() -> list:
+    return [cb for cb in gc.callbacks if getattr(cb, "__module__", "").split(".")[0] == "jax"]
+
+
+@pytest.fixture
+def restored_gc_callbacks():
+    saved = list(gc.callbacks)
+    yield
+    gc.callbacks[:] = saved
+
+
+def test_tensorflow_backend_drops_the_jax_callback(restored_gc_callbacks):
+    import jax  # noqa: F401  (what TensorFlow's lite module imports when JAX is installed)
+    import keras
+
+    assert keras.backend.backend() == "tensorflow"
+    assert jax_callbacks(), "importing jax registers its gc callback"
+    others = [cb for cb in gc.callbacks if cb not in jax_callbacks()]
+    assert drop_idle_jax_callback() is True
+    assert jax_callbacks() == [] and gc.callbacks == others
+    assert drop_idle_jax_callback() is False  # nothing left to drop
+
+
+def test_jax_backend_keeps_its_callback():
+    code = (
+        "import gc, keras; from tasks.gc_callbacks import drop_idle_jax_callback; "
+        "print(keras.backend.backend(), drop_idle_jax_callback(), "
+        "sum(getattr(c, '__module__', '').startswith('jax') for c in gc.callbacks))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert out.stdout.split()[-3:] == ["jax", "False", "1"], out.stdout + out.stderr[-2000:]
