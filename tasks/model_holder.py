@@ -49,9 +49,10 @@ def _default_loader(path):
     from ml.recommender import Recommender
     from tasks.gc_callbacks import drop_idle_jax_callback
 
-    model = Recommender.load(path)
-    drop_idle_jax_callback()  # TensorFlow is loaded now: see tasks/gc_callbacks.py
-    return model
+    try:
+        return Recommender.load(path)
+    finally:  # TensorFlow is loaded now, also when the load failed: see tasks/gc_callbacks.py
+        drop_idle_jax_callback()
 
 
 class ModelHolder:

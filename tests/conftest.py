@@ -227,3 +227,18 @@ def wait_job():
             time.sleep(0.1)
 
     return wait
+
+
+@pytest.fixture
+def jax_gc_callback():
+    """JAX's gc callback, registered for the test (an earlier test's model load may have dropped it:
+    tasks/gc_callbacks.py), and the process's gc callbacks as they were afterwards."""
+    import gc
+
+    from jax._src import lib as jax_lib
+
+    saved = list(gc.callbacks)
+    if jax_lib._xla_gc_callback not in gc.callbacks:
+        gc.callbacks.append(jax_lib._xla_gc_callback)
+    yield jax_lib._xla_gc_callback
+    gc.callbacks[:] = saved

@@ -257,6 +257,32 @@ def test_holder_publishes_customers_to_redis(tmp_path, settings, models_dir, fir
     assert published["customers"], "the model knows customers"
 
 
+def test_loading_a_model_drops_the_idle_jax_gc_callback(settings, models_dir, first_version, jax_gc_callback):
+    import gc
+
+    ModelHolder(replace(settings, models_dir=models_dir)).get()  # the real loader: tasks/gc_callbacks.py
+    assert jax_gc_callback not in gc.callbacks
+
+
+def test_training_drops_the_idle_jax_gc_callback_first(world_dir, jax_gc_callback, monkeypatch):
+    import gc
+
+    import ml.train
+    import tasks.training
+
+    seen = []
+
+    def stop(*args, **kwargs):
+        seen.append(jax_gc_callback in gc.callbacks)
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(ml.train, "train_model", stop)
+    monkeypatch.setattr(tasks.training, "training_data", Path)  # (the world lies outside data_dir)
+    with pytest.raises(RuntimeError, match="stop before training"):
+        tasks.training.train_and_publish(str(world_dir), epochs=1, publish=False)
+    assert seen == [False]
+
+
 def test_recommend_one_with_the_real_model(settings, models_dir, known_customers):
     model = ModelHolder(replace(settings, models_dir=models_dir)).get().model
     result = recommend_one(model, known_customers[0], 5)
