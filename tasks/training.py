@@ -52,7 +52,7 @@ def train_and_publish(
     from ml.train import TrainConfig, train_model
     from tasks.gc_callbacks import drop_idle_jax_callback
 
-    drop_idle_jax_callback()  # (TensorFlow is loaded now) so the soft time limit is never swallowed
+    drop_idle_jax_callback()  # TensorFlow, hence JAX, is loaded: see tasks/gc_callbacks.py
     path, epochs = training_data(data_path), check_epochs(epochs)
     registry = holder.registry
     version = registry.new_version()
