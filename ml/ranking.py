@@ -13,7 +13,8 @@
 - the rating factor favours what the customer would rate highly.
 
 `choose_ranking` picks both weights on validation ratings (every customer's latest training rating)
-scored from tables built without them, so no score reads the rating it is asked to find; a weight
+scored from tables built without them (the kNN term from every co-rating but the customer's own of
+the product to find), so no score reads the rating it is asked to find; a weight
 other than 0 is taken only when its validation NDCG beats weight 0 beyond noise (paired-bootstrap 95%
 interval above 0), since the best of a grid is often best by luck. Why the two weights are chosen on
 different shares of those ratings: see `choose_ranking`.
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ml.features import knn_grid
+from ml.features import FeatureTables, held_out_knn_grid, knn_grid
 from ml.metrics import csr_from_pairs, paired_bootstrap, ranking_metrics
 from ml.scoring import Heads
 
@@ -97,7 +98,9 @@ def _head(rec: Recommender, users: np.ndarray, head: str) -> np.ndarray:
 @dataclass
 class _Validation:
     """Validation customers' whole-catalog pick logits (and kNN scores of one shrinkage at a time,
-    predicted ratings when asked), the ratings to find, and NDCG@k of any rule over them."""
+    predicted ratings when asked), the ratings to find, and NDCG@k of any rule over them. With
+    `full` (the tables of every rating) the kNN scores come from its co-ratings, each customer's
+    own co-ratings of its validation product `held` left out (`held_out_knn_grid`)."""
 
     rec: Recommender
     users: np.ndarray
@@ -105,6 +108,8 @@ class _Validation:
     exclude: object
     relevant: object
     k: int
+    full: FeatureTables | None = None
+    held: np.ndarray | None = None  # each customer's validation product (with `full`)
     rating: np.ndarray | None = None
     knn: np.ndarray | None = None  # of knn_shrink
     knn_shrink: float | None = None
@@ -114,24 +119,37 @@ class _Validation:
         self.row = {int(c): n for n, c in enumerate(self.users)}
 
     @classmethod
-    def of(cls, rec: Recommender, users: np.ndarray, exclude, relevant, k: int) -> _Validation:
-        return cls(rec, users, _head(rec, users, "pick"), exclude, relevant, k)
+    def of(
+        cls, rec: Recommender, users: np.ndarray, exclude, relevant, k: int, full: FeatureTables | None = None
+    ) -> _Validation:
+        held = None
+        if full is not None:  # one validation product per customer (their latest rating)
+            at = relevant.indptr[users]
+            if not np.all(relevant.indptr[users + 1] - at == 1):
+                raise ValueError("kNN from the full co-ratings needs one validation rating per customer")
+            held = relevant.indices[at].astype(np.int64)
+        return cls(rec, users, _head(rec, users, "pick"), exclude, relevant, k, full, held)
 
     def subset(self, users: np.ndarray) -> _Validation:
         """These customers (some of `users`), with their predicted ratings too."""
         at = np.array([self.row[int(c)] for c in users], np.int64)
-        v = _Validation(self.rec, users, self.logit[at], self.exclude, self.relevant, self.k)
+        held = None if self.held is None else self.held[at]
+        v = _Validation(self.rec, users, self.logit[at], self.exclude, self.relevant, self.k, self.full, held)
         v.rating = _head(self.rec, users, "rating")
         if self.knn is not None:
             v.knn, v.knn_shrink = self.knn[at], self.knn_shrink
         return v
 
+    def _knn_grid(self, rows: slice, shrink: float) -> np.ndarray:
+        u = self.users[rows]
+        if self.full is None:
+            return knn_grid(self.rec.tables, u, shrink)
+        return held_out_knn_grid(self.full, self.rec.tables, u, self.held[rows], shrink)
+
     def with_knn(self, shrink: float) -> _Validation:
         if self.knn_shrink != shrink:
-            u = self.users
-            self.knn = np.concatenate(
-                [knn_grid(self.rec.tables, u[a : a + 256], shrink) for a in range(0, len(u), 256)]
-            )
+            n = len(self.users)
+            self.knn = np.concatenate([self._knn_grid(slice(a, a + 256), shrink) for a in range(0, n, 256)])
             self.knn_shrink = shrink
         return self
 
@@ -188,10 +206,13 @@ def choose_ranking(
     seed: int = 0,
     max_rows: int = 40_000_000,
     k: int = 10,
+    full: FeatureTables | None = None,
 ) -> dict:
     """The manifest's "ranking", by NDCG@k of the validation ratings (val_u, val_i) ranked among every
     product the customer had not rated in (fit_u, fit_i). `rec` must score from tables built from
     (fit_u, fit_i) only: scores that read the validation ratings would reward whatever leaks them.
+    `full`: the tables of every rating (one validation rating per customer); the kNN scores then
+    count every other customer's co-ratings, as serving does (`ml.features.held_out_knn_grid`).
 
     First the kNN term (weight and shrinkage, rating weight 0) on every validation rating: its gain
     is small per customer, and a few hundred customers cannot tell it from noise. Some of these
@@ -206,7 +227,7 @@ def choose_ranking(
     exclude, relevant = csr_from_pairs(fit_u, fit_i, n_c), csr_from_pairs(val_u, val_i, n_c)
     cap = max(50, max_rows // max(n_p, 1))
     users = np.random.default_rng(seed).permutation(np.unique(val_u))[:cap]
-    v = _Validation.of(rec, users, exclude, relevant, k)
+    v = _Validation.of(rec, users, exclude, relevant, k, full)
     none = v.ndcg(RankingRule())
     if not len(none):
         return {

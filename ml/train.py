@@ -587,7 +587,14 @@ def fit_artifact(
     fit = ~last
     fit_rec = Recommender(replace(artifact, tables=fit_tables, seen_u=r.u[fit], seen_i=r.i[fit]))
     manifest["ranking"] = choose_ranking(
-        fit_rec, r.u[fit], r.i[fit], r.u[last], r.i[last], unseen=val_rows[last], seed=config.seed
+        fit_rec,
+        r.u[fit],
+        r.i[fit],
+        r.u[last],
+        r.i[last],
+        unseen=val_rows[last],
+        seed=config.seed,
+        full=tables,
     )
     del fit_rec, fit_tables
     parts.lap("ranking")

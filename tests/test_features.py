@@ -253,3 +253,24 @@ def test_a_block_that_does_not_fit_the_layout_fails_loudly():
         row.assemble(**{**ok, "content": np.zeros((2, 4))})
     with pytest.raises(KeyError, match="no feature block"):
         row.span("price")
+
+
+@pytest.mark.parametrize("shrink", [0.0, 10.0])
+def test_held_out_knn_is_knn_from_every_rating_but_the_customers_held_out_one(shrink):
+    """The ranking choice's kNN scores (ml.ranking): for a customer whose latest rating is held
+    out, the item-kNN of tables holding every other rating (other customers' held-out ones too)."""
+    from ml.features import held_out_knn_grid, knn_grid
+
+    w = _world(seed=5, n_c=10, n_p=8)
+    last = np.r_[w["u"][1:] != w["u"][:-1], True] & (np.bincount(w["u"])[w["u"]] >= 2)
+    full, fit = _tables(w), _tables(w, keep=~last)
+    users, held = w["u"][last], w["i"][last]
+    got = held_out_knn_grid(full, fit, users, held, shrink)
+    for k, row in enumerate(np.flatnonzero(last)):
+        keep = np.ones(len(w["u"]), bool)
+        keep[row] = False
+        want = knn_grid(_tables(w, keep=keep), users[k : k + 1], shrink)[0]
+        np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-7)
+    assert (got[np.arange(len(users)), held] > 0).any(), "some held-out product is a neighbour"
+    # the fit tables alone lose the other customers' held-out co-ratings: a different score
+    assert not np.allclose(got, knn_grid(fit, users, shrink))

@@ -29,7 +29,7 @@ def artifact(world_dir, tmp_path_factory, base_settings):
     out = tmp_path_factory.mktemp("train") / "v1"
 
     def spy(rec, fit_u, fit_i, val_u, val_i, unseen, **kwargs):
-        CHOICE.update(rec=rec, fit=(fit_u, fit_i), val=(val_u, val_i), unseen=unseen)
+        CHOICE.update(rec=rec, fit=(fit_u, fit_i), val=(val_u, val_i), unseen=unseen, full=kwargs.get("full"))
         return choose_ranking(rec, fit_u, fit_i, val_u, val_i, unseen, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
@@ -101,6 +101,11 @@ def test_the_ranking_is_chosen_on_tables_without_the_validation_ratings(artifact
     # co-ratings and counts follow: the validation ratings are in the served tables' sums only
     assert fit_rec.tables.prod_count.sum() == len(fit_u) < served.tables.prod_count.sum()
     assert fit_rec.tables.cooc_data.sum() < served.tables.cooc_data.sum()
+    # the kNN term's co-ratings are every rating's (each customer's own held-out one left out by
+    # ml.features.held_out_knn_grid, tested in test_features.py)
+    full = CHOICE["full"]
+    assert rated(full) == fit | val
+    np.testing.assert_array_equal(full.cooc_data, served.tables.cooc_data)
 
 
 def test_products_json_carries_what_serving_filters_on(artifact, world_dir):
