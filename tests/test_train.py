@@ -108,6 +108,35 @@ def test_the_ranking_is_chosen_on_tables_without_the_validation_ratings(artifact
     np.testing.assert_array_equal(full.cooc_data, served.tables.cooc_data)
 
 
+def test_the_ranking_choice_scores_the_knn_term_from_every_co_rating(artifact):
+    """choose_ranking's kNN scores are `held_out_knn_grid`'s, each customer with its own validation
+    product, also for a subset of the customers in another order."""
+    from ml.features import held_out_knn_grid, knn_grid
+    from ml.metrics import csr_from_pairs
+    from ml.ranking import _Validation
+
+    fit_rec, (fit_u, fit_i), (val_u, val_i), full = (
+        CHOICE["rec"],
+        CHOICE["fit"],
+        CHOICE["val"],
+        CHOICE["full"],
+    )
+    n_c = fit_rec.tables.n_customers
+    exclude, relevant = csr_from_pairs(fit_u, fit_i, n_c), csr_from_pairs(val_u, val_i, n_c)
+    held = dict(zip(val_u.tolist(), val_i.tolist()))
+    users = np.unique(val_u)[:40]
+    v = _Validation.of(fit_rec, users, exclude, relevant, 10, full)
+    want = held_out_knn_grid(full, fit_rec.tables, users, [held[x] for x in users.tolist()], 10.0)
+    np.testing.assert_array_equal(v.with_knn(10.0).knn, want)
+    some = users[::-3]
+    sub = v.subset(some)
+    sub.knn_shrink = None  # recomputed from the subset's own held products
+    want = held_out_knn_grid(full, fit_rec.tables, some, [held[x] for x in some.tolist()], 10.0)
+    np.testing.assert_array_equal(sub.with_knn(10.0).knn, want)
+    # without `full` the scores would be the fit tables' own, which differ here
+    assert not np.allclose(v.with_knn(10.0).knn, knn_grid(fit_rec.tables, users, 10.0))
+
+
 def test_products_json_carries_what_serving_filters_on(artifact, world_dir):
     """Category path and price per product, as the training data's meta has them (an unknown price is
     null), so a worker filters without the data folder."""
