@@ -503,31 +503,38 @@ def held_out_knn_grid(
     other customer's ratings count, as they do at serving, where `fit`'s co-ratings lack every
     held-out rating at once (README, session 19: that understated the ranking's kNN term)."""
     u, held = np.asarray(u, np.int64), np.asarray(held, np.int64)
-    n_p = np.int64(full.n_products)
     norm = rater_norm(full)
     mixed = replace(
         full, rated_indptr=fit.rated_indptr, rated_indices=fit.rated_indices, rated_rating=fit.rated_rating
     )
     knn = pair_signals_grid(mixed, u, None, shrink, features=False, norm=norm).knn
-    # The held-out cells, from the held product's co-rating row (C is symmetric): each product i of
-    # the customer's history shares one rater fewer with it. A customer that rated the held product
-    # twice (its other rating in `fit`) is still one of its raters: its cell stands as it is.
+    rows, cells = _held_out_cells(full, fit, u, held, shrink, norm)
+    knn[rows, held[rows]] = cells
+    return knn
+
+
+def _held_out_cells(
+    full: FeatureTables, fit: FeatureTables, u: np.ndarray, held: np.ndarray, shrink: float, norm: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, kNN score of row's held product) of `held_out_knn_grid`, from the held product's
+    co-rating row (C is symmetric): each product of the customer's history shares one rater fewer with
+    it. A customer that rated the held product twice (its other rating in `fit`) is still one of its
+    raters: its row is left out, its score as the grid has it."""
+    n_p = np.int64(full.n_products)
     h_owner, h_pos = _ragged(fit.rated_indptr, u)
     history = np.sort(h_owner * n_p + fit.rated_indices[h_pos])
     again = np.zeros(len(u), bool)
     again[h_owner[fit.rated_indices[h_pos] == held[h_owner]]] = True
     owner, pos = _ragged(full.cooc_indptr, held)
-    other = full.cooc_indices[pos].astype(np.int64)
-    key = owner * n_p + other
+    key = owner * n_p + full.cooc_indices[pos]
     at = np.minimum(np.searchsorted(history, key), max(len(history) - 1, 0))
     mine = (history[at] == key) if len(history) else np.zeros(len(key), bool)
-    owner, other, c = owner[mine], other[mine], full.cooc_data[pos[mine]].astype(np.float64) - 1.0
-    denom = norm[other] * np.sqrt(np.maximum(norm[held[owner]] ** 2 - 1.0, 0.0)) + shrink
-    term = np.divide(c, denom, out=np.zeros_like(c), where=c > 0)
-    cell = np.bincount(owner, term, len(u))
+    owner, pos = owner[mine], pos[mine]
+    shared = full.cooc_data[pos].astype(np.float64) - 1.0
+    denom = norm[full.cooc_indices[pos]] * np.sqrt(np.maximum(norm[held[owner]] ** 2 - 1.0, 0.0)) + shrink
+    term = np.divide(shared, denom, out=np.zeros_like(shared), where=shared > 0)
     rows = np.flatnonzero(~again)
-    knn[rows, held[rows]] = cell[rows]
-    return knn
+    return rows, np.bincount(owner, term, len(u))[rows]
 
 
 def knn_top(t: FeatureTables, u: int, n: int, shrink: float, exclude: np.ndarray | None = None) -> np.ndarray:

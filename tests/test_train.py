@@ -135,6 +135,12 @@ def test_the_ranking_choice_scores_the_knn_term_from_every_co_rating(artifact):
     np.testing.assert_array_equal(sub.with_knn(10.0).knn, want)
     # without `full` the scores would be the fit tables' own, which differ here
     assert not np.allclose(v.with_knn(10.0).knn, knn_grid(fit_rec.tables, users, 10.0))
+    # one held-out product per customer, or no telling whose co-ratings to leave out
+    two = csr_from_pairs(
+        np.r_[val_u, users[:1]], np.r_[val_i, (val_i[val_u == users[0]] + 1) % fit_rec.n_products], n_c
+    )
+    with pytest.raises(ValueError, match="one validation rating per customer"):
+        _Validation.of(fit_rec, users, exclude, two, 10, full)
 
 
 def test_products_json_carries_what_serving_filters_on(artifact, world_dir):
