@@ -522,13 +522,10 @@ def _held_out_cells(
     raters: its row is left out, its score as the grid has it."""
     n_p = np.int64(full.n_products)
     h_owner, h_pos = _ragged(fit.rated_indptr, u)
-    history = np.sort(h_owner * n_p + fit.rated_indices[h_pos])
     again = np.zeros(len(u), bool)
     again[h_owner[fit.rated_indices[h_pos] == held[h_owner]]] = True
     owner, pos = _ragged(full.cooc_indptr, held)
-    key = owner * n_p + full.cooc_indices[pos]
-    at = np.minimum(np.searchsorted(history, key), max(len(history) - 1, 0))
-    mine = (history[at] == key) if len(history) else np.zeros(len(key), bool)
+    mine = np.isin(owner * n_p + full.cooc_indices[pos], h_owner * n_p + fit.rated_indices[h_pos])
     owner, pos = owner[mine], pos[mine]
     shared = full.cooc_data[pos].astype(np.float64) - 1.0
     denom = norm[full.cooc_indices[pos]] * np.sqrt(np.maximum(norm[held[owner]] ** 2 - 1.0, 0.0)) + shrink

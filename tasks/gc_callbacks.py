@@ -16,6 +16,11 @@ import gc
 import sys
 
 
+def jax_callbacks() -> list:
+    """The gc callbacks JAX registered (those defined in a `jax` module)."""
+    return [cb for cb in gc.callbacks if getattr(cb, "__module__", "").split(".")[0] == "jax"]
+
+
 def drop_idle_jax_callback() -> bool:
     """Remove JAX's gc callbacks when JAX is loaded and Keras runs on TensorFlow; whether any went."""
     if "jax" not in sys.modules:
@@ -24,7 +29,7 @@ def drop_idle_jax_callback() -> bool:
 
     if keras.backend.backend() != "tensorflow":
         return False
-    idle = [cb for cb in gc.callbacks if getattr(cb, "__module__", "").split(".")[0] == "jax"]
+    idle = jax_callbacks()
     for cb in idle:
         gc.callbacks.remove(cb)
     return bool(idle)

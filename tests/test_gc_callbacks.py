@@ -9,11 +9,7 @@ import subprocess
 import sys
 
 from ml.config import REPO_ROOT
-from tasks.gc_callbacks import drop_idle_jax_callback
-
-
-def jax_callbacks() -> list:
-    return [cb for cb in gc.callbacks if getattr(cb, "__module__", "").split(".")[0] == "jax"]
+from tasks.gc_callbacks import drop_idle_jax_callback, jax_callbacks
 
 
 def test_tensorflow_backend_drops_the_jax_callback(jax_gc_callback):
@@ -29,9 +25,8 @@ def test_tensorflow_backend_drops_the_jax_callback(jax_gc_callback):
 
 def test_jax_backend_keeps_its_callback():
     code = (
-        "import gc, keras; from tasks.gc_callbacks import drop_idle_jax_callback; "
-        "print(keras.backend.backend(), drop_idle_jax_callback(), "
-        "sum(getattr(c, '__module__', '').startswith('jax') for c in gc.callbacks))"
+        "import keras; from tasks.gc_callbacks import drop_idle_jax_callback, jax_callbacks; "
+        "print(keras.backend.backend(), drop_idle_jax_callback(), len(jax_callbacks()))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
