@@ -711,6 +711,45 @@ def product_features(t: FeatureTables, i: np.ndarray, ex: Exclusion | None = Non
     )
 
 
+CUSTOMER_INPUTS = ("customer", "customer_prior", "history")  # the ModelInputs a customer's rows share
+
+
+def customer_inputs(
+    t: FeatureTables,
+    u: np.ndarray,
+    ex: Exclusion | None = None,
+    ex_item: np.ndarray | None = None,
+    prior: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The customer side of the model's inputs (`CUSTOMER_INPUTS`) for customer positions `u`, each
+    row with `ex`'s review of `ex_item` left out; `prior` replaces the tables' b_u row by row."""
+    return {
+        "customer": customer_features(t, u, ex_item, ex),
+        "customer_prior": customer_prior(t, u) if prior is None else np.asarray(prior, np.float32),
+        "history": customer_history(t, u, ex_item, ex),
+    }
+
+
+def pair_inputs(
+    t: FeatureTables,
+    u: np.ndarray,
+    i: np.ndarray,
+    prod_ex: Exclusion | None = None,
+    is_rated: np.ndarray | None = None,
+    cust_prior: np.ndarray | None = None,
+    prod_prior: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The product and pair side of the model's inputs (the rest of `ModelInputs`) for rows (u, i);
+    product ids are shifted by one (0 = unknown)."""
+    cust_prior = customer_prior(t, u) if cust_prior is None else np.asarray(cust_prior, np.float32)
+    return {
+        "product": product_features(t, i, prod_ex),
+        "product_id": product_id_input(t, i),
+        "product_prior": product_prior(t, i) if prod_prior is None else np.asarray(prod_prior, np.float32),
+        "pair": pair_features(t, u, i, is_rated, cust_prior),
+    }
+
+
 def model_inputs(
     t: FeatureTables,
     u: np.ndarray,
@@ -721,19 +760,13 @@ def model_inputs(
     cust_prior: np.ndarray | None = None,
     prod_prior: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """The hybrid model's input dict for rows (u, i); product ids are shifted by one (0 = unknown).
+    """The hybrid model's input dict for aligned rows (u, i): `customer_inputs` and `pair_inputs`.
     `cust_prior`/`prod_prior` replace the tables' biases row by row (training rows leave their
     own rating out of them)."""
-    cust_prior = customer_prior(t, u) if cust_prior is None else np.asarray(cust_prior, np.float32)
-    return ModelInputs(
-        customer=customer_features(t, u, cust_ex_item, cust_ex),
-        product=product_features(t, i, prod_ex),
-        product_id=product_id_input(t, i),
-        customer_prior=cust_prior,
-        product_prior=product_prior(t, i) if prod_prior is None else np.asarray(prod_prior, np.float32),
-        history=customer_history(t, u, cust_ex_item, cust_ex),
-        pair=pair_features(t, u, i, None if cust_ex is None else cust_ex.is_rated, cust_prior),
-    )._asdict()
+    cust = customer_inputs(t, u, cust_ex, cust_ex_item, cust_prior)
+    is_rated = None if cust_ex is None else cust_ex.is_rated
+    pair = pair_inputs(t, u, i, prod_ex, is_rated, cust["customer_prior"], prod_prior)
+    return ModelInputs(**cust, **pair)._asdict()
 
 
 def customer_history(

@@ -148,6 +148,7 @@ class HeadNet(layers.Layer):
     sees no per-product review text, for the same reason."""
 
     kind = ""
+    rated_rows_only = False  # trained on rated rows alone (`HybridModel.call` with `rated`), or on every row
 
     def __init__(self, spec: ModelSpec, **kwargs) -> None:
         super().__init__(name=f"{self.kind}_net", **kwargs)
@@ -218,6 +219,7 @@ class RatingHead(HeadNet):
     directly. The product vector is a projection of its features: no per-product parameter."""
 
     kind = "rating"
+    rated_rows_only = True
 
     def __init__(self, spec: ModelSpec, seed: int = 0, **kwargs) -> None:
         super().__init__(spec, **kwargs)
@@ -339,10 +341,19 @@ class HybridModel(keras.Model):
         return out
 
     def call(self, inputs, training=False):
-        x = ModelInputs(**inputs)
-        c = self.customer_part(x.customer, x.customer_prior, x.history, training=training)
-        p = self.product_part(x.product, x.product_id, x.product_prior, training=training)
-        return self.pair_part(c, p, x.pair, training=training)
+        """Both heads on aligned rows. With `rated` (training batches, `RowBatches`: the rows with a
+        rating) the rating head runs on those rows alone, its loss having no other: 1 row in 9."""
+        x = ModelInputs(**{k: v for k, v in inputs.items() if k != "rated"})
+        rated = inputs.get("rated")
+        out = {}
+        for h, net in self.nets.items():
+            xh = x
+            if rated is not None and net.rated_rows_only:
+                xh = ModelInputs(*(ops.take(v, rated, axis=0) for v in x))
+            c = net.customer_part(xh.customer, xh.customer_prior, xh.history, training=training)
+            p = net.product_part(xh.product, xh.product_id, xh.product_prior, training=training)
+            out[h] = net.pair_part(c, p, xh.pair, training=training)
+        return out
 
     def get_config(self) -> dict:
         return {"spec": self.spec.to_dict()}
@@ -352,16 +363,67 @@ class HybridModel(keras.Model):
         return cls(ModelSpec.from_dict(config["spec"]))
 
 
-class RowBatches(keras.utils.PyDataset):
-    """Batches of training rows gathered from the caller's arrays, in a fresh random order each epoch
-    (`shuffle`) or in order. Keras' own adapter for in-memory arrays first copies every array into a
-    backend tensor: on a 10k-product world that copy (~640 MB) was the peak of training. Each batch
-    here is a gather of `batch_size` rows; nothing else is copied."""
+@dataclass
+class TrainingRows:
+    """The network's training examples in groups, one per observed rating: the group's customer side
+    (`ml.features.CUSTOMER_INPUTS`, one row) and its rows (the product and pair inputs): the rated
+    product first, then the products sampled as its negatives, which share that customer side
+    (`ml.train.build_training_rows`). Stored once per group, not per row, the customer side is a
+    ninth of what it was (on a 10k-product world ~500 MB less), and built a ninth as often."""
 
-    def __init__(self, inputs: dict, targets: dict, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    customer: dict  # (G, ...) arrays
+    pairs: dict  # (N, ...) arrays, each group's rows contiguous, its rated row first
+    start: np.ndarray  # (G + 1,) int64: group g's rows are pairs[start[g]:start[g + 1]]
+    rating: np.ndarray  # (G,) float32: the group's observed rating
+    is_val: np.ndarray  # (G,) bool: validation groups, every one after every training group
+
+    @property
+    def n_train(self) -> int:
+        return int((~self.is_val).sum())
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.start[-1])
+
+    def split(self) -> tuple[TrainingRows, TrainingRows]:
+        """(training groups, validation groups), as views: no copy of the arrays."""
+        k = self.n_train
+        if self.is_val[:k].any():
+            raise ValueError("training groups must come before validation groups (build_training_rows)")
+        r = int(self.start[k])
+        return self._part(slice(0, k), slice(0, r), self.start[: k + 1]), self._part(
+            slice(k, None), slice(r, None), self.start[k:] - r
+        )
+
+    def rated_rows(self) -> dict:
+        """The model's inputs (aligned rows) of each group's rated row, in group order: a copy."""
+        return {**self.customer, **{name: v[self.start[:-1]] for name, v in self.pairs.items()}}
+
+    def _part(self, groups: slice, rows: slice, start: np.ndarray) -> TrainingRows:
+        return TrainingRows(
+            customer={name: v[groups] for name, v in self.customer.items()},
+            pairs={name: v[rows] for name, v in self.pairs.items()},
+            start=start,
+            rating=self.rating[groups],
+            is_val=self.is_val[groups],
+        )
+
+
+class RowBatches(keras.utils.PyDataset):
+    """Batches of `TrainingRows` rows in a fresh random order each epoch (`shuffle`) or in order: each
+    row with its group's customer side, and `rated`, the batch's rated rows (in batch order), which
+    the rating head alone runs on (`HybridModel.call`). Targets: `rating` ([rating, 1] per rated row,
+    `masked_mse`'s form) and `pick` (1 for a rated row, 0 for a negative). Rows, not whole groups: a
+    batch of whole groups (a rating and its negatives together, the customer side computed once per
+    group) fitted faster still but ranked worse on the 2023 ratings (README). Keras' own adapter for
+    in-memory arrays first copies every array into a backend tensor (~640 MB on a 10k-product world,
+    once the peak of training); each batch here is a gather."""
+
+    def __init__(self, rows: TrainingRows, batch_size: int, shuffle: bool, seed: int = 0) -> None:
         super().__init__()
-        self.inputs, self.targets = inputs, targets
-        self.n = len(next(iter(targets.values())))
+        self.rows = rows
+        self.n = rows.n_rows
+        self.owner = np.repeat(np.arange(len(rows.rating)), np.diff(rows.start))  # each row's group
         self.batch_size, self.shuffle = batch_size, shuffle
         self._rng = np.random.default_rng(seed)
         self._order = self._rng.permutation(self.n) if shuffle else None
@@ -370,19 +432,25 @@ class RowBatches(keras.utils.PyDataset):
         return -(-self.n // self.batch_size)
 
     def __getitem__(self, idx: int):
-        rows = slice(idx * self.batch_size, min((idx + 1) * self.batch_size, self.n))
-        if self._order is not None:
-            rows = np.sort(self._order[rows])  # sorted: the gather reads memory forwards
-        return ({k: v[rows] for k, v in self.inputs.items()}, {k: v[rows] for k, v in self.targets.items()})
+        lo, hi = idx * self.batch_size, min((idx + 1) * self.batch_size, self.n)
+        rows = np.arange(lo, hi) if self._order is None else np.sort(self._order[lo:hi])  # reads forwards
+        group = self.owner[rows]
+        is_rated = rows == self.rows.start[group]  # a group's first row is its rating
+        x = {name: v[group] for name, v in self.rows.customer.items()}
+        x.update({name: v[rows] for name, v in self.rows.pairs.items()})
+        x["rated"] = np.flatnonzero(is_rated).astype(np.int32)
+        rated = group[is_rated]
+        rating = np.stack([self.rows.rating[rated], np.ones(len(rated), np.float32)], 1)
+        return x, {"rating": rating, "pick": is_rated.astype(np.float32)}
 
     def on_epoch_end(self) -> None:
         if self.shuffle:
             self._order = self._rng.permutation(self.n)
 
     def release(self) -> None:
-        """Drop the arrays: Keras (and tf.data's generator registry) keep the dataset object alive
-        after fit, and with it the views that keep the whole training rows in memory."""
-        self.inputs, self.targets = {}, {}
+        """Drop the rows: Keras (and tf.data's generator registry) keep the dataset object alive after
+        fit, and with it the views that keep the whole training rows in memory."""
+        self.rows = self.owner = None
 
 
 class EpochReport(keras.callbacks.Callback):

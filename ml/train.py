@@ -27,7 +27,9 @@ from ml.features import (
     Exclusion,
     FeatureTables,
     build_tables,
-    model_inputs,
+    customer_inputs,
+    customer_prior,
+    pair_inputs,
     product_content,
     product_prior,
     reduce_block,
@@ -39,6 +41,7 @@ from ml.model import (
     EpochReport,
     ModelSpec,
     RowBatches,
+    TrainingRows,
     build_model,
     masked_mse,
     pick_bce,
@@ -98,13 +101,6 @@ class TrainConfig:
         return cls(**d)
 
 
-@dataclass
-class TrainingRows:
-    inputs: dict
-    targets: dict
-    is_val: np.ndarray
-
-
 def _positions(ids: pd.Series, index: pd.Index) -> np.ndarray:
     return index.get_indexer(ids.astype(str)).astype(np.int64)
 
@@ -151,12 +147,10 @@ class _LeftOut:
 
     review: np.ndarray  # (rows,) int64
     active: np.ndarray  # (rows,) float32 0/1
-    is_rated: np.ndarray | None = None
 
     def take(self, rows, rating: np.ndarray, review_vecs: np.ndarray, has_text: np.ndarray) -> Exclusion:
         idx, a = self.review[rows], self.active[rows]
-        is_rated = None if self.is_rated is None else self.is_rated[rows]
-        return Exclusion(a, rating[idx] * a, review_vecs[idx] * a[:, None], has_text[idx] * a, is_rated)
+        return Exclusion(a, rating[idx] * a, review_vecs[idx] * a[:, None], has_text[idx] * a)
 
 
 def build_training_rows(
@@ -170,73 +164,94 @@ def build_training_rows(
     val_pos: np.ndarray,
     loo_prior: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainingRows:
-    """Positive rows (observed ratings) and sampled negatives, each with its own review left out.
+    """A group per observed rating (`TrainingRows`): its positive row and its sampled negatives, each
+    with its own review left out.
 
     A positive (u, i) excludes u's review of i from both sides. Its negatives (u, j) reuse the same
-    customer-side exclusion, and leave a random review of j out of j's side, so positives and
-    negatives see features of the same kind (counts one lower) and the count cannot give them away.
-    `loo_prior`: each positive's bias-model (b_u, b_i) with its own rating left out of the fit
-    (`BiasBaseline.leave_one_out`); its negatives share the customer's."""
+    customer-side exclusion (so the group's customer side is built once), and leave a random review of
+    j out of j's side, so positives and negatives see features of the same kind (counts one lower) and
+    the count cannot give them away. `loo_prior`: each positive's bias-model (b_u, b_i) with its own
+    rating left out of the fit (`BiasBaseline.leave_one_out`); its negatives share the customer's."""
     rng = np.random.default_rng(config.seed)
     n = len(u)
     ht = has_text.astype(np.float32)
     r = rating.astype(np.float32)
 
     src, nu, ni = _sample_negatives(u, i, tables.n_products, config.negatives, rng)
-    order = np.argsort(i, kind="stable")
+    by_product = np.argsort(i, kind="stable")
     counts = np.bincount(i, minlength=tables.n_products)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     c = counts[ni]
-    pick = order[np.minimum(starts[ni] + (rng.random(len(ni)) * c).astype(np.int64), max(n - 1, 0))]
+    pick = by_product[np.minimum(starts[ni] + (rng.random(len(ni)) * c).astype(np.int64), max(n - 1, 0))]
     # Which review each row leaves out of each side, as positions (no copy of any review vector):
     # a positive its own on both sides; a negative its source's on the customer side and `pick` (a
     # review of its product, none when the product has no review) on the product side.
     is_rated = np.concatenate([np.ones(n, np.float32), np.zeros(len(nu), np.float32)])
-    cust_ex = _LeftOut(np.concatenate([np.arange(n), src]), np.ones(n + len(src), np.float32), is_rated)
+    cust_ex = _LeftOut(np.arange(n), np.ones(n, np.float32))
     prod_ex = _LeftOut(
         np.concatenate([np.arange(n), pick]), np.concatenate([np.ones(n), c > 0]).astype(np.float32)
     )
     reviews = (r, review_vecs, ht)
-
-    all_u = np.concatenate([u, nu])
-    all_i = np.concatenate([i, ni])
-    cust_ex_item = np.concatenate([i, i[src]])
-    priors = {}
+    all_u, all_i, owner = (
+        np.concatenate([u, nu]),
+        np.concatenate([i, ni]),
+        np.concatenate([np.arange(n), src]),
+    )
     if loo_prior is not None:
         loo_u, loo_i = (np.asarray(x, np.float32) for x in loo_prior)
-        priors = {
-            "cust_prior": np.concatenate([loo_u, loo_u[src]]),
-            "prod_prior": np.concatenate([loo_i, product_prior(tables, ni)]),
-        }
-    observed = np.concatenate([np.ones(n, np.float32), np.zeros(len(nu), np.float32)])
-    rating_t = np.stack([np.concatenate([r, np.zeros(len(nu), np.float32)]), observed], 1)
-    is_val = np.concatenate([val_pos, val_pos[src]])
-    # Shuffled so that every batch (validation ones too) mixes positives and negatives; the training
-    # rows first, then the validation rows, so that fit_model takes each part as a view, not a copy.
-    order = np.concatenate(
-        [rng.permutation(np.flatnonzero(~is_val)), rng.permutation(np.flatnonzero(is_val))]
+        prod_prior = np.concatenate([loo_i, product_prior(tables, ni)])
+    else:
+        loo_u, prod_prior = customer_prior(tables, u), None
+    # Groups shuffled, the training ones first, then the validation ones, so that fit_model takes each
+    # part as a view, not a copy; each group's rows follow its order, its positive first.
+    groups = np.concatenate(
+        [rng.permutation(np.flatnonzero(~val_pos)), rng.permutation(np.flatnonzero(val_pos))]
     )
-    targets = {"rating": rating_t[order], "pick": observed[order]}
-    # Built in that order, ROWS_CHUNK rows at a time, into arrays allocated once: every feature is a
-    # function of its own row, and the temporaries of a whole build (several times the rows' size on
-    # a 10k-product world) were the peak of training's memory.
-    inputs: dict[str, np.ndarray] = {}
-    for s in range(0, max(len(order), 1), ROWS_CHUNK):  # once when empty: the arrays' shapes
-        rows = order[s : s + ROWS_CHUNK]
-        part = model_inputs(
-            tables,
-            all_u[rows],
-            all_i[rows],
-            cust_ex=cust_ex.take(rows, *reviews),
-            prod_ex=prod_ex.take(rows, *reviews),
-            cust_ex_item=cust_ex_item[rows],
-            **{k: v[rows] for k, v in priors.items()},
+    rows, start = _group_rows(groups, n, src)
+
+    def customer_chunk(g):
+        return customer_inputs(tables, u[g], cust_ex.take(g, *reviews), i[g], loo_u[g])
+
+    def pair_chunk(k):
+        p = None if prod_prior is None else prod_prior[k]
+        return pair_inputs(
+            tables, all_u[k], all_i[k], prod_ex.take(k, *reviews), is_rated[k], loo_u[owner[k]], p
         )
+
+    return TrainingRows(
+        _built(customer_chunk, groups), _built(pair_chunk, rows), start, r[groups], val_pos[groups]
+    )
+
+
+def _group_rows(groups: np.ndarray, n: int, src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, group offsets): the positions (positives 0..n-1, then the negatives in `src` order)
+    of the rows of `groups`, group after group, each group's positive first and then its negatives
+    (those whose `src` is the group); `TrainingRows.start` of that order."""
+    neg = np.argsort(src, kind="stable")
+    size = np.bincount(src, minlength=n)
+    first_neg = np.concatenate([[0], np.cumsum(size)[:-1]])
+    sizes = 1 + size[groups]
+    start = np.concatenate([[0], np.cumsum(sizes)])
+    offset = np.arange(int(start[-1])) - np.repeat(start[:-1], sizes)  # 0: the positive
+    g = np.repeat(groups, sizes)
+    out = g.astype(np.int64)
+    is_neg = offset > 0
+    out[is_neg] = n + neg[first_neg[g[is_neg]] + offset[is_neg] - 1]
+    return out, start
+
+
+def _built(build: Callable[[np.ndarray], dict], positions: np.ndarray) -> dict[str, np.ndarray]:
+    """`build(positions)`'s arrays, built ROWS_CHUNK positions at a time into arrays allocated once:
+    every feature is a function of its own row, and the temporaries of a whole build (several times
+    the rows' size on a 10k-product world) were the peak of training's memory."""
+    out: dict[str, np.ndarray] = {}
+    for s in range(0, max(len(positions), 1), ROWS_CHUNK):  # once when empty: the arrays' shapes
+        part = build(positions[s : s + ROWS_CHUNK])
         for name, v in part.items():
-            if name not in inputs:
-                inputs[name] = np.empty((len(order), *v.shape[1:]), v.dtype)
-            inputs[name][s : s + len(rows)] = v
-    return TrainingRows(inputs, targets, is_val[order])
+            if name not in out:
+                out[name] = np.empty((len(positions), *v.shape[1:]), v.dtype)
+            out[name][s : s + len(v)] = v
+    return out
 
 
 BASE_BATCH = 256  # rows per step of a small data set (and what TrainConfig.learning_rate is for)
@@ -262,11 +277,6 @@ def step_plan(config: TrainConfig, n_rows: int) -> tuple[int, float]:
     return batch, config.learning_rate * math.sqrt(batch / BASE_BATCH)
 
 
-def _take(d: dict, rows) -> dict:
-    """Each array's `rows` (a mask copies; a slice is a view)."""
-    return {k: v[rows] for k, v in d.items()}
-
-
 def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, report: Report | None = None):
     """Fit the Keras model with a validation split and per-head early stopping; returns
     (model, spec, history).
@@ -283,20 +293,15 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
         **{name: getattr(config, name) for name in ARCHITECTURE_FIELDS},
     )
     model = build_model(spec, seed=config.seed)
-    n_train = int((~rows.is_val).sum())
-    if rows.is_val[:n_train].any():
-        raise ValueError("training rows must come before validation rows (build_training_rows)")
-    batch, rate = step_plan(config, n_train)
+    train, val = rows.split()
+    batch, rate = step_plan(config, train.n_rows)
     model.compile(optimizer=keras.optimizers.Adam(rate), loss={"rating": masked_mse, "pick": pick_bce})
-    has_val = n_train < len(rows.is_val)
+    has_val = len(val.rating) > 0
     callbacks = [BestPerHead(config.patience, config.min_delta)] if has_val else []
     if report is not None:
         callbacks.append(EpochReport(report, config.epochs))
-    train, val = slice(0, n_train), slice(n_train, None)  # views: no copy of the rows
-    batches = RowBatches(_take(rows.inputs, train), _take(rows.targets, train), batch, True, config.seed)
-    val_batches = (
-        RowBatches(_take(rows.inputs, val), _take(rows.targets, val), batch, False) if has_val else None
-    )
+    batches = RowBatches(train, batch, True, config.seed)
+    val_batches = RowBatches(val, batch, False) if has_val else None
     try:
         with generator_fit():  # malloc as TensorFlow sets it for the fit, large arrays on the heap after
             history = model.fit(
@@ -479,10 +484,10 @@ def _build_tables(
 def _validation_metrics(model, rows: TrainingRows, epochs_run: int) -> dict:
     """Epochs run, and the rating head's RMSE/MAE on the validation ratings (clipped to 1-5)."""
     metrics: dict = {"epochs_run": epochs_run}
-    val = rows.is_val & (rows.targets["rating"][:, 1] > 0)
-    if val.any():
-        pred = np.clip(np.asarray(model.predict(_take(rows.inputs, val), verbose=0)["rating"]), 1, 5)
-        err = pred - rows.targets["rating"][val, 0]
+    _, val = rows.split()
+    if len(val.rating):
+        pred = np.clip(np.asarray(model.predict(val.rated_rows(), verbose=0)["rating"]), 1, 5)
+        err = pred - val.rating
         metrics.update(val_rmse=float(np.sqrt(np.mean(err**2))), val_mae=float(np.mean(np.abs(err))))
     return metrics
 
@@ -573,7 +578,7 @@ def fit_artifact(
     report({"stage": "finish"})  # validation metrics, rating weight, retriever, writing
     metrics = _validation_metrics(model, rows, len(hist.get("loss", [])))
     # fit_model's batch and rate: step_plan is a function of the config and the training rows alone
-    steps = step_plan(config, int((~rows.is_val).sum()))
+    steps = step_plan(config, rows.split()[0].n_rows)
     metrics.update(batch_size=steps[0], learning_rate=steps[1])
     parts.lap("validation")
     del rows  # the largest arrays of training (10k-product world: ~640 MB), not needed from here

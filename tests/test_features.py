@@ -136,11 +136,11 @@ def test_training_rows_see_biases_without_their_own_rating():
         np.zeros(len(w["u"]), bool),
         loo_prior=(loo_u, loo_i),
     )
-    pos = rows.targets["rating"][:, 1] > 0
-    np.testing.assert_allclose(np.sort(rows.inputs["customer_prior"][pos]), np.sort(loo_u), rtol=1e-5)
-    np.testing.assert_allclose(np.sort(rows.inputs["product_prior"][pos]), np.sort(loo_i), rtol=1e-5)
+    b_u, b_i = rows.customer["customer_prior"], rows.pairs["product_prior"][rows.start[:-1]]  # rated rows
+    np.testing.assert_allclose(np.sort(b_u), np.sort(loo_u), rtol=1e-5)
+    np.testing.assert_allclose(np.sort(b_i), np.sort(loo_i), rtol=1e-5)
     # and they differ from the in-sample biases, which contain the rating to predict
-    assert not np.allclose(np.sort(rows.inputs["customer_prior"][pos]), np.sort(prior.b_u_[w["u"]]))
+    assert not np.allclose(np.sort(b_u), np.sort(prior.b_u_[w["u"]]))
 
 
 def test_training_rows_built_in_chunks_equal_one_build(monkeypatch):
@@ -155,13 +155,60 @@ def test_training_rows_built_in_chunks_equal_one_build(monkeypatch):
     whole = build_training_rows(*args, val)
     monkeypatch.setattr(ml.train, "ROWS_CHUNK", 7)
     chunked = build_training_rows(*args, val)
-    assert len(whole.is_val) > 7 * 10  # many chunks
-    np.testing.assert_array_equal(chunked.is_val, whole.is_val)
-    assert set(chunked.inputs) == set(whole.inputs)
-    for name in whole.inputs:
-        np.testing.assert_array_equal(chunked.inputs[name], whole.inputs[name], err_msg=name)
-    for name in whole.targets:
-        np.testing.assert_array_equal(chunked.targets[name], whole.targets[name], err_msg=name)
+    assert len(whole.is_val) > 7 * 7 and whole.n_rows > 7 * 20  # many chunks of groups and of rows
+    for name in ("is_val", "start", "rating"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name), err_msg=name)
+    for side in ("customer", "pairs"):
+        a, b = getattr(chunked, side), getattr(whole, side)
+        assert set(a) == set(b)
+        for name in b:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_training_groups_spelled_out_are_each_rating_and_its_negatives():
+    """Each group, its customer side repeated over its rows, is: first the rated row with its own review
+    left out of both sides (what `model_inputs` gives with that exclusion), then products the customer
+    never rated, with the same customer side; every rating once, validation groups last."""
+    from ml.features import CUSTOMER_INPUTS, Exclusion
+    from ml.train import TrainConfig, build_training_rows
+
+    w = _world(seed=5)
+    t = _tables(w)
+    u, i, r = w["u"], w["i"], w["rating"]
+    val = np.random.default_rng(2).random(len(u)) < 0.3
+    rows = build_training_rows(
+        t, u, i, r, w["review_vecs"], w["review_has_text"], TrainConfig(negatives=3), val
+    )
+    sizes = np.diff(rows.start)
+    assert (sizes >= 1).all() and (sizes <= 4).all() and sizes.sum() > 3 * len(u)  # few negatives clash
+    assert not rows.is_val[: rows.n_train].any() and rows.is_val.sum() == val.sum()
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    spelled = {**rows.pairs, **{k: rows.customer[k][owner] for k in CUSTOMER_INPUTS}}
+    first = rows.start[:-1]
+    ex = Exclusion(
+        np.ones(len(u), np.float32), r.astype(np.float32), w["review_vecs"],
+        w["review_has_text"].astype(np.float32), np.ones(len(u), np.float32),
+    )  # fmt: skip
+    own = model_inputs(t, u, i, cust_ex=ex, prod_ex=ex, cust_ex_item=i)
+    # which rating each group is: the one whose inputs its rated row has
+    key = lambda d, at: np.concatenate([d["customer"][at], d["product"][at], d["pair"][at]], 1)  # noqa: E731
+    rated = rows.rated_rows()
+    for name in own:
+        np.testing.assert_array_equal(rated[name], spelled[name][first], err_msg=name)
+    dist = ((key(rated, slice(None))[:, None, :] - key(own, slice(None))[None]) ** 2).sum(-1)
+    src = dist.argmin(1)
+    assert sorted(src.tolist()) == list(range(len(u)))  # every rating once
+    np.testing.assert_array_equal(rows.rating, r[src].astype(np.float32))
+    np.testing.assert_array_equal(rows.is_val, val[src])
+    for name, v in own.items():
+        np.testing.assert_allclose(rated[name], v[src], rtol=1e-5, atol=1e-6, err_msg=name)
+    ids = {int(p): k for k, p in enumerate(t.prod_id) if p > 0}  # id row -> position (rated products)
+    negative = np.ones(len(owner), bool)
+    negative[first] = False
+    rated = set(zip(u.tolist(), i.tolist()))
+    neg_u = u[src][owner[negative]]
+    neg_i = np.array([ids.get(int(p), -1) for p in rows.pairs["product_id"][negative]])
+    assert not any((a, b) in rated for a, b in zip(neg_u.tolist(), neg_i.tolist()) if b >= 0)
 
 
 def test_only_rated_products_get_an_id_row_and_history_reads_them():

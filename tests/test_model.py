@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.model import HEADS, BestPerHead, RowBatches
+from ml.model import HEADS, BestPerHead, RowBatches, TrainingRows
 
 
 class _Net:
@@ -65,36 +65,69 @@ def test_each_head_keeps_its_own_best_epoch():
     assert last == 6
 
 
-def _epoch(batches: RowBatches) -> list[np.ndarray]:
+def _epoch(batches: RowBatches) -> list:
     out = [batches[b] for b in range(len(batches))]
     batches.on_epoch_end()
     return out
 
 
-def test_row_batches_give_every_row_once_per_epoch_rows_aligned():
-    n = 1000
-    inputs = {"a": np.arange(n) * 10, "b": np.stack([np.arange(n), -np.arange(n)], 1)}
-    targets = {"t": np.arange(n) + 0.5}
-    batches = RowBatches(inputs, targets, 64, shuffle=True, seed=3)
-    assert len(batches) == 16  # 15 full batches and one of 40
+def _groups(sizes: list[int], val: int = 0) -> TrainingRows:
+    """Group g: customer value g, rows g * 100 + k (k = 0 the rated row), rating g + 0.5; the last
+    `val` groups validate."""
+    start = np.concatenate([[0], np.cumsum(sizes)])
+    rows = np.concatenate([g * 100 + np.arange(s) for g, s in enumerate(sizes)])
+    n = len(sizes)
+    return TrainingRows(
+        customer={"c": np.arange(n), "h": np.stack([np.arange(n), -np.arange(n)], 1)},
+        pairs={"p": rows},
+        start=start,
+        rating=np.arange(n) + 0.5,
+        is_val=np.arange(n) >= n - val,
+    )
+
+
+def test_row_batches_give_every_row_once_per_epoch_with_its_customer_side():
+    sizes = list(np.random.default_rng(0).integers(1, 10, 300))
+    batches = RowBatches(_groups(sizes), 64, shuffle=True, seed=3)
+    n = sum(sizes)
+    assert len(batches) == -(-n // 64)
     seen = []
     for _ in range(2):
         rows = []
         for x, y in _epoch(batches):
-            assert len(y["t"]) <= 64
-            np.testing.assert_array_equal(x["a"], (y["t"] - 0.5) * 10)  # one row's parts stay together
-            np.testing.assert_array_equal(x["b"][:, 0], y["t"] - 0.5)
-            rows.append((y["t"] - 0.5).astype(int))
-        assert sorted(np.concatenate(rows).tolist()) == list(range(n))
+            assert len(x["p"]) <= 64 and len(y["pick"]) == len(x["p"])
+            np.testing.assert_array_equal(x["c"], x["p"] // 100)  # each row with its group's side
+            np.testing.assert_array_equal(x["h"][:, 1], -(x["p"] // 100))
+            np.testing.assert_array_equal(y["pick"], (x["p"] % 100 == 0).astype(np.float32))
+            # the rated rows, in batch order, and their ratings
+            np.testing.assert_array_equal(x["rated"], np.flatnonzero(x["p"] % 100 == 0))
+            np.testing.assert_array_equal(y["rating"][:, 0], x["p"][x["rated"]] // 100 + 0.5)
+            assert (y["rating"][:, 1] == 1).all()
+            rows.append(x["p"])
+        assert sorted(np.concatenate(rows).tolist()) == sorted(_groups(sizes).pairs["p"].tolist())
         seen.append([frozenset(r.tolist()) for r in rows])
     assert seen[0] != seen[1], "a new order each epoch"
-    assert seen[0][0] != frozenset(range(64)), "shuffled"
+    assert seen[0][0] != frozenset(_groups(sizes).pairs["p"][:64].tolist()), "shuffled"
 
 
 def test_row_batches_in_order_when_not_shuffled():
-    targets = {"t": np.arange(10)}
-    batches = RowBatches({"x": np.arange(10)}, targets, 4, shuffle=False)
-    assert [y["t"].tolist() for _, y in _epoch(batches)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    batches = RowBatches(_groups([2, 1, 3, 1, 1]), 3, shuffle=False)
+    got = _epoch(batches)
+    assert [x["p"].tolist() for x, _ in got] == [[0, 1, 100], [200, 201, 202], [300, 400]]
+    assert [y["rating"][:, 0].tolist() for _, y in got] == [[0.5, 1.5], [2.5], [3.5, 4.5]]
+
+
+def test_split_gives_training_and_validation_groups_as_views():
+    rows = _groups([2, 1, 3, 1, 1], val=2)
+    train, val = rows.split()
+    assert train.n_rows == 6 and val.n_rows == 2 and val.start.tolist() == [0, 1, 2]
+    assert val.pairs["p"].tolist() == [300, 400] and val.customer["c"].tolist() == [3, 4]
+    assert all(
+        np.shares_memory(a, b)
+        for a, b in ((train.pairs["p"], rows.pairs["p"]), (val.customer["h"], rows.customer["h"]))
+    )
+    with pytest.raises(ValueError, match="before validation"):
+        TrainingRows(rows.customer, rows.pairs, rows.start, rows.rating, ~rows.is_val).split()
 
 
 def _inputs(layout, n: int = 6, seed: int = 0) -> dict:
@@ -137,3 +170,22 @@ def test_a_dropped_product_id_looks_never_rated_with_cold_dropout(cold_dropout, 
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     as_given = ops.convert_to_numpy(model(x, training=False)["pick"])
     assert np.abs(got - as_given).max() > 1e-3  # the dropout changed something
+
+
+def test_the_rating_head_on_the_rated_rows_alone_computes_what_it_does_on_every_row():
+    """With `rated` (training batches) the rating head runs on those rows only: the same function as
+    the model on every row, taken at the rated rows; the pick head is untouched."""
+    from keras import ops
+
+    from ml.features import FeatureLayout
+    from ml.model import ModelSpec, build_model
+
+    layout = FeatureLayout.of(content=4, customer_text=3, product_text=3)
+    model = build_model(ModelSpec(5, 6, layout, 3.5, 4, 4, (8,), 0.0, 0.0, 0.0, 7, True, False), seed=3)
+    x = _inputs(layout, n=9, seed=1)
+    rated = np.array([0, 4, 5], np.int32)
+    got, want = model({**x, "rated": rated}, training=False), model(x, training=False)
+    got, want = ({h: ops.convert_to_numpy(v[h]) for h in HEADS} for v in (got, want))
+    np.testing.assert_allclose(got["pick"], want["pick"], rtol=1e-5, atol=1e-6)
+    assert got["rating"].shape == (3,)
+    np.testing.assert_allclose(got["rating"], want["rating"][rated], rtol=1e-5, atol=1e-6)

@@ -286,7 +286,7 @@ def test_fit_lets_go_of_the_training_rows():
     val = np.random.default_rng(0).random(len(w["u"])) < 0.3
     args = (w["u"], w["i"], w["rating"], w["review_vecs"], w["review_has_text"])
     rows = build_training_rows(t, *args, TrainConfig(negatives=2), val)
-    alive = [weakref.ref(v) for v in rows.inputs.values()]
+    alive = [weakref.ref(v) for d in (rows.customer, rows.pairs) for v in d.values()]
     model, _, _ = fit_model(t, rows, TrainConfig(epochs=1, batch_size=16, verbose=0, progress=False))
     del rows
     gc.collect()
