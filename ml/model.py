@@ -342,7 +342,8 @@ class HybridModel(keras.Model):
 
     def call(self, inputs, training=False):
         """Both heads on aligned rows. With `rated` (training batches, `RowBatches`: the rows with a
-        rating) the rating head runs on those rows alone, its loss having no other: 1 row in 9."""
+        rating) the rating head runs on those rows alone, its loss having no other: 1 row in
+        1 + `TrainConfig.negatives`."""
         x = ModelInputs(**{k: v for k, v in inputs.items() if k != "rated"})
         rated = inputs.get("rated")
         out = {}
@@ -396,7 +397,8 @@ class TrainingRows:
         )
 
     def rated_rows(self) -> dict:
-        """The model's inputs (aligned rows) of each group's rated row, in group order: a copy."""
+        """The model's inputs (aligned rows) of each group's rated row, in group order (the customer
+        arrays as they are, the pair rows gathered)."""
         return {**self.customer, **{name: v[self.start[:-1]] for name, v in self.pairs.items()}}
 
     def _part(self, groups: slice, rows: slice, start: np.ndarray) -> TrainingRows:
@@ -409,11 +411,17 @@ class TrainingRows:
         )
 
 
+# `RowBatches.rated` is padded to a multiple of this: how many rated rows a batch holds varies, and a
+# backend that compiles per shape (JAX) would compile a step for each count (~114 ± 10 at 1,024 rows)
+RATED_PAD = 64
+
+
 class RowBatches(keras.utils.PyDataset):
     """Batches of `TrainingRows` rows in a fresh random order each epoch (`shuffle`) or in order: each
-    row with its group's customer side, and `rated`, the batch's rated rows (in batch order), which
-    the rating head alone runs on (`HybridModel.call`). Targets: `rating` ([rating, 1] per rated row,
-    `masked_mse`'s form) and `pick` (1 for a rated row, 0 for a negative). Rows, not whole groups: a
+    row with its group's customer side, and `rated`, the batch's rated rows (in batch order, padded to
+    a multiple of RATED_PAD with row 0), which the rating head alone runs on (`HybridModel.call`).
+    Targets: `rating` ([rating, 1] per rated row, [0, 0] per padding: `masked_mse`'s form) and `pick`
+    (1 for a rated row, 0 for a negative). Rows, not whole groups: a
     batch of whole groups (a rating and its negatives together, the customer side computed once per
     group) fitted faster still but ranked worse on the 2023 ratings (README). Keras' own adapter for
     in-memory arrays first copies every array into a backend tensor (~640 MB on a 10k-product world,
@@ -438,9 +446,12 @@ class RowBatches(keras.utils.PyDataset):
         is_rated = rows == self.rows.start[group]  # a group's first row is its rating
         x = {name: v[group] for name, v in self.rows.customer.items()}
         x.update({name: v[rows] for name, v in self.rows.pairs.items()})
-        x["rated"] = np.flatnonzero(is_rated).astype(np.int32)
-        rated = group[is_rated]
-        rating = np.stack([self.rows.rating[rated], np.ones(len(rated), np.float32)], 1)
+        rated = np.flatnonzero(is_rated)
+        pad = -len(rated) % RATED_PAD
+        x["rated"] = np.concatenate([rated, np.zeros(pad, np.int64)]).astype(np.int32)
+        rating = np.zeros((len(rated) + pad, 2), np.float32)  # padding: mask 0, no loss
+        rating[: len(rated), 0] = self.rows.rating[group[rated]]
+        rating[: len(rated), 1] = 1.0
         return x, {"rating": rating, "pick": is_rated.astype(np.float32)}
 
     def on_epoch_end(self) -> None:

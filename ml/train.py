@@ -140,7 +140,8 @@ ROWS_CHUNK = 32_768  # training rows whose features are built at once (build_tra
 
 @dataclass
 class _LeftOut:
-    """One side's left-out training review for every training row, by position: row k leaves out
+    """One side's left-out training review for every row of that side (a group's customer side, a
+    pair row's product side), by position: row k leaves out
     review `review[k]` times `active[k]` (0: nothing). `take` gathers a chunk's `Exclusion`, so the
     review vectors are never copied for all rows at once (they were: ~270 MB on a 10k-product world,
     at the peak of training's memory)."""
@@ -581,7 +582,7 @@ def fit_artifact(
     steps = step_plan(config, rows.split()[0].n_rows)
     metrics.update(batch_size=steps[0], learning_rate=steps[1])
     parts.lap("validation")
-    del rows  # the largest arrays of training (10k-product world: ~640 MB), not needed from here
+    del rows  # the largest arrays of training (10k-product world: ~290 MB), not needed from here
     manifest = _manifest(out_dir.name, dataset, train, r, emb, image_report, config, split, spec, metrics)
     if feedback is not None:
         manifest["feedback"] = feedback

@@ -17,6 +17,9 @@ from ml.features import (
     build_tables,
     customer_features,
     model_inputs,
+    pair_features,
+    product_id_input,
+    product_prior,
 )
 
 
@@ -193,8 +196,6 @@ def test_training_groups_spelled_out_are_each_rating_and_its_negatives():
     # which rating each group is: the one whose inputs its rated row has
     key = lambda d, at: np.concatenate([d["customer"][at], d["product"][at], d["pair"][at]], 1)  # noqa: E731
     rated = rows.rated_rows()
-    for name in own:
-        np.testing.assert_array_equal(rated[name], spelled[name][first], err_msg=name)
     dist = ((key(rated, slice(None))[:, None, :] - key(own, slice(None))[None]) ** 2).sum(-1)
     src = dist.argmin(1)
     assert sorted(src.tolist()) == list(range(len(u)))  # every rating once
@@ -202,9 +203,19 @@ def test_training_groups_spelled_out_are_each_rating_and_its_negatives():
     np.testing.assert_array_equal(rows.is_val, val[src])
     for name, v in own.items():
         np.testing.assert_allclose(rated[name], v[src], rtol=1e-5, atol=1e-6, err_msg=name)
-    ids = {int(p): k for k, p in enumerate(t.prod_id) if p > 0}  # id row -> position (rated products)
+    # a negative: its group's customer side (above), the product (told by its content) as served,
+    # the pair's signals as for a product the customer never rated, with the group's prior
     negative = np.ones(len(owner), bool)
     negative[first] = False
+    span = t.layout.product.span("content")
+    j = ((spelled["product"][negative][:, None, span] - t.prod_content[None]) ** 2).sum(-1).argmin(1)
+    ug = u[src][owner[negative]]
+    np.testing.assert_array_equal(spelled["product_id"][negative], product_id_input(t, j))
+    np.testing.assert_allclose(spelled["product_prior"][negative], product_prior(t, j), rtol=1e-6)
+    b_u = spelled["customer_prior"][negative]
+    want = pair_features(t, ug, j, np.zeros(len(j), np.float32), b_u)
+    np.testing.assert_allclose(spelled["pair"][negative], want, rtol=1e-5, atol=1e-6)
+    ids = {int(p): k for k, p in enumerate(t.prod_id) if p > 0}  # id row -> position (rated products)
     rated = set(zip(u.tolist(), i.tolist()))
     neg_u = u[src][owner[negative]]
     neg_i = np.array([ids.get(int(p), -1) for p in rows.pairs["product_id"][negative]])
@@ -334,3 +345,13 @@ def test_held_out_knn_is_knn_from_every_rating_but_the_customers_held_out_one(sh
     assert (got[np.arange(len(users)), held] > 0).any(), "some held-out product is a neighbour"
     # the fit tables alone lose the other customers' held-out co-ratings: a different score
     assert not np.allclose(got, knn_grid(fit, users, shrink))
+
+
+def test_group_rows_put_each_rating_first_then_its_negatives_even_none():
+    from ml.train import _group_rows
+
+    # 3 ratings; negatives (positions 3, 4, 5) from ratings 0, 0 and 2; rating 1 has none
+    rows, start = _group_rows(np.array([2, 1, 0]), 3, np.array([0, 0, 2]))
+    assert rows.tolist() == [2, 5, 1, 0, 3, 4] and start.tolist() == [0, 2, 3, 6]
+    rows, start = _group_rows(np.array([1, 0]), 2, np.array([], np.int64))  # no negatives at all
+    assert rows.tolist() == [1, 0] and start.tolist() == [0, 1, 2]

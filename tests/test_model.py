@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.model import HEADS, BestPerHead, RowBatches, TrainingRows
+from ml.model import HEADS, RATED_PAD, BestPerHead, RowBatches, TrainingRows
 
 
 class _Net:
@@ -99,10 +99,13 @@ def test_row_batches_give_every_row_once_per_epoch_with_its_customer_side():
             np.testing.assert_array_equal(x["c"], x["p"] // 100)  # each row with its group's side
             np.testing.assert_array_equal(x["h"][:, 1], -(x["p"] // 100))
             np.testing.assert_array_equal(y["pick"], (x["p"] % 100 == 0).astype(np.float32))
-            # the rated rows, in batch order, and their ratings
-            np.testing.assert_array_equal(x["rated"], np.flatnonzero(x["p"] % 100 == 0))
-            np.testing.assert_array_equal(y["rating"][:, 0], x["p"][x["rated"]] // 100 + 0.5)
-            assert (y["rating"][:, 1] == 1).all()
+            # the rated rows, in batch order, and their ratings; then padding (row 0, mask 0)
+            rated = np.flatnonzero(x["p"] % 100 == 0)
+            assert len(x["rated"]) % RATED_PAD == 0 and len(x["rated"]) - len(rated) < RATED_PAD
+            np.testing.assert_array_equal(x["rated"][: len(rated)], rated)
+            assert (x["rated"][len(rated) :] == 0).all() and (y["rating"][len(rated) :] == 0).all()
+            np.testing.assert_array_equal(y["rating"][: len(rated), 0], x["p"][rated] // 100 + 0.5)
+            assert (y["rating"][: len(rated), 1] == 1).all()
             rows.append(x["p"])
         assert sorted(np.concatenate(rows).tolist()) == sorted(_groups(sizes).pairs["p"].tolist())
         seen.append([frozenset(r.tolist()) for r in rows])
@@ -114,7 +117,8 @@ def test_row_batches_in_order_when_not_shuffled():
     batches = RowBatches(_groups([2, 1, 3, 1, 1]), 3, shuffle=False)
     got = _epoch(batches)
     assert [x["p"].tolist() for x, _ in got] == [[0, 1, 100], [200, 201, 202], [300, 400]]
-    assert [y["rating"][:, 0].tolist() for _, y in got] == [[0.5, 1.5], [2.5], [3.5, 4.5]]
+    rated = [y["rating"][y["rating"][:, 1] > 0, 0].tolist() for _, y in got]
+    assert rated == [[0.5, 1.5], [2.5], [3.5, 4.5]]
 
 
 def test_split_gives_training_and_validation_groups_as_views():

@@ -273,7 +273,7 @@ def test_serving_copy_computes_what_the_fitted_network_does(artifact):
 
 
 def test_fit_lets_go_of_the_training_rows():
-    """Nothing fit leaves behind keeps the rows alive: on a 10k-product world they are ~640 MB that the
+    """Nothing fit leaves behind keeps the rows alive: on a 10k-product world they are ~290 MB that the
     ranking choice and the retriever run next to."""
     import gc
     import weakref
