@@ -315,31 +315,6 @@ class HybridModel(keras.Model):
     def build(self, input_shape=None):
         self.built = True
 
-    def customer_part(self, features, prior, history, training=False) -> dict:
-        """Per-customer halves of both heads (computed once per customer at serving time)."""
-        return {
-            f"{h}.{k}": v
-            for h, net in self.nets.items()
-            for k, v in net.customer_part(features, prior, history, training=training).items()
-        }
-
-    def product_part(self, features, ids, prior, training=False) -> dict:
-        """Per-product halves of both heads (computed once per catalog at serving time)."""
-        return {
-            f"{h}.{k}": v
-            for h, net in self.nets.items()
-            for k, v in net.product_part(features, ids, prior, training=training).items()
-        }
-
-    def pair_part(self, c: dict, p: dict, pair, training=False) -> dict:
-        """Both heads for aligned rows of customer and product parts and pair features (n, 1)."""
-        out = {}
-        for h, net in self.nets.items():
-            cc = {k.split(".", 1)[1]: v for k, v in c.items() if k.startswith(h + ".")}
-            pp = {k.split(".", 1)[1]: v for k, v in p.items() if k.startswith(h + ".")}
-            out[h] = net.pair_part(cc, pp, pair, training=training)
-        return out
-
     def call(self, inputs, training=False):
         """Both heads on aligned rows. With `rated` (training batches, `RowBatches`: the rows with a
         rating) the rating head runs on those rows alone, its loss having no other: 1 row in
