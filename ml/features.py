@@ -620,17 +620,10 @@ class Exclusion:
     rating: np.ndarray  # (n,) float32
     review_vec: np.ndarray  # (n, Dt)
     has_text: np.ndarray  # (n,) float32 0/1
-    is_rated: np.ndarray | None = None  # (n,) 1 where the row's own pair is a training rating
 
     def take(self, rows) -> Exclusion:
         """The exclusions of `rows` (positions or a slice)."""
-        return Exclusion(
-            self.active[rows],
-            self.rating[rows],
-            self.review_vec[rows],
-            self.has_text[rows],
-            None if self.is_rated is None else self.is_rated[rows],
-        )
+        return Exclusion(self.active[rows], self.rating[rows], self.review_vec[rows], self.has_text[rows])
 
     @classmethod
     def none(cls, n: int, dt: int) -> Exclusion:
@@ -759,12 +752,12 @@ def model_inputs(
     cust_ex_item: np.ndarray | None = None,
     cust_prior: np.ndarray | None = None,
     prod_prior: np.ndarray | None = None,
+    is_rated: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The hybrid model's input dict for aligned rows (u, i): `customer_inputs` and `pair_inputs`.
     `cust_prior`/`prod_prior` replace the tables' biases row by row (training rows leave their
-    own rating out of them)."""
+    own rating out of them); `is_rated`: 1 where the row's own pair is a training rating."""
     cust = customer_inputs(t, u, cust_ex, cust_ex_item, cust_prior)
-    is_rated = None if cust_ex is None else cust_ex.is_rated
     pair = pair_inputs(t, u, i, prod_ex, is_rated, cust["customer_prior"], prod_prior)
     return ModelInputs(**cust, **pair)._asdict()
 

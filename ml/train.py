@@ -187,7 +187,6 @@ def build_training_rows(
     # Which review each row leaves out of each side, as positions (no copy of any review vector):
     # a positive its own on both sides; a negative its source's on the customer side and `pick` (a
     # review of its product, none when the product has no review) on the product side.
-    is_rated = np.concatenate([np.ones(n, np.float32), np.zeros(len(nu), np.float32)])
     cust_ex = _LeftOut(np.arange(n), np.ones(n, np.float32))
     prod_ex = _LeftOut(
         np.concatenate([np.arange(n), pick]), np.concatenate([np.ones(n), c > 0]).astype(np.float32)
@@ -216,7 +215,13 @@ def build_training_rows(
     def pair_chunk(k):
         p = None if prod_prior is None else prod_prior[k]
         return pair_inputs(
-            tables, all_u[k], all_i[k], prod_ex.take(k, *reviews), is_rated[k], loo_u[owner[k]], p
+            tables,
+            all_u[k],
+            all_i[k],
+            prod_ex.take(k, *reviews),
+            (k < n).astype(np.float32),
+            loo_u[owner[k]],
+            p,
         )
 
     return TrainingRows(

@@ -77,9 +77,8 @@ def test_leave_one_out_matches_tables_without_the_rating(row):
         w["rating"][[row]],
         w["review_vecs"][[row]],
         w["review_has_text"][[row]].astype(np.float32),
-        is_rated=np.ones(1, np.float32),
     )
-    loo = model_inputs(full, u, i, cust_ex=ex, prod_ex=ex, cust_ex_item=i)
+    loo = model_inputs(full, u, i, cust_ex=ex, prod_ex=ex, cust_ex_item=i, is_rated=np.ones(1, np.float32))
     ref = model_inputs(without, u, i)
     assert (
         np.abs(ref["pair"][0, 1:]).sum() > 0 or ref["pair"][0, 0] == 0
@@ -190,9 +189,9 @@ def test_training_groups_spelled_out_are_each_rating_and_its_negatives():
     first = rows.start[:-1]
     ex = Exclusion(
         np.ones(len(u), np.float32), r.astype(np.float32), w["review_vecs"],
-        w["review_has_text"].astype(np.float32), np.ones(len(u), np.float32),
+        w["review_has_text"].astype(np.float32),
     )  # fmt: skip
-    own = model_inputs(t, u, i, cust_ex=ex, prod_ex=ex, cust_ex_item=i)
+    own = model_inputs(t, u, i, cust_ex=ex, prod_ex=ex, cust_ex_item=i, is_rated=np.ones(len(u), np.float32))
     # which rating each group is: the one whose inputs its rated row has
     key = lambda d, at: np.concatenate([d["customer"][at], d["product"][at], d["pair"][at]], 1)  # noqa: E731
     rated = rows.rated_rows()
