@@ -51,13 +51,19 @@ class Settings:
     # How the pretrained image and text encoders run (ml.encoders.lite): "tflite" (TFLite's XNNPACK
     # kernels, ~1.2-2x Keras on a CPU; TensorFlow backend only), "keras", or "auto" (tflite where it can).
     encoder_runtime: str = _setting("RECSYS_ENCODER_RUNTIME", "auto")
-    # The text encoder's TFLite weights: "float32" (equal to the Keras network to 1e-5) or "int8"
+    # The text encoder's TFLite weights for product texts (the catalog's content vectors: never-rated
+    # products, live feedback): "float32" (equal to the Keras network to 1e-5) or "int8"
     # (dynamic-range quantised: int8 weights, activations quantised per batch; 2.5-3x the float32
     # rate on this CPU, unit vectors at cosine min 0.9947, mean 0.9985 to float32's on 512 real
     # reviews; opt-in: on the synthetic world live feedback moved a new customer's kind up for 74,
     # 87, 89 of 90 category pairs over three training seeds against 90, 90, 86 with float32, see
     # README). The Keras runtime is always float32. The two are cached under different versions.
     text_precision: str = _setting("RECSYS_TEXT_PRECISION", "float32")
+    # The same for review texts, int8 by default: a review's vector is only ever averaged, after PCA,
+    # into its customer's and its product's profile (ml.features), where int8's error is far below
+    # the spread of the reviews averaged; reviews are most of a catalog's texts (28,818 of 38,808 in
+    # the 10k bench world, 2.0-2.6x the float32 rate there). See README, session 21.
+    review_text_precision: str = _setting("RECSYS_REVIEW_TEXT_PRECISION", "int8")
     # The demo "fashion world" (synthetic) built by `make run` when no data is given.
     demo_data_dir: Path = _setting(
         "RECSYS_DEMO_DATA_DIR", REPO_ROOT / "var" / "demo-world", under_var="demo-world"

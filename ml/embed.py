@@ -71,13 +71,13 @@ class Embeddings:
 
 
 @functools.cache
-def shared_encoder(cls, version: str | None = None):
+def shared_encoder(cls, version: str | None = None, precision: str | None = None):
     """One instance of an encoder class (per version, for an encoder whose version follows the
     settings) per process, built on first use and kept: building one loads a network (MiniLM and
     EfficientNet-Lite0 together ~6 s on this 2-core machine), and a process that trains more than
     once (a training worker, the test session: ~10 trainings) paid it every time, even on a warm
     cache, for the few rows the cache check re-encodes."""
-    enc = cls()
+    enc = cls() if precision is None else cls(precision=precision)
     if version is not None and enc.version != version:  # the settings changed in between
         raise RuntimeError(f"{cls.__name__} built as version {enc.version!r}, expected {version!r}")
     return enc
@@ -86,18 +86,22 @@ def shared_encoder(cls, version: str | None = None):
 class _LazyEncoder:
     """An encoder built on its first `encode` call: with everything cached (a warm run, cache check
     off), the networks are never loaded. `name`, `version`, `dim` (what keys the cache) come from
-    the class (`cache_version()` when it has one: the version the settings give)."""
+    the class (`cache_version()` when it has one: the version the settings, or `precision`, give)."""
 
-    def __init__(self, cls):
-        self._cls = cls
-        # an encoder whose vectors depend on settings (the text encoder's precision) says so
-        version = cls.cache_version() if hasattr(cls, "cache_version") else cls.version
+    def __init__(self, cls, precision: str | None = None):
+        # an encoder whose vectors depend on settings (the text encoder's precision) says so; one
+        # without `cache_version` has a single version, and `precision` means nothing to it
+        if not hasattr(cls, "cache_version"):
+            version, precision = cls.version, None
+        else:
+            version = cls.cache_version() if precision is None else cls.cache_version(precision=precision)
+        self._cls, self._precision = cls, precision
         self.name, self.version, self.dim = cls.name, version, int(cls.dim)
         self._built = None  # the shared encoder, once this one has built (or found) it
 
     def encode(self, items):
         if self._built is None:
-            self._built = shared_encoder(self._cls, self.version)
+            self._built = shared_encoder(self._cls, self.version, self._precision)
         return self._built.encode(items)
 
     def release_arena(self) -> None:
@@ -244,6 +248,12 @@ def embed_dataset(
     )
 
 
+def _add_counts(total: dict, part: dict) -> None:
+    """Sums `_embed_unique`'s counts over passes (a flag such as cache_corrupt: any pass)."""
+    for k, v in part.items():
+        total[k] = (total.get(k, False) or v) if isinstance(v, bool) else total.get(k, 0) + v
+
+
 def _timed(fn: Callable, *args):
     t0 = time.perf_counter()
     return fn(*args), round(time.perf_counter() - t0, 2)
@@ -274,13 +284,14 @@ class _Texts(NamedTuple):
     has_product: np.ndarray
     review: np.ndarray | None
     has_review: np.ndarray
-    encoder: dict  # {"text": encoder name} or {}
+    encoder: dict  # {"text": product texts' encoder, "review_text": reviews'} or {}
 
 
 def _embed_texts(
     cache, products: pd.DataFrame, reviews: pd.DataFrame, use_text: bool, progress: bool, stats: dict
 ) -> _Texts:
-    """The products' and reviews' text vectors: one pass over their distinct texts, then scattered."""
+    """The products' and reviews' text vectors: one pass over their distinct texts, then scattered;
+    two passes (products, reviews) when the settings give them different precisions."""
     t0 = time.perf_counter()
     ptext = product_text(products).tolist() if use_text else [""] * len(products)
     rtext = review_text(reviews["title"], reviews["text"]).tolist() if use_text else [""] * len(reviews)
@@ -288,20 +299,31 @@ def _embed_texts(
     has_rtext = np.array([bool(t) for t in rtext], dtype=bool)
     out = _Texts(None, has_ptext, None, has_rtext, {})
     if has_ptext.any() or has_rtext.any():
+        from ml.config import Settings
         from ml.encoders.text import TextEncoder
 
-        enc = _LazyEncoder(TextEncoder)
+        settings = Settings.from_env()
+        penc = _LazyEncoder(TextEncoder, settings.text_precision)
+        renc = _LazyEncoder(TextEncoder, settings.review_text_precision)
         texts = ptext + rtext
-        both = np.zeros((len(texts), enc.dim), np.float32)
-        stats["texts"] = {}
+        both = np.zeros((len(texts), penc.dim), np.float32)
         keys = [text_key(t) if t else "" for t in texts]
-        _embed_unique(cache, enc, keys, texts, progress, "embed texts", both, stats["texts"])
+        n = len(ptext)
+        if penc.version == renc.version:
+            parts = [(penc, slice(0, len(texts)), "embed texts")]
+        else:
+            parts = [(penc, slice(0, n), "embed product texts"), (renc, slice(n, None), "embed review texts")]
+        stats["texts"] = {}
+        for enc, part, desc in parts:
+            got: dict = {}
+            _embed_unique(cache, enc, keys[part], texts[part], progress, desc, both[part], got)
+            _add_counts(stats["texts"], got)
         out = _Texts(
-            both[: len(ptext)],
+            both[:n],
             has_ptext,
-            both[len(ptext) :],
+            both[n:],
             has_rtext,
-            {"text": f"{enc.name}-{enc.version}"},
+            {"text": f"{penc.name}-{penc.version}", "review_text": f"{renc.name}-{renc.version}"},
         )
     stats["seconds"]["embed_texts"] = round(time.perf_counter() - t0, 2)
     return out

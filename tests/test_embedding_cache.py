@@ -334,7 +334,11 @@ def test_embed_dataset_encodes_each_distinct_content_once_and_scatters(tmp_path,
     emb3 = embed_dataset(products2, reviews2, tmp_path / "cache", progress=False, verify_sample=0)
     assert len(img_encs) == 1 and len(txt_encs) == 1  # (and releasing built none either)
     np.testing.assert_array_equal(emb3.product_image, emb2.product_image)
-    assert emb3.encoders == emb2.encoders == {"image": "fake-image-1", "text": "fake-text-1"}
+    assert (
+        emb3.encoders
+        == emb2.encoders
+        == {"image": "fake-image-1", "text": "fake-text-1", "review_text": "fake-text-1"}
+    )
 
 
 def test_image_batches_decoded_in_threads_match_the_sequential_path():
@@ -422,14 +426,14 @@ class PrecisionTextEncoder(FakeEncoder):
     instances: list = []
 
     @classmethod
-    def cache_version(cls) -> str:
+    def cache_version(cls, precision: str | None = None) -> str:
         import os
 
-        precision = os.environ.get("RECSYS_TEXT_PRECISION", "float32")
+        precision = precision or os.environ.get("RECSYS_TEXT_PRECISION", "float32")
         return cls.version if precision == "float32" else f"{cls.version}-{precision}"
 
-    def __init__(self):
-        super().__init__(name="fake-text", version=self.cache_version(), dim=5)
+    def __init__(self, precision: str | None = None):
+        super().__init__(name="fake-text", version=self.cache_version(precision), dim=5)
         PrecisionTextEncoder.instances.append(self)
 
 
@@ -447,6 +451,7 @@ def test_text_vectors_of_two_precisions_are_cached_apart(tmp_path, monkeypatch):
         runs = {}
         for precision in ("float32", "int8", "float32"):
             monkeypatch.setenv("RECSYS_TEXT_PRECISION", precision)
+            monkeypatch.setenv("RECSYS_REVIEW_TEXT_PRECISION", precision)
             emb = embed_dataset(products, reviews, tmp_path / "cache", progress=False, verify_sample=0)
             runs.setdefault(precision, []).append(emb)
     finally:
@@ -461,6 +466,37 @@ def test_text_vectors_of_two_precisions_are_cached_apart(tmp_path, monkeypatch):
         "fake-text-1",
         "fake-text-1-int8",
     ]
+
+
+def test_product_and_review_texts_follow_their_own_precision(tmp_path, monkeypatch):
+    """Product texts in RECSYS_TEXT_PRECISION, review texts in RECSYS_REVIEW_TEXT_PRECISION: two
+    encoders, each text of a role encoded once by its own, the manifest naming both; a text that is
+    both a product's and a review's is encoded by each (their vectors differ)."""
+    import ml.encoders.text
+    from ml.embed import embed_dataset, shared_encoder
+
+    monkeypatch.setattr(ml.encoders.text, "TextEncoder", PrecisionTextEncoder)
+    monkeypatch.setenv("RECSYS_TEXT_PRECISION", "float32")
+    monkeypatch.setenv("RECSYS_REVIEW_TEXT_PRECISION", "int8")
+    PrecisionTextEncoder.instances = []
+    shared_encoder.cache_clear()
+    try:
+        products, reviews = _frames(
+            ["", "", ""], ["red dress", "hat", ""], ["Great fit.", "red dress", "Great fit."]
+        )
+        emb = embed_dataset(products, reviews, tmp_path / "cache", progress=False, verify_sample=0)
+    finally:
+        shared_encoder.cache_clear()
+    f32, i8 = PrecisionTextEncoder.instances
+    assert (f32.version, i8.version) == ("1", "1-int8")
+    assert f32.calls == [["hat", "red dress"]] and i8.calls == [["Great fit", "red dress"]]
+    assert emb.encoders["text"] == "fake-text-1" and emb.encoders["review_text"] == "fake-text-1-int8"
+    np.testing.assert_array_equal(emb.product_text[0], f32.vector("red dress"))
+    np.testing.assert_array_equal(emb.review_text[1], i8.vector("red dress"))
+    np.testing.assert_array_equal(emb.review_text[2], i8.vector("Great fit"))
+    assert not emb.product_text[2].any() and emb.has_product_text.tolist() == [True, True, False]
+    assert emb.stats["texts"] == {"rows": 5, "distinct": 4, "encoded": 4, "verified": 0}
+    assert (f32.releases, i8.releases) == (1, 1)
 
 
 def test_photos_are_localised_while_the_texts_are_embedded(tmp_path, fake_encoders, monkeypatch):

@@ -54,8 +54,9 @@ def test_artifact_has_manifest_and_files(artifact, world_dir):
     assert manifest["version"] == "v1"
     assert manifest["data"]["fingerprint"] == load_dataset(world_dir).fingerprint()
     assert manifest["data"]["synthetic"] is True
-    assert set(manifest["encoders"]) == {"image", "text"}
+    assert set(manifest["encoders"]) == {"image", "text", "review_text"}
     assert manifest["encoders"]["text"].startswith("all-MiniLM-L6-v2")
+    assert manifest["encoders"]["review_text"].startswith("all-MiniLM-L6-v2")
     assert manifest["encoders"]["image"].startswith("efficientnet-lite0")
     assert manifest["split"] == "last"
     assert 1 <= manifest["metrics"]["epochs_run"] <= 3

@@ -18,15 +18,17 @@ batch rows to a power of two to bound the number of compilations; batch 64). Row
 the input order. Measured 2026-11-30 on the 2-core box, interleaved: 2018 reviews (~155 characters)
 98.6 texts/s TFLite against 63.5 Keras, synthetic reviews (~118) 163.4 against 129.0.
 
-Precision (TFLite only; `Settings.text_precision`, float32 by default): the int8 flatbuffer is
+Precision (TFLite only; `Settings.text_precision` for product texts, float32 by default,
+`Settings.review_text_precision` for review texts, int8 by default): the int8 flatbuffer is
 dynamic-range quantised (int8 weights, activations per batch, no calibration set); XNNPACK runs its
 int8 matmul kernels: measured 2026-11-30 here, interleaved, 440/400 against 175/129 texts/s on 1,024
 synthetic reviews and 222/274 against 70/132 on 512 real 2018 reviews, unit vectors at cosine min
 0.9947 / mean 0.9985 to float32's on those real reviews, 95% of their 10 nearest neighbours kept.
 A text's int8 vector moves slightly with its batch-mates (max |difference| 1.4e-3 one by one against
 batched, on the reference texts; float32: 1e-5), well inside the embedding cache's re-encoding check.
-Not the default: with int8 text vectors, live feedback on the synthetic world moved a new customer's
-kind up for fewer category pairs on one training seed of three (README, session 15).
+Not the default for product texts: with int8 text vectors, live feedback on the synthetic world moved a
+new customer's kind up for fewer category pairs on one training seed of three (README, session 15).
+The default for review texts, which are only averaged after PCA (`ml.config`, README session 21).
 `float32` is the Keras network exactly (what the sentence-transformers reference test holds). An
 encoder's `version` names its precision ("1" float32, "1-int8"), so cached vectors never mix.
 """
