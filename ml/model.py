@@ -400,21 +400,56 @@ class RowBatches(keras.utils.PyDataset):
     batch of whole groups (a rating and its negatives together, the customer side computed once per
     group) fitted faster still but ranked worse on the 2023 ratings (README). Keras' own adapter for
     in-memory arrays first copies every array into a backend tensor (~640 MB on a 10k-product world,
-    once the peak of training); each batch here is a gather."""
+    once the peak of training); each batch here is a gather.
 
-    def __init__(self, rows: TrainingRows, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    `endless` (training: `fit(..., steps_per_epoch=len(batches))`): batch indices run on across
+    epochs (`num_batches` None), so Keras keeps one data iterator for the whole fit. With a new one
+    per epoch, tearing down the finished tf.data generator iterator stalled the next epoch's first
+    step for 0.3-4.5 s with the cores idle (10k SYNTHETIC world, most epochs; README, session 21).
+    An index's epoch is `idx // len(self)`, and each epoch's order the next permutation from `seed`,
+    as with a new iterator per epoch (the same batches in the same order), whatever tf.data fetched
+    ahead; `on_epoch_end` then leaves the order alone."""
+
+    def __init__(
+        self, rows: TrainingRows, batch_size: int, shuffle: bool, seed: int = 0, endless: bool = False
+    ) -> None:
         super().__init__()
         self.rows = rows
         self.n = rows.n_rows
         self.owner = np.repeat(np.arange(len(rows.rating)), np.diff(rows.start))  # each row's group
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self._rng = np.random.default_rng(seed)
-        self._order = self._rng.permutation(self.n) if shuffle else None
+        self.batch_size, self.shuffle, self.endless = batch_size, shuffle, endless
+        self._seed = seed
+        self._restart()
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
+    @property
+    def num_batches(self) -> int | None:
+        return None if self.endless else len(self)
+
+    def _restart(self) -> None:
+        self._rng = np.random.default_rng(self._seed)
+        self._order = self._rng.permutation(self.n) if self.shuffle else None
+        self._epoch = 0  # the epoch `_order` is for
+
+    def _to_epoch(self, epoch: int) -> None:
+        """The order of `epoch`: the permutations are drawn forwards, as Keras reads the batches;
+        an earlier epoch (Keras reads the first two batches for their shapes before the fit, two
+        epochs of a one-batch set) draws them again from the start."""
+        if epoch < self._epoch:
+            self._restart()
+        while self._epoch < epoch:
+            self._epoch += 1
+            if self.shuffle:
+                self._order = self._rng.permutation(self.n)
+
     def __getitem__(self, idx: int):
+        if self.endless:
+            epoch, idx = divmod(idx, len(self))
+            self._to_epoch(epoch)
+        elif not 0 <= idx < len(self):
+            raise IndexError(f"batch {idx} of {len(self)}")
         lo, hi = idx * self.batch_size, min((idx + 1) * self.batch_size, self.n)
         rows = np.arange(lo, hi) if self._order is None else np.sort(self._order[lo:hi])  # reads forwards
         group = self.owner[rows]
@@ -430,8 +465,8 @@ class RowBatches(keras.utils.PyDataset):
         return x, {"rating": rating, "pick": is_rated.astype(np.float32)}
 
     def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self._order = self._rng.permutation(self.n)
+        if not self.endless:
+            self._to_epoch(self._epoch + 1)
 
     def release(self) -> None:
         """Drop the rows: Keras (and tf.data's generator registry) keep the dataset object alive after

@@ -306,7 +306,7 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
     callbacks = [BestPerHead(config.patience, config.min_delta)] if has_val else []
     if report is not None:
         callbacks.append(EpochReport(report, config.epochs))
-    batches = RowBatches(train, batch, True, config.seed)
+    batches = RowBatches(train, batch, True, config.seed, endless=True)
     val_batches = RowBatches(val, batch, False) if has_val else None
     try:
         with generator_fit():  # malloc as TensorFlow sets it for the fit, large arrays on the heap after
@@ -314,6 +314,8 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
                 batches,
                 validation_data=val_batches,
                 epochs=config.epochs,
+                steps_per_epoch=len(batches),
+                shuffle=False,  # RowBatches draws each epoch's order (Keras' own ignores an endless set)
                 callbacks=callbacks,
                 verbose=config.verbose,
             )

@@ -113,6 +113,27 @@ def test_row_batches_give_every_row_once_per_epoch_with_its_customer_side():
     assert seen[0][0] != frozenset(_groups(sizes).pairs["p"][:64].tolist()), "shuffled"
 
 
+def test_endless_row_batches_repeat_the_epochs_of_per_epoch_ones():
+    """`endless` (one Keras iterator for the whole fit): index e * len + b is epoch e's batch b, the
+    same batch a new iterator per epoch gives (on_epoch_end between), whatever is read ahead; an
+    earlier epoch asked again (Keras' shape probe on a one-batch set) gives its batches again."""
+    sizes = list(np.random.default_rng(1).integers(1, 10, 100))
+    per_epoch = RowBatches(_groups(sizes), 64, shuffle=True, seed=5)
+    endless = RowBatches(_groups(sizes), 64, shuffle=True, seed=5, endless=True)
+    n = len(per_epoch)
+    assert endless.num_batches is None and per_epoch.num_batches == n == len(endless)
+    expected = [_epoch(per_epoch) for _ in range(3)]
+    got = [[endless[e * n + b] for b in range(n)] for e in range(3)]
+    endless.on_epoch_end()  # Keras calls it; the index alone says the epoch
+    for e in range(3):
+        for (x, y), (gx, gy) in zip(expected[e], got[e]):
+            np.testing.assert_array_equal(gx["p"], x["p"])
+            np.testing.assert_array_equal(gy["rating"], y["rating"])
+    np.testing.assert_array_equal(endless[3][0]["p"], expected[0][3][0]["p"])  # epoch 0 again
+    one = RowBatches(_groups([2, 1]), 64, shuffle=True, seed=0, endless=True)
+    assert [one[i][0]["p"].tolist() for i in (0, 1, 0)] == [[0, 1, 100]] * 3
+
+
 def test_row_batches_in_order_when_not_shuffled():
     batches = RowBatches(_groups([2, 1, 3, 1, 1]), 3, shuffle=False)
     got = _epoch(batches)
