@@ -76,7 +76,8 @@ def shared_encoder(cls, version: str | None = None, precision: str | None = None
     settings) per process, built on first use and kept: building one loads a network (MiniLM and
     EfficientNet-Lite0 together ~6 s on this 2-core machine), and a process that trains more than
     once (a training worker, the test session: ~10 trainings) paid it every time, even on a warm
-    cache, for the few rows the cache check re-encodes."""
+    cache, for the few rows the cache check re-encodes. With the default settings a process keeps
+    two text encoders: float32 for product texts, int8 for reviews (`Settings`)."""
     enc = cls() if precision is None else cls(precision=precision)
     if version is not None and enc.version != version:  # the settings changed in between
         raise RuntimeError(f"{cls.__name__} built as version {enc.version!r}, expected {version!r}")
@@ -211,7 +212,8 @@ def embed_dataset(
     in a thread while the texts are embedded, which need no photo: downloading a catalog's photos
     (network bound) hides behind the text encoder (CPU bound), and the images are embedded once both
     are done. If the texts fail, `stop` is set: the downloads not yet started are cancelled.
-    `verify_sample` cached rows per modality are re-encoded to check the cache (see
+    `verify_sample` cached rows per modality (per text role when product and review texts are
+    embedded in different precisions) are re-encoded to check the cache (see
     `ml.encoders.cache`). `stats["seconds"]`: fetch (when localizing images; it overlaps
     embed_texts), embed_images, embed_texts."""
     from ml.encoders.cache import EmbeddingCache

@@ -408,7 +408,8 @@ class RowBatches(keras.utils.PyDataset):
     step for 0.3-4.5 s with the cores idle (10k SYNTHETIC world, most epochs; README, session 21).
     An index's epoch is `idx // len(self)`, and each epoch's order the next permutation from `seed`,
     as with a new iterator per epoch (the same batches in the same order), whatever tf.data fetched
-    ahead; `on_epoch_end` then leaves the order alone."""
+    ahead; `on_epoch_end` then leaves the order alone. So an epoch must be exactly `len(self)`
+    steps (no `steps_per_execution` or step cap that would cut it)."""
 
     def __init__(
         self, rows: TrainingRows, batch_size: int, shuffle: bool, seed: int = 0, endless: bool = False
@@ -445,6 +446,8 @@ class RowBatches(keras.utils.PyDataset):
                 self._order = self._rng.permutation(self.n)
 
     def __getitem__(self, idx: int):
+        if self.rows is None or not len(self):  # released (a fit that failed may still read ahead)
+            raise IndexError("no training rows: released, or none to begin with")
         if self.endless:
             epoch, idx = divmod(idx, len(self))
             self._to_epoch(epoch)

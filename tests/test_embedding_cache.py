@@ -499,6 +499,33 @@ def test_product_and_review_texts_follow_their_own_precision(tmp_path, monkeypat
     assert (f32.releases, i8.releases) == (1, 1)
 
 
+def test_two_precision_settings_of_one_version_take_one_pass(tmp_path, monkeypatch):
+    """Where the settings' precisions give one version (the Keras runtime is always float32), the
+    product and review texts go through one encoder in one pass, a text shared by both once."""
+    import ml.encoders.text
+    from ml.embed import embed_dataset, shared_encoder
+
+    class KerasRuntimeText(PrecisionTextEncoder):
+        @classmethod
+        def cache_version(cls, precision: str | None = None) -> str:
+            return cls.version
+
+    monkeypatch.setattr(ml.encoders.text, "TextEncoder", KerasRuntimeText)
+    monkeypatch.setenv("RECSYS_TEXT_PRECISION", "float32")
+    monkeypatch.setenv("RECSYS_REVIEW_TEXT_PRECISION", "int8")
+    PrecisionTextEncoder.instances = []
+    shared_encoder.cache_clear()
+    try:
+        products, reviews = _frames(["", ""], ["red dress", "hat"], ["Great fit.", "red dress"])
+        emb = embed_dataset(products, reviews, tmp_path / "cache", progress=False, verify_sample=0)
+    finally:
+        shared_encoder.cache_clear()
+    [enc] = PrecisionTextEncoder.instances
+    assert enc.calls == [["hat", "red dress", "Great fit"]]
+    assert emb.encoders["text"] == emb.encoders["review_text"] == "fake-text-1"
+    np.testing.assert_array_equal(emb.review_text[1], emb.product_text[0])
+
+
 def test_photos_are_localised_while_the_texts_are_embedded(tmp_path, fake_encoders, monkeypatch):
     """`localize` (fetching photo URLs) runs beside the text encoder: each waits until the other has
     started, which one after the other never happens. The images are embedded from what it returns;

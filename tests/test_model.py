@@ -123,15 +123,22 @@ def test_endless_row_batches_repeat_the_epochs_of_per_epoch_ones():
     n = len(per_epoch)
     assert endless.num_batches is None and per_epoch.num_batches == n == len(endless)
     expected = [_epoch(per_epoch) for _ in range(3)]
-    got = [[endless[e * n + b] for b in range(n)] for e in range(3)]
-    endless.on_epoch_end()  # Keras calls it; the index alone says the epoch
+    got = []
+    for e in range(3):
+        got.append([endless[e * n + b] for b in range(n)])
+        endless.on_epoch_end()  # Keras calls it (after tf.data read ahead): the index says the epoch
     for e in range(3):
         for (x, y), (gx, gy) in zip(expected[e], got[e]):
             np.testing.assert_array_equal(gx["p"], x["p"])
             np.testing.assert_array_equal(gy["rating"], y["rating"])
-    np.testing.assert_array_equal(endless[3][0]["p"], expected[0][3][0]["p"])  # epoch 0 again
-    one = RowBatches(_groups([2, 1]), 64, shuffle=True, seed=0, endless=True)
-    assert [one[i][0]["p"].tolist() for i in (0, 1, 0)] == [[0, 1, 100]] * 3
+    # an earlier epoch again (Keras reads two batches for their shapes before the fit: with one
+    # batch an epoch, epoch 1 comes before epoch 0)
+    fresh = RowBatches(_groups(sizes), 64, shuffle=True, seed=5, endless=True)
+    for idx, (e, b) in [(n + 1, (1, 1)), (0, (0, 0)), (2 * n, (2, 0)), (3, (0, 3))]:
+        np.testing.assert_array_equal(fresh[idx][0]["p"], expected[e][b][0]["p"])
+    endless.release()
+    with pytest.raises(IndexError):
+        endless[0]
 
 
 def test_row_batches_in_order_when_not_shuffled():
