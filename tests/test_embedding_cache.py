@@ -468,26 +468,36 @@ def test_text_vectors_of_two_precisions_are_cached_apart(tmp_path, monkeypatch):
     ]
 
 
-def test_product_and_review_texts_follow_their_own_precision(tmp_path, monkeypatch):
-    """Product texts in RECSYS_TEXT_PRECISION, review texts in RECSYS_REVIEW_TEXT_PRECISION: two
-    encoders, each text of a role encoded once by its own, the manifest naming both; a text that is
-    both a product's and a review's is encoded by each (their vectors differ)."""
+def _embed_texts_with(encoder_cls, monkeypatch, tmp_path, ptitles: list, rtexts: list):
+    """embed_dataset of products titled `ptitles` (no photo) and reviews `rtexts`, `encoder_cls` as
+    the text encoder, product texts float32 and review texts int8; (embeddings, encoders built)."""
     import ml.encoders.text
     from ml.embed import embed_dataset, shared_encoder
 
-    monkeypatch.setattr(ml.encoders.text, "TextEncoder", PrecisionTextEncoder)
+    monkeypatch.setattr(ml.encoders.text, "TextEncoder", encoder_cls)
     monkeypatch.setenv("RECSYS_TEXT_PRECISION", "float32")
     monkeypatch.setenv("RECSYS_REVIEW_TEXT_PRECISION", "int8")
     PrecisionTextEncoder.instances = []
     shared_encoder.cache_clear()
     try:
-        products, reviews = _frames(
-            ["", "", ""], ["red dress", "hat", ""], ["Great fit.", "red dress", "Great fit."]
-        )
+        products, reviews = _frames([""] * len(ptitles), ptitles, rtexts)
         emb = embed_dataset(products, reviews, tmp_path / "cache", progress=False, verify_sample=0)
     finally:
         shared_encoder.cache_clear()
-    f32, i8 = PrecisionTextEncoder.instances
+    return emb, PrecisionTextEncoder.instances
+
+
+def test_product_and_review_texts_follow_their_own_precision(tmp_path, monkeypatch):
+    """Product texts in RECSYS_TEXT_PRECISION, review texts in RECSYS_REVIEW_TEXT_PRECISION: two
+    encoders, each text of a role encoded once by its own, the manifest naming both; a text that is
+    both a product's and a review's is encoded by each (their vectors differ)."""
+    emb, (f32, i8) = _embed_texts_with(
+        PrecisionTextEncoder,
+        monkeypatch,
+        tmp_path,
+        ["red dress", "hat", ""],
+        ["Great fit.", "red dress", "Great fit."],
+    )
     assert (f32.version, i8.version) == ("1", "1-int8")
     assert f32.calls == [["hat", "red dress"]] and i8.calls == [["Great fit", "red dress"]]
     assert emb.encoders["text"] == "fake-text-1" and emb.encoders["review_text"] == "fake-text-1-int8"
@@ -502,25 +512,16 @@ def test_product_and_review_texts_follow_their_own_precision(tmp_path, monkeypat
 def test_two_precision_settings_of_one_version_take_one_pass(tmp_path, monkeypatch):
     """Where the settings' precisions give one version (the Keras runtime is always float32), the
     product and review texts go through one encoder in one pass, a text shared by both once."""
-    import ml.encoders.text
-    from ml.embed import embed_dataset, shared_encoder
 
     class KerasRuntimeText(PrecisionTextEncoder):
         @classmethod
         def cache_version(cls, precision: str | None = None) -> str:
             return cls.version
 
-    monkeypatch.setattr(ml.encoders.text, "TextEncoder", KerasRuntimeText)
-    monkeypatch.setenv("RECSYS_TEXT_PRECISION", "float32")
-    monkeypatch.setenv("RECSYS_REVIEW_TEXT_PRECISION", "int8")
-    PrecisionTextEncoder.instances = []
-    shared_encoder.cache_clear()
-    try:
-        products, reviews = _frames(["", ""], ["red dress", "hat"], ["Great fit.", "red dress"])
-        emb = embed_dataset(products, reviews, tmp_path / "cache", progress=False, verify_sample=0)
-    finally:
-        shared_encoder.cache_clear()
-    [enc] = PrecisionTextEncoder.instances
+    emb, built = _embed_texts_with(
+        KerasRuntimeText, monkeypatch, tmp_path, ["red dress", "hat"], ["Great fit.", "red dress"]
+    )
+    [enc] = built
     assert enc.calls == [["hat", "red dress", "Great fit"]]
     assert emb.encoders["text"] == emb.encoders["review_text"] == "fake-text-1"
     np.testing.assert_array_equal(emb.review_text[1], emb.product_text[0])
