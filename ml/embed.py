@@ -94,8 +94,8 @@ class _LazyEncoder:
         # without `cache_version` has a single version, and `precision` means nothing to it
         if not hasattr(cls, "cache_version"):
             version, precision = cls.version, None
-        else:
-            version = cls.cache_version() if precision is None else cls.cache_version(precision=precision)
+        else:  # (None: the settings' precision)
+            version = cls.cache_version(precision=precision)
         self._cls, self._precision = cls, precision
         self.name, self.version, self.dim = cls.name, version, int(cls.dim)
         self._built = None  # the shared encoder, once this one has built (or found) it
