@@ -183,6 +183,14 @@ class FeatureTables:
         if self.prod_id is None:
             rated = self.prod_count > 0
             self.prod_id = np.where(rated, np.arange(1, len(rated) + 1), 0).astype(np.int32)
+        # `_hits` binary-searches C's rows: their indices must be sorted (`_cooccurrence` sorts them;
+        # checked here for tables from elsewhere, ~2 ms a million entries)
+        if not _sorted_rows(self.cooc_indptr, self.cooc_indices):
+            from scipy import sparse
+
+            c = sparse.csr_matrix((self.cooc_data, self.cooc_indices, self.cooc_indptr))
+            c.sort_indices()
+            self.cooc_indices, self.cooc_data = c.indices.astype(np.int32), c.data
 
     @property
     def n_ids(self) -> int:
@@ -299,6 +307,13 @@ def _history(u: np.ndarray, i: np.ndarray, n_c: int, recency: np.ndarray | None,
     return out
 
 
+def _sorted_rows(indptr: np.ndarray, indices: np.ndarray) -> bool:
+    """Whether each row of a CSR matrix lists its column indices in increasing order."""
+    step = np.diff(indices.astype(np.int64))
+    step[indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < len(indices))] - 1] = 1  # row starts
+    return bool((step > 0).all())
+
+
 def _cooccurrence(u: np.ndarray, i: np.ndarray, rating: np.ndarray, n_c: int, n_p: int) -> dict:
     """Rated-products CSR per customer (with the ratings) and the product co-occurrence counts
     C = XᵀX (diagonal 0)."""
@@ -311,6 +326,7 @@ def _cooccurrence(u: np.ndarray, i: np.ndarray, rating: np.ndarray, n_c: int, n_
     c = (x.T @ x).tocsr()
     c.setdiag(0)
     c.eliminate_zeros()
+    c.sort_indices()
     return {
         "rated_indptr": x.indptr.astype(np.int64),
         "rated_indices": x.indices.astype(np.int32),
@@ -335,13 +351,17 @@ def _pair_columns(links: np.ndarray, item_resid: np.ndarray, b_u: np.ndarray) ->
     return np.stack(cols, axis=-1).astype(np.float32)
 
 
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(owner, index) of every element of the ranges [starts[k], starts[k] + lens[k])."""
+    owner = np.repeat(np.arange(len(starts)), lens)
+    first = np.cumsum(lens) - lens
+    return owner, np.arange(int(lens.sum()), dtype=np.int64) - first[owner] + starts[owner]
+
+
 def _ragged(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(owner, position) of every CSR entry of `rows`: owner indexes `rows`, position the data."""
     starts = indptr[rows].astype(np.int64)
-    lens = indptr[rows + 1].astype(np.int64) - starts
-    owner = np.repeat(np.arange(len(rows)), lens)
-    first = np.cumsum(lens) - lens
-    return owner, np.arange(int(lens.sum()), dtype=np.int64) - first[owner] + starts[owner]
+    return _ranges(starts, indptr[rows + 1].astype(np.int64) - starts)
 
 
 def _rated(t: FeatureTables, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -383,10 +403,11 @@ def _link_sums(
     `knn_shrink` the shrunk item-kNN score Σ_j C(j, product) / (sqrt(n_j·n_product) + shrink)
     (`ml.baselines.ItemKNN`'s score, from the same entries).
 
-    Works from the sparse rows of C at the rated products only (never a dense catalog row): the
-    cost is the customers' co-occurrence entries plus a table lookup per entry into `keys`, and
-    only the entries that land on a key are gathered further, so scoring a few candidates does not
-    touch the rest of the catalog. Rows are processed in chunks of at most LINK_ENTRY_BUDGET entries.
+    Works from the sparse rows of C at the rated products only (never a dense catalog row), finding
+    the entries that land on a key one of two ways, whichever costs less for each rated product
+    (`_hits`): a scan of its whole C row (cost: its entries) or a binary search of each of the
+    customer's keys in it (cost: the keys), so scoring a few candidates does not touch the rest of
+    the catalog. Rows are processed in chunks of at most LINK_ENTRY_BUDGET entries.
     `norm`: the kNN norm when not `rater_norm(t)` (`held_out_knn_grid`)."""
     n_p = np.int64(t.n_products)
     links = np.zeros(len(keys), np.float64)
@@ -406,24 +427,84 @@ def _link_sums(
         r0, r1 = np.searchsorted(row, [lo, hi])
         k0, k1 = np.searchsorted(keys, [lo * n_p, hi * n_p])
         if r1 > r0 and k1 > k0:
-            owner, pos = _ragged(t.cooc_indptr, j[r0:r1])
-            other = t.cooc_indices[pos]
-            kk = keys[k0:k1]
-            # each entry's key slot by a table lookup (a binary search per entry cost 3x more)
-            lookup = np.full((hi - lo) * int(n_p), -1, np.int32)
-            lookup[kk - lo * n_p] = np.arange(len(kk), dtype=np.int32)
-            at = lookup[row[r0:r1][owner] * n_p + other - lo * n_p]
-            hit = at >= 0
-            if not hit.all():  # a few candidates: most entries are other products, gathered no further
-                at, owner, pos, other = at[hit], owner[hit], pos[hit], other[hit]
+            at, r, pos = _hits(t, RatedRows(row[r0:r1], j[r0:r1], entries[r0:r1]), keys[k0:k1], lo, hi)
             val = t.cooc_data[pos].astype(np.float64)
-            links[k0:k1] += np.bincount(at, weights=val, minlength=len(kk))
-            resid[k0:k1] += np.bincount(at, weights=val * res[r0:r1][owner], minlength=len(kk))
+            links[k0:k1] += np.bincount(at, weights=val, minlength=k1 - k0)
+            resid[k0:k1] += np.bincount(at, weights=val * res[r0:r1][r], minlength=k1 - k0)
             if knn is not None:
-                sim = val / (norm[j[r0:r1][owner]] * norm[other] + knn_shrink)
-                knn[k0:k1] += np.bincount(at, weights=sim, minlength=len(kk))
+                sim = val / (norm[j[r0:r1][r]] * norm[t.cooc_indices[pos]] + knn_shrink)
+                knn[k0:k1] += np.bincount(at, weights=sim, minlength=k1 - k0)
         lo = hi
     return LinkSums(links, resid, knn)
+
+
+class RatedRows(NamedTuple):
+    """A chunk of `_rated`'s entries: customer row, rated product and its C row's entry count."""
+
+    row: np.ndarray
+    j: np.ndarray
+    entries: np.ndarray
+
+
+# Cost of a binary search in `_hits`, in scanned C entries: per rated product searched (a numpy
+# call) and per key searched. Measured on the 100k SYNTHETIC catalog (a two-stage request: 1,000
+# candidates, ~17 rated products with 14 to 8,698 C entries each).
+SEARCH_CALL_COST = 250
+SEARCH_KEY_COST = 2
+# A scan looks its entries up in a table of (rows x P) key slots when it fills fewer than this many
+# slots per entry (a fill costs ~0.09 ns a slot, a binary search in 1,000 keys ~12 ns an entry).
+TABLE_SLOTS_PER_ENTRY = 100
+
+
+def _hits(
+    t: FeatureTables, rated: RatedRows, kk: np.ndarray, lo: int, hi: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(slot in `kk`, rated entry, C position) of every co-rating entry (j, product) whose key
+    row * P + product is in `kk` (sorted keys of rows lo..hi-1), row and j those of a rated entry.
+    Each rated entry's C row is either scanned whole, its entries found among the keys, or, when
+    its row has few keys against its C entries, searched for each key's product (C's rows have
+    sorted indices): whichever costs less."""
+    n_p = np.int64(t.n_products)
+    kb, ke = (np.searchsorted(kk, (rated.row + d) * n_p) for d in (0, 1))
+    search = SEARCH_CALL_COST + SEARCH_KEY_COST * (ke - kb) < rated.entries
+    found = _hits_by_search(t, rated, kk, kb, ke, np.flatnonzero(search))
+    scan = np.flatnonzero(~search & (ke > kb))
+    if len(scan) == 0:
+        return found
+    owner, pos = _ragged(t.cooc_indptr, rated.j[scan])
+    owner = scan[owner]
+    key = rated.row[owner] * n_p + t.cooc_indices[pos]
+    if TABLE_SLOTS_PER_ENTRY * len(key) < (hi - lo) * n_p:  # few entries: a binary search in kk
+        at = np.minimum(np.searchsorted(kk, key), len(kk) - 1)
+        hit = kk[at] == key
+    else:  # a lookup table of the keys' slots (a binary search per entry cost 3x more)
+        lookup = np.full((hi - lo) * int(n_p), -1, np.int32)
+        lookup[kk - lo * n_p] = np.arange(len(kk), dtype=np.int32)
+        at = lookup[key - lo * n_p]
+        hit = at >= 0
+    return tuple(np.concatenate(x) for x in zip(found, (at[hit], owner[hit], pos[hit])))
+
+
+def _hits_by_search(
+    t: FeatureTables, rated: RatedRows, kk: np.ndarray, kb: np.ndarray, ke: np.ndarray, which: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_hits` of the rated entries `which` by binary search: keys kk[kb[r]:ke[r]] in C's row j[r]."""
+    if len(which) == 0:
+        return tuple(np.zeros(0, np.int64) for _ in range(3))
+    ptr, ind = t.cooc_indptr, t.cooc_indices
+    cols = (kk % np.int64(t.n_products)).astype(ind.dtype)  # the haystack's dtype: searched without a copy
+    found = [
+        np.searchsorted(ind[ptr[j] : ptr[j + 1]], cols[a:b])
+        for j, a, b in zip(rated.j[which], kb[which], ke[which])
+    ]
+    owner, slot = _ranges(kb[which], ke[which] - kb[which])
+    owner = which[owner]
+    step = np.concatenate(found).astype(np.int64)
+    inside = step < rated.entries[owner]
+    pos = ptr[rated.j[owner]] + step
+    hit = inside.copy()
+    hit[inside] = ind[pos[inside]] == cols[slot[inside]]
+    return slot[hit], owner[hit], pos[hit]
 
 
 def _own_terms(t: FeatureTables, u: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

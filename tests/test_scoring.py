@@ -195,6 +195,62 @@ def test_pair_features_same_on_both_shapes_and_equal_dense_reference(rec):
     np.testing.assert_allclose(pair_grid(t, u)[:, items[2] + 1], pair_grid(t, u, items[[2]] + 1)[:, 0])
 
 
+# `_hits`' ways of finding a row's co-rating entries, forced by its cost constants: scan every C
+# entry of the rated products with a table of the keys, scan them with a binary search in the keys,
+# or binary-search each key in the rated products' C rows
+HIT_WAYS = {
+    "scan_table": dict(SEARCH_CALL_COST=10**12, TABLE_SLOTS_PER_ENTRY=10**12),
+    "scan_search": dict(SEARCH_CALL_COST=10**12, TABLE_SLOTS_PER_ENTRY=0),
+    "search_rows": dict(SEARCH_CALL_COST=0, SEARCH_KEY_COST=0),
+}
+
+
+@pytest.mark.parametrize("way", sorted(HIT_WAYS))
+def test_every_way_of_finding_co_ratings_gives_the_dense_sums(rec, monkeypatch, way):
+    """Grid and aligned rows, links, residuals and kNN: the same sums whichever way `_hits` takes,
+    the dense reference's links, and the default choice's kNN."""
+    from ml import features
+
+    t = rec.tables
+    u = np.array([2, -1, 7, 2, 30, 11])
+    items = np.array([0, 5, -1, 17, t.n_products - 1, 5, 3])
+    default = features.pair_signals_grid(t, u, items, knn_shrink=10.0)
+    for name, value in HIT_WAYS[way].items():
+        monkeypatch.setattr(features, name, value)
+    got = features.pair_signals_grid(t, u, items, knn_shrink=10.0)
+    rows = features.pair_signals(t, np.repeat(u, len(items)), np.tile(items, len(u)), knn_shrink=10.0)
+    links, _ = _dense_links(rec)
+    uu, ii = np.repeat(u, len(items)), np.tile(items, len(u))
+    ref = np.where((uu >= 0) & (ii >= 0), links[np.maximum(uu, 0), np.maximum(ii, 0)], 0)
+    assert (ref > 0).sum() > 10
+    np.testing.assert_allclose(got.features[..., 0].ravel(), np.log1p(ref), rtol=1e-6)
+    np.testing.assert_allclose(got.features, default.features, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got.knn, default.knn, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        rows.features, got.features.reshape(len(rows.features), -1), rtol=1e-6, atol=1e-7
+    )
+    np.testing.assert_allclose(rows.knn, got.knn.ravel(), rtol=1e-6, atol=1e-7)
+
+
+def test_co_rating_rows_are_kept_sorted_for_the_binary_search(rec):
+    """Tables whose C rows come unsorted (written elsewhere) are sorted on construction."""
+    import dataclasses
+
+    from ml import features
+
+    t = rec.tables
+    assert features._sorted_rows(t.cooc_indptr, t.cooc_indices)
+    ind, data = t.cooc_indices.copy(), t.cooc_data.copy()
+    row = int(np.argmax(np.diff(t.cooc_indptr)))
+    a, b = t.cooc_indptr[row], t.cooc_indptr[row + 1]
+    assert b - a >= 2
+    ind[a:b], data[a:b] = ind[a:b][::-1], data[a:b][::-1]
+    assert not features._sorted_rows(t.cooc_indptr, ind)
+    shuffled = dataclasses.replace(t, cooc_indices=ind, cooc_data=data)
+    np.testing.assert_array_equal(shuffled.cooc_indices, t.cooc_indices)
+    np.testing.assert_array_equal(shuffled.cooc_data, t.cooc_data)
+
+
 def test_pair_features_leave_out_removes_the_customers_own_co_ratings(rec):
     """Training rows (leave_out 1): C is recounted without the customer, their own rating excluded."""
     t = rec.tables
