@@ -188,8 +188,8 @@ class FeatureTables:
         if not _sorted_rows(self.cooc_indptr, self.cooc_indices):
             from scipy import sparse
 
-            c = sparse.csr_matrix((self.cooc_data, self.cooc_indices, self.cooc_indptr))
-            c.sort_indices()
+            c = sparse.csr_matrix((self.cooc_data, self.cooc_indices, self.cooc_indptr), copy=True)
+            c.sum_duplicates()  # sorts each row, one entry per (row, column)
             self.cooc_indices, self.cooc_data = c.indices.astype(np.int32), c.data
 
     @property
@@ -308,8 +308,8 @@ def _history(u: np.ndarray, i: np.ndarray, n_c: int, recency: np.ndarray | None,
 
 
 def _sorted_rows(indptr: np.ndarray, indices: np.ndarray) -> bool:
-    """Whether each row of a CSR matrix lists its column indices in increasing order."""
-    step = np.diff(indices.astype(np.int64))
+    """Whether each row of a CSR matrix lists its column indices in strictly increasing order."""
+    step = np.diff(indices)
     step[indptr[1:-1][(indptr[1:-1] > 0) & (indptr[1:-1] < len(indices))] - 1] = 1  # row starts
     return bool((step > 0).all())
 
@@ -466,7 +466,7 @@ def _hits(
     sorted indices): whichever costs less."""
     n_p = np.int64(t.n_products)
     kb, ke = (np.searchsorted(kk, (rated.row + d) * n_p) for d in (0, 1))
-    search = SEARCH_CALL_COST + SEARCH_KEY_COST * (ke - kb) < rated.entries
+    search = (SEARCH_CALL_COST + SEARCH_KEY_COST * (ke - kb) < rated.entries) & (ke > kb)
     found = _hits_by_search(t, rated, kk, kb, ke, np.flatnonzero(search))
     scan = np.flatnonzero(~search & (ke > kb))
     if len(scan) == 0:

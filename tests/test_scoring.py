@@ -233,7 +233,8 @@ def test_every_way_of_finding_co_ratings_gives_the_dense_sums(rec, monkeypatch, 
 
 
 def test_co_rating_rows_are_kept_sorted_for_the_binary_search(rec):
-    """Tables whose C rows come unsorted (written elsewhere) are sorted on construction."""
+    """Tables whose C rows come unsorted (written elsewhere) are sorted on construction, the
+    caller's arrays left as they were."""
     import dataclasses
 
     from ml import features
@@ -249,6 +250,7 @@ def test_co_rating_rows_are_kept_sorted_for_the_binary_search(rec):
     shuffled = dataclasses.replace(t, cooc_indices=ind, cooc_data=data)
     np.testing.assert_array_equal(shuffled.cooc_indices, t.cooc_indices)
     np.testing.assert_array_equal(shuffled.cooc_data, t.cooc_data)
+    np.testing.assert_array_equal(ind[a:b], t.cooc_indices[a:b][::-1])
 
 
 def test_pair_features_leave_out_removes_the_customers_own_co_ratings(rec):
