@@ -471,18 +471,28 @@ def _hits(
     scan = np.flatnonzero(~search & (ke > kb))
     if len(scan) == 0:
         return found
-    owner, pos = _ragged(t.cooc_indptr, rated.j[scan])
-    owner = scan[owner]
+    return tuple(np.concatenate(x) for x in zip(found, _hits_by_scan(t, rated, kk, lo, hi, scan)))
+
+
+def _hits_by_scan(
+    t: FeatureTables, rated: RatedRows, kk: np.ndarray, lo: int, hi: int, which: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_hits` of the rated entries `which` by a scan of their whole C rows, each entry's key found
+    by a binary search in `kk`, or in a lookup table of the (rows lo..hi-1) x P key slots when
+    filling it costs less (a binary search per entry cost 3x a table lookup)."""
+    n_p = np.int64(t.n_products)
+    owner, pos = _ragged(t.cooc_indptr, rated.j[which])
+    owner = which[owner]
     key = rated.row[owner] * n_p + t.cooc_indices[pos]
-    if TABLE_SLOTS_PER_ENTRY * len(key) < (hi - lo) * n_p:  # few entries: a binary search in kk
+    if TABLE_SLOTS_PER_ENTRY * len(key) < (hi - lo) * n_p:
         at = np.minimum(np.searchsorted(kk, key), len(kk) - 1)
         hit = kk[at] == key
-    else:  # a lookup table of the keys' slots (a binary search per entry cost 3x more)
+    else:
         lookup = np.full((hi - lo) * int(n_p), -1, np.int32)
         lookup[kk - lo * n_p] = np.arange(len(kk), dtype=np.int32)
         at = lookup[key - lo * n_p]
         hit = at >= 0
-    return tuple(np.concatenate(x) for x in zip(found, (at[hit], owner[hit], pos[hit])))
+    return at[hit], owner[hit], pos[hit]
 
 
 def _hits_by_search(
