@@ -43,6 +43,7 @@ from ml.model import (
     RowBatches,
     TrainingRows,
     build_model,
+    fit_data,
     masked_mse,
     pick_bce,
 )
@@ -311,8 +312,8 @@ def fit_model(tables: FeatureTables, rows: TrainingRows, config: TrainConfig, re
     try:
         with generator_fit():  # malloc as TensorFlow sets it for the fit, large arrays on the heap after
             history = model.fit(
-                batches,
-                validation_data=val_batches,
+                fit_data(batches),
+                validation_data=None if val_batches is None else fit_data(val_batches),
                 epochs=config.epochs,
                 steps_per_epoch=len(batches),
                 shuffle=False,  # RowBatches draws each epoch's order (Keras' own ignores an endless set)

@@ -141,6 +141,34 @@ def test_endless_row_batches_repeat_the_epochs_of_per_epoch_ones():
         endless[0]
 
 
+def test_fit_reads_the_row_batches_in_their_order_through_tf_data_without_autotuning():
+    """On TensorFlow `fit_data` feeds fit through tf.data with autotuning off (deleting an
+    autotuned iterator waits out the autotuning thread's sleep, up to 60 s); every new iterator
+    gives the batches from the first on, as Keras' own generator does: endless across epochs,
+    the finite (validation) set once."""
+    import keras
+
+    from ml.model import fit_data
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the tf.data pipeline is the TensorFlow backend's")
+    sizes = list(np.random.default_rng(2).integers(1, 10, 60))
+    reference = RowBatches(_groups(sizes), 64, shuffle=True, seed=3, endless=True)
+    n = len(reference)
+    expected = [reference[i] for i in range(2 * n + 1)]
+    ds = fit_data(RowBatches(_groups(sizes), 64, shuffle=True, seed=3, endless=True))
+    assert ds.options().autotune.enabled is False
+    for _ in range(2):  # a second iterator starts over
+        got = list(ds.take(2 * n + 1).as_numpy_iterator())
+        for (x, y), (gx, gy) in zip(expected, got, strict=True):
+            np.testing.assert_array_equal(gx["p"], x["p"])
+            np.testing.assert_array_equal(gx["rated"], x["rated"])
+            np.testing.assert_array_equal(gy["rating"], y["rating"])
+    val = RowBatches(_groups(sizes), 64, shuffle=False)
+    got = list(fit_data(val).as_numpy_iterator())
+    assert [g[0]["p"].tolist() for g in got] == [x["p"].tolist() for x, _ in _epoch(val)]
+
+
 def test_row_batches_in_order_when_not_shuffled():
     batches = RowBatches(_groups([2, 1, 3, 1, 1]), 3, shuffle=False)
     got = _epoch(batches)
