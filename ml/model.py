@@ -487,6 +487,9 @@ def fit_data(batches: RowBatches):
     after 4 of 12 three-epoch fits, none with autotuning off (README, session 22)."""
     if keras.backend.backend() != "tensorflow":
         return batches
+    if batches.shuffle and not batches.endless:
+        # its order moves on in on_epoch_end, which Keras calls on a PyDataset only
+        raise ValueError("a shuffled RowBatches must be endless")
     import tensorflow as tf
 
     def spec(a: np.ndarray):

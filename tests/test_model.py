@@ -167,6 +167,8 @@ def test_fit_reads_the_row_batches_in_their_order_through_tf_data_without_autotu
     val = RowBatches(_groups(sizes), 64, shuffle=False)
     got = list(fit_data(val).as_numpy_iterator())
     assert [g[0]["p"].tolist() for g in got] == [x["p"].tolist() for x, _ in _epoch(val)]
+    with pytest.raises(ValueError, match="endless"):  # nothing would move its order on between epochs
+        fit_data(RowBatches(_groups(sizes), 64, shuffle=True))
 
 
 def test_row_batches_in_order_when_not_shuffled():
