@@ -466,9 +466,10 @@ def _hits(
     sorted indices): whichever costs less."""
     n_p = np.int64(t.n_products)
     kb, ke = (np.searchsorted(kk, (rated.row + d) * n_p) for d in (0, 1))
-    search = (SEARCH_CALL_COST + SEARCH_KEY_COST * (ke - kb) < rated.entries) & (ke > kb)
+    has_keys = ke > kb
+    search = (SEARCH_CALL_COST + SEARCH_KEY_COST * (ke - kb) < rated.entries) & has_keys
     found = _hits_by_search(t, rated, kk, kb, ke, np.flatnonzero(search))
-    scan = np.flatnonzero(~search & (ke > kb))
+    scan = np.flatnonzero(~search & has_keys)
     if len(scan) == 0:
         return found
     return tuple(np.concatenate(x) for x in zip(found, _hits_by_scan(t, rated, kk, lo, hi, scan)))

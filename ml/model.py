@@ -406,7 +406,8 @@ class RowBatches(keras.utils.PyDataset):
     `endless` (training: `fit(..., steps_per_epoch=len(batches))`): batch indices run on across
     epochs (`num_batches` None), so Keras keeps one data iterator for the whole fit. With a new one
     per epoch, tearing down the finished tf.data generator iterator stalled the next epoch's first
-    step for 0.4-4.5 s with the cores idle (10k SYNTHETIC world, most epochs; README, session 21).
+    step for 0.4-4.5 s with the cores idle (10k SYNTHETIC world, most epochs; README, session 21):
+    most likely the autotuning wait `fit_data` now avoids (session 22), not shown per epoch.
     An index's epoch is `idx // len(self)`, and each epoch's order the next permutation from `seed`,
     the batches a per-epoch RowBatches gives, in its order, whatever tf.data fetched
     ahead; `on_epoch_end` then leaves the order alone. So an epoch must be exactly `len(self)`
