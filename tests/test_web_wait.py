@@ -57,18 +57,17 @@ class Waiter(threading.Thread):
 
 
 @pytest.fixture
-def describe_calls(monkeypatch) -> list[str]:
-    """Counts every read of a job's state (web.service.describe) made by the views and `wait`."""
+def state_reads(monkeypatch) -> list[str]:
+    """Counts every read of a job's stored state (web.service.stored_meta) by the views and `wait`."""
     calls: list[str] = []
-    real = web.service.describe
+    real = web.service.stored_meta
 
-    def counting(job_id, record):
-        view = real(job_id, record)
+    def counting(job_id):
+        meta = real(job_id)
         calls.append(job_id)  # after the read: a count of completed reads
-        return view
+        return meta
 
-    monkeypatch.setattr(web.service, "describe", counting)
-    monkeypatch.setattr(web.jobs, "describe", counting)
+    monkeypatch.setattr(web.service, "stored_meta", counting)
     return calls
 
 
@@ -187,15 +186,15 @@ def test_the_web_process_never_imports_tensorflow_while_waiting(settings, worker
 # ---------------------------------------------------------------- order and counts (idle Redis)
 
 
-def test_waiter_wakes_on_the_published_result(idle_app, backend, idle_redis, describe_calls, monkeypatch):
-    """The waiter is subscribed before the job finishes, and reads the state once more per
-    message, not on a timer: 1 read by the view, 1 right after subscribing, 1 on the message."""
+def test_waiter_wakes_on_the_published_result(idle_app, backend, idle_redis, state_reads, monkeypatch):
+    """The waiter is subscribed before the job finishes and wakes on the message, not on a timer:
+    1 read by the view, 1 right after subscribing, none on the message (it carries the state)."""
     monkeypatch.setattr(web.service, "RECHECK_S", 3600.0)  # no safety-net re-read in this test
     job_id = post_job(idle_app.test_client())
     waiter = Waiter(idle_app, f"/jobs/{job_id}?wait=30")
     waiter.start()
     # The view's read, then the read right after subscribing: from here on it waits for a message.
-    wait_until(lambda: len(describe_calls) == 2, 60, interval_s=0.02, what="the waiter's reads")
+    wait_until(lambda: len(state_reads) == 2, 60, interval_s=0.02, what="the waiter's reads")
     assert subscribers(idle_redis.url, [job_id])[channel(job_id)] == 1
     assert waiter.is_alive() and waiter.answer is None  # still waiting: nothing published yet
     backend.store_result(job_id, fake_result(job_id), "SUCCESS")  # SET + PUBLISH, like a worker
@@ -204,7 +203,7 @@ def test_waiter_wakes_on_the_published_result(idle_app, backend, idle_redis, des
     status, job = waiter.answer
     assert status == 200 and job["state"] == "succeeded"
     assert job["result"]["customer_id"] == f"for-{job_id}"
-    assert describe_calls == [job_id] * 3  # one more read, on the message
+    assert state_reads == [job_id] * 2  # the answer is the published state, not read again
     assert subscribers(idle_redis.url, [job_id])[channel(job_id)] == 0
 
 
@@ -247,21 +246,21 @@ def test_a_job_that_never_runs_is_still_queued_after_the_budget(idle_app, idle_r
     assert subscribers(idle_redis.url, [job_id])[channel(job_id)] == 0
 
 
-def test_a_finished_job_answers_without_subscribing(idle_app, backend, describe_calls, monkeypatch):
+def test_a_finished_job_answers_without_subscribing(idle_app, backend, state_reads, monkeypatch):
     job_id = post_job(idle_app.test_client())
     backend.store_result(job_id, fake_result(job_id), "SUCCESS")
     monkeypatch.setattr(web.jobs, "wait", lambda *a: pytest.fail("waited for a finished job"))
     status, job = json_of(idle_app.test_client().get(f"/jobs/{job_id}?wait=30"))
-    assert status == 200 and job["state"] == "succeeded" and describe_calls == [job_id]
+    assert status == 200 and job["state"] == "succeeded" and state_reads == [job_id]
 
 
-def test_plain_get_does_not_wait(idle_app, describe_calls, monkeypatch):
+def test_plain_get_does_not_wait(idle_app, state_reads, monkeypatch):
     monkeypatch.setattr(web.jobs, "wait", lambda *a: pytest.fail("a plain GET waited"))
     job_id = post_job(idle_app.test_client())
     for path in (f"/jobs/{job_id}", f"/jobs/{job_id}?wait=0"):
         status, job = json_of(idle_app.test_client().get(path))
         assert status == 200 and job["state"] == "queued"
-    assert describe_calls == [job_id, job_id]
+    assert state_reads == [job_id, job_id]
 
 
 # ---------------------------------------------------------------- failures

@@ -61,11 +61,28 @@ def submit(task_name: str, args: list[Any], kind: str, **meta: Any) -> str:
     return job_id
 
 
-def describe(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
-    """The public view of a job: state, result or error, model_version."""
-    # One read of the stored meta: the state and its result together. (AsyncResult.state and .info
-    # are two reads: a job that finished between them paired PROGRESS with the final result.)
-    meta = get_celery().backend.get_task_meta(job_id)
+def stored_meta(job_id: str) -> dict[str, Any]:
+    """The job's stored meta: its state and result in one read. (AsyncResult.state and .info are two
+    reads: a job that finished between them paired PROGRESS with the final result.)"""
+    return get_celery().backend.get_task_meta(job_id)
+
+
+def published_meta(message: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The meta a message on a job's result channel carries, None when there is none: the Redis
+    result backend publishes exactly what it stores (one SET + PUBLISH of the same payload), so
+    a waiter that has it needs no read. An undecodable payload gives None (the caller reads)."""
+    if not message or message.get("type") != "message":
+        return None
+    try:
+        return get_celery().backend.decode_result(message["data"])
+    except Exception:  # noqa: BLE001 - whatever the payload holds, the stored state is the answer
+        return None
+
+
+def describe(job_id: str, record: dict[str, Any], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The public view of a job: state, result or error, model_version; from `meta` (a published
+    state) when given, else from the stored state (`stored_meta`)."""
+    meta = stored_meta(job_id) if meta is None else meta
     celery_state, result = meta.get("status", states.PENDING), meta.get("result")
     state = STATE_NAMES.get(celery_state, "queued")
     out: dict[str, Any] = {
@@ -122,13 +139,15 @@ def wait(job_id: str, record: dict[str, Any], timeout_s: float) -> dict[str, Any
     pubsub = get_redis().pubsub()
     try:
         _subscribe(pubsub, result_channel(job_id), deadline)
+        meta = None  # first, a read after subscribing: a result stored before it is seen here
         while True:
-            # Read after subscribing: a result stored before the subscription is seen here.
-            view = describe(job_id, record)
+            view = describe(job_id, record, meta)
             remaining = deadline - time.monotonic()
             if view["state"] in FINISHED or remaining <= 0:
                 return view
-            pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, RECHECK_S))
+            # the published state, or (no message within RECHECK_S) None: read again
+            message = pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, RECHECK_S))
+            meta = published_meta(message)
     finally:
         pubsub.close()
 
