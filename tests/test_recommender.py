@@ -72,6 +72,28 @@ def test_top_larger_than_catalog_returns_what_exists(rec):
     assert len(rec.recommend(cid, top=10_000)) == rec.n_products - len(rec.seen(u))
 
 
+def test_nothing_to_rank_gives_empty_lists(rec):
+    """No candidates, or only the customer's own products: [] for that customer, also in a two-stage
+    batch beside a customer who gets items (the chunk's ratings are computed in one pass)."""
+    from ml.recommender import ServingPath
+
+    cid, other = rec.customers(2)
+    u, v = _position(rec, cid), _position(rec, other)
+    assert rec.recommend(cid, top=3, candidates=np.array([], np.int64)) == []
+    assert rec.recommend(cid, top=3, candidates=rec.seen(u)) == []
+    unseen = np.setdiff1d(np.arange(rec.n_products), rec.seen(v))[:5]
+    given = {u: rec.seen(u), v: unseen}
+    staged = rec.with_serving(ServingPath(retrieval_k=5, exact_max_products=0))
+    staged.retrieve_many = lambda users, top, exclude_seen: [given[int(x)] for x in users]
+    batch = staged.recommend_many([cid, other], top=3)
+    assert batch[0] == [] and len(batch[1]) == 3
+    expected = rec.recommend(other, top=3, candidates=unseen)
+    assert [x["product_id"] for x in batch[1]] == [x["product_id"] for x in expected]
+    assert [x["predicted_rating"] for x in batch[1]] == pytest.approx(
+        [x["predicted_rating"] for x in expected], abs=2e-4
+    )
+
+
 def test_unknown_customer_gets_flagged_popularity(rec):
     items = rec.recommend("AUNKNOWNCUSTOMERXXXXXXXXXXXX", top=3)
     assert len(items) == 3
