@@ -79,7 +79,7 @@ def popular_reason() -> dict:
     return {"method": "popular", "products": []}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Ranked:
     """Customers' best products before they are presented (`Recommender._rank`): for each item,
     its customer row (ascending; a customer's items best first), product position, ranking score,
@@ -93,8 +93,9 @@ class Ranked:
 
     @classmethod
     def empty(cls) -> Ranked:
-        none = np.zeros(0, np.int64)
-        return cls(none, none, np.zeros(0, np.float32), np.zeros((0, PAIR_DIM), np.float32), None)
+        """Nothing ranked: no items, and so no ratings to compute for them."""
+        none, none32 = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return cls(none, none, none32, np.zeros((0, PAIR_DIM), np.float32), none32)
 
     @classmethod
     def stacked(cls, parts: Sequence[Ranked]) -> Ranked:

@@ -72,24 +72,33 @@ def test_top_larger_than_catalog_returns_what_exists(rec):
     assert len(rec.recommend(cid, top=10_000)) == rec.n_products - len(rec.seen(u))
 
 
-def test_nothing_to_rank_gives_empty_lists(rec):
+@pytest.mark.parametrize("rating_weight", [0.0, 1.0])
+def test_nothing_to_rank_gives_empty_lists(rec, rating_weight):
     """No candidates, or only the customer's own products: [] for that customer, also in a two-stage
-    batch beside a customer who gets items (the chunk's ratings are computed in one pass)."""
+    batch beside customers who get items. The chunk's ratings: one rating-head pass for the items
+    shown (weight 0), none when the ranking computed them (weight 1)."""
+    from ml.ranking import RankingRule
     from ml.recommender import ServingPath
 
-    cid, other = rec.customers(2)
-    u, v = _position(rec, cid), _position(rec, other)
-    assert rec.recommend(cid, top=3, candidates=np.array([], np.int64)) == []
-    assert rec.recommend(cid, top=3, candidates=rec.seen(u)) == []
+    no_candidates, only_seen, other = rec.customers(3)
+    u, w, v = (_position(rec, c) for c in (no_candidates, only_seen, other))
+    assert rec.recommend(no_candidates, top=3, candidates=np.array([], np.int64)) == []
+    assert rec.recommend(only_seen, top=3, candidates=rec.seen(w)) == []
     unseen = np.setdiff1d(np.arange(rec.n_products), rec.seen(v))[:5]
-    given = {u: rec.seen(u), v: unseen}
+    given = {u: np.array([], np.int64), w: rec.seen(w), v: unseen}
     staged = rec.with_serving(ServingPath(retrieval_k=5, exact_max_products=0))
+    staged.ranking = RankingRule(rating_weight)
     staged.retrieve_many = lambda users, top, exclude_seen: [given[int(x)] for x in users]
-    batch = staged.recommend_many([cid, other], top=3)
-    assert batch[0] == [] and len(batch[1]) == 3
-    expected = rec.recommend(other, top=3, candidates=unseen)
-    assert [x["product_id"] for x in batch[1]] == [x["product_id"] for x in expected]
-    assert [x["predicted_rating"] for x in batch[1]] == pytest.approx(
+    passes = []
+    real_score_pairs = staged.score_pairs
+    staged.score_pairs = lambda *a, **k: passes.append(len(a[0])) or real_score_pairs(*a, **k)
+    batch = staged.recommend_many([no_candidates, only_seen, other], top=3)
+    assert batch[0] == [] and batch[1] == [] and len(batch[2]) == 3
+    assert passes == ([3] if rating_weight == 0 else [])
+    staged.score_pairs = real_score_pairs
+    expected = staged.recommend(other, top=3, candidates=unseen)
+    assert [x["product_id"] for x in batch[2]] == [x["product_id"] for x in expected]
+    assert [x["predicted_rating"] for x in batch[2]] == pytest.approx(
         [x["predicted_rating"] for x in expected], abs=2e-4
     )
 

@@ -207,6 +207,25 @@ def test_waiter_wakes_on_the_published_result(idle_app, backend, idle_redis, sta
     assert subscribers(idle_redis.url, [job_id])[channel(job_id)] == 0
 
 
+def test_the_waiter_takes_the_newest_of_the_states_queued_for_it(idle_redis):
+    """States published while the waiter was busy (a training job's PROGRESS, then more) are read
+    up to the newest one, so an answer at the deadline is never older than what was published."""
+    pubsub = redis.Redis.from_url(idle_redis.url).pubsub()
+    publisher = redis.Redis.from_url(idle_redis.url)
+    try:
+        pubsub.subscribe("job-channel")
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+        assert web.service._latest_message(pubsub, 0.05) is None  # nothing published: None in time
+        for epoch in (1, 2, 3):
+            publisher.publish("job-channel", json.dumps({"status": "PROGRESS", "result": {"epoch": epoch}}))
+        message = web.service._latest_message(pubsub, 5)
+        assert json.loads(message["data"])["result"] == {"epoch": 3}
+        assert web.service._latest_message(pubsub, 0.05) is None  # the older two were consumed with it
+    finally:
+        pubsub.close()
+        publisher.close()
+
+
 def test_a_result_stored_before_the_subscription_is_seen(idle_app, backend, idle_redis, monkeypatch):
     """The result lands between the view's first read and the SUBSCRIBE: `wait` reads the state
     after subscribing, so it answers without ever waiting for a message."""

@@ -125,6 +125,15 @@ def _subscribe(pubsub: redis.client.PubSub, channel: str, deadline: float) -> No
             return
 
 
+def _latest_message(pubsub: redis.client.PubSub, timeout_s: float) -> dict[str, Any] | None:
+    """The first message within `timeout_s`, or the last of those already queued behind it (a
+    training job's PROGRESS states can arrive several at once): the newest state, None without one."""
+    message = pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
+    while message is not None and (newer := pubsub.get_message(ignore_subscribe_messages=True)) is not None:
+        message = newer
+    return message
+
+
 def wait(job_id: str, record: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """The job's view as soon as it is finished, or as it stands after `timeout_s`.
 
@@ -145,9 +154,8 @@ def wait(job_id: str, record: dict[str, Any], timeout_s: float) -> dict[str, Any
             remaining = deadline - time.monotonic()
             if view["state"] in FINISHED or remaining <= 0:
                 return view
-            # the published state, or (no message within RECHECK_S) None: read again
-            message = pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, RECHECK_S))
-            meta = published_meta(message)
+            # the latest published state, or (no message within RECHECK_S) None: read again
+            meta = published_meta(_latest_message(pubsub, min(remaining, RECHECK_S)))
     finally:
         pubsub.close()
 
