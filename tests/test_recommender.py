@@ -89,9 +89,14 @@ def test_nothing_to_rank_gives_empty_lists(rec, rating_weight):
     staged = rec.with_serving(ServingPath(retrieval_k=5, exact_max_products=0))
     staged.ranking = RankingRule(rating_weight)
     staged.retrieve_many = lambda users, top, exclude_seen: [given[int(x)] for x in users]
-    passes = []
+    passes = []  # rows of each rating-head pass over shown items
     real_score_pairs = staged.score_pairs
-    staged.score_pairs = lambda *a, **k: passes.append(len(a[0])) or real_score_pairs(*a, **k)
+
+    def counted(u, i, **kwargs):
+        passes.append(len(u))
+        return real_score_pairs(u, i, **kwargs)
+
+    staged.score_pairs = counted
     batch = staged.recommend_many([no_candidates, only_seen, other], top=3)
     assert batch[0] == [] and batch[1] == [] and len(batch[2]) == 3
     assert passes == ([3] if rating_weight == 0 else [])
