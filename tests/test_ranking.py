@@ -77,6 +77,40 @@ def test_the_rule_adds_knn_at_the_logit_scale():
     np.testing.assert_allclose(ranking_score(rating, logit, 0.0, knn, 0.0), 1 / (1 + np.exp(-logit)))
 
 
+def _formula(rating, pick_logit, rating_weight, knn, knn_weight):
+    """`ranking_score` as its docstring writes it, one temporary array per step."""
+    logit = pick_logit if knn is None or knn_weight == 0 else pick_logit + knn_weight * knn
+    return (
+        1.0
+        / (1.0 + np.exp(-np.clip(logit, -30, 30)))
+        * ((np.clip(rating, 1.0, 5.0) - 0.5) / 4.5) ** rating_weight
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ranking_scores_equal_the_formula_bit_for_bit(dtype):
+    """The in-place evaluation gives the formula's values and dtype exactly: ties (saturated
+    sigmoids past +-17 in float32) and orders are those the ranking choice measured."""
+    rng = np.random.default_rng(3)
+    logit = (rng.standard_normal((40, 300)) * 12).astype(dtype)  # many saturate
+    knn = np.abs(rng.standard_normal((40, 300))).astype(np.float32) * 0.3
+    rating = rng.uniform(0.0, 6.0, (40, 300)).astype(np.float32)
+    ones = np.ones((40, 1), np.float32)
+    for r, w, k, kw in [
+        (ones, 0.0, None, 0.0),
+        (ones, 0.0, knn, 64.0),
+        (rating, 0.5, knn, 2.0),
+        (rating, 2.0, None, 0.0),
+        (rating.astype(np.float64), 0.0, knn, 0.0),
+    ]:
+        got, want = ranking_score(r, logit, w, k, kw), _formula(r, logit, w, k, kw)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    before = logit.copy()
+    ranking_score(ones, logit, 0.0, knn, 64.0)
+    np.testing.assert_array_equal(logit, before)  # the caller's logits are left alone
+
+
 def test_an_artifact_without_knn_weights_ranks_as_before():
     assert RankingRule.from_manifest({"ranking": {"rating_weight": 0.25}}) == RankingRule(0.25, 0.0)
     assert RankingRule.from_manifest({}) == RankingRule()
