@@ -90,9 +90,9 @@ def test_precision_follows_the_settings_and_keys_the_cache(monkeypatch, encoder,
 
     weights = encoder.model_dir / "model.safetensors"  # the file names of the two flatbuffers differ
     assert (
-        lite.lite_path(weights, quantize=True)
+        lite.lite_path(weights, quantize="dynamic")
         != lite.lite_path(weights)
-        == lite.lite_path(weights, quantize=False)
+        == lite.lite_path(weights, quantize="none")
     )
     monkeypatch.setenv("RECSYS_TEXT_PRECISION", "int4")
     with pytest.raises(ValueError, match="unknown text precision 'int4'"):

