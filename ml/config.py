@@ -64,6 +64,13 @@ class Settings:
     # the spread of the reviews averaged; reviews are most of a catalog's texts (28,818 of 38,808 in
     # the 10k bench world, 2.0-2.6x the float32 rate there). See README, session 21.
     review_text_precision: str = _setting("RECSYS_REVIEW_TEXT_PRECISION", "int8")
+    # The image encoder's TFLite weights: "int8" (full-integer: weights and activations, activation
+    # ranges calibrated on a fixed batch of drawn scenes, `ml.encoders.image.calibration_images`;
+    # 2.4-3.3x the float32 network's rate on this CPU; on real photos features at cosine mean 0.995
+    # to float32's and neighbours as good; on the synthetic world's renders a weaker response to
+    # live feedback, see README, session 24) or "float32" (the Keras network to 1e-5). The Keras
+    # runtime is always float32. The two are cached under different versions.
+    image_precision: str = _setting("RECSYS_IMAGE_PRECISION", "int8")
     # The demo "fashion world" (synthetic) built by `make run` when no data is given.
     demo_data_dir: Path = _setting(
         "RECSYS_DEMO_DATA_DIR", REPO_ROOT / "var" / "demo-world", under_var="demo-world"

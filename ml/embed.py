@@ -273,7 +273,7 @@ def _embed_images(cache, products: pd.DataFrame, use_images: bool, progress: boo
     if has_image.any():
         from ml.encoders.image import ImageEncoder
 
-        enc = _LazyEncoder(ImageEncoder)
+        enc = _LazyEncoder(ImageEncoder, Settings.from_env().image_precision)
         image_vecs = np.zeros((n, enc.dim), np.float32)
         _embed_unique(cache, enc, keys, image_refs, progress, "embed images", image_vecs, stats["images"])
         encoder = {"image": f"{enc.name}-{enc.version}"}
@@ -301,7 +301,6 @@ def _embed_texts(
     has_rtext = np.array([bool(t) for t in rtext], dtype=bool)
     out = _Texts(None, has_ptext, None, has_rtext, {})
     if has_ptext.any() or has_rtext.any():
-        from ml.config import Settings
         from ml.encoders.text import TextEncoder
 
         settings = Settings.from_env()

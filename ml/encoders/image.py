@@ -8,6 +8,17 @@ Preprocessing (what the checkpoint was trained with — it is a straight copy of
 EfficientNet-Lite checkpoint, whose ``MEAN_RGB = 127.0`` and ``STDDEV_RGB = 128.0``): RGB, resized to
 224x224 (bicubic), then ``(x - 127) / 128``. The torchvision ImageNet mean/std normalisation used in the
 lukemelas README is for the B0-B7 checkpoints and gives clearly worse ImageNet predictions here.
+
+Precision (TFLite only; ``Settings.image_precision``, int8 by default): the int8 flatbuffer is
+full-integer quantised (int8 weights and activations, activation ranges calibrated on a fixed batch
+of drawn scenes, `calibration_images`), the network the "Lite" EfficientNets were designed for.
+Measured 2026-12-07 on this 2-core CPU: 2.4-3.3x the float32 network's images/s (alternated; ~2x
+through `encode`, JPEG decoding included); on 500 real photos pooled features at cosine mean 0.9946
+(min 0.958) to float32's, and on the 1,000 real photos the same share of same-type top-5 neighbours
+(0.7824 against 0.7814, paired interval [-0.004, +0.005]). On the synthetic world's flat renders the
+error is larger (cosine mean 0.985); there live feedback moved a new customer's kind up by 29.8
+places on average against 32.4 with float32 over ten training seeds (README, session 24). `float32`
+is the Keras network to 1e-5. An encoder's `version` names its precision ("1", "1-int8").
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from ml.config import Settings
 
@@ -148,6 +159,11 @@ def decode_image(item: ImageInput, size: int = IMAGE_SIZE) -> np.ndarray:
         raise ImageLoadError(f"cannot read image {item!r:.200}: {exc}") from exc
 
 
+def _calibration_batch() -> np.ndarray:
+    """The int8 network's calibration batch, preprocessed (`calibration_images`, `CALIBRATION`)."""
+    return preprocess(calibration_images(CALIBRATION["n"], seed=CALIBRATION["seed"]))
+
+
 def load_image(item: ImageInput, size: int = IMAGE_SIZE) -> np.ndarray:
     """One input -> float32 (size, size, 3) RGB in [0, 255]. Transparency is composited on white."""
     return decode_image(item, size).astype(np.float32)
@@ -162,6 +178,46 @@ def preprocess(batch: np.ndarray) -> np.ndarray:
     return x
 
 
+def calibration_images(n: int = 64, size: int = IMAGE_SIZE, seed: int = 0) -> np.ndarray:
+    """uint8 (n, size, size, 3): drawn scenes standing in for product photos when the int8 network's
+    activation ranges are calibrated (`ImageEncoder`, precision "int8"): a light or coloured
+    background with a soft gradient, one to five filled shapes of random colours, blurred edges and
+    sensor noise. Deterministic, and part of the int8 encoder's version (`CALIBRATION`): the same
+    flatbuffer on every machine, made without any data set. Calibrating on 100 real photos instead
+    gave the same agreement with float32 on 500 other real photos (cosine mean 0.9952 against
+    0.9944; README, session 24): ReLU6 bounds most of the network's activations."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, size, size, 3), np.uint8)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for k in range(n):
+        background = rng.uniform(150, 255, 3) if rng.random() < 0.6 else rng.uniform(0, 255, 3)
+        slope = rng.uniform(-1, 1, 2)
+        ramp = (xx * slope[0] + yy * slope[1])[..., None] * rng.normal(0, 40, 3)
+        img = Image.fromarray(np.clip(background + ramp, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(rng.integers(1, 6)):
+            x0, y0 = rng.uniform(0, size * 0.8, 2)
+            w, h = rng.uniform(size * 0.1, size * 0.8, 2)
+            colour = tuple(int(c) for c in rng.uniform(0, 255, 3))
+            box = [x0, y0, min(size, x0 + w), min(size, y0 + h)]
+            shape = rng.integers(3)
+            if shape == 0:
+                draw.ellipse(box, fill=colour)
+            elif shape == 1:
+                draw.rectangle(box, fill=colour)
+            else:
+                draw.polygon([tuple(rng.uniform(0, size, 2)) for _ in range(rng.integers(3, 7))], fill=colour)
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 2.5)))
+        noisy = np.asarray(img, np.float32) + rng.normal(0, rng.uniform(0, 8), (size, size, 3))
+        out[k] = np.clip(noisy, 0, 255).astype(np.uint8)
+    return out
+
+
+# The int8 network's calibration batch (`calibration_images` with these arguments); its name is
+# part of the int8 encoder's version: change it and the version with it.
+CALIBRATION = {"name": "drawn-v1", "n": 64, "seed": 0}
+
+
 class ImageEncoder:
     """EfficientNet-Lite0 ImageNet features (1280-d, global-average-pooled) and ImageNet logits.
 
@@ -170,6 +226,9 @@ class ImageEncoder:
     ``random_init=True``: the same network with freshly initialised weights (seeded), for baselines.
     ``runtime``: "tflite", "keras" or "auto" (default: ``Settings.encoder_runtime``; see
     :mod:`ml.encoders.lite`). Randomly initialised networks always run in Keras (nothing to cache).
+    ``precision``: the TFLite weights, "int8" (full-integer, calibrated on `calibration_images`) or
+    "float32" (default: ``Settings.image_precision``); Keras always runs float32. ``version`` names
+    it ("1", "1-int8"), so cached vectors of the two never mix.
     """
 
     name = "efficientnet-lite0-imagenet"
@@ -184,6 +243,7 @@ class ImageEncoder:
         seed: int = 0,
         loader_threads: int = 2,
         runtime: str | None = None,
+        precision: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -200,21 +260,50 @@ class ImageEncoder:
             self.weights_path = Path(weights_path) if weights_path else default_weights_path()
             if not self.weights_path.exists():
                 convert_weights(self.weights_path)
-        self.runtime = "keras"
-        if self.weights_path is not None and lite.use_lite(runtime):
+        lite_runtime = self.weights_path is not None and lite.use_lite(runtime)
+        self.runtime = "tflite" if lite_runtime else "keras"
+        self.precision = self.effective_precision(self.runtime, precision)
+        self.version = self.cache_version(self.runtime, self.precision)
+        if lite_runtime:
             path = self._lite_path()
             if not path.is_file():  # converting: load the weights first, so that an unreadable
                 _ = self.model  # file is converted again before its bytes name the TFLite file
                 path = self._lite_path()
-            self._runner = lite.LiteModel(lite.cached_flatbuffer(path, lambda: self.model))
-            self.runtime = "tflite"
+            static = self.precision == "int8"
+            blob = lite.cached_flatbuffer(
+                path,
+                lambda: self.model,
+                "static" if static else "none",
+                _calibration_batch if static else None,
+            )
+            self._runner = lite.LiteModel(blob)
         else:
             self._runner = self.model
 
+    @staticmethod
+    def effective_precision(runtime: str, precision: str | None = None) -> str:
+        """The weights' precision a `runtime` ("tflite" or "keras") runs: `precision` (default
+        `Settings.image_precision`) on TFLite, float32 on Keras."""
+        if precision is None:
+            precision = Settings.from_env().image_precision
+        return lite.precision_on(runtime, precision, "image")
+
+    @classmethod
+    def cache_version(cls, runtime: str | None = None, precision: str | None = None) -> str:
+        """The version embeddings are cached and recorded under: `version`, "-int8" for the int8
+        network (`runtime`: None reads the settings, `ml.encoders.lite.use_lite`)."""
+        if runtime is None:
+            runtime = "tflite" if lite.use_lite() else "keras"
+        return lite.versioned(cls.version, cls.effective_precision(runtime, precision))
+
     def _lite_path(self) -> Path:
-        """The TFLite file for these weights and this network's version."""
+        """The TFLite file for these weights, this network's version and precision (and the int8
+        network's calibration batch)."""
         assert self.weights_path is not None
         stem = f"{self.weights_path.name.removesuffix('.weights.h5')}-v{self.version}"
+        if self.precision == "int8":
+            stem += f"-{CALIBRATION['name']}"
+            return lite.lite_path(self.weights_path, stem=stem, quantize="static")
         return lite.lite_path(self.weights_path, stem=stem)
 
     @classmethod
