@@ -93,8 +93,8 @@ def _alternated(runners: dict, items: list, rounds: int = 2) -> tuple[dict, dict
 
 
 def bench_encoders(n_texts: int = 1024, n_images: int = 1000) -> dict:
-    """Both text precisions and both image runtimes side by side, on real texts (2018 reviews) and
-    real photos (as 224x224 JPEGs, the training path's input)."""
+    """Both text precisions, and the image encoder's TFLite precisions and Keras, side by side, on
+    real texts (2018 reviews) and real photos (as 224x224 JPEGs, the training path's input)."""
     from ml.data import load_dataset
     from ml.encoders import ImageEncoder, TextEncoder
 
@@ -106,9 +106,18 @@ def bench_encoders(n_texts: int = 1024, n_images: int = 1000) -> dict:
     photos = sorted((SHARED / "fashion-product-images-small-subset" / "images").glob("*.jpg"))[:n_images]
     jpegs = tempfile.TemporaryDirectory(prefix="bench-encoders-")
     images = _jpegs_224(photos, Path(jpegs.name))
-    # both image runtimes (ml.encoders.lite), alternated twice so a noisy minute hits both; each
-    # encoder is built and warmed first (the TFLite file is converted once, before timing)
-    rates, _ = _alternated({name: ImageEncoder(runtime=name) for name in ("tflite", "keras")}, images)
+    # the image runtimes (ml.encoders.lite) and TFLite precisions, alternated twice so a noisy minute
+    # hits each; each encoder is built and warmed first (a TFLite file is converted once, before timing)
+    image_encoders = {
+        "tflite int8": ImageEncoder(runtime="tflite", precision="int8"),
+        "tflite float32": ImageEncoder(runtime="tflite", precision="float32"),
+        "keras": ImageEncoder(runtime="keras"),
+    }
+    rates, features = _alternated(image_encoders, images)
+    a, b = features["tflite int8"], features["tflite float32"]
+    image_cosine = np.sum(a * b, axis=1) / np.maximum(
+        np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12
+    )
     image_size = list(Image.open(images[0]).size) if images else None
     jpegs.cleanup()
     return {
@@ -120,6 +129,11 @@ def bench_encoders(n_texts: int = 1024, n_images: int = 1000) -> dict:
         "images": len(images),
         "image_size": image_size,
         "images_per_s": rates,
+        "image_int8_cosine": (
+            {"min": round(float(image_cosine.min()), 5), "mean": round(float(image_cosine.mean()), 5)}
+            if len(images)
+            else None
+        ),
         "image_batch": 32,
         "cpu_count": os.cpu_count(),
     }

@@ -97,6 +97,7 @@ def _train(data: Path, out: Path, cache: Path, log: Path) -> dict:
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "server_cpu_s": round(served, 1),
         "stages_s": stages,
+        "encoders": manifest.get("encoders"),  # names and versions: "-int8" where the weights are int8
         "images": manifest.get("images"),
         "embedding": emb,
         "image_embed_per_s": round(encoded / stages["embed_images"], 1)
