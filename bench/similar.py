@@ -74,11 +74,20 @@ def _embed(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, dict]:
     from ml.encoders import ImageEncoder, TextEncoder
 
     t = time.perf_counter()
-    image = ImageEncoder().encode([DATA / "images" / f"{r['id']}.jpg" for r in rows])
+    images = ImageEncoder()  # the settings' precision, as training's
+    image = images.encode([DATA / "images" / f"{r['id']}.jpg" for r in rows])
     image_s = time.perf_counter() - t
     t = time.perf_counter()
     text = TextEncoder().encode([r["productDisplayName"] for r in rows])
-    return image, text, {"image_s": round(image_s, 1), "text_s": round(time.perf_counter() - t, 1)}
+    return (
+        image,
+        text,
+        {
+            "image_s": round(image_s, 1),
+            "text_s": round(time.perf_counter() - t, 1),
+            "image_encoder": f"{images.name}-{images.version}",
+        },
+    )
 
 
 def quality() -> dict:

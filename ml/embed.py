@@ -90,7 +90,7 @@ class _LazyEncoder:
     the class (`cache_version()` when it has one: the version the settings, or `precision`, give)."""
 
     def __init__(self, cls, precision: str | None = None):
-        # an encoder whose vectors depend on settings (the text encoder's precision) says so; one
+        # an encoder whose vectors depend on settings (the encoders' precisions) says so; one
         # without `cache_version` has a single version, and `precision` means nothing to it
         if not hasattr(cls, "cache_version"):
             version, precision = cls.version, None

