@@ -203,3 +203,19 @@ def empty_service(tmp: Path, settings: Settings, extra_env: dict[str, str] | Non
         proc.stop()
         client.close()
         server.stop()
+
+
+def assert_same_served(got: list[dict], want: list[dict], rating_abs: float = 0.0) -> None:
+    """Two served lists alike: the same products in the same order, with the same fields, scores to
+    2e-6 (another call shape's BLAS may round a score's last float bit differently, which can move
+    its sixth decimal) and predicted ratings to `rating_abs`."""
+    import pytest
+
+    assert [x["product_id"] for x in got] == [x["product_id"] for x in want]
+    assert [x["score"] for x in got] == pytest.approx([x["score"] for x in want], abs=2e-6)
+    if rating_abs:
+        assert [x["predicted_rating"] for x in got] == pytest.approx(
+            [x["predicted_rating"] for x in want], abs=rating_abs
+        )
+    loose = {"score": None, **({"predicted_rating": None} if rating_abs else {})}
+    assert [{**x, **loose} for x in got] == [{**x, **loose} for x in want]
