@@ -273,25 +273,23 @@ class ImageEncoder(lite.SettingsPrecision):
             if not path.is_file():  # converting: load the weights first, so that an unreadable
                 _ = self.model  # file is converted again before its bytes name the TFLite file
                 path = self._lite_path()
-            static = self.precision == "int8"
-            blob = lite.cached_flatbuffer(
-                path,
-                lambda: self.model,
-                "static" if static else "none",
-                _calibration_batch if static else None,
-            )
+            calibration = _calibration_batch if self._quantize == "static" else None
+            blob = lite.cached_flatbuffer(path, lambda: self.model, self._quantize, calibration)
             self._runner = lite.LiteModel(blob)
         else:
             self._runner = self.model
 
+    @property
+    def _quantize(self) -> str:
+        """How the TFLite weights are quantised (`ml.encoders.lite.QUANTIZATIONS`): int8 is static."""
+        return "static" if self.precision == "int8" else "none"
+
     def _lite_path(self) -> Path:
         """The TFLite file for these weights, this network's version and precision (and the int8
-        network's calibration batch)."""
+        network's calibration batch, which the version names)."""
         assert self.weights_path is not None
         stem = f"{self.weights_path.name.removesuffix('.weights.h5')}-v{self.version}"
-        return lite.lite_path(
-            self.weights_path, stem=stem, quantize="static" if self.precision == "int8" else "none"
-        )
+        return lite.lite_path(self.weights_path, stem=stem, quantize=self._quantize)
 
     @classmethod
     def random(cls, seed: int = 0, batch_size: int = 32) -> ImageEncoder:
