@@ -160,11 +160,6 @@ def decode_image(item: ImageInput, size: int = IMAGE_SIZE) -> np.ndarray:
         raise ImageLoadError(f"cannot read image {item!r:.200}: {exc}") from exc
 
 
-def _calibration_batch() -> np.ndarray:
-    """The int8 network's calibration batch, preprocessed (`calibration_images`, `CALIBRATION`)."""
-    return preprocess(calibration_images(CALIBRATION["n"], seed=CALIBRATION["seed"]))
-
-
 def load_image(item: ImageInput, size: int = IMAGE_SIZE) -> np.ndarray:
     """One input -> float32 (size, size, 3) RGB in [0, 255]. Transparency is composited on white."""
     return decode_image(item, size).astype(np.float32)
@@ -218,6 +213,11 @@ def calibration_images(n: int = 64, size: int = IMAGE_SIZE, seed: int = 0) -> np
 # of the int8 encoder's version ("1-int8-drawn-v1": cache rows and flatbuffer file): give it a new
 # name whenever the drawing, n or seed change.
 CALIBRATION = {"name": "drawn-v1", "n": 64, "seed": 0}
+
+
+def _calibration_batch() -> np.ndarray:
+    """The int8 network's calibration batch, preprocessed (`calibration_images`, `CALIBRATION`)."""
+    return preprocess(calibration_images(CALIBRATION["n"], seed=CALIBRATION["seed"]))
 
 
 class ImageEncoder(lite.SettingsPrecision):
