@@ -421,6 +421,20 @@ def test_calibration_images_are_fixed_and_varied():
     assert np.std(a.reshape(len(a), -1).mean(1)) > 10  # scenes differ from one another
 
 
+@pytest.mark.slow
+def test_a_failed_int8_conversion_names_the_float32_way_out(tmp_path, monkeypatch):
+    """A converter that cannot make the int8 network (another TensorFlow, say) fails the encoder
+    with its own error and the setting that avoids it; nothing is left cached."""
+    from ml.encoders import lite
+    from ml.encoders.image import ImageEncoder, convert_weights
+
+    weights = convert_weights(tmp_path / "lite0.weights.h5")
+    monkeypatch.setattr(lite, "_CONVERT_SCRIPT", "raise SystemExit('no int8 here')")
+    with pytest.raises(RuntimeError, match="(?s)no int8 here.*RECSYS_IMAGE_PRECISION=float32"):
+        ImageEncoder(weights_path=weights, runtime="tflite", precision="int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lite0.weights.h5"]
+
+
 def test_static_quantisation_needs_a_calibration_batch():
     """Refused before the (seconds of) export: no batch, or a quantisation that does not exist."""
     import keras

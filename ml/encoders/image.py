@@ -274,7 +274,15 @@ class ImageEncoder(lite.SettingsPrecision):
                 _ = self.model  # file is converted again before its bytes name the TFLite file
                 path = self._lite_path()
             calibration = _calibration_batch if self._quantize == "static" else None
-            blob = lite.cached_flatbuffer(path, lambda: self.model, self._quantize, calibration)
+            try:
+                blob = lite.cached_flatbuffer(path, lambda: self.model, self._quantize, calibration)
+            except RuntimeError as exc:  # the converter's own failure (`lite.convert`): say the way out
+                if self.precision != "int8":
+                    raise
+                raise RuntimeError(
+                    f"{exc}\nThe int8 image network could not be made here; RECSYS_IMAGE_PRECISION=float32 "
+                    "runs the float32 one."
+                ) from exc
             self._runner = lite.LiteModel(blob)
         else:
             self._runner = self.model
