@@ -114,10 +114,9 @@ def bench_encoders(n_texts: int = 1024, n_images: int = 1000) -> dict:
         "keras": ImageEncoder(runtime="keras"),
     }
     rates, features = _alternated(image_encoders, images)
-    a, b = features["tflite int8"], features["tflite float32"]
-    image_cosine = np.sum(a * b, axis=1) / np.maximum(
-        np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12
-    )
+    from ml.scoring import unit_rows
+
+    image_cosine = np.sum(unit_rows(features["tflite int8"]) * unit_rows(features["tflite float32"]), axis=1)
     image_size = list(Image.open(images[0]).size) if images else None
     jpegs.cleanup()
     return {

@@ -371,11 +371,13 @@ def test_int8_network_sees_the_real_photos_as_float32_does(int8_encoder, outputs
     masterCategory accuracy within 0.02 and the same top-5 ImageNet class first for most photos.
     Measured on these 207: cosine min 0.962, mean 0.9947 (1,000 photos: min 0.958); 1-NN 0.976
     both; top-1 kept for 93%."""
+    from ml.scoring import unit_rows
+
     paths, labels = photos
     feats, logits = int8_encoder.features_and_logits(paths)
     assert int8_encoder.runtime == "tflite" and int8_encoder.version == "1-int8-drawn-v1"
     assert feats.shape == outputs[0].shape and np.isfinite(feats).all() and (feats >= 0).all()
-    cos = (feats * outputs[0]).sum(1) / np.linalg.norm(feats, axis=1) / np.linalg.norm(outputs[0], axis=1)
+    cos = (unit_rows(feats) * unit_rows(outputs[0])).sum(1)
     nn = _loo_1nn_accuracy(feats, labels), _loo_1nn_accuracy(outputs[0], labels)
     top1 = (logits.argmax(1) == outputs[1].argmax(1)).mean()
     print(
