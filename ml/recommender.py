@@ -307,6 +307,17 @@ class Recommender:
             return pair_signals(self.tables, u, np.asarray(items, np.int64).reshape(-1), self.ranking.shrink)
         return pair_signals_grid(self.tables, u, self._check_items(items), self.ranking.shrink)
 
+    def _pairs_each(self, u: np.ndarray, items: Sequence[np.ndarray]) -> list[PairSignals]:
+        """`self.pairs(u[r:r + 1], items[r])` for each customer row r, from one aligned pass over all
+        the rows (each customer's co-rating rows read once, not one call per customer)."""
+        sizes = [len(x) for x in items]
+        rows = self.pairs(np.repeat(u, sizes), np.concatenate(items), aligned=True)
+        cuts = np.cumsum([0, *sizes])
+        return [
+            PairSignals(rows.features[a:b][None], None if rows.knn is None else rows.knn[a:b][None])
+            for a, b in zip(cuts[:-1], cuts[1:])
+        ]
+
     def score(
         self,
         u: np.ndarray,
@@ -544,14 +555,16 @@ class Recommender:
         top: int,
         exclude_seen: bool,
         customers: dict[str, CustomerPart] | None = None,
+        pairs: PairSignals | None = None,
     ) -> Ranked:
-        """Each customer row's best `top` of `items` (see `_top`), not yet presented; `customers`:
-        the customer halves of `u` when the caller holds them (see `score`)."""
+        """Each customer row's best `top` of `items` (see `_top`), not yet presented; `customers`,
+        `pairs`: the customer halves and pair signals of `u` x `items` when the caller holds them
+        (see `score`)."""
         pos = np.arange(self.n_products) if items is None else items
         k = min(top, len(pos))
         if k == 0:
             return Ranked.empty()
-        pairs = self.pairs(u, items)
+        pairs = self.pairs(u, items) if pairs is None else pairs
         heads = self.score(u, items, heads=self.ranking.heads, pairs=pairs, customers=customers)
         score = self.ranking.score(heads)
         if exclude_seen:
@@ -677,9 +690,11 @@ class Recommender:
                 # forward of one customer): 4.86 against 5.83 ms a customer for one aligned-rows
                 # pass over all of them (100k SYNTHETIC catalog, 200 customers, alternated); the
                 # items shown then get their predicted ratings in one pass for the whole chunk; the
-                # customer halves (towers, history means) are computed once for the chunk
+                # customer halves (towers, history means) and the pair signals are computed once for
+                # the chunk (100k SYNTHETIC, alternated: 6.60 -> 6.00 -> 4.87 -> 4.20 ms a customer)
                 found = self._candidates_of(uu, allowed, top, exclude_seen)
                 halves = self._customer_part(uu, self.ranking.heads)
+                pairs = self._pairs_each(uu, [items for items, _ in found])
                 ranked = [
                     self._rank(
                         uu[r : r + 1],
@@ -687,6 +702,7 @@ class Recommender:
                         top,
                         exclude_seen,
                         {h: v.take(slice(r, r + 1)) for h, v in halves.items()},
+                        pairs[r],
                     )
                     for r, (items, _) in enumerate(found)
                 ]
