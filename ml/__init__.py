@@ -15,8 +15,8 @@ _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # each) after every multi-threaded matrix product. Everything else on the host waits for those cores:
 # another pool child or worker serving, the Celery parent, Redis, the web server. 2^22 cycles (~1.6 ms)
 # instead; not shorter, because a training process alone on the cores reuses the spinning threads
-# between back-to-back products (the ranking choice: +6% at 2^22, +14% at 2^18). Measurements: README,
-# Results, session 18. OpenBLAS reads this when numpy loads it, so before anything imports numpy (the
+# between back-to-back products (the ranking choice: +6% at 2^22, +14% at 2^18). Measurements:
+# docs/HISTORY.md, session 18. OpenBLAS reads this when numpy loads it, so before anything imports numpy (the
 # worker, `python -m ml` and `python -m bench` import `ml` first; child processes inherit it). A value
 # set (not empty) in the environment wins.
 if not _os.environ.get("OPENBLAS_THREAD_TIMEOUT"):

@@ -57,18 +57,19 @@ class Settings:
     # rate on this CPU, unit vectors at cosine min 0.9947, mean 0.9985 to float32's on 512 real
     # reviews; opt-in: on the synthetic world live feedback moved a new customer's kind up for 74,
     # 87, 89 of 90 category pairs over three training seeds against 90, 90, 86 with float32, see
-    # README). The Keras runtime is always float32. The two are cached under different versions.
+    # docs/HISTORY.md, sessions 15 and 21). The Keras runtime is always float32. The two are cached
+    # under different versions.
     text_precision: str = _setting("RECSYS_TEXT_PRECISION", "float32")
     # The same for review texts, int8 by default: a review's vector is only ever averaged, after PCA,
     # into its customer's and its product's profile (ml.features), where int8's error is far below
     # the spread of the reviews averaged; reviews are most of a catalog's texts (28,818 of 38,808 in
-    # the 10k bench world, 2.0-2.6x the float32 rate there). See README, session 21.
+    # the 10k bench world, 2.0-2.6x the float32 rate there). See docs/HISTORY.md, session 21.
     review_text_precision: str = _setting("RECSYS_REVIEW_TEXT_PRECISION", "int8")
     # The image encoder's TFLite weights: "int8" (full-integer: weights and activations, activation
     # ranges calibrated on a fixed batch of drawn scenes, `ml.encoders.image.calibration_images`;
     # 2.4-3.3x the float32 network's rate on this CPU; on real photos features at cosine mean 0.995
     # to float32's and neighbours as good; on the synthetic world's renders a weaker response to
-    # live feedback, see README, session 24) or "float32" (the Keras network to 1e-5). The Keras
+    # live feedback, see docs/HISTORY.md, session 24) or "float32" (the Keras network to 1e-5). The Keras
     # runtime is always float32. The two are cached under different versions.
     image_precision: str = _setting("RECSYS_IMAGE_PRECISION", "int8")
     # The demo "fashion world" (synthetic) built by `make run` when no data is given.

@@ -593,7 +593,7 @@ def held_out_knn_grid(
 
     What serving would score for that product had the customer's rating of it not arrived yet: every
     other customer's ratings count, as they do at serving, where `fit`'s co-ratings lack every
-    held-out rating at once (README, session 19: that understated the ranking's kNN term)."""
+    held-out rating at once (docs/HISTORY.md, session 19: that understated the ranking's kNN term)."""
     u, held = np.asarray(u, np.int64), np.asarray(held, np.int64)
     norm = rater_norm(full)
     mixed = replace(

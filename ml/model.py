@@ -399,14 +399,14 @@ class RowBatches(keras.utils.PyDataset):
     Targets: `rating` ([rating, 1] per rated row, [0, 0] per padding: `masked_mse`'s form) and `pick`
     (1 for a rated row, 0 for a negative). Rows, not whole groups: a
     batch of whole groups (a rating and its negatives together, the customer side computed once per
-    group) fitted faster still but ranked worse on the 2023 ratings (README). Keras' own adapter for
+    group) fitted faster still but ranked worse on the 2023 ratings (docs/HISTORY.md). Keras' own adapter for
     in-memory arrays first copies every array into a backend tensor (~640 MB on a 10k-product world,
     once the peak of training); each batch here is a gather.
 
     `endless` (training: `fit(..., steps_per_epoch=len(batches))`): batch indices run on across
     epochs (`num_batches` None), so Keras keeps one data iterator for the whole fit. With a new one
     per epoch, tearing down the finished tf.data generator iterator stalled the next epoch's first
-    step for 0.4-4.5 s with the cores idle (10k SYNTHETIC world, most epochs; README, session 21):
+    step for 0.4-4.5 s with the cores idle (10k SYNTHETIC world, most epochs; docs/HISTORY.md, session 21):
     most likely the autotuning wait `fit_data` now avoids (session 22), not shown per epoch.
     An index's epoch is `idx // len(self)`, and each epoch's order the next permutation from `seed`,
     the batches a per-epoch RowBatches gives, in its order, whatever tf.data fetched
@@ -485,7 +485,7 @@ def fit_data(batches: RowBatches):
     for a PyDataset (`prefetch(AUTOTUNE)`) starts the autotuning thread, and deleting a dataset
     iterator waits out that thread's current sleep, which doubles up to 60 s while the iterator
     lives: 34 s after the last epoch of a cold 10k training run; in a small reproducer, 0.7-1.0 s
-    after 4 of 12 three-epoch fits, none with autotuning off (README, session 22)."""
+    after 4 of 12 three-epoch fits, none with autotuning off (docs/HISTORY.md, session 22)."""
     if keras.backend.backend() != "tensorflow":
         return batches
     if batches.shuffle and not batches.endless:

@@ -76,7 +76,7 @@ def test_synthetic_three_ratings_of_a_kind_move_that_kind_up(synthetic_reports, 
     5 stars; the category's other products must rank higher for them than for the new customers who
     rated another category, for nearly every pair of categories and by many places. Ignored feedback
     leaves every new customer with the same (cold-start) ranking: no pair would differ. Measured here
-    (README, session 24), training seeds 0-9: with int8 image weights (the default) 80-90 of 90 pairs
+    (docs/HISTORY.md, session 24), training seeds 0-9: with int8 image weights (the default) 80-90 of 90 pairs
     higher by 18-36 places of 240 (seeds 0 and 1: 90 and 90 pairs, 18.7 and 36.2 places), with
     float32 ones 87-90 by 21-36 (the heads without content affinity: 67-77 of 90, 5-14 places)."""
     from bench.feedback import category_response

@@ -17,7 +17,7 @@ through `encode`, JPEG decoding included); on 500 real photos pooled features at
 (min 0.958) to float32's, and on the 1,000 real photos the same share of same-type top-5 neighbours
 (0.7824 against 0.7814, paired interval [-0.004, +0.005]). On the synthetic world's flat renders the
 error is larger (cosine mean 0.985); there live feedback moved a new customer's kind up by 29.8
-places on average against 32.4 with float32 over ten training seeds (README, session 24). `float32`
+places on average against 32.4 with float32 over ten training seeds (docs/HISTORY.md, session 24). `float32`
 is the Keras network to 1e-5. An encoder's `version` names its precision and calibration ("1",
 "1-int8-drawn-v1").
 """
@@ -181,7 +181,7 @@ def calibration_images(n: int = 64, size: int = IMAGE_SIZE, seed: int = 0) -> np
     sensor noise. Deterministic (for given NumPy and Pillow versions) and named in the int8 encoder's
     version (`CALIBRATION`); made without any data set. Calibrating on 100 real photos instead
     gave the same agreement with float32 on 500 other real photos (cosine mean 0.9952 against
-    0.9944; README, session 24): ReLU6 bounds most of the network's activations."""
+    0.9944; docs/HISTORY.md, session 24): ReLU6 bounds most of the network's activations."""
     rng = np.random.default_rng(seed)
     out = np.empty((n, size, size, 3), np.uint8)
     yy, xx = np.mgrid[0:size, 0:size] / size

@@ -167,7 +167,7 @@ def convert(model, quantize: str = "none", calibration: np.ndarray | None = None
     2.5-3x faster here; for EfficientNet-Lite0's convolutions it was slower (57 vs 100 images/s,
     measured). "static" needs `calibration`, a batch of the model's inputs: the network the "Lite"
     EfficientNets were designed for (ReLU6 bounds most activations), 2.4-3.3x float32's rate here
-    (README, session 24). Inputs and outputs stay float32 either way.
+    (docs/HISTORY.md, session 24). Inputs and outputs stay float32 either way.
 
     The model is exported here; the converter runs in a child process. Why: it is one C++ call that
     holds the GIL for seconds (1.8 s for EfficientNet-Lite0, 2.9 s for MiniLM, measured on an idle

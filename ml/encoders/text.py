@@ -27,8 +27,8 @@ synthetic reviews and 222/274 against 70/132 on 512 real 2018 reviews, unit vect
 A text's int8 vector moves slightly with its batch-mates (max |difference| 1.4e-3 one by one against
 batched, on the reference texts; float32: 1e-5), well inside the embedding cache's re-encoding check.
 Not the default for product texts: with int8 text vectors, live feedback on the synthetic world moved a
-new customer's kind up for fewer category pairs on one training seed of three (README, session 15).
-The default for review texts, which are only averaged after PCA (`ml.config`, README session 21).
+new customer's kind up for fewer category pairs on one training seed of three (docs/HISTORY.md, session 15).
+The default for review texts, which are only averaged after PCA (`ml.config`, docs/HISTORY.md, session 21).
 `float32` is the Keras network exactly (what the sentence-transformers reference test holds). An
 encoder's `version` names its precision ("1" float32, "1-int8"), so cached vectors never mix.
 """
