@@ -307,16 +307,21 @@ class Recommender:
             return pair_signals(self.tables, u, np.asarray(items, np.int64).reshape(-1), self.ranking.shrink)
         return pair_signals_grid(self.tables, u, self._check_items(items), self.ranking.shrink)
 
-    def _pairs_each(self, u: np.ndarray, items: Sequence[np.ndarray]) -> list[PairSignals]:
-        """`self.pairs(u[r:r + 1], items[r])` for each customer row r, from one aligned pass over all
-        the rows (each customer's co-rating rows read once, not one call per customer)."""
-        sizes = [len(x) for x in items]
-        rows = self.pairs(np.repeat(u, sizes), np.concatenate(items), aligned=True)
+    def _pairs_each(self, u: np.ndarray, items: Sequence[np.ndarray], most: int) -> list[PairSignals | None]:
+        """`self.pairs(u[r:r + 1], items[r])` for each customer row r with at most `most` items, from
+        one aligned pass over those rows (each customer's co-rating rows read once, not one call per
+        customer); None for a longer row (a filtered request served "exact" from a wide category),
+        which `_rank` computes alone: the chunk was sized for `most` items a customer."""
+        short = [r for r, x in enumerate(items) if len(x) <= most]
+        sizes = [len(items[r]) for r in short]
+        out: list[PairSignals | None] = [None] * len(items)
+        if not short:
+            return out
+        rows = self.pairs(np.repeat(u[short], sizes), np.concatenate([items[r] for r in short]), aligned=True)
         cuts = np.cumsum([0, *sizes])
-        return [
-            PairSignals(rows.features[a:b][None], None if rows.knn is None else rows.knn[a:b][None])
-            for a, b in zip(cuts[:-1], cuts[1:])
-        ]
+        for r, a, b in zip(short, cuts[:-1], cuts[1:]):
+            out[r] = PairSignals(rows.features[a:b][None], None if rows.knn is None else rows.knn[a:b][None])
+        return out
 
     def score(
         self,
@@ -581,12 +586,14 @@ class Recommender:
 
     def _rank_each(self, u: np.ndarray, items: Sequence[np.ndarray], top: int, exclude_seen: bool) -> Ranked:
         """`_rank` of each customer row u[r] over its own `items[r]` (sorted unique positions), as
-        its single request ranks them, one grid forward a customer (4.86 against 5.83 ms a customer
-        for one aligned-rows pass over all of them: 100k SYNTHETIC catalog, 200 customers,
-        alternated); the customer halves (towers, history means) and the pair signals are computed
-        once for all the rows (6.60 -> 6.00 -> 4.87 -> 4.20 ms a customer, same catalog, alternated)."""
+        its single request ranks them: one grid forward a customer (chosen over one aligned-rows
+        forward of all of them: 4.86 against 5.83 ms a customer, 100k SYNTHETIC catalog, 200
+        customers, alternated). The customer halves (towers, history means) are computed once for
+        all the rows, and so are the pair signals of the rows with at most max(retrieval_k, top)
+        items (`_pairs_each`); same catalog, alternated: 6.60 -> 6.00 ms a customer with the halves,
+        then 4.87 -> 4.20 with the pair signals (another run, the machine's speed having moved)."""
         halves = self._customer_part(u, self.ranking.heads)
-        pairs = self._pairs_each(u, items)
+        pairs = self._pairs_each(u, items, max(self.serving.retrieval_k, top))
         return Ranked.stacked(
             [
                 self._rank(
@@ -683,10 +690,11 @@ class Recommender:
         reasons: bool = True,
     ) -> list[list[dict]]:
         """`recommend` for many customers, in chunks of customers (chunk x n_products <= MAX_ROWS, or
-        x retrieval_k when two-stage): exact serving scores a chunk as one matrix; two-stage asks
-        the index once for a chunk's candidates (`retrieve_many`) and ranks each customer's as its
-        single request does (`_rank_each`). Unknown customers get the popularity list. `filters` as in
-        `recommend`, the same for every customer."""
+        x max(retrieval_k, top) when two-stage: a filtered customer served "exact" from more allowed
+        products than that is scored alone). Exact serving scores a chunk as one matrix; two-stage
+        asks the index once for a chunk's candidates (`retrieve_many`) and ranks each customer's as
+        its single request does (`_rank_each`). Unknown customers get the popularity list. `filters`
+        as in `recommend`, the same for every customer."""
         if top < 1:
             raise ValueError("top must be at least 1")
         allowed = self.allowed(filters)

@@ -387,13 +387,20 @@ def test_two_stage_ranks_the_retrievers_candidates_without_seen_products(rec):
         assert len(staged.retrieve(u, 5)) == k
 
 
-def test_two_stage_batch_equals_single_requests(rec):
+@pytest.mark.parametrize("knn", [False, True], ids=["pick", "pick+knn"])
+def test_two_stage_batch_equals_single_requests(rec, monkeypatch, knn):
     """A batch job's customers get their single requests' answers: the index is asked once for the
     chunk, and each customer's candidates are ranked as its single request ranks them (the same
-    products, order and reasons); the customer halves are computed once for the chunk and the items
-    shown get their predicted ratings in one pass for it, where batched BLAS may round the last float
-    bit differently (scores to 2e-6, ratings to the 4th decimal at most)."""
+    products, order and reasons); the customer halves and pair signals (the kNN term's too) are
+    computed once for the chunk and the items shown get their predicted ratings in one pass for it,
+    where batched BLAS may round the last float bit differently (scores to 2e-6, ratings to the 4th
+    decimal at most). Chunks of 3 customers: 10 customers make 4 of them."""
+    import ml.recommender
+
+    monkeypatch.setattr(ml.recommender, "MAX_ROWS", 3 * 12)
     staged = _two_stage(rec, 12)
+    if knn:
+        staged.ranking = RankingRule(rec.ranking.rating_weight, knn_weight=1.0, knn_shrink=10.0)
     ids = rec.customers(10) + ["nobody-knows-me"]
     batch = staged.recommend_many(ids, top=4)
     single = [staged.recommend(cid, top=4) for cid in ids]
@@ -414,3 +421,21 @@ def test_a_spec_from_before_the_liked_block_takes_the_two_older_affinity_blocks(
     assert spec.affinity_blocks == ("content_mean", "content_wmean")
     net = ScoringNet.from_model(build_model(spec, seed=4))
     assert all(head.first.w_aff.shape[0] == 2 for head in net.heads.values())
+
+
+def test_chunk_pair_signals_are_each_customers_own(rec):
+    """`_pairs_each`: one aligned pass gives each customer row the pair signals (features and kNN
+    score) its own grid call gives, exactly; a row with more items than the chunk was sized for
+    gets None (computed alone by `_rank`), and an empty row an empty grid."""
+    r = copy.copy(rec)
+    r.ranking = RankingRule(rec.ranking.rating_weight, knn_weight=1.0, knn_shrink=10.0)
+    rng = np.random.default_rng(0)
+    u = np.array([rec._customer_index.get_loc(c) for c in rec.customers(4)], np.int64)
+    items = [np.sort(rng.choice(rec.n_products, n, replace=False)) for n in (3, 10, 0, 5)]
+    got = r._pairs_each(u, items, most=5)
+    assert got[1] is None
+    for row in (0, 2, 3):
+        want = r.pairs(u[row : row + 1], items[row])
+        assert got[row].features.shape == want.features.shape == (1, len(items[row]), want.features.shape[2])
+        np.testing.assert_array_equal(got[row].features, want.features)
+        np.testing.assert_array_equal(got[row].knn, want.knn)
