@@ -329,13 +329,13 @@ class Recommender:
         items: np.ndarray | None = None,
         heads: tuple[str, ...] = HEADS,
         pairs: PairSignals | None = None,
-        customers: dict[str, CustomerPart] | None = None,
+        halves: dict[str, CustomerPart] | None = None,
     ) -> Heads:
         """THE scoring function: customers `u` (positions, -1 = unknown) x `items` (product
         positions, -1 = unknown; the same for every customer) or the whole catalog when None.
         Returns Heads(rating, logit, knn), each (len(u), m); heads not in `heads` come back None,
         knn too unless the ranking uses it and the pick head is asked for. `pairs`: `self.pairs(u,
-        items)`, `customers`: `self._customer_part(u, heads)`, when already computed.
+        items)`, `halves`: `self._customer_part(u, heads)`, when already computed.
         Work is proportional to len(u) x m: candidates never touch the rest of the catalog."""
         u, items = np.asarray(u, np.int64).reshape(-1), self._check_items(items)
         m = self.n_products if items is None else len(items)
@@ -346,10 +346,10 @@ class Recommender:
         step = max(1, PASS_ROWS // max(m, 1))
         for s in range(0, len(u), step):
             uu = u[s : s + step]
-            if customers is None:
+            if halves is None:
                 c = self._customer_part(uu, heads)
             else:
-                c = {h: customers[h].take(slice(s, s + step)) for h in heads}
+                c = {h: halves[h].take(slice(s, s + step)) for h in heads}
             if pairs is None:
                 pair = pair_signals_grid(self.tables, uu, items, shrink)
             else:
@@ -559,10 +559,10 @@ class Recommender:
         items: np.ndarray | None,
         top: int,
         exclude_seen: bool,
-        customers: dict[str, CustomerPart] | None = None,
+        halves: dict[str, CustomerPart] | None = None,
         pairs: PairSignals | None = None,
     ) -> Ranked:
-        """Each customer row's best `top` of `items` (see `_top`), not yet presented; `customers`,
+        """Each customer row's best `top` of `items` (see `_top`), not yet presented; `halves`,
         `pairs`: the customer halves and pair signals of `u` x `items` when the caller holds them
         (see `score`)."""
         pos = np.arange(self.n_products) if items is None else items
@@ -570,7 +570,7 @@ class Recommender:
         if k == 0:
             return Ranked.empty()
         pairs = self.pairs(u, items) if pairs is None else pairs
-        heads = self.score(u, items, heads=self.ranking.heads, pairs=pairs, customers=customers)
+        heads = self.score(u, items, heads=self.ranking.heads, pairs=pairs, halves=halves)
         score = self.ranking.score(heads)
         if exclude_seen:
             self._mask_seen(score, u, items)
