@@ -6,6 +6,8 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +55,23 @@ def is_own_mapping(nbytes: int = BIG) -> bool:
     return mapped_bytes() - before >= a.nbytes
 
 
+def in_fresh_process(body: str) -> None:
+    """Run `body` (this module's names in scope) in a new interpreter. malloc serves a request from a
+    free chunk of the heap whenever one is large enough, whatever the mmap threshold (which only
+    decides how the heap grows), and earlier tests leave such chunks behind: in CI a 24 MiB array
+    inside a generator fit once came from one. A fresh process has none."""
+    code = f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom test_heap import *\n{body}"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_inside_a_generator_fit_large_arrays_are_mapped_and_on_the_heap_after():
-    with generator_fit():
-        assert is_own_mapping()
-    assert not is_own_mapping()
+    in_fresh_process(
+        # the worker's and training's setting first (what the fit changes and restores)
+        "assert arrays_on_heap()\n"
+        "with generator_fit():\n    assert is_own_mapping()\n"
+        "assert not is_own_mapping()"
+    )
 
 
 def test_the_heap_comes_back_when_the_fit_raises():
