@@ -545,6 +545,10 @@ class PairSignals(NamedTuple):
     features: np.ndarray | None  # (..., PAIR_DIM)
     knn: np.ndarray | None  # (...)
 
+    def take(self, index) -> PairSignals:
+        """The same `index` (over the leading axes) of both arrays."""
+        return PairSignals(self.features[index], None if self.knn is None else self.knn[index])
+
 
 def pair_signals_grid(
     t: FeatureTables,

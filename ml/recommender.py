@@ -320,7 +320,7 @@ class Recommender:
         rows = self.pairs(np.repeat(u[short], sizes), np.concatenate([items[r] for r in short]), aligned=True)
         cuts = np.cumsum([0, *sizes])
         for r, a, b in zip(short, cuts[:-1], cuts[1:]):
-            out[r] = PairSignals(rows.features[a:b][None], None if rows.knn is None else rows.knn[a:b][None])
+            out[r] = rows.take((None, slice(a, b)))  # (1, rows of customer r, ...): a grid's shape
         return out
 
     def score(
@@ -353,9 +353,7 @@ class Recommender:
             if pairs is None:
                 pair = pair_signals_grid(self.tables, uu, items, shrink)
             else:
-                pair = PairSignals(
-                    pairs.features[s : s + step], None if knn is None else pairs.knn[s : s + step]
-                )
+                pair = pairs.take(slice(s, s + step))
             if knn is not None:
                 knn[s : s + step] = pair.knn
             for a in range(0, m, PASS_ROWS):
@@ -383,7 +381,7 @@ class Recommender:
                 pair = pair_signals(self.tables, uu, ii, shrink)
             else:
                 end = s + PASS_ROWS
-                pair = PairSignals(pairs.features[s:end], None if knn is None else pairs.knn[s:end])
+                pair = pairs.take(slice(s, end))
             if knn is not None:
                 knn[s : s + PASS_ROWS] = pair.knn
             # a customer's half once however many of its rows there are (a batch's rows repeat each

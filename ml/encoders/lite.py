@@ -71,9 +71,10 @@ def use_lite(runtime: str | None = None) -> bool:
 # How a flatbuffer's weights are quantised (`convert`): "none" (float32), "dynamic" (dynamic-range
 # int8: int8 weights, activations quantised per batch at run time, no calibration data), "static"
 # (full-integer int8: weights and activations, activation ranges from a calibration batch).
-QUANTIZATIONS = ("none", "dynamic", "static")
-# digested into the file name (float32 names stay what they were: no cached file is orphaned)
+# Each with what is digested into the file name (float32 names stay what they were: no cached file is
+# orphaned).
 _QUANTIZATION_TAGS = {"none": b"", "dynamic": b"dynamic-range-int8", "static": b"full-integer-int8"}
+QUANTIZATIONS = tuple(_QUANTIZATION_TAGS)
 
 
 # The weights' precision of an encoder run by TFLite (a setting per encoder and text role).
