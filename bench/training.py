@@ -9,7 +9,8 @@ subprocess against a fresh cache folder:
 - warm: the same command again (photos and embeddings cached).
 Each run reports wall time, CPU seconds and peak RSS of the training process (`wait4` rusage), the
 CPU seconds of this process meanwhile (the photo server, sharing the cores), the stage breakdown
-from the manifest (`stages_s`: load, fetch beside embed_texts, embed_images, fit, and the fit's parts:
+from the manifest (`stages_s`: load, encoders (built side by side), fetch beside them and
+embed_texts, embed_images, fit, and the fit's parts:
 rows, network, validation, ranking, retriever) and the image embedding rate (images encoded /
 embed_images seconds). Table to stdout, JSON to
 var/bench/training.json. The load average before and after is recorded: on a shared machine the
@@ -141,7 +142,7 @@ def run(sizes: list[int]) -> dict:
 
 
 def table(results: dict) -> str:
-    cols = ("load", "embed_texts", "fetch", "embed_images", "fit")  # fetch runs beside embed_texts
+    cols = ("load", "encoders", "embed_texts", "fetch", "embed_images", "fit")  # fetch: beside the two before
     lines = [
         "| products | reviews | run | wall s | CPU s (server) | peak RSS MB | "
         + " | ".join(cols)
@@ -161,7 +162,8 @@ def table(results: dict) -> str:
                 + f" | {r['image_embed_per_s'] or '-'} |"
             )
     lines.append(
-        "fetch (photo URLs into the image cache) runs beside embed_texts: stages add up to more than the wall"
+        "fetch (photo URLs into the image cache) runs beside encoders and embed_texts: "
+        "stages add up to more than the wall"
     )
     lines.append(
         f"load average before {results['load_before']}, after {results['load_after']}, "

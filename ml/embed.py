@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_KEY_PREFIX = "sha1:"  # image cache keys: "sha1:<hex of the file's bytes>"
 TEXT_KEY_PREFIX = "sha1:"  # text cache keys: "sha1:<hex of the UTF-8 text>"
+# what `Embeddings.stats["seconds"]` times: the encoders built side by side before any encodes
+# (`_build_side_by_side`), the photos fetched (beside encoders and embed_texts), each modality's pass
+STAGES = ("encoders", "fetch", "embed_images", "embed_texts")
 _IO_THREADS = 8  # file reads + hashes + header checks (I/O bound; PIL releases the GIL)
 
 
@@ -100,9 +103,13 @@ class _LazyEncoder:
         self.name, self.version, self.dim = cls.name, version, int(cls.dim)
         self._built = None  # the shared encoder, once this one has built (or found) it
 
-    def encode(self, items):
+    def build(self) -> None:
+        """Get (build, or find built) the shared encoder now rather than at the first `encode`."""
         if self._built is None:
             self._built = shared_encoder(self._cls, self.version, self._precision)
+
+    def encode(self, items):
+        self.build()
         return self._built.encode(items)
 
     def release_arena(self) -> None:
@@ -209,32 +216,36 @@ def embed_dataset(
 
     `products["image"]` must hold local paths, or `localize(products, stop)` turns its URLs into
     local paths (`ml.data.images.fetch_images`; a URL left here counts as no image). `localize` runs
-    in a thread while the texts are embedded, which need no photo: downloading a catalog's photos
-    (network bound) hides behind the text encoder (CPU bound), and the images are embedded once both
-    are done. If the texts fail, `stop` is set: the downloads not yet started are cancelled.
+    in a thread while the encoders are built (`_build_side_by_side`) and the texts embedded, which
+    need no photo: downloading a catalog's photos (network bound) hides behind the text encoder (CPU
+    bound), and the images are embedded once both are done. If the texts fail, `stop` is set: the
+    downloads not yet started are cancelled.
     `verify_sample` cached rows per modality (per text role when product and review texts are
     embedded in different precisions) are re-encoded to check the cache (see
-    `ml.encoders.cache`). `stats["seconds"]`: fetch (when localizing images; it overlaps
-    embed_texts), embed_images, embed_texts."""
+    `ml.encoders.cache`). `stats["seconds"]`: the STAGES (fetch when localizing images)."""
     from ml.encoders.cache import EmbeddingCache
 
     cache = EmbeddingCache(cache_dir, verify_sample=verify_sample)
     stats: dict = {"seconds": {}}
-    pool = ThreadPoolExecutor(1, thread_name_prefix="fetch-images") if localize and use_images else None
+    texts_plan = _TextPlan.of(products, reviews, use_text)
+    fetching = bool(localize and use_images)
+    images_plan = None if fetching else _ImagePlan.of(products, use_images)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="fetch-images") if fetching else None
     stop = threading.Event()
     try:
         fetched = pool.submit(_timed, localize, products, stop) if pool is not None else None
-        texts = _embed_texts(cache, products, reviews, use_text, progress, stats)
+        ahead = _encoders_ahead(cache, texts_plan, images_plan, products if fetching else None)
+        stats["seconds"]["encoders"] = _timed(_build_side_by_side, ahead)[1]
+        texts = _embed_texts(cache, texts_plan, progress, stats)
         if fetched is not None:
             products, stats["seconds"]["fetch"] = fetched.result()
     finally:
         stop.set()  # after a failure: what is not downloaded yet is cancelled, and the thread ends
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-    image_vecs, has_image, image_encoder = _embed_images(cache, products, use_images, progress, stats)
-    stats["seconds"] = {
-        k: stats["seconds"][k] for k in ("fetch", "embed_images", "embed_texts") if k in stats["seconds"]
-    }
+    images_plan = images_plan or _ImagePlan.of(products, use_images)
+    image_vecs, has_image, image_encoder = _embed_images(cache, images_plan, progress, stats)
+    stats["seconds"] = {k: stats["seconds"][k] for k in STAGES if k in stats["seconds"]}
     log.info(
         "embeddings: images %s, texts %s, seconds %s", stats["images"], stats.get("texts"), stats["seconds"]
     )
@@ -261,22 +272,77 @@ def _timed(fn: Callable, *args):
     return fn(*args), round(time.perf_counter() - t0, 2)
 
 
-def _embed_images(cache, products: pd.DataFrame, use_images: bool, progress: bool, stats: dict):
+class _Pass(NamedTuple):
+    """One encoder's share of embedding: `items` (rows; "" keys are rows without one) into `rows`
+    of the output."""
+
+    enc: _LazyEncoder
+    keys: list[str]
+    items: list
+    rows: slice
+    desc: str
+
+
+def _encoders_ahead(
+    cache, texts: _TextPlan, images: _ImagePlan | None, fetching: pd.DataFrame | None
+) -> list[_LazyEncoder]:
+    """The encoders embedding will call (`EmbeddingCache.would_encode`), to build before any
+    encodes. Photos still to fetch (`fetching`, the products) have no content key yet: their
+    encoder counts when some product has a photo and the cache check re-encodes cached rows (a
+    warm run without the check loads no network)."""
+    passes = [*(images.passes if images else []), *texts.passes]  # the longest conversion first
+    out = [p.enc for p in passes if cache.would_encode(p.enc, p.keys)]
+    if fetching is not None and cache.verify_sample and fetching["image"].fillna("").astype(bool).any():
+        out.insert(0, _image_encoder())
+    return out
+
+
+def _build_side_by_side(encoders: list[_LazyEncoder]) -> None:
+    """Build `encoders` together: a cold cache's TFLite conversions (MiniLM float32 and int8,
+    EfficientNet-Lite0 int8: ~20-35 s each, one core each) then run side by side
+    (`ml.encoders.lite.side_by_side`) instead of one after another."""
+    if not encoders:
+        return
+    from ml.encoders import lite
+
+    with lite.side_by_side():
+        for enc in encoders:
+            enc.build()
+
+
+def _image_encoder() -> _LazyEncoder:
+    from ml.encoders.image import ImageEncoder
+
+    return _LazyEncoder(ImageEncoder, Settings.from_env().image_precision)
+
+
+class _ImagePlan(NamedTuple):
+    """The products' photos: their content keys ("" = no usable image) and one pass, or none when
+    no product has a photo."""
+
+    keys: list[str]
+    passes: list[_Pass]
+
+    @classmethod
+    def of(cls, products: pd.DataFrame, use_images: bool) -> _ImagePlan:
+        n = len(products)
+        refs = products["image"].fillna("").astype(str).tolist() if use_images else [""] * n
+        keys = image_keys(refs)
+        if not any(keys):
+            return cls(keys, [])
+        return cls(keys, [_Pass(_image_encoder(), keys, refs, slice(0, n), "embed images")])
+
+
+def _embed_images(cache, plan: _ImagePlan, progress: bool, stats: dict):
     """(vectors or None, has_image, {"image": encoder name} or {}) of the products' local photos."""
     t0 = time.perf_counter()
-    n = len(products)
-    image_refs = products["image"].fillna("").astype(str).tolist() if use_images else [""] * n
-    keys = image_keys(image_refs)
-    has_image = np.array([bool(k) for k in keys], dtype=bool)
+    has_image = np.array([bool(k) for k in plan.keys], dtype=bool)
     image_vecs, encoder = None, {}
     stats["images"] = {"rows": int(has_image.sum())}
-    if has_image.any():
-        from ml.encoders.image import ImageEncoder
-
-        enc = _LazyEncoder(ImageEncoder, Settings.from_env().image_precision)
-        image_vecs = np.zeros((n, enc.dim), np.float32)
-        _embed_unique(cache, enc, keys, image_refs, progress, "embed images", image_vecs, stats["images"])
-        encoder = {"image": f"{enc.name}-{enc.version}"}
+    for p in plan.passes:
+        image_vecs = np.zeros((len(plan.keys), p.enc.dim), np.float32)
+        _embed_unique(cache, p.enc, p.keys, p.items, progress, p.desc, image_vecs, stats["images"])
+        encoder = {"image": f"{p.enc.name}-{p.enc.version}"}
     stats["seconds"]["embed_images"] = round(time.perf_counter() - t0, 2)
     return image_vecs, has_image, encoder
 
@@ -289,42 +355,52 @@ class _Texts(NamedTuple):
     encoder: dict  # {"text": product texts' encoder, "review_text": reviews'} or {}
 
 
-def _embed_texts(
-    cache, products: pd.DataFrame, reviews: pd.DataFrame, use_text: bool, progress: bool, stats: dict
-) -> _Texts:
-    """The products' and reviews' text vectors: one pass over their distinct texts, then scattered;
-    two passes (products, reviews) when the settings give them different precisions."""
-    t0 = time.perf_counter()
-    ptext = product_text(products).tolist() if use_text else [""] * len(products)
-    rtext = review_text(reviews["title"], reviews["text"]).tolist() if use_text else [""] * len(reviews)
-    has_ptext = np.array([bool(t) for t in ptext], dtype=bool)
-    has_rtext = np.array([bool(t) for t in rtext], dtype=bool)
-    out = _Texts(None, has_ptext, None, has_rtext, {})
-    if has_ptext.any() or has_rtext.any():
+class _TextPlan(NamedTuple):
+    """The products' and reviews' texts (one list, products first) and their passes: one over all
+    their distinct texts, or two (products, reviews) when the settings give them different
+    precisions; none when there is no text."""
+
+    texts: list[str]
+    n_products: int
+    passes: list[_Pass]
+    encoder: dict  # as _Texts.encoder
+
+    @classmethod
+    def of(cls, products: pd.DataFrame, reviews: pd.DataFrame, use_text: bool) -> _TextPlan:
+        ptext = product_text(products).tolist() if use_text else [""] * len(products)
+        rtext = review_text(reviews["title"], reviews["text"]).tolist() if use_text else [""] * len(reviews)
+        texts, n = ptext + rtext, len(ptext)
+        if not any(texts):
+            return cls(texts, n, [], {})
         from ml.encoders.text import TextEncoder
 
         settings = Settings.from_env()
         penc = _LazyEncoder(TextEncoder, settings.text_precision)
         renc = _LazyEncoder(TextEncoder, settings.review_text_precision)
-        texts = ptext + rtext
-        both = np.zeros((len(texts), penc.dim), np.float32)
         keys = [text_key(t) if t else "" for t in texts]
-        n = len(ptext)
         if penc.version == renc.version:
             parts = [(penc, slice(0, len(texts)), "embed texts")]
         else:
             parts = [(penc, slice(0, n), "embed product texts"), (renc, slice(n, None), "embed review texts")]
+        passes = [_Pass(enc, keys[rows], texts[rows], rows, desc) for enc, rows, desc in parts]
+        encoder = {"text": f"{penc.name}-{penc.version}", "review_text": f"{renc.name}-{renc.version}"}
+        return cls(texts, n, passes, encoder)
+
+
+def _embed_texts(cache, plan: _TextPlan, progress: bool, stats: dict) -> _Texts:
+    """The products' and reviews' text vectors (see `_TextPlan`): each pass over its distinct
+    texts, then scattered."""
+    t0 = time.perf_counter()
+    has = np.array([bool(t) for t in plan.texts], dtype=bool)
+    n = plan.n_products
+    out = _Texts(None, has[:n], None, has[n:], {})
+    if plan.passes:
+        both = np.zeros((len(plan.texts), plan.passes[0].enc.dim), np.float32)
         stats["texts"] = {}
-        for enc, part, desc in parts:
+        for p in plan.passes:
             got: dict = {}
-            _embed_unique(cache, enc, keys[part], texts[part], progress, desc, both[part], got)
+            _embed_unique(cache, p.enc, p.keys, p.items, progress, p.desc, both[p.rows], got)
             _add_counts(stats["texts"], got)
-        out = _Texts(
-            both[:n],
-            has_ptext,
-            both[n:],
-            has_rtext,
-            {"text": f"{penc.name}-{penc.version}", "review_text": f"{renc.name}-{renc.version}"},
-        )
+        out = _Texts(both[:n], has[:n], both[n:], has[n:], plan.encoder)
     stats["seconds"]["embed_texts"] = round(time.perf_counter() - t0, 2)
     return out

@@ -379,7 +379,8 @@ def _embed(
 ):
     """(embeddings, image report): photos given as URLs are localised into the image cache (a failed
     one is a missing photo) while the texts are embedded, then the images (all cached by content);
-    seconds into `stages` (fetch overlaps embed_texts: the stages add up to more than the wall time)."""
+    seconds into `stages` (`ml.embed.STAGES`; fetch overlaps encoders and embed_texts: the stages add up
+    to more than the wall time)."""
     image_report: dict = {}
 
     def localize(products: pd.DataFrame, stop) -> pd.DataFrame:
@@ -556,7 +557,7 @@ def fit_artifact(
     `embeddings`: precomputed (products, and `train`'s reviews in order) instead of running the
     encoders (the catalog benchmark generates content vectors for a million products).
     `retrieval`: two-tower/index settings, when the retriever is built (`TrainConfig.retriever`).
-    `timings`: seconds of stages before this call (`load`), recorded with fetch, embed_images,
+    `timings`: seconds of stages before this call (`load`), recorded with encoders, fetch, embed_images,
     embed_texts and fit (everything after embedding but the write) in the manifest's `stages_s`,
     with the fit's parts in `stages_s.fit_parts` (rows, network, validation, ranking; retriever
     when one is built).

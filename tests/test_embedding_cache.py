@@ -509,6 +509,59 @@ def test_product_and_review_texts_follow_their_own_precision(tmp_path, monkeypat
     assert (f32.releases, i8.releases) == (1, 1)
 
 
+def test_encoders_are_built_side_by_side_before_any_encodes(tmp_path, monkeypatch):
+    """Every encoder embedding will call is built inside `lite.side_by_side` (where a cold cache's
+    TFLite conversions run at once) before any of them encodes, the image one first (the longest
+    conversion); photos still to fetch count when the cache check re-encodes; a warm run without
+    the check builds none."""
+    import ml.encoders.image
+    import ml.encoders.text
+    from ml.embed import embed_dataset, shared_encoder
+    from ml.encoders import lite
+
+    built: list[tuple[str, bool, int]] = []  # (name, inside side_by_side, encode calls so far)
+
+    def recording(cls):
+        class Recording(cls):
+            def __init__(self, *args, **kwargs):
+                inside = getattr(lite._side_by_side, "pending", None) is not None
+                calls = sum(len(e.calls) for e in FakeImageEncoder.instances + PrecisionTextEncoder.instances)
+                built.append((cls.name, inside, calls))
+                super().__init__(*args, **kwargs)
+
+        return Recording
+
+    monkeypatch.setattr(ml.encoders.image, "ImageEncoder", recording(FakeImageEncoder))
+    monkeypatch.setattr(ml.encoders.text, "TextEncoder", recording(PrecisionTextEncoder))
+    monkeypatch.setenv("RECSYS_TEXT_PRECISION", "float32")
+    monkeypatch.setenv("RECSYS_REVIEW_TEXT_PRECISION", "int8")
+    FakeImageEncoder.instances, PrecisionTextEncoder.instances = [], []
+    products, reviews = _frames(_photos(2), ["red dress", "hat"], ["Great fit.", "red dress"])
+
+    def embed(verify_sample: int, localize=None):
+        shared_encoder.cache_clear()
+        try:
+            return embed_dataset(
+                products,
+                reviews,
+                tmp_path / "cache",
+                progress=False,
+                verify_sample=verify_sample,
+                localize=localize,
+            )
+        finally:
+            shared_encoder.cache_clear()
+
+    emb = embed(0)
+    assert built == [("fake-image", True, 0), ("fake-text", True, 0), ("fake-text", True, 0)]
+    assert emb.stats["seconds"]["encoders"] >= 0
+    built.clear()
+    embed(0)  # all cached, no check: no network
+    assert built == []
+    embed(1, localize=lambda frame, stop: frame)  # the photos' keys unknown until fetched
+    assert [(name, inside) for name, inside, _ in built] == [("fake-image", True), *[("fake-text", True)] * 2]
+
+
 def test_two_precision_settings_of_one_version_take_one_pass(tmp_path, monkeypatch):
     """Where the settings' precisions give one version (the Keras runtime is always float32), the
     product and review texts go through one encoder in one pass, a text shared by both once."""
@@ -558,7 +611,7 @@ def test_photos_are_localised_while_the_texts_are_embedded(tmp_path, fake_encode
     )
     assert emb.has_image.tolist() == [True, True]
     np.testing.assert_array_equal(emb.product_image[1], fake_encoders[0][0].vector(b))
-    assert list(emb.stats["seconds"]) == ["fetch", "embed_images", "embed_texts"]
+    assert list(emb.stats["seconds"]) == ["encoders", "fetch", "embed_images", "embed_texts"]
 
     def broken(frame, stop):
         raise OSError("image cache not writable")

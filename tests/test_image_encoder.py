@@ -336,6 +336,86 @@ def test_a_signal_during_tflite_conversion_interrupts_it_and_kills_the_converter
         os.waitpid(pid, os.WNOHANG)
 
 
+# A stand-in converter for the side-by-side tests (no TensorFlow in the child): it says it started
+# (a file named by its pid), then as CONVERTER_MODE (read when it starts) says: "fail" at once,
+# "never" finish, or "rendezvous": wait until every converter of the test has started (with a
+# deadline, so conversions run one after another fail instead of hanging), then write its output.
+_STAND_IN_SCRIPT = """
+import os, sys, time
+folder = os.environ["STARTED_DIR"]
+open(os.path.join(folder, f"{os.getpid()}.pid"), "w").write(str(os.getpid()))
+mode = os.environ["CONVERTER_MODE"]
+if mode == "fail":
+    sys.exit("converter says no")
+if mode == "never":
+    time.sleep(600)
+deadline = time.monotonic() + 30
+while len(os.listdir(folder)) < int(os.environ["CONVERTERS"]):
+    if time.monotonic() > deadline:
+        sys.exit("the other converter never started: conversions ran one after another")
+    time.sleep(0.02)
+open(sys.argv[2], "wb").write(b"converted")
+"""
+
+
+def _stand_in_converters(monkeypatch, tmp_path, n: int):
+    import keras
+
+    from ml.encoders import lite
+
+    started = tmp_path / "started"
+    started.mkdir()
+    monkeypatch.setattr(lite, "_CONVERT_SCRIPT", _STAND_IN_SCRIPT)
+    monkeypatch.setenv("STARTED_DIR", str(started))
+    monkeypatch.setenv("CONVERTERS", str(n))
+    monkeypatch.setenv("CONVERTER_MODE", "rendezvous")
+    inp = keras.Input((5,), name="x")
+    return keras.Model(inp, keras.layers.Dense(3)(inp)), started
+
+
+def test_conversions_side_by_side_run_at_once_and_are_cached_as_one_by_one(tmp_path, monkeypatch):
+    """Inside `side_by_side` each conversion starts and returns a Pending at once (the stand-in
+    converters wait for each other: one after another would fail); at the block's end all are
+    done and cached, and a LiteModel given a Pending reads it then."""
+    from ml.encoders import lite
+
+    model, started = _stand_in_converters(monkeypatch, tmp_path, 2)
+    cache = tmp_path / "cache"
+    paths = [cache / "a.tflite", cache / "b.tflite"]
+    with lite.side_by_side():
+        jobs = [lite.cached_flatbuffer(p, lambda: model) for p in paths]
+        assert all(isinstance(j, lite.Pending) for j in jobs) and not cache.exists()
+    assert [j.result() for j in jobs] == [b"converted", b"converted"]
+    assert sorted(p.name for p in cache.iterdir()) == ["a.tflite", "b.tflite"]
+    assert lite.cached_flatbuffer(paths[0], lambda: pytest.fail("cached: no model")) == b"converted"
+    assert len(list(started.iterdir())) == 2
+
+
+def test_a_failure_side_by_side_kills_the_others_and_caches_nothing(tmp_path, monkeypatch):
+    """A converter that fails fails the block with its error and hint; the one still running is
+    killed and reaped, and nothing is cached."""
+    import time
+
+    from ml.encoders import lite
+
+    model, started = _stand_in_converters(monkeypatch, tmp_path, 2)
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="(?s)converter says no.*the way out"):
+        with lite.side_by_side():
+            monkeypatch.setenv("CONVERTER_MODE", "fail")
+            lite.cached_flatbuffer(cache / "x.tflite", lambda: model, hint="the way out")
+            monkeypatch.setenv("CONVERTER_MODE", "never")
+            lite.cached_flatbuffer(cache / "y.tflite", lambda: model)
+            while len(list(started.iterdir())) < 2:  # both started (the second one is never done)
+                time.sleep(0.02)
+    assert not cache.exists() or not list(cache.iterdir())
+    pids = [int(f.read_text()) for f in started.iterdir()]
+    assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ChildProcessError):  # reaped: no such child of ours any more
+            os.waitpid(pid, os.WNOHANG)
+
+
 def test_a_failed_tflite_conversion_says_why(monkeypatch):
     """The converter's own error (its stderr's tail) reaches the caller as a RuntimeError."""
     import keras

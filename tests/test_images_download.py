@@ -449,7 +449,15 @@ def test_training_fetches_photos_and_reports_failures_in_the_manifest(tmp_path, 
 
     _, again = images.fetch_images(load_dataset(data).products, settings.cache_dir, progress=False)
     assert again["fetched"] == 0 and again["cached"] == 18 and again["failed_by_reason"] == want
-    assert set(m1["stages_s"]) == {"load", "fetch", "embed_images", "embed_texts", "fit", "fit_parts"}
+    assert set(m1["stages_s"]) == {
+        "load",
+        "encoders",
+        "fetch",
+        "embed_images",
+        "embed_texts",
+        "fit",
+        "fit_parts",
+    }
     assert set(m1["stages_s"]["fit_parts"]) == {"rows", "network", "validation", "ranking"}
     assert m1["encoders"].keys() == {"image"}
     # products.json keeps the source URLs (what a client can show), not the cache paths

@@ -211,6 +211,19 @@ class EmbeddingCache:
                 store = self._stores[key] = _Store(folder, dim)
         return store
 
+    def would_encode(self, encoder: Any, keys: Sequence[Any]) -> bool:
+        """Whether `embed(encoder, keys, ...)` would call the encoder: a key ("" = a row without
+        one) not stored yet, or a stored one to re-encode for the check (`verify_sample`)."""
+        keys = {str(k) for k in keys if k}
+        if not keys:
+            return False
+        if self.verify_sample:
+            return True
+        store = self._store(encoder)
+        with store.lock:
+            store.refresh()
+            return not keys.issubset(store.vectors)
+
     def embed(
         self, encoder: Any, keys: Sequence[Any], items: Sequence[Any], progress: bool = True, desc: str = ""
     ) -> np.ndarray:

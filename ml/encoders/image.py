@@ -220,6 +220,11 @@ def _calibration_batch() -> np.ndarray:
     return preprocess(calibration_images(CALIBRATION["n"], seed=CALIBRATION["seed"]))
 
 
+INT8_WAY_OUT = (
+    "The int8 image network could not be made here; RECSYS_IMAGE_PRECISION=float32 runs the float32 one."
+)
+
+
 class ImageEncoder(lite.SettingsPrecision):
     """EfficientNet-Lite0 ImageNet features (1280-d, global-average-pooled) and ImageNet logits.
 
@@ -274,15 +279,8 @@ class ImageEncoder(lite.SettingsPrecision):
                 _ = self.model  # file is converted again before its bytes name the TFLite file
                 path = self._lite_path()
             calibration = _calibration_batch if self._quantize == "static" else None
-            try:
-                blob = lite.cached_flatbuffer(path, lambda: self.model, self._quantize, calibration)
-            except RuntimeError as exc:  # the converter's own failure (`lite.convert`): say the way out
-                if self.precision != "int8":
-                    raise
-                raise RuntimeError(
-                    f"{exc}\nThe int8 image network could not be made here; RECSYS_IMAGE_PRECISION=float32 "
-                    "runs the float32 one."
-                ) from exc
+            hint = INT8_WAY_OUT if self.precision == "int8" else ""  # added to the converter's error
+            blob = lite.cached_flatbuffer(path, lambda: self.model, self._quantize, calibration, hint)
             self._runner = lite.LiteModel(blob)
         else:
             self._runner = self.model

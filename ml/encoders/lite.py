@@ -9,13 +9,14 @@ see `convert` and `SettingsPrecision`) trade that agreement for speed: their enc
 
 The converted flatbuffer is cached on disk (`lite_path`), its file name keyed by a hash of the
 weights it was made from, the TensorFlow version and the quantisation, under a stem the encoder
-gives (its version), and written atomically;
-converting takes ~15-20 s, once, in a child process (see `convert`). Other backends (JAX on the
+gives (its version), and written atomically; converting takes ~20-35 s, once, in a child process
+(see `Conversion`; several at once: `side_by_side`). Other backends (JAX on the
 GPU machine) keep the Keras model: `available()` says whether this runtime can be used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -168,46 +169,120 @@ def convert(model, quantize: str = "none", calibration: np.ndarray | None = None
     2.5-3x faster here; for EfficientNet-Lite0's convolutions it was slower (57 vs 100 images/s,
     measured). "static" needs `calibration`, a batch of the model's inputs: the network the "Lite"
     EfficientNets were designed for (ReLU6 bounds most activations), 2.4-3.3x float32's rate here
-    (docs/HISTORY.md, session 24). Inputs and outputs stay float32 either way.
-
-    The model is exported here; the converter runs in a child process. Why: it is one C++ call that
-    holds the GIL for seconds (1.8 s for EfficientNet-Lite0, 2.9 s for MiniLM, measured on an idle
-    2-core machine), and while it does no Python signal handler runs in ANY thread - Celery's soft
-    time limit (SIGUSR1) would wait behind it until the hard limit kills the pool child. Waiting on a
-    child is interruptible: the handler raises at once, and the child is killed on the way out.
-    Its memory is the child's too. Costs the child's TensorFlow import and start (5-7 s measured)
-    per conversion, once per cache."""
-    if quantize not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantisation {quantize!r}: expected one of {', '.join(QUANTIZATIONS)}")
-    if quantize == "static" and (calibration is None or not len(calibration)):
-        raise ValueError("static quantisation needs a calibration batch")
-    with tempfile.TemporaryDirectory(prefix="lite-export-") as tmp:
-        saved, out = Path(tmp) / "saved", Path(tmp) / "model.tflite"
-        model.export(str(saved), format="tf_saved_model", verbose=False)
-        cmd = [sys.executable, "-P", "-c", _CONVERT_SCRIPT, str(saved), str(out), quantize]
-        if quantize == "static":
-            np.save(Path(tmp) / "calibration.npy", np.asarray(calibration, np.float32))
-            cmd.append(str(Path(tmp) / "calibration.npy"))
-        done = subprocess.run(cmd, capture_output=True, text=True)  # kills the child on any exception
-        if done.returncode != 0:
-            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-            raise RuntimeError(f"TFLite conversion of {model.name} failed ({done.returncode}):\n{tail}")
-        return out.read_bytes()
+    (docs/HISTORY.md, session 24). Inputs and outputs stay float32 either way. See `Conversion`."""
+    return Conversion(model, quantize, calibration).result()
 
 
-def cached_flatbuffer(
-    path: Path,
-    build: Callable[[], Any],
-    quantize: str = "none",
-    calibration: Callable[[], np.ndarray] | None = None,
-) -> bytes:
-    """The flatbuffer at `path` (see `lite_path`), or `build()`'s Keras model converted (`convert`,
-    static quantisation calibrated on `calibration()`) and written there atomically (built only
-    then: a cached file needs no Keras model at all)."""
-    if path.is_file():
-        return path.read_bytes()
-    model = build()
-    blob = convert(model, quantize, calibration() if calibration is not None else None)
+class Conversion:
+    """`convert`, started here and waited for by `result()`: the model is exported in this process,
+    the converter runs in a child. Why a child: the converter is one C++ call that holds the GIL for
+    seconds (1.8 s for EfficientNet-Lite0, 2.9 s for MiniLM, measured on an idle 2-core machine),
+    and while it does no Python signal handler runs in ANY thread - Celery's soft time limit
+    (SIGUSR1) would wait behind it until the hard limit kills the pool child. Waiting on a child is
+    interruptible: the handler raises at once, and the child is killed on the way out (`cancel`).
+    Its memory is the child's too. Costs the child's TensorFlow import and start (5-10 s measured)
+    per conversion, once per cache. The child and the export run on one core each, so conversions
+    started before any is waited for run side by side (`side_by_side`)."""
+
+    def __init__(self, model, quantize: str = "none", calibration: np.ndarray | None = None) -> None:
+        if quantize not in QUANTIZATIONS:
+            raise ValueError(f"unknown quantisation {quantize!r}: expected one of {', '.join(QUANTIZATIONS)}")
+        if quantize == "static" and (calibration is None or not len(calibration)):
+            raise ValueError("static quantisation needs a calibration batch")
+        self.name = model.name
+        self._tmp = tempfile.TemporaryDirectory(prefix="lite-export-")
+        try:
+            tmp = Path(self._tmp.name)
+            saved, self._out, self._err = tmp / "saved", tmp / "model.tflite", tmp / "stderr.txt"
+            model.export(str(saved), format="tf_saved_model", verbose=False)
+            cmd = [sys.executable, "-P", "-c", _CONVERT_SCRIPT, str(saved), str(self._out), quantize]
+            if quantize == "static":
+                np.save(tmp / "calibration.npy", np.asarray(calibration, np.float32))
+                cmd.append(str(tmp / "calibration.npy"))
+            with self._err.open("wb") as err:  # a file, not a pipe: nobody reads while it runs
+                self._child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+
+    def result(self) -> bytes:
+        """The flatbuffer, once the child is done; RuntimeError with its stderr's tail if it failed.
+        Interrupted (a signal's exception), the child is killed first."""
+        try:
+            code = self._child.wait()
+        except BaseException:
+            self.cancel()
+            raise
+        try:
+            if code != 0:
+                tail = "\n".join(self._err.read_text(errors="replace").strip().splitlines()[-15:])
+                raise RuntimeError(f"TFLite conversion of {self.name} failed ({code}):\n{tail}")
+            return self._out.read_bytes()
+        finally:
+            self._tmp.cleanup()
+
+    def cancel(self) -> None:
+        """Kill the child (if still running), reap it and remove the export."""
+        self._child.kill()
+        self._child.wait()
+        self._tmp.cleanup()
+
+
+class Pending:
+    """A flatbuffer `cached_flatbuffer` is converting inside `side_by_side`: `result()` waits for it,
+    writes it to the cache and returns it (once; then the bytes). `hint`: a line added to the
+    converter's error (what setting avoids it)."""
+
+    def __init__(self, path: Path, conversion: Conversion, hint: str = "") -> None:
+        self.path, self._conversion, self._hint = path, conversion, hint
+        self._blob: bytes | None = None
+
+    def result(self) -> bytes:
+        if self._blob is None:
+            try:
+                blob = self._conversion.result()
+            except RuntimeError as exc:  # the converter's own failure: say the way out
+                raise RuntimeError(f"{exc}\n{self._hint}" if self._hint else str(exc)) from exc
+            _write_atomically(self.path, blob)
+            log.info("converted %s to TFLite: %s", self._conversion.name, self.path)
+            self._blob = blob
+        return self._blob
+
+    def cancel(self) -> None:
+        if self._blob is None:
+            self._conversion.cancel()
+
+
+_side_by_side = threading.local()  # .pending: the Pending conversions of the open `side_by_side`
+
+
+@contextlib.contextmanager
+def side_by_side():
+    """Within the block, `cached_flatbuffer` starts each conversion and returns at once (a `Pending`,
+    which `LiteModel` takes); at its end every one is waited for, so that after it all are cached
+    as if made one by one. Several encoders built in the block convert side by side: each
+    conversion is single-threaded (the export here, the converter in its child), so on 2 cores three
+    of them (a cold cache's MiniLM float32 and int8, EfficientNet-Lite0 int8) take about half the
+    time of one after another. An exception in the block or while waiting (a failed conversion, a
+    time limit's signal) kills the children not done yet, and nothing of theirs is cached."""
+    if getattr(_side_by_side, "pending", None) is not None:  # nested: the outer block waits
+        yield
+        return
+    pending: list[Pending] = []
+    _side_by_side.pending = pending
+    try:
+        yield
+        for job in pending:
+            job.result()
+    except BaseException:
+        for job in pending:
+            job.cancel()
+        raise
+    finally:
+        _side_by_side.pending = None
+
+
+def _write_atomically(path: Path, blob: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -215,8 +290,28 @@ def cached_flatbuffer(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    log.info("converted %s to TFLite: %s", model.name, path)
-    return blob
+
+
+def cached_flatbuffer(
+    path: Path,
+    build: Callable[[], Any],
+    quantize: str = "none",
+    calibration: Callable[[], np.ndarray] | None = None,
+    hint: str = "",
+) -> bytes | Pending:
+    """The flatbuffer at `path` (see `lite_path`), or `build()`'s Keras model converted (`convert`,
+    static quantisation calibrated on `calibration()`) and written there atomically (built only
+    then: a cached file needs no Keras model at all). Inside `side_by_side` a conversion is started
+    and its `Pending` returned. `hint`: added to the converter's error."""
+    if path.is_file():
+        return path.read_bytes()
+    model = build()
+    job = Pending(path, Conversion(model, quantize, calibration() if calibration is not None else None), hint)
+    pending = getattr(_side_by_side, "pending", None)
+    if pending is None:
+        return job.result()
+    pending.append(job)
+    return job
 
 
 def release_arena(runner) -> None:
@@ -230,19 +325,22 @@ class LiteModel:
     the Keras model's output order) out as numpy arrays. One call at a time (a lock: an encoder is
     shared by the threads of a process, `ml.embed.shared_encoder`); TFLite runs its own threads."""
 
-    def __init__(self, flatbuffer: bytes, threads: int | None = None) -> None:
+    def __init__(self, flatbuffer: bytes | Pending, threads: int | None = None) -> None:
         self._flatbuffer, self._threads = flatbuffer, int(threads or usable_cpus())
         self._interpreter = self._runner = None
         self._lock = threading.Lock()
-        runner = self._built()
-        self.inputs = list(runner.get_input_details())
-        names = list(runner.get_output_details())
-        self._outputs = sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]))  # output_0, output_1...
+        self.inputs: list[str] = []
+        self._outputs: list[str] = []
+        if isinstance(flatbuffer, bytes):  # a Pending one is read on first use (`side_by_side`)
+            self._built()
 
     def _built(self):
         """The signature runner, with its interpreter built from the flatbuffer when there is none."""
         if self._runner is None:
             import tensorflow as tf
+
+            if isinstance(self._flatbuffer, Pending):
+                self._flatbuffer = self._flatbuffer.result()
 
             with warnings.catch_warnings():  # tf.lite.Interpreter's notice that LiteRT is its successor
                 warnings.simplefilter("ignore")
@@ -250,6 +348,9 @@ class LiteModel:
                     model_content=self._flatbuffer, num_threads=self._threads
                 )
             self._runner = self._interpreter.get_signature_runner()
+            self.inputs = list(self._runner.get_input_details())
+            names = list(self._runner.get_output_details())
+            self._outputs = sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]))  # output_0, output_1...
         return self._runner
 
     def release_arena(self) -> None:
@@ -262,9 +363,9 @@ class LiteModel:
     def predict_on_batch(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | list[np.ndarray]:
         """`x`: the batch (one input) or {input name: batch}; returns what Keras would: one array for
         a one-output model, else a list in output order."""
-        feed = x if isinstance(x, dict) else {self.inputs[0]: x}
-        feed = {name: np.ascontiguousarray(v) for name, v in feed.items()}
         with self._lock:
-            out = self._built()(**feed)
+            runner = self._built()
+            feed = x if isinstance(x, dict) else {self.inputs[0]: x}
+            out = runner(**{name: np.ascontiguousarray(v) for name, v in feed.items()})
         got = [np.asarray(out[name]) for name in self._outputs]
         return got[0] if len(got) == 1 else got
