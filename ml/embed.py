@@ -88,8 +88,9 @@ def shared_encoder(cls, version: str | None = None, precision: str | None = None
 
 
 class _LazyEncoder:
-    """An encoder built on its first `encode` call: with everything cached (a warm run, cache check
-    off), the networks are never loaded. `name`, `version`, `dim` (what keys the cache) come from
+    """An encoder built on its first `encode` call, or before it by `build` (what embedding will
+    call, `_encoders_ahead`): with everything cached (a warm run, cache check off), the networks are
+    never loaded. `name`, `version`, `dim` (what keys the cache) come from
     the class (`cache_version()` when it has one: the version the settings, or `precision`, give)."""
 
     def __init__(self, cls, precision: str | None = None):
@@ -227,24 +228,27 @@ def embed_dataset(
 
     cache = EmbeddingCache(cache_dir, verify_sample=verify_sample)
     stats: dict = {"seconds": {}}
-    texts_plan = _TextPlan.of(products, reviews, use_text)
     fetching = bool(localize and use_images)
-    images_plan = None if fetching else _ImagePlan.of(products, use_images)
     pool = ThreadPoolExecutor(1, thread_name_prefix="fetch-images") if fetching else None
     stop = threading.Event()
+    images_plan, images_s = None, 0.0  # (the plans' seconds count in their modality's stage)
     try:
         fetched = pool.submit(_timed, localize, products, stop) if pool is not None else None
+        texts_plan, texts_s = _timed(_TextPlan.of, products, reviews, use_text)
+        if not fetching:
+            images_plan, images_s = _timed(_ImagePlan.of, products, use_images)
         ahead = _encoders_ahead(cache, texts_plan, images_plan, products if fetching else None)
         stats["seconds"]["encoders"] = _timed(_build_side_by_side, ahead)[1]
-        texts = _embed_texts(cache, texts_plan, progress, stats)
+        texts = _embed_texts(cache, texts_plan, progress, stats, texts_s)
         if fetched is not None:
             products, stats["seconds"]["fetch"] = fetched.result()
     finally:
         stop.set()  # after a failure: what is not downloaded yet is cancelled, and the thread ends
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-    images_plan = images_plan or _ImagePlan.of(products, use_images)
-    image_vecs, has_image, image_encoder = _embed_images(cache, images_plan, progress, stats)
+    if images_plan is None:
+        images_plan, images_s = _timed(_ImagePlan.of, products, use_images)
+    image_vecs, has_image, image_encoder = _embed_images(cache, images_plan, progress, stats, images_s)
     stats["seconds"] = {k: stats["seconds"][k] for k in STAGES if k in stats["seconds"]}
     log.info(
         "embeddings: images %s, texts %s, seconds %s", stats["images"], stats.get("texts"), stats["seconds"]
@@ -333,17 +337,19 @@ class _ImagePlan(NamedTuple):
         return cls(keys, [_Pass(_image_encoder(), keys, refs, slice(0, n), "embed images")])
 
 
-def _embed_images(cache, plan: _ImagePlan, progress: bool, stats: dict):
-    """(vectors or None, has_image, {"image": encoder name} or {}) of the products' local photos."""
+def _embed_images(cache, plan: _ImagePlan, progress: bool, stats: dict, spent: float = 0.0):
+    """(vectors or None, has_image, {"image": encoder name} or {}) of the products' local photos;
+    `spent`: seconds the plan took, counted in the stage."""
     t0 = time.perf_counter()
     has_image = np.array([bool(k) for k in plan.keys], dtype=bool)
     image_vecs, encoder = None, {}
     stats["images"] = {"rows": int(has_image.sum())}
-    for p in plan.passes:
+    if plan.passes:
+        [p] = plan.passes
         image_vecs = np.zeros((len(plan.keys), p.enc.dim), np.float32)
         _embed_unique(cache, p.enc, p.keys, p.items, progress, p.desc, image_vecs, stats["images"])
         encoder = {"image": f"{p.enc.name}-{p.enc.version}"}
-    stats["seconds"]["embed_images"] = round(time.perf_counter() - t0, 2)
+    stats["seconds"]["embed_images"] = round(time.perf_counter() - t0 + spent, 2)
     return image_vecs, has_image, encoder
 
 
@@ -387,9 +393,9 @@ class _TextPlan(NamedTuple):
         return cls(texts, n, passes, encoder)
 
 
-def _embed_texts(cache, plan: _TextPlan, progress: bool, stats: dict) -> _Texts:
+def _embed_texts(cache, plan: _TextPlan, progress: bool, stats: dict, spent: float = 0.0) -> _Texts:
     """The products' and reviews' text vectors (see `_TextPlan`): each pass over its distinct
-    texts, then scattered."""
+    texts, then scattered; `spent`: seconds the plan took, counted in the stage."""
     t0 = time.perf_counter()
     has = np.array([bool(t) for t in plan.texts], dtype=bool)
     n = plan.n_products
@@ -402,5 +408,5 @@ def _embed_texts(cache, plan: _TextPlan, progress: bool, stats: dict) -> _Texts:
             _embed_unique(cache, p.enc, p.keys, p.items, progress, p.desc, both[p.rows], got)
             _add_counts(stats["texts"], got)
         out = _Texts(both[:n], has[:n], both[n:], has[n:], plan.encoder)
-    stats["seconds"]["embed_texts"] = round(time.perf_counter() - t0, 2)
+    stats["seconds"]["embed_texts"] = round(time.perf_counter() - t0 + spent, 2)
     return out

@@ -341,16 +341,19 @@ def test_a_signal_during_tflite_conversion_interrupts_it_and_kills_the_converter
 # "never" finish, or "rendezvous": wait until every converter of the test has started (with a
 # deadline, so conversions run one after another fail instead of hanging), then write its output.
 _STAND_IN_SCRIPT = """
-import os, sys, time
+import ctypes, os, signal, sys, time
+ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: dies with the test's process
 folder = os.environ["STARTED_DIR"]
-open(os.path.join(folder, f"{os.getpid()}.pid"), "w").write(str(os.getpid()))
+pid = str(os.getpid())
+open(os.path.join(folder, pid + ".tmp"), "w").write(pid)
+os.replace(os.path.join(folder, pid + ".tmp"), os.path.join(folder, pid + ".pid"))
 mode = os.environ["CONVERTER_MODE"]
 if mode == "fail":
     sys.exit("converter says no")
 if mode == "never":
     time.sleep(600)
 deadline = time.monotonic() + 30
-while len(os.listdir(folder)) < int(os.environ["CONVERTERS"]):
+while len([f for f in os.listdir(folder) if f.endswith(".pid")]) < int(os.environ["CONVERTERS"]):
     if time.monotonic() > deadline:
         sys.exit("the other converter never started: conversions ran one after another")
     time.sleep(0.02)
@@ -388,32 +391,45 @@ def test_conversions_side_by_side_run_at_once_and_are_cached_as_one_by_one(tmp_p
     assert [j.result() for j in jobs] == [b"converted", b"converted"]
     assert sorted(p.name for p in cache.iterdir()) == ["a.tflite", "b.tflite"]
     assert lite.cached_flatbuffer(paths[0], lambda: pytest.fail("cached: no model")) == b"converted"
-    assert len(list(started.iterdir())) == 2
+    assert len(_started(started)) == 2
+
+
+def _started(folder, at_least: int = 0) -> list[int]:
+    """The pids of the stand-in converters that have started (waiting for `at_least` of them)."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while len(pids := [int(f.read_text()) for f in folder.glob("*.pid")]) < at_least:
+        assert time.monotonic() < deadline, f"{at_least} converters never started"
+        time.sleep(0.02)
+    return pids
 
 
 def test_a_failure_side_by_side_kills_the_others_and_caches_nothing(tmp_path, monkeypatch):
     """A converter that fails fails the block with its error and hint; the one still running is
-    killed and reaped, and nothing is cached."""
-    import time
-
+    killed and reaped, and nothing is cached. Used again (as an encoder built in the block would
+    be), each conversion starts afresh."""
     from ml.encoders import lite
 
     model, started = _stand_in_converters(monkeypatch, tmp_path, 2)
     cache = tmp_path / "cache"
+    jobs = []
     with pytest.raises(RuntimeError, match="(?s)converter says no.*the way out"):
         with lite.side_by_side():
             monkeypatch.setenv("CONVERTER_MODE", "fail")
-            lite.cached_flatbuffer(cache / "x.tflite", lambda: model, hint="the way out")
+            jobs.append(lite.cached_flatbuffer(cache / "x.tflite", lambda: model, hint="the way out"))
             monkeypatch.setenv("CONVERTER_MODE", "never")
-            lite.cached_flatbuffer(cache / "y.tflite", lambda: model)
-            while len(list(started.iterdir())) < 2:  # both started (the second one is never done)
-                time.sleep(0.02)
+            jobs.append(lite.cached_flatbuffer(cache / "y.tflite", lambda: model))
+            _started(started, 2)  # both started (the second one is never done)
     assert not cache.exists() or not list(cache.iterdir())
-    pids = [int(f.read_text()) for f in started.iterdir()]
+    pids = _started(started)
     assert len(pids) == 2
     for pid in pids:
         with pytest.raises(ChildProcessError):  # reaped: no such child of ours any more
             os.waitpid(pid, os.WNOHANG)
+    monkeypatch.setenv("CONVERTER_MODE", "rendezvous")
+    assert [j.result() for j in jobs] == [b"converted", b"converted"]
+    assert sorted(p.name for p in cache.iterdir()) == ["x.tflite", "y.tflite"]
 
 
 def test_a_failed_tflite_conversion_says_why(monkeypatch):
@@ -504,14 +520,29 @@ def test_calibration_images_are_fixed_and_varied():
 
 
 @pytest.mark.slow
-def test_a_failed_int8_conversion_names_the_float32_way_out(tmp_path, monkeypatch):
+def test_a_failed_int8_conversion_names_the_float32_way_out(tmp_path, monkeypatch, encoder):
     """A converter that cannot make the int8 network (another TensorFlow, say) fails the encoder
-    with its own error and the setting that avoids it; nothing is left cached."""
-    from ml.encoders import lite
-    from ml.encoders.image import ImageEncoder, convert_weights
+    with its own error and the setting that avoids it; nothing is left cached. (The converter's
+    failure stands in without an export or a child: test_a_failed_tflite_conversion_says_why runs
+    a real one.)"""
+    import shutil
 
-    weights = convert_weights(tmp_path / "lite0.weights.h5")
-    monkeypatch.setattr(lite, "_CONVERT_SCRIPT", "raise SystemExit('no int8 here')")
+    from ml.encoders import lite
+    from ml.encoders.image import ImageEncoder
+
+    class NoInt8(lite.Conversion):
+        def __init__(self, model, quantize="none", calibration=None):
+            assert quantize == "static" and calibration is not None and len(calibration)
+            self.name = model.name
+
+        def result(self) -> bytes:
+            raise RuntimeError(f"TFLite conversion of {self.name} failed (1):\nno int8 here")
+
+        def cancel(self) -> None:
+            pass
+
+    weights = shutil.copy(encoder.weights_path, tmp_path / "lite0.weights.h5")  # (a folder of its own)
+    monkeypatch.setattr(lite, "Conversion", NoInt8)
     with pytest.raises(RuntimeError, match="(?s)no int8 here.*RECSYS_IMAGE_PRECISION=float32"):
         ImageEncoder(weights_path=weights, runtime="tflite", precision="int8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lite0.weights.h5"]

@@ -190,6 +190,9 @@ class Conversion:
         if quantize == "static" and (calibration is None or not len(calibration)):
             raise ValueError("static quantisation needs a calibration batch")
         self.name = model.name
+        self._lock = threading.Lock()  # the child's outcome is read, or the child cancelled, once
+        self._cancelled = False
+        self._child: subprocess.Popen | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="lite-export-")
         try:
             tmp = Path(self._tmp.name)
@@ -202,55 +205,90 @@ class Conversion:
             with self._err.open("wb") as err:  # a file, not a pipe: nobody reads while it runs
                 self._child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
         except BaseException:
-            self._tmp.cleanup()
+            self.cancel()
             raise
 
     def result(self) -> bytes:
-        """The flatbuffer, once the child is done; RuntimeError with its stderr's tail if it failed.
-        Interrupted (a signal's exception), the child is killed first."""
+        """The flatbuffer, once the child is done; RuntimeError with its stderr's tail if it failed
+        (or if it was cancelled meanwhile). Interrupted (a signal's exception), the child is killed
+        first."""
         try:
             code = self._child.wait()
         except BaseException:
             self.cancel()
             raise
-        try:
-            if code != 0:
-                tail = "\n".join(self._err.read_text(errors="replace").strip().splitlines()[-15:])
-                raise RuntimeError(f"TFLite conversion of {self.name} failed ({code}):\n{tail}")
-            return self._out.read_bytes()
-        finally:
-            self._tmp.cleanup()
+        with self._lock:
+            if self._cancelled:
+                raise RuntimeError(f"TFLite conversion of {self.name} was cancelled")
+            try:
+                if code != 0:
+                    tail = "\n".join(self._err.read_text(errors="replace").strip().splitlines()[-15:])
+                    raise RuntimeError(f"TFLite conversion of {self.name} failed ({code}):\n{tail}")
+                return self._out.read_bytes()
+            finally:
+                self._cancelled = True  # read: spent
+                self._tmp.cleanup()
 
     def cancel(self) -> None:
         """Kill the child (if still running), reap it and remove the export."""
-        self._child.kill()
-        self._child.wait()
-        self._tmp.cleanup()
+        with self._lock:
+            self._cancelled = True
+            if self._child is not None:
+                self._child.kill()
+                self._child.wait()
+            self._tmp.cleanup()
 
 
 class Pending:
-    """A flatbuffer `cached_flatbuffer` is converting inside `side_by_side`: `result()` waits for it,
-    writes it to the cache and returns it (once; then the bytes). `hint`: a line added to the
-    converter's error (what setting avoids it)."""
+    """A flatbuffer `cached_flatbuffer` converts (`start`) inside `side_by_side`: `result()` waits
+    for it, writes it to the cache and returns it (then the bytes, to every caller and thread).
+    A conversion that failed, or was cancelled, is started again by the next `result()` (as a
+    constructor that raised would be called again). `hint`: a line added to the converter's error
+    (what setting avoids it)."""
 
-    def __init__(self, path: Path, conversion: Conversion, hint: str = "") -> None:
-        self.path, self._conversion, self._hint = path, conversion, hint
+    def __init__(
+        self,
+        path: Path,
+        build: Callable[[], Any],
+        quantize: str = "none",
+        calibration: Callable[[], np.ndarray] | None = None,
+        hint: str = "",
+    ) -> None:
+        self.path, self._build, self._quantize, self._calibration = path, build, quantize, calibration
+        self._hint = hint
         self._blob: bytes | None = None
+        self._conversion: Conversion | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> Conversion:
+        """Start converting (`build()`'s model; `calibration()` for static quantisation)."""
+        calibration = self._calibration() if self._calibration is not None else None
+        self._conversion = Conversion(self._build(), self._quantize, calibration)
+        return self._conversion
 
     def result(self) -> bytes:
-        if self._blob is None:
-            try:
-                blob = self._conversion.result()
-            except RuntimeError as exc:  # the converter's own failure: say the way out
-                raise RuntimeError(f"{exc}\n{self._hint}" if self._hint else str(exc)) from exc
-            _write_atomically(self.path, blob)
-            log.info("converted %s to TFLite: %s", self._conversion.name, self.path)
-            self._blob = blob
-        return self._blob
+        with self._lock:
+            if self._blob is None:
+                conversion = self._conversion or self.start()
+                try:
+                    blob = conversion.result()
+                except RuntimeError as exc:  # the converter's own failure: say the way out
+                    if not self._hint:
+                        raise
+                    raise RuntimeError(f"{exc}\n{self._hint}") from exc
+                finally:
+                    self._conversion = None  # done, failed or cancelled: spent
+                _write_atomically(self.path, blob)
+                log.info("converted %s to TFLite: %s", conversion.name, self.path)
+                self._blob = blob
+            return self._blob
 
     def cancel(self) -> None:
-        if self._blob is None:
-            self._conversion.cancel()
+        """Kill the conversion under way, if any (a `result()` waiting on it raises; the next one
+        starts again)."""
+        conversion, self._conversion = self._conversion, None
+        if conversion is not None:
+            conversion.cancel()
 
 
 _side_by_side = threading.local()  # .pending: the Pending conversions of the open `side_by_side`
@@ -259,12 +297,13 @@ _side_by_side = threading.local()  # .pending: the Pending conversions of the op
 @contextlib.contextmanager
 def side_by_side():
     """Within the block, `cached_flatbuffer` starts each conversion and returns at once (a `Pending`,
-    which `LiteModel` takes); at its end every one is waited for, so that after it all are cached
-    as if made one by one. Several encoders built in the block convert side by side: each
-    conversion is single-threaded (the export here, the converter in its child), so on 2 cores three
-    of them (a cold cache's MiniLM float32 and int8, EfficientNet-Lite0 int8) take about half the
-    time of one after another. An exception in the block or while waiting (a failed conversion, a
-    time limit's signal) kills the children not done yet, and nothing of theirs is cached."""
+    which `LiteModel` takes); at the end of the outermost block every one is waited for, so that
+    after it all are cached as if made one by one. Several encoders built in the block convert side
+    by side: each conversion is single-threaded (the export here, the converter in its child), so
+    on 2 cores three of them (a cold cache's MiniLM float32 and int8, EfficientNet-Lite0 int8) take
+    about half the time of one after another. An exception in the block or while waiting (a failed
+    conversion, a time limit's signal) kills the children not done yet, and nothing of theirs is
+    cached (an encoder built in the block converts again when next used)."""
     if getattr(_side_by_side, "pending", None) is not None:  # nested: the outer block waits
         yield
         return
@@ -305,12 +344,12 @@ def cached_flatbuffer(
     and its `Pending` returned. `hint`: added to the converter's error."""
     if path.is_file():
         return path.read_bytes()
-    model = build()
-    job = Pending(path, Conversion(model, quantize, calibration() if calibration is not None else None), hint)
+    job = Pending(path, build, quantize, calibration, hint)
     pending = getattr(_side_by_side, "pending", None)
     if pending is None:
         return job.result()
-    pending.append(job)
+    pending.append(job)  # before it starts: the block cancels it whatever happens from here
+    job.start()
     return job
 
 
