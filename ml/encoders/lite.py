@@ -191,7 +191,7 @@ class Conversion:
             raise ValueError("static quantisation needs a calibration batch")
         self.name = model.name
         self._lock = threading.Lock()  # the child's outcome is read, or the child cancelled, once
-        self._cancelled = False
+        self._spent = False
         self._child: subprocess.Popen | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="lite-export-")
         try:
@@ -218,21 +218,21 @@ class Conversion:
             self.cancel()
             raise
         with self._lock:
-            if self._cancelled:
-                raise RuntimeError(f"TFLite conversion of {self.name} was cancelled")
+            if self._spent:
+                raise RuntimeError(f"TFLite conversion of {self.name} was cancelled (or already read)")
             try:
                 if code != 0:
                     tail = "\n".join(self._err.read_text(errors="replace").strip().splitlines()[-15:])
                     raise RuntimeError(f"TFLite conversion of {self.name} failed ({code}):\n{tail}")
                 return self._out.read_bytes()
             finally:
-                self._cancelled = True  # read: spent
+                self._spent = True
                 self._tmp.cleanup()
 
     def cancel(self) -> None:
         """Kill the child (if still running), reap it and remove the export."""
         with self._lock:
-            self._cancelled = True
+            self._spent = True
             if self._child is not None:
                 self._child.kill()
                 self._child.wait()
