@@ -296,7 +296,7 @@ def _encoders_ahead(
     warm run without the check loads no network)."""
     passes = [*(images.passes if images else []), *texts.passes]  # the longest conversion first
     out = [p.enc for p in passes if cache.would_encode(p.enc, p.keys)]
-    if fetching is not None and cache.verify_sample and fetching["image"].fillna("").astype(bool).any():
+    if fetching is not None and cache.verify_sample and any(_image_refs(fetching, True)):
         out.insert(0, _image_encoder())
     return out
 
@@ -329,12 +329,18 @@ class _ImagePlan(NamedTuple):
 
     @classmethod
     def of(cls, products: pd.DataFrame, use_images: bool) -> _ImagePlan:
-        n = len(products)
-        refs = products["image"].fillna("").astype(str).tolist() if use_images else [""] * n
+        refs = _image_refs(products, use_images)
         keys = image_keys(refs)
         if not any(keys):
             return cls(keys, [])
-        return cls(keys, [_Pass(_image_encoder(), keys, refs, slice(0, n), "embed images")])
+        return cls(keys, [_Pass(_image_encoder(), keys, refs, slice(0, len(refs)), "embed images")])
+
+
+def _image_refs(products: pd.DataFrame, use_images: bool) -> list[str]:
+    """Each product's photo reference (a path or URL; "" for none, and for all when not `use_images`)."""
+    if not use_images:
+        return [""] * len(products)
+    return products["image"].fillna("").astype(str).tolist()
 
 
 def _embed_images(cache, plan: _ImagePlan, progress: bool, stats: dict, spent: float = 0.0):
