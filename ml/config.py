@@ -110,6 +110,10 @@ class Settings:
     # artifact's two-tower index (ml.retrieval), reranked by the heads; at or below it, exact.
     retrieval_k: int = _setting("RECSYS_RETRIEVAL_K", 1000)
     exact_max_products: int = _setting("RECSYS_EXACT_MAX_PRODUCTS", 20000)
+    # Threads a batch job (recommend_many) spreads its chunks of customers over, each on one CPU;
+    # 0: the CPUs the worker process may run on. With several pool processes per worker
+    # (RECSYS_WORKER_CONCURRENCY), CPUs / concurrency keeps their batch jobs from crowding each other.
+    batch_threads: int = _setting("RECSYS_BATCH_THREADS", 0)
     # After a model version failed to load, a worker keeps serving the old one and retries the new
     # one no sooner than this many seconds later.
     model_retry_s: float = _setting("RECSYS_MODEL_RETRY_S", 30.0)

@@ -22,7 +22,7 @@ import pandas as pd
 from ml import feedback
 from ml.artifact import Artifact
 from ml.catalog import Catalog, Filters, read_attributes
-from ml.config import Settings
+from ml.config import Settings, usable_cpus
 from ml.features import (
     PAIR_DIM,
     PairSignals,
@@ -37,6 +37,7 @@ from ml.features import (
     product_prior,
     rater_norm,
 )
+from ml.parallel import map_on_cpus
 from ml.ranking import RankingRule
 from ml.retrieval import ContentIndex, positions_in, without_positions
 from ml.scoring import HEADS, CustomerPart, Heads, ProductPart, ScoringNet
@@ -60,18 +61,36 @@ PASS_ROWS = 65_536  # (customer, product) rows per forward pass: bounds the hidd
 MAX_ROWS = 400_000  # customers x products scored per chunk of recommend_many (bounds its memory)
 
 
+def _chunks(n: int, width: int, threads: int) -> list[np.ndarray]:
+    """Rows 0..n-1 of a batch in chunks of customers: the `threads` chunks running at once score
+    at most MAX_ROWS (customer, product) rows together (`width` products a customer), and a batch
+    smaller than that still gives every thread a chunk."""
+    step = max(1, min(MAX_ROWS // max(width, 1) // threads, -(-n // threads)))
+    return [np.arange(s, min(s + step, n)) for s in range(0, n, step)]
+
+
 @dataclass(frozen=True)
 class ServingPath:
     """When serving is two-stage: above `exact_max_products` products, and only with a retriever,
     a known customer's `retrieval_k` best candidates (seen products removed before the cut) are
-    reranked by the heads; otherwise the whole catalog is scored exactly."""
+    reranked by the heads; otherwise the whole catalog is scored exactly. A batch job's chunks run
+    in `threads` threads (`ml.parallel.map_on_cpus`)."""
 
     retrieval_k: int = Settings.retrieval_k
     exact_max_products: int = Settings.exact_max_products
+    batch_threads: int = Settings.batch_threads  # 0: the CPUs this process may run on
+
+    def __post_init__(self) -> None:
+        if self.batch_threads < 0:
+            raise ValueError(f"batch_threads must be 0 (every CPU) or more, not {self.batch_threads}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServingPath:
-        return cls(settings.retrieval_k, settings.exact_max_products)
+        return cls(settings.retrieval_k, settings.exact_max_products, settings.batch_threads)
+
+    @property
+    def threads(self) -> int:
+        return self.batch_threads if self.batch_threads > 0 else usable_cpus()
 
 
 def popular_reason() -> dict:
@@ -479,24 +498,22 @@ class Recommender:
         vals = np.take_along_axis(sim, best, 0)
         order = np.lexsort((rated[best], -vals), axis=0)
         best, vals = np.take_along_axis(best, order, 0), np.take_along_axis(vals, order, 0)
-        out = []
-        for col in range(len(items)):
-            out.append(
-                {
-                    "method": REASON_METHOD,
-                    "products": [
-                        {
-                            "product_id": str(t.product_ids[rated[r]]),
-                            "title": self._titles[rated[r]],
-                            "similarity": round(float(v), 4),
-                            "rating": float(stars[r]),
-                        }
-                        for r, v in zip(best[:, col], vals[:, col])
-                        if v > 0
-                    ],
-                }
-            )
-        return out
+        # plain Python values, each rated product's fields once: the lists below are built holding
+        # the GIL, which a batch's threads share (ml.parallel)
+        ids = [str(x) for x in t.product_ids[rated]]
+        titles = [self._titles[i] for i in rated.tolist()]
+        stars = stars.astype(float).tolist()
+        return [
+            {
+                "method": REASON_METHOD,
+                "products": [
+                    {"product_id": ids[r], "title": titles[r], "similarity": round(v, 4), "rating": stars[r]}
+                    for r, v in zip(rs, vs)
+                    if v > 0
+                ],
+            }
+            for rs, vs in zip(best.T.tolist(), vals.T.tolist())
+        ]
 
     # -- filters -------------------------------------------------------------------------------
     def _filtered_candidates(
@@ -691,8 +708,10 @@ class Recommender:
         x max(retrieval_k, top) when two-stage: a filtered customer served "exact" from more allowed
         products than that is scored alone). Exact serving scores a chunk as one matrix; two-stage
         asks the index once for a chunk's candidates (`retrieve_many`) and ranks each customer's as
-        its single request does (`_rank_each`). Unknown customers get the popularity list. `filters`
-        as in `recommend`, the same for every customer."""
+        its single request does (`_rank_each`). The chunks run side by side in `serving.threads`
+        threads, each on one CPU (`ml.parallel.map_on_cpus`; their rows together stay within
+        MAX_ROWS). Unknown customers get the popularity list. `filters` as in `recommend`, the same
+        for every customer."""
         if top < 1:
             raise ValueError("top must be at least 1")
         allowed = self.allowed(filters)
@@ -708,20 +727,36 @@ class Recommender:
             width = len(allowed)
         else:
             width = max(self.serving.retrieval_k, top) if self.two_stage else self.n_products
-        step = max(1, MAX_ROWS // max(width, 1))
-        for s in range(0, len(known), step):
-            uu = u[s : s + step]
-            if shared:
-                lists = self._top(uu, allowed, top, exclude_seen, "exact", reasons)
-            elif self.two_stage:
-                found = self._candidates_of(uu, allowed, top, exclude_seen)
-                ranked = self._rank_each(uu, [items for items, _ in found], top, exclude_seen)
-                lists = self._present(uu, ranked, [path for _, path in found], reasons)
-            else:
-                lists = self._top(uu, None, top, exclude_seen, "exact", reasons)
-            for k, items in zip(known[s : s + step], lists):
-                out[k] = items
+        threads = self.serving.threads
+        chunks = _chunks(len(known), width, threads)
+        lists = map_on_cpus(
+            lambda rows: self._serve_chunk(u[rows], allowed, shared, top, exclude_seen, reasons),
+            chunks,
+            threads,
+        )
+        for rows, served in zip(chunks, lists):
+            for r, items in zip(rows, served):
+                out[known[r]] = items
         return out
+
+    def _serve_chunk(
+        self,
+        u: np.ndarray,
+        allowed: np.ndarray | None,
+        shared: bool,
+        top: int,
+        exclude_seen: bool,
+        reasons: bool,
+    ) -> list[list[dict]]:
+        """One chunk of `recommend_many`: exact over the `allowed` products when `shared` (a filter
+        keeping few), else two-stage (within `allowed`) or exact as the serving path says."""
+        if shared:
+            return self._top(u, allowed, top, exclude_seen, "exact", reasons)
+        if self.two_stage:
+            found = self._candidates_of(u, allowed, top, exclude_seen)
+            ranked = self._rank_each(u, [items for items, _ in found], top, exclude_seen)
+            return self._present(u, ranked, [path for _, path in found], reasons)
+        return self._top(u, None, top, exclude_seen, "exact", reasons)
 
     # -- similar products ----------------------------------------------------------------------
     @property

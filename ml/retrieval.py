@@ -20,7 +20,6 @@ Written with keras.ops only (TensorFlow and JAX). No Flask or Celery imports.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -30,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.config import usable_cpus
 from ml.features import (
     FeatureTables,
     customer_features,
@@ -40,6 +38,7 @@ from ml.features import (
     product_id_input,
     product_prior,
 )
+from ml.parallel import cpus, one_blas_thread
 from ml.scoring import inverse_norms
 
 log = logging.getLogger(__name__)
@@ -343,12 +342,12 @@ class HnswIndex:
         single requests find. The beam is asked as the number of results (hnswlib searches with
         max(ef, k)) rather than by set_ef, which would be shared state between threads serving
         requests at once; the first k of them are the answer. hnswlib spreads a call's queries over
-        the process's CPUs when there are more than 4 per CPU."""
+        `ml.parallel.cpus()` when there are more than 4 per CPU."""
         count = self.index.get_current_count()
         k = int(min(k, count))
         beam = int(min(max(k * self.ef_factor, MIN_BEAM, k), count))
         x = np.concatenate([q, np.zeros((len(q), 1))], axis=1).astype(np.float32)
-        labels, _ = self.index.knn_query(x, k=beam, num_threads=1 if len(q) == 1 else usable_cpus())
+        labels, _ = self.index.knn_query(x, k=beam, num_threads=1 if len(q) == 1 else cpus())
         return labels[:, :k].astype(np.int64)
 
     def save(self, path: Path) -> None:
@@ -364,23 +363,6 @@ class HnswIndex:
 
 
 INDEXES = {ExactIndex.kind: ExactIndex, HnswIndex.kind: HnswIndex}
-
-
-_BLAS = None
-
-
-@contextlib.contextmanager
-def one_blas_thread():
-    """Run one request's matrix-vector products on one BLAS thread (as ml.scoring does for small
-    passes): they are memory-bound, and on a busy 2-core machine a 2-thread OpenBLAS spent 8 ms
-    waking and syncing its threads on a 10k x 130 product that takes 0.2-0.4 ms on one."""
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS = ThreadpoolController()
-    with _BLAS.limit(limits=1, user_api="blas"):
-        yield
 
 
 class CosineIndex(ExactIndex):
@@ -523,7 +505,7 @@ class Retriever:
         excl = [np.unique(np.asarray([] if e is None else e, np.int64)) for e in excludes]
         ks = [int(min(k, self.n_products - len(e))) for e in excl]
         nets = [
-            self.bias_net[~np.isin(self.bias_net, e)][: kk // 10 if safety_net else 0]
+            self.bias_net[positions_in(e, self.bias_net) < 0][: kk // 10 if safety_net else 0]
             for e, kk in zip(excl, ks)
         ]
         asks = np.array([_ask(kk + len(e) + len(n), self.n_products) for kk, e, n in zip(ks, excl, nets)])
@@ -548,8 +530,9 @@ class Retriever:
         to k; the index asked again for twice as many while too few pass, the rest found exactly when
         an approximate index returns fewer than asked."""
         q = self.customer_vecs[u]
+        taken = np.sort(net)  # np.isin's fixed costs held the GIL a batch's threads share (ml.parallel)
         while True:
-            found = found[~np.isin(found, exclude) & ~np.isin(found, net)]
+            found = found[(positions_in(exclude, found) < 0) & (positions_in(taken, found) < 0)]
             if len(found) + len(net) >= k or ask >= self.n_products:
                 break
             ask = min(ask * 2, self.n_products)
@@ -557,7 +540,7 @@ class Retriever:
         out = np.concatenate([net, found])[:k]
         if len(out) < k:  # an approximate index can return fewer than asked: finish exactly
             rest = ExactIndex(self.product_vecs).search(q, self.n_products)
-            rest = rest[~np.isin(rest, exclude) & ~np.isin(rest, out)]
+            rest = rest[(positions_in(exclude, rest) < 0) & (positions_in(np.sort(out), rest) < 0)]
             out = np.concatenate([out, rest[: k - len(out)]])
         return out
 

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ml.features import PAIR_DIM
+from ml.parallel import one_blas_thread
 
 HEADS = ("rating", "pick")  # ml.model.HEADS (not imported: this module needs no Keras)
 # (customer, product) rows up to which a pass runs BLAS single-threaded: below it, waking a second
@@ -382,10 +383,7 @@ class ScoringNet:
     """Both heads of a trained `ml.model.HybridModel`, evaluated in numpy."""
 
     def __init__(self, heads: dict[str, HeadWeights]) -> None:
-        from threadpoolctl import ThreadpoolController
-
         self.heads = heads
-        self._blas = ThreadpoolController()
 
     @classmethod
     def from_model(cls, model) -> ScoringNet:
@@ -426,7 +424,7 @@ class ScoringNet:
         aligned calls), each block's activations staying in the CPU cache."""
         if pair.shape[0] * pair.shape[1] > SMALL_PASS_ROWS:
             return self._blocks(c, p, pair, heads)
-        with self._blas.limit(limits=1, user_api="blas"):
+        with one_blas_thread():
             return self._blocks(c, p, pair, heads)
 
     def _blocks(

@@ -87,7 +87,8 @@ def test_nothing_to_rank_gives_empty_lists(rec, rating_weight):
     assert rec.recommend(only_seen, top=3, candidates=rec.seen(w)) == []
     unseen = np.setdiff1d(np.arange(rec.n_products), rec.seen(v))[:5]
     given = {u: np.array([], np.int64), w: rec.seen(w), v: unseen}
-    staged = rec.with_serving(ServingPath(retrieval_k=5, exact_max_products=0))
+    # one thread: the three customers are one chunk (threads split a batch into chunks)
+    staged = rec.with_serving(ServingPath(retrieval_k=5, exact_max_products=0, batch_threads=1))
     staged.ranking = RankingRule(rating_weight)
     staged.retrieve_many = lambda users, top, exclude_seen: [given[int(x)] for x in users]
     passes = []  # rows of each rating-head pass over shown items

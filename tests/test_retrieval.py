@@ -103,7 +103,7 @@ def test_a_batch_of_customers_gets_what_each_gets_alone_and_what_brute_force_fin
     best by inner product, seen products and the net removed."""
     import ml.retrieval as module
 
-    monkeypatch.setattr(module, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(module, "cpus", lambda: 2)
     rng = np.random.default_rng(2)
     vecs = rng.normal(size=(4000, 8)).astype(np.float32)
     users = rng.normal(size=(60, 8)).astype(np.float32)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -303,11 +304,14 @@ def _ids(items: list[dict]) -> list[str]:
     return [x["product_id"] for x in items]
 
 
-def test_recommend_many_equals_recommend_per_customer(rec, monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_recommend_many_equals_recommend_per_customer(rec, monkeypatch, threads):
+    """Chunks of at most 5 customers (MAX_ROWS), side by side in 2 threads or one after another."""
     import ml.recommender as module
 
     ids = rec.customers(12) + ["NOBODY_KNOWS_ME"] + rec.customers(3)
     monkeypatch.setattr(module, "MAX_ROWS", rec.n_products * 5)  # several chunks
+    rec = rec.with_serving(dataclasses.replace(rec.serving, batch_threads=threads))
     many = rec.recommend_many(ids, top=6)
     assert len(many) == len(ids)
     for cid, got in zip(ids, many):
@@ -357,10 +361,10 @@ def test_rating_for_the_top_n_only_equals_the_full_computation(rec, weight):
         assert x["score"] == pytest.approx(float(score[i]), abs=2e-6)
 
 
-def _two_stage(rec: Recommender, k: int) -> Recommender:
+def _two_stage(rec: Recommender, k: int, threads: int = 0) -> Recommender:
     from ml.recommender import ServingPath
 
-    staged = rec.with_serving(ServingPath(retrieval_k=k, exact_max_products=0))
+    staged = rec.with_serving(ServingPath(retrieval_k=k, exact_max_products=0, batch_threads=threads))
     assert staged.two_stage and not rec.two_stage  # the small catalog is below the default threshold
     return staged
 
@@ -387,18 +391,20 @@ def test_two_stage_ranks_the_retrievers_candidates_without_seen_products(rec):
         assert len(staged.retrieve(u, 5)) == k
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("knn", [False, True], ids=["pick", "pick+knn"])
-def test_two_stage_batch_equals_single_requests(rec, monkeypatch, knn):
+def test_two_stage_batch_equals_single_requests(rec, monkeypatch, knn, threads):
     """A batch job's customers get their single requests' answers: the index is asked once for the
     chunk, and each customer's candidates are ranked as its single request ranks them (the same
     products, order and reasons); the customer halves and pair signals (the kNN term's too) are
     computed once for the chunk and the items shown get their predicted ratings in one pass for it,
     where batched BLAS may round the last float bit differently (scores to 2e-6, ratings to the 4th
-    decimal at most). Chunks of 3 customers: 10 customers make 4 of them."""
+    decimal at most). Chunks of 3 customers: 10 customers make 4 of them, one after another; in 2
+    threads, chunks of 1 side by side (their rows together within MAX_ROWS)."""
     import ml.recommender
 
     monkeypatch.setattr(ml.recommender, "MAX_ROWS", 3 * 12)
-    staged = _two_stage(rec, 12)
+    staged = _two_stage(rec, 12, threads)
     if knn:
         staged.ranking = RankingRule(rec.ranking.rating_weight, knn_weight=1.0, knn_shrink=10.0)
     ids = rec.customers(10) + ["nobody-knows-me"]
