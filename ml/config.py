@@ -175,6 +175,10 @@ class Settings:
                 raise ValueError(f"{f.metadata['env']}={raw!r}: expected {_KIND[f.type]}") from None
         return cls(**values)
 
+    def __post_init__(self) -> None:
+        if self.batch_threads < 0:
+            raise ValueError(f"RECSYS_BATCH_THREADS={self.batch_threads}: expected 0 (every CPU) or more")
+
     def training_data_path(self, raw: str) -> Path:
         """Where a training request's `data_path` points: relative to data_dir, or absolute; after
         resolving `..` and links it must lie in data_dir or demo_data_dir (ValueError otherwise), so

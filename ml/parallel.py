@@ -6,8 +6,7 @@ arithmetic is numpy and hnswlib calls that release the GIL (BLAS, gathers, index
 Python that holds it, so one thread kept 1.2-1.3 of 2 CPUs busy (100k SYNTHETIC catalog, measured).
 `map_on_cpus` runs chunks in threads, each on one CPU: BLAS on one thread for the whole section and
 `cpus()` 1 inside the threads, so that each thread's index queries and matmuls do not spread over
-every CPU again, and no thread sets or restores the process-wide BLAS thread count while another
-runs (`one_blas_thread` is a no-op there).
+every CPU again.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 from ml.config import usable_cpus
@@ -24,8 +23,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _local = threading.local()  # .one_cpu: this thread is one of map_on_cpus's
+_lock = threading.Lock()
 _controller = None  # threadpoolctl.ThreadpoolController, made on first use (it scans the loaded libraries)
-_controller_lock = threading.Lock()
 
 
 def cpus() -> int:
@@ -36,7 +35,7 @@ def cpus() -> int:
 
 def _blas():
     global _controller
-    with _controller_lock:
+    with _lock:
         if _controller is None:
             from threadpoolctl import ThreadpoolController
 
@@ -49,7 +48,12 @@ def one_blas_thread() -> Iterator[None]:
     """BLAS on one thread inside the block: small or memory-bound products (a single request's
     passes, matrix-vector products), where waking and syncing a second OpenBLAS thread costs more
     than it saves (8 ms on a 10k x 130 product that takes 0.2-0.4 ms on one, busy 2-core machine).
-    The thread count is process-wide; inside `map_on_cpus` it is already 1 and left alone."""
+
+    OpenBLAS's thread count is process-wide. threadpoolctl (3.8, pinned) lets one thread at a time
+    set it: while one thread's block holds it, another thread's block changes nothing (and runs on
+    the count the first set, or gave back), so blocks overlapping in several threads (tasks of a
+    `threads` worker pool) cannot leave it wrong. Inside `map_on_cpus` it is already 1 and left
+    alone."""
     if getattr(_local, "one_cpu", False):
         yield
         return
@@ -59,9 +63,9 @@ def one_blas_thread() -> Iterator[None]:
 
 def map_on_cpus(fn: Callable[[T], R], items: Iterable[T], threads: int) -> list[R]:
     """`[fn(x) for x in items]`, in order, run in up to `threads` threads, each on one CPU (see the
-    module docstring). One thread or one item: in this thread, as a plain loop. An exception in one
-    cancels the items not started, waits for those running, and is raised here; so does a signal's
-    exception in this thread (Celery's soft time limit)."""
+    module docstring). One thread or one item: in this thread, as a plain loop. The first exception
+    in any of them cancels the items not started, waits for those running, and is raised here; so
+    does a signal's exception in this thread (Celery's soft time limit)."""
     items = list(items)
     threads = min(int(threads), len(items))
     if threads <= 1:
@@ -74,6 +78,11 @@ def map_on_cpus(fn: Callable[[T], R], items: Iterable[T], threads: int) -> list[
     with one_blas_thread():
         pool = ThreadPoolExecutor(threads, thread_name_prefix="recsys-cpu")
         try:
-            return list(pool.map(run, items))
+            futures = [pool.submit(run, x) for x in items]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f in done and f.exception() is not None), None)
+            if failed is not None:
+                raise failed.exception()
+            return [f.result() for f in futures]
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -58,15 +58,17 @@ SIMILAR_METHOD = "content_cosine"
 # (100k catalog, k = 1,000: scan 0.45 ms at 12.6k, 5.6 ms at 25k; index 6.5 ms for 4,000, 3.5 ms for 2,000).
 FILTER_SCAN_COST = 7.0
 PASS_ROWS = 65_536  # (customer, product) rows per forward pass: bounds the hidden activations' memory
-MAX_ROWS = 400_000  # customers x products scored per chunk of recommend_many (bounds its memory)
+MAX_ROWS = 400_000  # customers x products scored at once by recommend_many's chunks (bounds its memory)
 
 
-def _chunks(n: int, width: int, threads: int) -> list[np.ndarray]:
-    """Rows 0..n-1 of a batch in chunks of customers: the `threads` chunks running at once score
-    at most MAX_ROWS (customer, product) rows together (`width` products a customer), and a batch
-    smaller than that still gives every thread a chunk."""
+def _chunks(n: int, width: int, threads: int) -> tuple[list[np.ndarray], int]:
+    """Rows 0..n-1 of a batch in chunks of customers, and how many may run at once (at most
+    `threads`): together they score at most MAX_ROWS (customer, product) rows (`width` products a
+    customer; one customer when even one is wider), and a batch smaller than that still gives
+    every thread a chunk."""
+    threads = max(1, min(threads, MAX_ROWS // max(width, 1)))
     step = max(1, min(MAX_ROWS // max(width, 1) // threads, -(-n // threads)))
-    return [np.arange(s, min(s + step, n)) for s in range(0, n, step)]
+    return [np.arange(s, min(s + step, n)) for s in range(0, n, step)], threads
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,6 @@ class ServingPath:
     retrieval_k: int = Settings.retrieval_k
     exact_max_products: int = Settings.exact_max_products
     batch_threads: int = Settings.batch_threads  # 0: the CPUs this process may run on
-
-    def __post_init__(self) -> None:
-        if self.batch_threads < 0:
-            raise ValueError(f"batch_threads must be 0 (every CPU) or more, not {self.batch_threads}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServingPath:
@@ -704,14 +702,14 @@ class Recommender:
         filters: Filters | None = None,
         reasons: bool = True,
     ) -> list[list[dict]]:
-        """`recommend` for many customers, in chunks of customers (chunk x n_products <= MAX_ROWS, or
-        x max(retrieval_k, top) when two-stage: a filtered customer served "exact" from more allowed
-        products than that is scored alone). Exact serving scores a chunk as one matrix; two-stage
-        asks the index once for a chunk's candidates (`retrieve_many`) and ranks each customer's as
-        its single request does (`_rank_each`). The chunks run side by side in `serving.threads`
-        threads, each on one CPU (`ml.parallel.map_on_cpus`; their rows together stay within
-        MAX_ROWS). Unknown customers get the popularity list. `filters` as in `recommend`, the same
-        for every customer."""
+        """`recommend` for many customers, in chunks of customers run side by side in up to
+        `serving.threads` threads, each on one CPU (`ml.parallel.map_on_cpus`); the chunks running
+        at once score at most MAX_ROWS rows together (a customer scores n_products rows, or
+        max(retrieval_k, top) when two-stage; a filtered customer served "exact" from more allowed
+        products than MAX_ROWS is scored alone: `_chunks`). Exact serving scores a chunk as one
+        matrix; two-stage asks the index once for a chunk's candidates (`retrieve_many`) and ranks
+        each customer's as its single request does (`_rank_each`). Unknown customers get the
+        popularity list. `filters` as in `recommend`, the same for every customer."""
         if top < 1:
             raise ValueError("top must be at least 1")
         allowed = self.allowed(filters)
@@ -727,8 +725,7 @@ class Recommender:
             width = len(allowed)
         else:
             width = max(self.serving.retrieval_k, top) if self.two_stage else self.n_products
-        threads = self.serving.threads
-        chunks = _chunks(len(known), width, threads)
+        chunks, threads = _chunks(len(known), width, self.serving.threads)
         lists = map_on_cpus(
             lambda rows: self._serve_chunk(u[rows], allowed, shared, top, exclude_seen, reasons),
             chunks,

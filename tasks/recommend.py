@@ -195,7 +195,7 @@ def recommend_batch(customer_ids: list[str], top: int = 10, filters: dict | None
     loaded = live_model()
     from ml.catalog import UnknownCategory
 
-    try:  # a chunk of customers at a time (ml.recommender.Recommender.recommend_many)
+    try:  # chunks of customers, side by side (ml.recommender.Recommender.recommend_many)
         lists = loaded.model.recommend_many(ids, top=top, exclude_seen=True, filters=wanted)
     except UnknownCategory as exc:
         raise errors.invalid_input(str(exc)) from None

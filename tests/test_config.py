@@ -65,6 +65,12 @@ def test_a_value_that_does_not_parse_names_its_variable(name, raw, kind):
         Settings.from_env({name: raw})
 
 
+def test_a_value_out_of_range_names_its_variable():
+    with pytest.raises(ValueError, match="RECSYS_BATCH_THREADS=-1: expected 0"):
+        Settings.from_env({"RECSYS_BATCH_THREADS": "-1"})
+    assert Settings.from_env({"RECSYS_BATCH_THREADS": "3"}).batch_threads == 3
+
+
 def test_empty_means_default():
     assert Settings.from_env({"RECSYS_WEB_PORT": "", "REDIS_URL": ""}) == Settings()
 

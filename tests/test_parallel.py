@@ -1,4 +1,5 @@
-"""ml.parallel: a batch's chunks side by side, each thread on one CPU, errors cancel the rest."""
+"""ml.parallel: a batch's chunks side by side, each thread on one CPU, the process-wide BLAS count
+given back, the first failure cancels what has not started."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import threading
 import time
 
 import pytest
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from ml import parallel
 from ml.config import usable_cpus
@@ -16,7 +17,15 @@ def _blas_threads() -> set[int]:
     return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
 
 
-def test_items_run_at_once_in_order_each_thread_on_one_cpu():
+@pytest.fixture
+def two_blas_threads():
+    """BLAS at 2 threads for the test (whatever this machine's default), so that a limit to 1 shows."""
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert _blas_threads() == {2}
+        yield
+
+
+def test_items_run_at_once_in_order_each_thread_on_one_cpu(two_blas_threads):
     """Two items that wait for each other finish only when they run at the same time."""
     meet = threading.Barrier(2, timeout=10)
     seen = []
@@ -26,11 +35,10 @@ def test_items_run_at_once_in_order_each_thread_on_one_cpu():
         seen.append((threading.get_ident(), parallel.cpus(), _blas_threads()))
         return x * 10
 
-    before = _blas_threads()
     assert parallel.map_on_cpus(work, [1, 2], threads=2) == [10, 20]
     assert len({ident for ident, _, _ in seen}) == 2
-    assert all(cpus == 1 and blas <= {1} for _, cpus, blas in seen)
-    assert _blas_threads() == before  # the process's BLAS thread count is given back
+    assert all(cpus == 1 and blas == {1} for _, cpus, blas in seen)
+    assert _blas_threads() == {2}  # given back
     assert parallel.cpus() == usable_cpus()
 
 
@@ -42,41 +50,64 @@ def test_one_thread_is_a_plain_loop_in_the_callers_thread():
     assert parallel.map_on_cpus(lambda x: threading.get_ident(), [7], threads=4) == [here]
 
 
-def test_a_failure_cancels_the_items_not_started_and_is_raised():
-    """Item 0 fails at once; 1 and 2 (the two threads' next) hold their thread for a while, so
-    the failure is seen while 3-9 still wait: none of those may run."""
+@pytest.mark.parametrize("failing", [0, 1])
+def test_the_first_failure_cancels_the_items_not_started_and_is_raised(two_blas_threads, failing):
+    """Item `failing` fails at once, the others hold their thread for a while: the failure is seen
+    while the items after the first three still wait (also when an item before it is running),
+    so none of those may start."""
     started = []
 
     def work(x: int) -> int:
         started.append(x)
-        if x == 0:
-            raise ValueError("chunk 0 failed")
+        if x == failing:
+            raise ValueError(f"chunk {x} failed")
         time.sleep(1.0)
         return x
 
-    before = _blas_threads()
-    with pytest.raises(ValueError, match="chunk 0 failed"):
+    with pytest.raises(ValueError, match=f"chunk {failing} failed"):
         parallel.map_on_cpus(work, range(10), threads=2)
     assert set(started) <= {0, 1, 2}
-    assert _blas_threads() == before
+    assert _blas_threads() == {2}
 
 
-def test_one_blas_thread_limits_outside_and_leaves_the_section_alone_inside(monkeypatch):
-    with parallel.one_blas_thread():
-        assert _blas_threads() <= {1}
-    real, limits = parallel._blas, []
+def test_overlapping_blocks_in_two_threads_leave_the_count_as_it_was(two_blas_threads):
+    """A enters, B enters, A leaves, B leaves: each restoring what it saw on entering would leave
+    BLAS on one thread for good (B saw 1). threadpoolctl lets only the thread holding the count
+    change it (the rule `one_blas_thread` relies on): the count comes back."""
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def a():
+        with parallel.one_blas_thread():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with parallel.one_blas_thread():
+            b_in.set()
+            a_out.wait(10)
+
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert a_out.is_set() and _blas_threads() == {2}
+
+
+def test_the_sections_threads_leave_the_limit_to_the_caller(monkeypatch):
+    real, calls = parallel._blas, []
 
     def counted():
-        limits.append(threading.get_ident())
+        calls.append(threading.get_ident())
         return real()
 
     monkeypatch.setattr(parallel, "_blas", counted)
 
     def inside(_):
         with parallel.one_blas_thread():
-            return _blas_threads()
+            return parallel.cpus()
 
-    # the section's threads never set or restore the process-wide count (a thread leaving its
-    # block could hand the others a multi-threaded BLAS): only the caller limits it, once
-    assert all(t <= {1} for t in parallel.map_on_cpus(inside, range(4), threads=2))
-    assert limits == [threading.get_ident()]
+    assert parallel.map_on_cpus(inside, range(4), threads=2) == [1] * 4
+    assert calls == [threading.get_ident()]
