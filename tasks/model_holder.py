@@ -64,6 +64,10 @@ class ModelHolder:
         self._failed: dict[str, float] = {}
         self._pid = os.getpid()
         self._announced: tuple[str, float] | None = None  # (version, monotonic time) last published
+        # one Redis client for the announcements, made on first use (after the fork): a client made
+        # and dropped per announcement left its connection pool to be finalised at a random moment
+        # later, and a soft time limit raised inside that finaliser was lost (tasks/soft_limit.py)
+        self._redis = None
 
     @property
     def settings(self) -> Settings:
@@ -83,7 +87,7 @@ class ModelHolder:
     def get(self) -> Loaded:
         """The live model (loading or swapping first when CURRENT changed)."""
         if os.getpid() != self._pid:  # forked after a load: never reuse a parent's model
-            self._pid, self._loaded, self._lock = os.getpid(), None, threading.Lock()
+            self._pid, self._loaded, self._lock, self._redis = os.getpid(), None, threading.Lock(), None
         current = self.registry.current_version()
         loaded = self._loaded
         if current is None:
@@ -150,11 +154,11 @@ class ModelHolder:
                 "n_products": int(getattr(loaded.model, "n_products", 0) or 0),
                 "published_at": time.time(),
             }
-            client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
-            try:
-                client.set(names.CUSTOMERS_KEY, json.dumps(payload))
-            finally:
-                client.close()
+            if self._redis is None:
+                self._redis = redis.Redis.from_url(
+                    self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+                )
+            self._redis.set(names.CUSTOMERS_KEY, json.dumps(payload))
             self._announced = (loaded.version, time.monotonic())
         except Exception:  # never let this break serving
             log.warning("could not publish the customer list to Redis", exc_info=True)
