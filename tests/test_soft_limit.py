@@ -58,3 +58,21 @@ def test_outside_a_pool_child_or_without_a_limit_nothing_is_sent():
         mp.setattr(soft_limit, "_soft_signal", lambda: signal.SIGUSR1)
         with soft_limit.insisting(None):
             assert [t.name for t in threading.enumerate() if t.name == "soft-limit"] == []
+
+
+def test_no_repeat_is_sent_while_the_task_is_in_a_frameworks_code(pool_child_handler):
+    """A loop compiled as if it were TensorFlow's own file runs past the limit undisturbed; the
+    repeat comes once the task's code is its own again."""
+    space: dict = {}
+    src = "def framework_loop(seconds):\n    import time\n    end = time.monotonic() + seconds\n"
+    src += "    while time.monotonic() < end:\n        time.sleep(0.005)\n"
+    exec(compile(src, "/site-packages/tensorflow/python/fake_tracing.py", "exec"), space)
+    inside_framework = None
+    with pytest.raises(SoftTimeLimitExceeded):
+        with soft_limit.insisting(0.1, every_s=0.1):
+            try:
+                space["framework_loop"](0.8)  # repeats would start at 0.2 s
+            except SoftTimeLimitExceeded as exc:
+                inside_framework = exc
+            _work(5.0, swallow=0)
+    assert inside_framework is None
