@@ -66,7 +66,7 @@ class ModelHolder:
         self._announced: tuple[str, float] | None = None  # (version, monotonic time) last published
         # one Redis client for the announcements, made on first use (after the fork): a client made
         # and dropped per announcement left its connection pool to be finalised at a random moment
-        # later, and a soft time limit raised inside that finaliser was lost (tasks/soft_limit.py)
+        # later, and a soft time limit raised inside that finaliser was lost (README, "soft limit")
         self._redis = None
 
     @property

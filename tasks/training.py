@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tasks import errors, names, soft_limit
+from tasks import errors, names
 from tasks.celery_app import app
 from tasks.model_holder import holder
 from tasks.recommend import jsonable
@@ -60,15 +60,14 @@ def train_and_publish(
     config = TrainConfig() if epochs is None else TrainConfig(epochs=epochs)
     log.info("training model %s from %s", version, path)
     try:
-        with soft_limit.insisting(holder.settings.train_soft_time_limit_s):  # the task's annotation
-            manifest = train_model(
-                path,
-                out_dir,
-                config=config,
-                settings=holder.settings,
-                report=report,
-                feedback_file=holder.settings.feedback_file,
-            )
+        manifest = train_model(
+            path,
+            out_dir,
+            config=config,
+            settings=holder.settings,
+            report=report,
+            feedback_file=holder.settings.feedback_file,
+        )
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)  # never leave a half-written version behind
         raise

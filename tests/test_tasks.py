@@ -465,22 +465,19 @@ def test_train_task_refuses_bad_data_paths_cleanly(worker, celery_client, models
 # The module's own worker runs with short limits, so expiry, time limits and the load back-off can be
 # watched happening (every other test only sees these values in the configuration). Every real task
 # stops at its soft limit (SoftTimeLimitExceeded), so none reaches the hard kill: tests/test_time_limits.py
-# watches the hard limit with a task that ignores its soft one. The soft limit's exception can be
-# lost (raised inside a finaliser: tasks/soft_limit.py), so training repeats it every second; the
-# hard limit leaves room for those repeats and for a native call the task may be in when they come
-# (a network's export runs seconds in TensorFlow's C++).
+# watches the hard limit with a task that ignores its soft one.
 SHORT = {
     "result_expires_s": 4,
     "job_registry_ttl_s": 8,
     "train_soft_time_limit_s": 1,
-    "train_time_limit_s": 10,
+    "train_time_limit_s": 3,
     "model_retry_s": 4.0,
 }
 SHORT_ENV = {
     "RECSYS_RESULT_EXPIRES_S": "4",
     "RECSYS_JOB_TTL_S": "8",
     "RECSYS_TRAIN_SOFT_LIMIT_S": "1",
-    "RECSYS_TRAIN_HARD_LIMIT_S": "10",
+    "RECSYS_TRAIN_HARD_LIMIT_S": "3",
     "RECSYS_MODEL_RETRY_S": "4",
 }
 
