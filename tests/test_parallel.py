@@ -61,7 +61,7 @@ def test_the_first_failure_cancels_the_items_not_started_and_is_raised(two_blas_
         started.append(x)
         if x == failing:
             raise ValueError(f"chunk {x} failed")
-        time.sleep(1.0)
+        time.sleep(0.5)
         return x
 
     with pytest.raises(ValueError, match=f"chunk {failing} failed"):
