@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
 
 from tasks import errors, names
 from tasks.celery_app import app
@@ -46,7 +49,9 @@ def train_and_publish(
     data_path: str, epochs: int | None = None, *, publish: bool = True, report=None
 ) -> dict[str, Any]:
     """Train a version from `data_path` (checked by `training_data`) and the live feedback so far,
-    publish it when `publish`; `report` is told how far the run is (ml.train.Report)."""
+    publish it when `publish`; `report` is told how far the run is (ml.train.Report). A failure
+    once the training's soft time limit has passed is that limit (see `_as_soft_limit`)."""
+    started = time.monotonic()
     # Imported here: ml.train pulls in TensorFlow, which must never load in the worker's parent.
     from ml.heap import release_free
     from ml.train import TrainConfig, train_model
@@ -68,8 +73,11 @@ def train_and_publish(
             report=report,
             feedback_file=holder.settings.feedback_file,
         )
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(out_dir, ignore_errors=True)  # never leave a half-written version behind
+        late = _as_soft_limit(exc, time.monotonic() - started, holder.settings.train_soft_time_limit_s)
+        if late is not None:
+            raise late from exc
         raise
     finally:
         release_free()  # this worker serves on: training's freed heap pages go back (ml/heap.py)
@@ -77,6 +85,25 @@ def train_and_publish(
         registry.publish(version)
         log.info("published model %s", version)
     return {"model_version": version, "published": publish, "manifest": jsonable(manifest or {})}
+
+
+def _as_soft_limit(exc: BaseException, elapsed_s: float, limit_s: float) -> SoftTimeLimitExceeded | None:
+    """The soft time limit an error stands for, else None: one caused by it, or any error once the
+    limit has passed. Celery raises the limit once, from a signal handler, wherever the task's
+    thread is, and library code there can turn it into another error (seen in CI:
+    inspect.getfullargspec, called by Keras while building the image network, re-raised it as
+    TypeError('unsupported callable')), which would reach the client as an internal fault instead
+    of a timeout. 0.1 s of slack: `train_and_publish` starts a little after Celery's timer."""
+    if not isinstance(exc, Exception) or isinstance(exc, SoftTimeLimitExceeded):
+        return None
+    caused, seen = exc.__cause__ or exc.__context__, 0
+    while caused is not None and seen < 20 and not isinstance(caused, SoftTimeLimitExceeded):
+        caused, seen = caused.__cause__ or caused.__context__, seen + 1
+    if not isinstance(caused, SoftTimeLimitExceeded) and (not limit_s or elapsed_s < limit_s - 0.1):
+        return None
+    return SoftTimeLimitExceeded(
+        f"training ran past its soft time limit ({limit_s:g} s); it surfaced as {type(exc).__name__}: {exc}"
+    )
 
 
 @app.task(name=names.TRAIN, bind=True)

@@ -662,3 +662,31 @@ def test_training_over_its_soft_time_limit_fails_cleanly(
     children = _children(proc.proc.pid)
     assert _serving(empty_service, models_dir, first_version, known_customers[1]) == current
     assert _children(proc.proc.pid) == children  # the soft limit does not cost the process
+
+
+@pytest.mark.parametrize(
+    "elapsed, limit", [(0.5, 1.0), (0.85, 1.0), (2.0, 0)], ids=["early", "just-before-the-slack", "no-limit"]
+)
+def test_an_error_before_the_soft_limit_stays_what_it_is(elapsed, limit):
+    from tasks.training import _as_soft_limit
+
+    assert _as_soft_limit(TypeError("bad"), elapsed, limit) is None
+    assert _as_soft_limit(KeyboardInterrupt(), 99.0, 1.0) is None  # not an Exception: left alone
+
+
+def test_an_error_the_soft_limit_caused_or_one_past_it_is_the_limit():
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from tasks.training import _as_soft_limit
+
+    try:  # what inspect.getfullargspec did with the limit's exception (seen in CI)
+        try:
+            raise SoftTimeLimitExceeded()
+        except Exception as ex:
+            raise TypeError("unsupported callable") from ex
+    except TypeError as exc:
+        converted = exc
+    late = _as_soft_limit(converted, 0.2, 1.0)  # caused by it, whenever
+    assert isinstance(late, SoftTimeLimitExceeded) and "TypeError: unsupported callable" in str(late)
+    assert isinstance(_as_soft_limit(SystemError("x"), 1.5, 1.0), SoftTimeLimitExceeded)  # past it
+    assert _as_soft_limit(SoftTimeLimitExceeded(), 5.0, 1.0) is None  # already the limit
