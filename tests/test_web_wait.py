@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -218,12 +219,23 @@ def test_the_waiter_takes_the_newest_of_the_states_queued_for_it(idle_redis):
         assert web.service._latest_message(pubsub, 0.05) is None  # nothing published: None in time
         for epoch in (1, 2, 3):
             publisher.publish("job-channel", json.dumps({"status": "PROGRESS", "result": {"epoch": epoch}}))
+        # the waiter busy until all three are on its socket (PUBLISH's reply can come first: on a
+        # loaded machine the third was not yet there once, and the newest then was the second)
+        wait_until(lambda: _unread(pubsub).count(b"epoch") == 3, 5, 0.01, what="three queued states")
         message = web.service._latest_message(pubsub, 5)
         assert json.loads(message["data"])["result"] == {"epoch": 3}
         assert web.service._latest_message(pubsub, 0.05) is None  # the older two were consumed with it
     finally:
         pubsub.close()
         publisher.close()
+
+
+def _unread(pubsub: redis.client.PubSub) -> bytes:
+    """What the subscriber's socket holds and nothing has read yet (peeked: left there)."""
+    try:
+        return pubsub.connection._sock.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return b""
 
 
 def test_a_result_stored_before_the_subscription_is_seen(idle_app, backend, idle_redis, monkeypatch):
